@@ -1,0 +1,138 @@
+"""The exception tree of vmsim: one abstract root, one class per kind of failure.
+
+Every error a caller can act on derives from `VMSimError`. Errors about device state
+(`VMStateError` and its subclasses) carry the device (VMSD name) and, where there is one, the
+field, so a failed load always says what was wrong and where.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+__all__ = [
+    "ConfigError",
+    "DuplicateEntryError",
+    "FieldError",
+    "InvalidStateError",
+    "InvalidTransition",
+    "MigrationBlockedError",
+    "NotAllowed",
+    "RamError",
+    "SaveVMError",
+    "UnknownSectionError",
+    "UnknownSubsectionError",
+    "UnsupportedVersionError",
+    "VMSimError",
+    "VMStateDefinitionError",
+    "VMStateError",
+    "VersionTooNewError",
+    "VersionTooOldError",
+]
+
+
+class VMSimError(Exception):
+    """Root of every vmsim error; abstract, so raise one of its subclasses."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> Self:
+        """Refuse to create the abstract root itself."""
+        # h11's rule: the root only groups; raising it directly hides what went wrong.
+        if cls is VMSimError:
+            msg = "VMSimError is abstract; raise one of its subclasses"
+            raise TypeError(msg)
+        return super().__new__(cls, *args, **kwargs)
+
+
+class ConfigError(VMSimError):
+    """A machine configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+class NotAllowed(VMSimError):  # noqa: N818 - Firecracker's name for "not in this state"
+    """The operation is not allowed in the machine's current run state."""
+
+
+class InvalidTransition(VMSimError):  # noqa: N818 - QEMU's "invalid runstate transition"
+    """A run-state change that QEMU's transition table does not allow.
+
+    Attributes:
+        from_state: the current run state (its QEMU name).
+        to_state: the requested run state (its QEMU name).
+    """
+
+    def __init__(self, from_state: str, to_state: str) -> None:
+        super().__init__(f"invalid runstate transition: '{from_state}' -> '{to_state}'")
+        self.from_state = from_state
+        self.to_state = to_state
+
+
+class RamError(VMSimError):
+    """A RAM setup record or page batch does not fit this machine's guest RAM."""
+
+
+class SaveVMError(VMSimError):
+    """A misuse of the savevm registry or framework."""
+
+
+class DuplicateEntryError(SaveVMError):
+    """A (idstr, instance_id) pair was registered twice."""
+
+
+class UnknownSectionError(SaveVMError):
+    """A section names an entry (or a section id) this machine does not have."""
+
+
+class UnsupportedVersionError(SaveVMError):
+    """A section header carries a version newer than the local entry's."""
+
+
+class MigrationBlockedError(SaveVMError):
+    """An unmigratable device blocks saving or loading."""
+
+
+class VMStateDefinitionError(VMSimError):
+    """A VMStateDescription is malformed (a programming error, found at definition time)."""
+
+
+class VMStateError(VMSimError):
+    """Loading device state failed; names the device and, where there is one, the field.
+
+    Attributes:
+        device: the name of the VMSD (or subsection) being loaded.
+        field: the field at fault, or None when the error concerns the whole device.
+        detail: the message without the device prefix.
+    """
+
+    def __init__(self, detail: str, *, device: str, field: str | None = None) -> None:
+        super().__init__(f"{device}: {detail}")
+        self.detail = detail
+        self.device = device
+        self.field = field
+
+    def reworded(self, message: str) -> VMStateError:
+        """Return an error of the same class and origin with a new full message.
+
+        The savevm framework uses it to add QEMU's "error while loading state for instance ..."
+        prefix without losing the class, device or field.
+        """
+        error = type(self)(self.detail, device=self.device, field=self.field)
+        error.args = (message,)
+        return error
+
+
+class VersionTooNewError(VMStateError):
+    """The incoming version_id is newer than the local VMSD's version_id."""
+
+
+class VersionTooOldError(VMStateError):
+    """The incoming version_id is older than the local VMSD's minimum_version_id."""
+
+
+class UnknownSubsectionError(VMStateError):
+    """The incoming state carries a subsection the local VMSD does not declare."""
+
+
+class FieldError(VMStateError):
+    """A field is missing, unexpected, of the wrong type or out of range."""
+
+
+class InvalidStateError(VMStateError):
+    """The state is well-formed but inconsistent (a post_load check failed)."""

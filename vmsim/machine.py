@@ -1,0 +1,211 @@
+"""The simulated machine: guest RAM, vCPUs, devices, run state and savevm registry.
+
+The rule every migration test relies on: the digest taken at a stop after N ticks is a pure
+function of (config, N), whatever stops, saves, loads or migrations happened in between and
+however the N ticks were sliced into `run` calls.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vmsim.config import WorkloadKind
+from vmsim.devices.cpu import CPU_VMSD, VCpu
+from vmsim.devices.globalstate import GLOBALSTATE_VMSD, GlobalState
+from vmsim.devices.its import ITS_VMSD, Its
+from vmsim.devices.serial import SERIAL_VMSD, Serial
+from vmsim.devices.timer import TIMER_VMSD, Timer
+from vmsim.digest import machine_digest
+from vmsim.errors import NotAllowed
+from vmsim.fill import fill_ram
+from vmsim.guest import Guest
+from vmsim.layout import MachineLayout
+from vmsim.ram import GuestRam
+from vmsim.runstate import RunState, RunStateMachine
+from vmsim.savevm.ram_handler import RAM_IDSTR, RAM_VERSION_ID, RamSaveHandler
+from vmsim.savevm.registry import SaveVMRegistry
+from vmsim.workload import check_ab_ranges
+
+if TYPE_CHECKING:
+    from vmsim.config import MachineConfig
+
+__all__ = ["GLOBALSTATE_IDSTR", "Machine", "replay"]
+
+GLOBALSTATE_IDSTR = "globalstate"
+
+
+class Machine:
+    """A deterministic simulated VM.
+
+    Attributes:
+        config: the configuration it was built from.
+        layout: the RAM map derived from the configuration.
+        ram: guest RAM with its dirty log.
+        vcpus: the vCPUs.
+        timer: the timer (its clock is the tick count).
+        serial: the UART.
+        its: the interrupt translation service.
+        globalstate: the run state stored for migration.
+        ram_handler: the RAM section's save/load handlers.
+        savevm: the savevm registry of every section.
+        runstate: the run state and change-state handlers.
+    """
+
+    def __init__(self, config: MachineConfig, *, incoming: bool) -> None:
+        """Build the machine; use `boot` or `for_incoming` instead."""
+        self.config = config
+        self.layout = MachineLayout.of(config)
+        self.ram = GuestRam(config.ram_bytes, prefault=incoming)
+        self.vcpus = [VCpu(index) for index in range(config.vcpus)]
+        self.timer = Timer()
+        self.serial = Serial()
+        self.its = Its(self.ram, self.layout)
+        self.globalstate = GlobalState()
+        self.ram_handler = RamSaveHandler(self.ram)
+        self.runstate = RunStateMachine(RunState.PRELAUNCH)
+        self.savevm = SaveVMRegistry(runstate=self.runstate)
+        self._guest = Guest(
+            config, self.layout, self.ram, self.vcpus, (self.timer, self.serial, self.its)
+        )
+        self._register_sections()
+        self.runstate.add_change_state_handler(self.its.on_change_state)
+
+    def _register_sections(self) -> None:
+        registry = self.savevm
+        registry.register(RAM_IDSTR, 0, handlers=self.ram_handler, version_id=RAM_VERSION_ID)
+        registry.register(GLOBALSTATE_IDSTR, 0, vmsd=GLOBALSTATE_VMSD, opaque=self.globalstate)
+        for cpu in self.vcpus:
+            registry.register("cpu", cpu.index, vmsd=CPU_VMSD, opaque=cpu)
+        registry.register("timer", 0, vmsd=TIMER_VMSD, opaque=self.timer)
+        registry.register("serial", 0, vmsd=SERIAL_VMSD, opaque=self.serial)
+        registry.register("its", 0, vmsd=ITS_VMSD, opaque=self.its)
+
+    @classmethod
+    def boot(cls, config: MachineConfig) -> Machine:
+        """Build a machine, fill its RAM and boot the guest; the run state is PRELAUNCH."""
+        machine = cls(config, incoming=False)
+        fill_ram(machine.ram, config.fill, config.seed)
+        machine._guest.boot()
+        return machine
+
+    @classmethod
+    def for_incoming(cls, config: MachineConfig) -> Machine:
+        """Build an empty machine to load a migration into; the run state is INMIGRATE.
+
+        RAM is zeroed and every page touched now, so the stop-and-copy phase does not pay for
+        page faults (QEMU's -mem-prealloc). Nothing is filled or booted: the stream brings it.
+        """
+        machine = cls(config, incoming=True)
+        machine.runstate.transition(RunState.INMIGRATE)
+        return machine
+
+    @property
+    def ticks(self) -> int:
+        """Ticks executed since boot (the timer's virtual clock)."""
+        return self.timer.clock_ticks
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the run state is RUNNING."""
+        return self.runstate.is_running
+
+    def run(self, n_ticks: int) -> None:
+        """Execute n_ticks guest ticks.
+
+        Raises:
+            NotAllowed: the VM is not RUNNING, or n_ticks is negative.
+        """
+        if not self.runstate.is_running:
+            raise NotAllowed(f"run: the VM is {self.runstate.state}, not running")
+        if n_ticks < 0:
+            raise NotAllowed(f"run: n_ticks must be >= 0, got {n_ticks}")
+        self._guest.run(n_ticks)
+
+    def vm_start(self) -> None:
+        """QEMU's vm_start: go RUNNING and run the change-state handlers forward.
+
+        A no-op if the VM is already running.
+
+        Raises:
+            InvalidTransition: the current state cannot go to RUNNING.
+        """
+        if self.runstate.is_running:
+            return
+        self.runstate.transition(RunState.RUNNING)
+        self.runstate.notify(running=True, state=RunState.RUNNING)
+
+    def vm_stop(self, state: RunState = RunState.PAUSED) -> None:
+        """QEMU's do_vm_stop: if running, set state and run the handlers in reverse.
+
+        If the VM is already stopped only the run state changes (vm_stop_force_state).
+
+        Raises:
+            InvalidTransition: the current state cannot go to state.
+        """
+        was_running = self.runstate.is_running
+        self.runstate.transition(state)
+        if was_running:
+            self.runstate.notify(running=False, state=state)
+
+    def stop_for_migration(self) -> RunState:
+        """QEMU's migration_stop_vm: store the run state in globalstate, stop in FINISH_MIGRATE.
+
+        Returns:
+            The run state before the stop (the source returns to it if migration fails).
+        """
+        old_state = self.runstate.state
+        self.globalstate.store(old_state)
+        self.vm_stop(RunState.FINISH_MIGRATE)
+        return old_state
+
+    def migrated_runstate(self) -> RunState:
+        """On a destination after the load: the source's run state (RUNNING if none arrived)."""
+        stored = self.globalstate.stored_runstate() if self.globalstate.received else None
+        return RunState.RUNNING if stored is None else stored
+
+    def digest(self) -> str:
+        """xxh3-128 of RAM, the tick count and every device's state, in registry order.
+
+        The state of a device is what its VMSD saves (all subsections' registers are reset
+        while unneeded, so they agree either way) plus device-internal state such as the ITS
+        cache. The globalstate section is migration metadata and is left out.
+        """
+        devices: list[object] = []
+        for entry in self.savevm.entries:
+            if entry.vmsd is None or entry.idstr == GLOBALSTATE_IDSTR:
+                continue
+            item: dict[str, object] = {
+                "idstr": entry.idstr,
+                "instance_id": entry.instance_id,
+                "state": entry.vmsd.save(entry.opaque),
+            }
+            if isinstance(entry.opaque, Its):
+                item["internal"] = entry.opaque.internal_state()
+            devices.append(item)
+        return machine_digest(self.ram, self.ticks, devices)
+
+    def take_serial_output(self) -> bytes:
+        """Return the bytes the UART transmitted since the last call (they left the VM)."""
+        return self.serial.take_output()
+
+    def check_ab_ram(self) -> list[str]:
+        """QEMU's check_guests_ram over every vCPU's ab sweep range.
+
+        Returns:
+            [] when consistent, else descriptions of the first 10 inconsistencies.
+
+        Raises:
+            NotAllowed: the workload is not ab.
+        """
+        if self.config.workload is not WorkloadKind.AB:
+            raise NotAllowed(f"check_ab_ram needs the ab workload, not {self.config.workload}")
+        return check_ab_ranges(self.ram, self.layout.partitions)
+
+
+def replay(config: MachineConfig, ticks: int) -> str:
+    """Boot, start, run `ticks` ticks, pause, and return the digest (the oracle's reference)."""
+    machine = Machine.boot(config)
+    machine.vm_start()
+    machine.run(ticks)
+    machine.vm_stop(RunState.PAUSED)
+    return machine.digest()

@@ -1,0 +1,177 @@
+"""Run states, QEMU's transition table, and change-state handlers.
+
+The table is `runstate_transitions_def` of QEMU's system/runstate.c, written out as data: a
+change not listed raises `InvalidTransition`. Change-state handlers follow
+`qemu_add_vm_change_state_handler_prio_full` and `vm_state_notify`: the list is kept in
+ascending priority (registration order within a priority); a start walks it forward and a stop
+walks it backward, and in both directions every prepare callback runs before any main callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from typing import Final, TypeAlias
+
+from vmsim.errors import InvalidTransition
+
+__all__ = [
+    "TRANSITIONS",
+    "ChangeStateCallback",
+    "ChangeStateHandle",
+    "RunState",
+    "RunStateMachine",
+]
+
+
+class RunState(StrEnum):
+    """QEMU's run states (qapi/run-state.json), by their QAPI names."""
+
+    DEBUG = "debug"
+    INMIGRATE = "inmigrate"
+    INTERNAL_ERROR = "internal-error"
+    IO_ERROR = "io-error"
+    PAUSED = "paused"
+    POSTMIGRATE = "postmigrate"
+    PRELAUNCH = "prelaunch"
+    FINISH_MIGRATE = "finish-migrate"
+    RESTORE_VM = "restore-vm"
+    RUNNING = "running"
+    SAVE_VM = "save-vm"
+    SHUTDOWN = "shutdown"
+    SUSPENDED = "suspended"
+    WATCHDOG = "watchdog"
+    GUEST_PANICKED = "guest-panicked"
+    COLO = "colo"
+
+
+# runstate_transitions_def of QEMU's system/runstate.c, grouped by source state.
+_TRANSITIONS_DEF: Final[Mapping[str, str]] = {
+    "prelaunch": "inmigrate suspended running finish-migrate",
+    "debug": "running finish-migrate prelaunch suspended",
+    "inmigrate": (
+        "internal-error io-error paused running shutdown suspended watchdog guest-panicked"
+        " finish-migrate prelaunch postmigrate colo"
+    ),
+    "internal-error": "paused finish-migrate prelaunch",
+    "io-error": "running finish-migrate prelaunch",
+    "paused": "running finish-migrate postmigrate prelaunch colo suspended",
+    "postmigrate": "running finish-migrate prelaunch",
+    "finish-migrate": (
+        "running paused postmigrate prelaunch colo internal-error io-error shutdown suspended"
+        " watchdog guest-panicked"
+    ),
+    "restore-vm": "running prelaunch suspended",
+    "colo": "running prelaunch shutdown",
+    "running": (
+        "debug internal-error io-error paused finish-migrate restore-vm save-vm shutdown"
+        " watchdog guest-panicked colo suspended"
+    ),
+    "save-vm": "running suspended",
+    "shutdown": "paused finish-migrate prelaunch colo",
+    "suspended": ("running finish-migrate prelaunch colo paused save-vm restore-vm shutdown"),
+    "watchdog": "running finish-migrate prelaunch colo",
+    "guest-panicked": "running finish-migrate prelaunch",
+}
+
+TRANSITIONS: Final[Mapping[RunState, frozenset[RunState]]] = {
+    RunState(source): frozenset(RunState(target) for target in targets.split())
+    for source, targets in _TRANSITIONS_DEF.items()
+}
+"""For each run state, the states QEMU allows it to change to (runstate_transitions_def)."""
+
+ChangeStateCallback: TypeAlias = Callable[[bool, RunState], None]
+"""A change-state callback: (running, new state) -> None."""
+
+
+class ChangeStateHandle:
+    """A registered change-state handler; `remove()` unregisters it."""
+
+    __slots__ = ("_machine", "callback", "prepare", "priority")
+
+    def __init__(
+        self,
+        machine: RunStateMachine,
+        callback: ChangeStateCallback,
+        prepare: ChangeStateCallback | None,
+        priority: int,
+    ) -> None:
+        self._machine = machine
+        self.callback = callback
+        self.prepare = prepare
+        self.priority = priority
+
+    def remove(self) -> None:
+        """Unregister the handler (qemu_del_vm_change_state_handler); idempotent."""
+        self._machine._remove_handler(self)  # noqa: SLF001 - the handle belongs to its machine
+
+
+class RunStateMachine:
+    """The current run state, checked against QEMU's table, and the change-state handlers."""
+
+    __slots__ = ("_handlers", "_state")
+
+    def __init__(self, initial: RunState = RunState.PRELAUNCH) -> None:
+        self._state = initial
+        self._handlers: list[ChangeStateHandle] = []
+
+    @property
+    def state(self) -> RunState:
+        """The current run state."""
+        return self._state
+
+    @property
+    def is_running(self) -> bool:
+        """True in RUNNING (QEMU's runstate_is_running)."""
+        return self._state is RunState.RUNNING
+
+    def transition(self, to: RunState) -> None:
+        """Change the run state (QEMU's runstate_set); a change to the same state is a no-op.
+
+        Raises:
+            InvalidTransition: the table does not allow the change.
+        """
+        if to is self._state:
+            return
+        if to not in TRANSITIONS.get(self._state, frozenset()):
+            raise InvalidTransition(self._state, to)
+        self._state = to
+
+    def add_change_state_handler(
+        self,
+        callback: ChangeStateCallback,
+        *,
+        priority: int = 0,
+        prepare: ChangeStateCallback | None = None,
+    ) -> ChangeStateHandle:
+        """Register a change-state handler (qemu_add_vm_change_state_handler_prio_full).
+
+        Args:
+            callback: called with (running, state) on every start and stop.
+            priority: low priorities run first when the VM starts and last when it stops.
+            prepare: an optional callback run in a first phase, before any main callback.
+
+        Returns:
+            A handle whose `remove()` unregisters the handler.
+        """
+        handle = ChangeStateHandle(self, callback, prepare, priority)
+        # Insert before the first handler of a higher priority: ascending, stable.
+        position = next(
+            (i for i, other in enumerate(self._handlers) if priority < other.priority),
+            len(self._handlers),
+        )
+        self._handlers.insert(position, handle)
+        return handle
+
+    def notify(self, *, running: bool, state: RunState) -> None:
+        """Run the handlers (QEMU's vm_state_notify): forward on start, backward on stop."""
+        ordered = list(self._handlers) if running else list(reversed(self._handlers))
+        for handle in ordered:
+            if handle.prepare is not None:
+                handle.prepare(running, state)
+        for handle in ordered:
+            handle.callback(running, state)
+
+    def _remove_handler(self, handle: ChangeStateHandle) -> None:
+        if handle in self._handlers:
+            self._handlers.remove(handle)

@@ -1,0 +1,345 @@
+"""RamSaveHandler: guest RAM as an iterable section (QEMU's migration/ram.c, precopy part).
+
+The migration bitmap holds the pages still to send. It starts all-set at setup (the first
+pass sends everything); each dirty-log sync ORs in the pages the guest wrote since the last
+one. Iteration scans the bitmap from where it stopped (wrapping), takes up to `max_pages` set
+bits, classifies zero pages and coalesces consecutive pages of one kind into runs. All of it is
+vectorised: there is no Python loop per page, only one per run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+from vmsim.config import PAGE_SIZE
+from vmsim.errors import NotAllowed, RamError
+from vmsim.ram import WORDS_PER_PAGE
+from vmsim.savevm.handlers import MAX_RUN_PAGES, PageBatch, PageKind
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from vmsim.ram import GuestRam
+
+__all__ = ["RAM_IDSTR", "RAM_VERSION_ID", "RamSaveHandler", "RamStats"]
+
+RAM_IDSTR: Final = "ram"
+RAM_VERSION_ID: Final = 4
+_MIN_SCAN_WINDOW_PAGES: Final = 1 << 14
+_ZERO_CHECK_BLOCK_PAGES: Final = 1024
+_COPY_PER_RUN_MAX_RUNS: Final = 16
+_SETUP_KEYS: Final = frozenset({"ram_size", "page_size"})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RamStats:
+    """RAM counters for a QEMU-like query-migrate (times and rates are the daemon's).
+
+    Attributes:
+        total_bytes: guest RAM size.
+        remaining_bytes: bytes still set in the migration bitmap.
+        normal_pages: pages sent as data since setup.
+        zero_pages: pages sent as zero pages since setup (QEMU's "duplicate").
+        normal_bytes: normal_pages x page_size.
+        dirty_sync_count: dirty-log syncs since setup, the setup sync included.
+        dirty_pages_last_sync: pages the last sync newly found dirty.
+        dirty_bytes_last_sync: bytes remaining right after the last sync (QEMU's
+            dirty_bytes_last_sync, the base of expected-downtime).
+        complete_rounds: times the scan wrapped past the end of RAM.
+        page_size: bytes per page.
+    """
+
+    total_bytes: int
+    remaining_bytes: int
+    normal_pages: int
+    zero_pages: int
+    normal_bytes: int
+    dirty_sync_count: int
+    dirty_pages_last_sync: int
+    dirty_bytes_last_sync: int
+    complete_rounds: int
+    page_size: int
+
+
+class RamSaveHandler:
+    """SaveVMHandlers for guest RAM (idstr "ram", instance 0, version 4).
+
+    Attributes:
+        dirty_sync_count: dirty-log syncs since setup (setup counts as the first).
+        dirty_pages_last_sync: pages the last sync newly found dirty.
+        dirty_bytes_last_sync: bytes still to send right after the last sync.
+        normal_pages: pages sent as data since setup.
+        zero_pages: pages sent as zero pages since setup.
+        complete_rounds: how often the scan wrapped past the end of RAM.
+    """
+
+    idstr: Final = RAM_IDSTR
+    version_id: Final = RAM_VERSION_ID
+
+    def __init__(self, ram: GuestRam) -> None:
+        self._ram = ram
+        self._readonly = ram.view.toreadonly()
+        self._pages64: NDArray[np.uint64] = ram.words.reshape(ram.n_pages, WORDS_PER_PAGE)
+        self._bitmap: NDArray[np.bool_] | None = None
+        self._remaining_pages = 0
+        self._scan_pfn = 0
+        self._completing = False
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self.dirty_sync_count = 0
+        self.dirty_pages_last_sync = 0
+        self.dirty_bytes_last_sync = 0
+        self.normal_pages = 0
+        self.zero_pages = 0
+        self.complete_rounds = 0
+
+    # ------------------------------------------------------------------ save side
+
+    def save_setup(self) -> dict[str, object]:
+        """Mark every page to send, start dirty logging, and describe the RAM."""
+        self._reset_counters()
+        self._bitmap = np.ones(self._ram.n_pages, dtype=np.bool_)
+        self._remaining_pages = self._ram.n_pages
+        self._scan_pfn = 0
+        self._completing = False
+        self._ram.dirty_log.start()
+        # QEMU's ram_init_bitmaps ends with the first sync; starting the log is that sync.
+        self.dirty_sync_count = 1
+        self.dirty_bytes_last_sync = self._remaining_pages * PAGE_SIZE
+        return {"ram_size": self._ram.size_bytes, "page_size": PAGE_SIZE}
+
+    def save_live_iterate(self, max_pages: int) -> PageBatch | None:
+        """Return up to max_pages pages still to send, or None when the bitmap is empty."""
+        bitmap = self._require_bitmap()
+        if self._remaining_pages == 0:
+            return None
+        return self._batch(self._take(bitmap, max_pages))
+
+    def save_complete(self, max_pages: int) -> PageBatch | None:
+        """With the VM stopped: sync once, then return what is left batch by batch, then None."""
+        bitmap = self._require_bitmap()
+        if not self._completing:
+            self._completing = True
+            self._sync(bitmap)
+        if self._remaining_pages == 0:
+            return None
+        return self._batch(self._take(bitmap, max_pages))
+
+    def state_pending_estimate(self) -> int:
+        """Bytes still set in the migration bitmap (no sync)."""
+        return self._remaining_pages * PAGE_SIZE
+
+    def state_pending_exact(self) -> int:
+        """Sync the dirty log into the bitmap, then return the bytes still to send."""
+        self._sync(self._require_bitmap())
+        return self._remaining_pages * PAGE_SIZE
+
+    def save_cleanup(self) -> None:
+        """Stop dirty logging and drop the bitmap."""
+        self._ram.dirty_log.stop()
+        self._bitmap = None
+        self._remaining_pages = 0
+
+    def stats(self) -> RamStats:
+        """Return the counters as one value."""
+        return RamStats(
+            total_bytes=self._ram.size_bytes,
+            remaining_bytes=self._remaining_pages * PAGE_SIZE,
+            normal_pages=self.normal_pages,
+            zero_pages=self.zero_pages,
+            normal_bytes=self.normal_pages * PAGE_SIZE,
+            dirty_sync_count=self.dirty_sync_count,
+            dirty_pages_last_sync=self.dirty_pages_last_sync,
+            dirty_bytes_last_sync=self.dirty_bytes_last_sync,
+            complete_rounds=self.complete_rounds,
+            page_size=PAGE_SIZE,
+        )
+
+    def _require_bitmap(self) -> NDArray[np.bool_]:
+        if self._bitmap is None:
+            msg = "RAM save handler used before save_setup (or after save_cleanup)"
+            raise NotAllowed(msg)
+        return self._bitmap
+
+    def _sync(self, bitmap: NDArray[np.bool_]) -> None:
+        dirty = self._ram.dirty_log.sync()
+        # dirty > bitmap: dirty now and not already waiting to be sent.
+        self.dirty_pages_last_sync = int(np.count_nonzero(dirty > bitmap))
+        np.logical_or(bitmap, dirty, out=bitmap)
+        self._remaining_pages = int(np.count_nonzero(bitmap))
+        self.dirty_sync_count += 1
+        self.dirty_bytes_last_sync = self._remaining_pages * PAGE_SIZE
+
+    def _take(self, bitmap: NDArray[np.bool_], max_pages: int) -> NDArray[np.intp]:
+        """Take up to max_pages set bits from the scan position on, wrapping; clear them."""
+        want = min(max(max_pages, 0), self._remaining_pages)
+        n_pages = len(bitmap)
+        found: list[NDArray[np.intp]] = []
+        got = 0
+        position = self._scan_pfn
+        window = max(want, _MIN_SCAN_WINDOW_PAGES)
+        scanned = 0
+        # Windows that double in size: a dense bitmap costs about one window per batch, and a
+        # sparse one at most twice the distance scanned, so a whole round is O(n_pages) in
+        # total rather than O(n_pages) per batch.
+        while got < want and scanned <= n_pages + window:
+            end = min(position + window, n_pages)
+            hits = np.flatnonzero(bitmap[position:end])
+            if len(hits) > want - got:
+                hits = hits[: want - got]
+                end = position + int(hits[-1]) + 1
+            if len(hits):
+                found.append(hits + position)
+                got += len(hits)
+            scanned += end - position
+            position = end
+            if position >= n_pages:
+                position = 0
+                self.complete_rounds += 1
+            window = min(window * 2, n_pages)
+        self._scan_pfn = position
+        pfns = np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
+        bitmap[pfns] = False
+        self._remaining_pages -= len(pfns)
+        return pfns
+
+    def _batch(self, pfns: NDArray[np.intp]) -> PageBatch:
+        is_zero = self._zero_mask(pfns)
+        kinds = np.where(is_zero, np.uint8(PageKind.ZERO), np.uint8(PageKind.NORMAL))
+        first_pfns, run_pages, run_kinds = _coalesce(pfns, kinds)
+        zero_pages = int(np.count_nonzero(is_zero))
+        normal_pages = len(pfns) - zero_pages
+        self.normal_pages += normal_pages
+        self.zero_pages += zero_pages
+        view = self._readonly
+        normal = run_kinds == PageKind.NORMAL
+        data = tuple(
+            view[first * PAGE_SIZE : (first + count) * PAGE_SIZE]
+            for first, count in zip(
+                first_pfns[normal].tolist(), run_pages[normal].tolist(), strict=True
+            )
+        )
+        return PageBatch(
+            first_pfns=first_pfns.astype(np.uint32),
+            n_pages=run_pages.astype(np.uint16),
+            kinds=run_kinds,
+            data=data,
+            normal_pages=normal_pages,
+            zero_pages=zero_pages,
+        )
+
+    def _zero_mask(self, pfns: NDArray[np.intp]) -> NDArray[np.bool_]:
+        """True for pages that are all zero: word 0 first, the whole page only where it is 0."""
+        first_words = self._ram.words[pfns * WORDS_PER_PAGE]
+        candidates = np.flatnonzero(first_words == 0)
+        is_zero = np.zeros(len(pfns), dtype=np.bool_)
+        # Blocks bound the temporary copy the fancy index makes (4 MiB per block).
+        for start in range(0, len(candidates), _ZERO_CHECK_BLOCK_PAGES):
+            block = candidates[start : start + _ZERO_CHECK_BLOCK_PAGES]
+            is_zero[block] = ~self._pages64[pfns[block]].any(axis=1)
+        return is_zero
+
+    # ------------------------------------------------------------------ load side
+
+    def load_setup(self, setup: dict[str, object]) -> None:
+        """Check the source's RAM description against the local RAM.
+
+        Raises:
+            RamError: the keys, the page size or the RAM size differ.
+        """
+        if set(setup) != _SETUP_KEYS:
+            raise RamError(f"ram: setup keys {sorted(setup)} != {sorted(_SETUP_KEYS)}")
+        if setup["page_size"] != PAGE_SIZE:
+            raise RamError(f"ram: page size {setup['page_size']!r} != {PAGE_SIZE}")
+        size = setup["ram_size"]
+        if size != self._ram.size_bytes:
+            received = f"{size:#x}" if isinstance(size, int) else repr(size)
+            raise RamError(f"Length mismatch: ram: {received} in != {self._ram.size_bytes:#x}")
+
+    def load_state(self, batch: PageBatch) -> None:
+        """Copy a batch into RAM: data for NORMAL runs, zero-fill for ZERO runs.
+
+        Raises:
+            RamError: the batch is inconsistent or outside RAM; nothing is written then.
+        """
+        _check_batch(batch, self._ram.n_pages)
+        if batch.n_runs <= _COPY_PER_RUN_MAX_RUNS:
+            self._load_run_by_run(batch)
+            return
+        # Many short runs (scattered pages): one join and one vectorised scatter beat a
+        # Python call per run.
+        normal = batch.kinds == PageKind.NORMAL
+        normal_pfns = _expand_runs(batch.first_pfns[normal], batch.n_pages[normal])
+        if len(normal_pfns):
+            data = np.frombuffer(b"".join(batch.data), dtype=np.uint8)
+            self._ram.store_pages(normal_pfns, data.reshape(len(normal_pfns), PAGE_SIZE))
+        zero_pfns = _expand_runs(batch.first_pfns[~normal], batch.n_pages[~normal])
+        if len(zero_pfns):
+            self._ram.zero_page_set(zero_pfns)
+
+    def _load_run_by_run(self, batch: PageBatch) -> None:
+        data = iter(batch.data)
+        for first, count, kind in zip(
+            batch.first_pfns.tolist(), batch.n_pages.tolist(), batch.kinds.tolist(), strict=True
+        ):
+            if kind == PageKind.NORMAL:
+                self._ram.load_pages(first, next(data))
+            else:
+                self._ram.zero_pages(first, count)
+
+    def load_cleanup(self) -> None:
+        """Nothing to release on the load side."""
+
+
+def _coalesce(
+    pfns: NDArray[np.intp], kinds: NDArray[np.uint8]
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.uint8]]:
+    """Group consecutive pages of one kind into runs of at most MAX_RUN_PAGES pages."""
+    if len(pfns) == 0:
+        return pfns, np.zeros(0, dtype=np.intp), kinds
+    breaks = np.ones(len(pfns), dtype=np.bool_)
+    breaks[1:] = (pfns[1:] != pfns[:-1] + 1) | (kinds[1:] != kinds[:-1])
+    starts = np.flatnonzero(breaks)
+    lengths = np.diff(np.append(starts, len(pfns)))
+    first_pfns = pfns[starts]
+    run_kinds = kinds[starts]
+    if int(lengths.max()) <= MAX_RUN_PAGES:
+        return first_pfns, lengths, run_kinds
+    pieces = (lengths + MAX_RUN_PAGES - 1) // MAX_RUN_PAGES
+    owner = np.repeat(np.arange(len(lengths)), pieces)
+    piece_index = np.arange(len(owner)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    offsets = piece_index * MAX_RUN_PAGES
+    return (
+        first_pfns[owner] + offsets,
+        np.minimum(lengths[owner] - offsets, MAX_RUN_PAGES),
+        run_kinds[owner],
+    )
+
+
+def _expand_runs(first_pfns: NDArray[np.uint32], n_pages: NDArray[np.uint16]) -> NDArray[np.intp]:
+    """Every page number of the runs, in order (vectorised)."""
+    lengths = n_pages.astype(np.intp)
+    run_starts = np.cumsum(lengths) - lengths
+    offsets = np.arange(int(lengths.sum()), dtype=np.intp) - np.repeat(run_starts, lengths)
+    return np.repeat(first_pfns.astype(np.intp), lengths) + offsets
+
+
+def _check_batch(batch: PageBatch, n_pages: int) -> None:
+    runs = len(batch.first_pfns)
+    if len(batch.n_pages) != runs or len(batch.kinds) != runs:
+        raise RamError("ram: batch arrays differ in length")
+    if runs == 0:
+        return
+    ends = batch.first_pfns.astype(np.int64) + batch.n_pages.astype(np.int64)
+    if int(ends.max()) > n_pages or int(batch.n_pages.min()) == 0:
+        raise RamError(f"ram: batch run outside RAM of {n_pages} pages, or empty")
+    normal = batch.kinds == PageKind.NORMAL
+    if not np.all(normal | (batch.kinds == PageKind.ZERO)):
+        raise RamError(f"ram: unknown page kind in {sorted(set(batch.kinds.tolist()))}")
+    expected = (batch.n_pages[normal].astype(np.int64) * PAGE_SIZE).tolist()
+    if [view.nbytes for view in batch.data] != expected:
+        raise RamError("ram: batch data does not match its NORMAL runs")
