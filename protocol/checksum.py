@@ -1,0 +1,45 @@
+"""Frame checksums: xxh3-64 (version 2) or CRC-32 zero-extended to 64 bits (version 1)."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Protocol
+
+import xxhash
+
+from protocol.codes import PREVIOUS_VERSION
+
+Buffer = bytes | bytearray | memoryview
+"""A readable bytes-like buffer (``collections.abc.Buffer`` needs Python 3.12)."""
+
+
+class Hasher(Protocol):
+    """An incremental checksum over a frame's header, meta and data."""
+
+    def update(self, data: Buffer, /) -> None:
+        """Absorb more bytes."""
+
+    def intdigest(self) -> int:
+        """The checksum so far, as a u64."""
+
+
+class _Crc32:
+    """CRC-32 (zlib) with xxhash's incremental interface."""
+
+    __slots__ = ("_crc",)
+
+    def __init__(self) -> None:
+        self._crc = 0
+
+    def update(self, data: Buffer, /) -> None:
+        self._crc = zlib.crc32(data, self._crc)
+
+    def intdigest(self) -> int:
+        return self._crc
+
+
+def new_hasher(version: int) -> Hasher:
+    """A fresh hasher for one frame of a stream of the given (supported) version."""
+    if version == PREVIOUS_VERSION:
+        return _Crc32()
+    return xxhash.xxh3_64()

@@ -1,0 +1,82 @@
+"""Wire codes of the livemig protocol (docs/protocol.md): magics, versions, kinds and commands."""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+MAIN_MAGIC: Final = b"LVMG"
+"""Magic of the main stream (source to destination)."""
+
+RETURN_MAGIC: Final = b"LVRP"
+"""Magic of the return path (destination to source)."""
+
+PROTOCOL_VERSION: Final = 2
+"""The current protocol version: xxh3-64 frame checksums."""
+
+PREVIOUS_VERSION: Final = 1
+"""The previous protocol version: CRC-32 frame checksums, otherwise identical."""
+
+SUPPORTED_VERSIONS: Final = (PREVIOUS_VERSION, PROTOCOL_VERSION)
+"""Versions a receiver accepts, oldest first."""
+
+STREAM_HEADER_BYTES: Final = 8
+FRAME_HEADER_BYTES: Final = 16
+FRAME_FOOTER_BYTES: Final = 16
+FOOTER_MARKER: Final = 0x7E
+RUN_RECORD_BYTES: Final = 8
+
+
+class FrameKind(enum.IntEnum):
+    """Kinds of main-stream frames (QEMU's section type bytes)."""
+
+    EOF = 0x00
+    SECTION_START = 0x01
+    SECTION_PART = 0x02
+    SECTION_END = 0x03
+    SECTION_FULL = 0x04
+    VMDESCRIPTION = 0x06
+    CONFIGURATION = 0x07
+    COMMAND = 0x08
+
+
+class ReturnKind(enum.IntEnum):
+    """Kinds of return-path frames (QEMU's ``MIG_RP_MSG_*`` in spirit)."""
+
+    OPEN_ACK = 0x01
+    PONG = 0x02
+    REQ_PAGES = 0x03
+    LOADED = 0x10
+    RESUMED = 0x11
+    FAILED = 0x12
+    OUTCOME = 0x13
+
+
+class Command(enum.IntEnum):
+    """Values of ``cmd`` in COMMAND frames (after QEMU's ``enum qemu_vm_cmd``)."""
+
+    OPEN_RETURN_PATH = 1
+    PING = 2
+    SWITCHOVER_START = 11
+    HANDOVER = 0x40
+    ABORT = 0x41
+    RESOLVE = 0x42
+
+
+class PageKind(enum.IntEnum):
+    """Kinds of records in a RAM run table."""
+
+    NORMAL = 1
+    ZERO = 2
+    XBZRLE = 3
+    COMPRESSED = 4
+    EOS = 0x10
+
+
+class Outcome(enum.StrEnum):
+    """What became of a migration, as reported in OUTCOME."""
+
+    COMMITTED = "committed"
+    IN_DOUBT = "in-doubt"
+    DISCARDED = "discarded"
+    UNKNOWN = "unknown"

@@ -1,0 +1,314 @@
+"""The destination's end of a migration: receives the main stream, sends the return path."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+from protocol import events as ev
+from protocol.codes import (
+    MAIN_MAGIC,
+    PROTOCOL_VERSION,
+    RETURN_MAGIC,
+    FrameKind,
+    Outcome,
+    ReturnKind,
+)
+from protocol.connection import Connection
+from protocol.errors import ErrorCode, LocalProtocolError
+from protocol.limits import Limits, Timeouts
+from protocol.messages import (
+    KIND_INPUTS,
+    MAIN_DECODERS,
+    RETURN_DECODERS,
+    decode_ram_meta,
+    decode_section_part,
+)
+from protocol.meta import pack_meta, unpack_meta
+from protocol.ram import RunTable, coalesce, parse_runs
+from protocol.states import (
+    MainState,
+    ReturnState,
+    StreamMode,
+    dest_close_is_clean,
+    is_main_terminal,
+)
+from protocol.tracker import MainTracker, ReturnTracker
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from protocol.config import MigrationConfiguration
+    from protocol.errors import FrameInfo
+    from protocol.meta import MetaMap
+
+SCATTER_MIN_EXTENTS: Final = 8
+"""A RAM frame with at least this many separate extents of guest RAM ..."""
+SCATTER_MAX_MEAN_BYTES: Final = 64 * 1024
+"""... averaging at most this many bytes is received into scratch and scattered with numpy."""
+
+_SECTION_KINDS: Final = frozenset(
+    {FrameKind.SECTION_START, FrameKind.SECTION_PART, FrameKind.SECTION_END, FrameKind.SECTION_FULL}
+)
+
+
+def _main_kind(value: int) -> int:
+    try:
+        return FrameKind(value)
+    except ValueError:
+        return value
+
+
+class DestConnection(Connection):
+    """The destination side: receives configuration, sections and commands; sends replies.
+
+    PING is answered with PONG automatically (and reported as ``PingReceived``). Every
+    ``send_*`` method checks the return-path table and raises ``LocalProtocolError`` (changing
+    nothing) if the reply is illegal now; the return path's header (in the main stream's
+    version) is queued before the first reply.
+
+    Args:
+        return_path: False to read a file stream (no replies can be sent).
+        limits: bounds on what the main stream may make us allocate.
+        timeouts: peer timeout (``ping_interval_s`` is unused here); None disables the timer.
+        now: the current time (any monotonic clock, seconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        return_path: bool = True,
+        limits: Limits = Limits(),  # noqa: B008 - frozen, hence safe as a default
+        timeouts: Timeouts | None = Timeouts(),  # noqa: B008 - frozen, hence safe as a default
+        now: float,
+    ) -> None:
+        mode = StreamMode.RETURN_PATH if return_path else StreamMode.FILE
+        super().__init__(
+            mode=mode,
+            limits=limits,
+            timeouts=timeouts,
+            now=now,
+            send=(RETURN_MAGIC, PROTOCOL_VERSION),
+            receive=(MAIN_MAGIC, _main_kind),
+        )
+        self._main = MainTracker(mode)
+        self._ret = ReturnTracker()
+        self._ram: memoryview | None = None
+        self._ram_pages: NDArray[np.uint8] | None = None
+        self._plan: RunTable | None = None
+        self._scratch: memoryview | None = None
+        self._scatter_buffer = bytearray()
+        self._scatter = False
+
+    @property
+    def our_state(self) -> ReturnState:
+        """The return path's state (what we sent)."""
+        return self._ret.state
+
+    @property
+    def their_state(self) -> MainState:
+        """The main stream's state (what we received)."""
+        return self._main.state
+
+    @property
+    def version(self) -> int | None:
+        """The main stream's protocol version, once its header arrived."""
+        return self._main.version
+
+    @property
+    def configuration(self) -> MigrationConfiguration | None:
+        """The configuration received, if any."""
+        return self._main.config
+
+    def attach_ram(self, ram: memoryview) -> None:
+        """Receive page data straight into ``ram`` (writable, ``ram_size`` bytes) from now on.
+
+        Call it after ``ConfigurationReceived``. Without it, page data lands in scratch space
+        and ``RamPagesReceived.data`` carries it.
+
+        Raises:
+            LocalProtocolError: no configuration yet, or the buffer is read-only or of the
+                wrong size.
+        """
+        config = self._main.config
+        if config is None:
+            msg = "attach_ram() before the configuration arrived"
+            raise LocalProtocolError(msg)
+        view = memoryview(ram)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        if view.readonly or view.nbytes != config.ram_size:
+            msg = f"guest RAM must be writable and {config.ram_size} bytes, not {view.nbytes}"
+            raise LocalProtocolError(msg)
+        self._ram = view
+        self._ram_pages = np.frombuffer(view, dtype=np.uint8).reshape(-1, config.page_size)
+
+    # ------------------------------------------------------------------ sending
+
+    def send_open_ack(self) -> None:
+        """Queue OPEN_ACK: the configuration is accepted and guest RAM is ready."""
+        self._send(ReturnKind.OPEN_ACK, {"version": self._writer.version})
+
+    def send_loaded(
+        self, *, digest: str | None, normal_pages: int, zero_pages: int, devices: int
+    ) -> None:
+        """Queue LOADED: everything was loaded and checked (after EOF)."""
+        meta = {
+            "digest": digest,
+            "normal_pages": normal_pages,
+            "zero_pages": zero_pages,
+            "devices": devices,
+        }
+        self._send(ReturnKind.LOADED, meta)
+
+    def send_resumed(self, runstate: str) -> None:
+        """Queue RESUMED (after HANDOVER): the VM runs, or stays paused, here."""
+        self._send(ReturnKind.RESUMED, {"runstate": runstate})
+
+    def send_failed(self, code: ErrorCode, reason: str) -> None:
+        """Queue FAILED: we give up and discard what we received."""
+        self._send(ReturnKind.FAILED, {"code": code, "reason": reason})
+
+    def send_outcome(self, migration_id: str, outcome: Outcome) -> None:
+        """Queue OUTCOME, answering RESOLVE."""
+        self._send(ReturnKind.OUTCOME, {"migration_id": migration_id, "outcome": outcome})
+
+    def _send(self, kind: ReturnKind, meta: MetaMap) -> None:
+        """Check a reply exactly as the source will, then queue it."""
+        meta_bytes = pack_meta(meta)
+        info = self._writer.next_frame_info(kind, 0, len(meta_bytes), 0)
+        if self._mode is StreamMode.FILE:
+            msg = "this destination reads a file stream: it has no return path"
+            raise LocalProtocolError(msg, frame=info)
+        fresh = self._ret.state is ReturnState.IDLE
+        try:
+            if fresh:
+                self._ret.header(self._writer.version, self._main)
+            event = RETURN_DECODERS[kind](unpack_meta(meta_bytes, self._limits), self._limits)
+            self._ret.accept(event, self._main)
+        except LocalProtocolError as exc:
+            if fresh:
+                self._ret.state, self._ret.version = ReturnState.IDLE, None
+            raise exc.located(info) from None
+        self._queue(kind, 0, meta_bytes)
+
+    def _pong(self, value: int) -> None:
+        """Answer a PING if a PONG is legal now (it is not after our final reply)."""
+        if self._mode is StreamMode.FILE:
+            return
+        with contextlib.suppress(LocalProtocolError):
+            self._send(ReturnKind.PONG, {"value": value})
+
+    def _expects_peer(self) -> bool:
+        return not is_main_terminal(self._mode, self._main.state)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_stream_header(self, version: int) -> ev.Event:
+        self._main.header(version)
+        if not self._writer.started:
+            self._writer.version = version
+        return ev.StreamStarted(version=version)
+
+    def _on_frame_header(self, info: FrameInfo) -> bool:
+        kind = info.kind
+        if not isinstance(kind, FrameKind):
+            msg = f"unknown main-stream frame kind 0x{kind:02x}"
+            raise LocalProtocolError(msg)
+        if info.section_id and kind not in _SECTION_KINDS:
+            msg = f"{kind.name} frames have section id 0, not {info.section_id}"
+            raise LocalProtocolError(msg)
+        self._plan = None
+        if kind in {FrameKind.SECTION_PART, FrameKind.SECTION_END}:
+            return self._main.check_part(info.section_id, end=kind is FrameKind.SECTION_END)
+        if kind is not FrameKind.COMMAND:
+            self._main.check_input(KIND_INPUTS[kind])
+        return False
+
+    def _on_meta(self, info: FrameInfo, meta: memoryview) -> list[memoryview]:
+        runs = decode_ram_meta(
+            unpack_meta(meta, self._limits), end=info.kind == FrameKind.SECTION_END
+        )
+        config = self._main.require_config()
+        self._plan = parse_runs(
+            runs,
+            page_size=config.page_size,
+            ram_pages=config.ram_pages,
+            data_len=info.data_len,
+            limits=self._limits,
+        )
+        self._scratch, self._scatter = None, False
+        if self._ram is None:
+            self._scratch = memoryview(bytearray(info.data_len))
+            return [self._scratch]
+        plan, size = self._plan, config.page_size
+        extents = coalesce(plan.first_pfn[plan.normal], plan.end_pfn[plan.normal])
+        if len(extents) >= SCATTER_MIN_EXTENTS and info.data_len <= len(extents) * (
+            SCATTER_MAX_MEAN_BYTES
+        ):
+            # Many small pieces: one buffer and one vectorised scatter beat a Python-level
+            # slice, hash update and copy per piece (see bench/protocol_codec.py).
+            if len(self._scatter_buffer) < info.data_len:
+                self._scatter_buffer = bytearray(info.data_len)
+            self._scatter = True
+            return [memoryview(self._scatter_buffer)[: info.data_len]]
+        return [self._ram[first * size : end * size] for first, end in extents]
+
+    def _on_frame(self, info: FrameInfo, meta: memoryview) -> ev.Event:
+        if self._plan is not None:
+            event: ev.Event = self._finish_ram(info, self._plan)
+        else:
+            decoded = unpack_meta(meta, self._limits)
+            kind = FrameKind(info.kind)
+            if kind in {FrameKind.SECTION_PART, FrameKind.SECTION_END}:
+                end = kind is FrameKind.SECTION_END
+                event = decode_section_part(info.section_id, decoded, end=end)
+            else:
+                event = MAIN_DECODERS[kind](info.section_id, decoded, self._limits)
+            self._main.accept(event)
+        if isinstance(event, ev.PingReceived):
+            self._pong(event.value)
+        return ev.with_frame(event, info)
+
+    def _finish_ram(self, info: FrameInfo, plan: RunTable) -> ev.RamPagesReceived:
+        event = ev.RamPagesReceived(
+            section_id=info.section_id,
+            end=info.kind == FrameKind.SECTION_END,
+            normal_pages=plan.normal_pages,
+            zero_pages=plan.zero_pages,
+            runs=plan.runs,
+            data=self._scratch,
+        )
+        self._main.accept(event)
+        if self._ram_pages is not None:
+            if self._scatter:
+                self._scatter_pages(plan, info.data_len)
+            zero = ~plan.normal
+            for first, end in coalesce(plan.first_pfn[zero], plan.end_pfn[zero]):
+                self._ram_pages[first:end] = 0
+        self._plan, self._scratch, self._scatter = None, None, False
+        return event
+
+    def _scatter_pages(self, plan: RunTable, data_len: int) -> None:
+        """Copy verified page data from the scatter buffer to its pages (vectorised)."""
+        if self._ram_pages is None:  # pragma: no cover - only called with RAM attached
+            return
+        first = plan.first_pfn[plan.normal]
+        counts = plan.end_pfn[plan.normal] - first
+        offsets = np.cumsum(counts) - counts
+        pages = np.repeat(first - offsets, counts) + np.arange(int(counts.sum()))
+        data = np.frombuffer(self._scatter_buffer, dtype=np.uint8, count=data_len)
+        self._ram_pages[pages] = data.reshape(len(pages), -1)
+
+    def _on_eof(self) -> ev.Event:
+        clean = dest_close_is_clean(self._mode, self._main.state, self._ret.state)
+        self._main.state = MainState.CLOSED
+        return ev.ConnectionClosed(clean=clean)
+
+    def _on_failed(self) -> None:
+        self._main.state = MainState.ERROR
+
+    def _idstr_of(self, section_id: int) -> str | None:
+        return self._main.idstr_of(section_id)

@@ -1,0 +1,249 @@
+"""Events: what a connection reports after receiving something, named as past-tense facts.
+
+Each event that stems from a frame carries ``frame`` (its index, offset, kind and sizes).
+The destination receives main-stream events; the source receives return-path events; both can
+see ``ConnectionClosed`` and ``PeerTimedOut``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from protocol.codes import Outcome
+    from protocol.config import MigrationConfiguration
+    from protocol.errors import ErrorCode, FrameInfo
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    """Base class of all events."""
+
+
+EventT = TypeVar("EventT", bound=Event)
+
+
+def with_frame(event: EventT, frame: FrameInfo) -> EventT:
+    """The same event with its ``frame`` filled in (events without ``frame`` are returned as is)."""
+    if not hasattr(event, "frame"):
+        return event
+    return cast("EventT", dataclasses.replace(cast("Any", event), frame=frame))
+
+
+# --------------------------------------------------------------------------- main stream
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamStarted(Event):
+    """A valid main-stream header arrived."""
+
+    version: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConfigurationReceived(Event):
+    """The CONFIGURATION frame; the app checks it, then attaches guest RAM."""
+
+    config: MigrationConfiguration
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReturnPathRequested(Event):
+    """OPEN_RETURN_PATH: answer with ``send_open_ack()`` once ready."""
+
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PingReceived(Event):
+    """PING (already answered with PONG when a return path exists)."""
+
+    value: int
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SectionStarted(Event):
+    """SECTION_START of an iterable SaveStateEntry."""
+
+    section_id: int
+    idstr: str
+    instance_id: int
+    version_id: int
+    setup: Mapping[str, Any]
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SectionPartReceived(Event):
+    """SECTION_PART or SECTION_END (``end``) of an iterable section other than RAM."""
+
+    section_id: int
+    end: bool
+    payload: Mapping[str, Any]
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RamPagesReceived(Event):
+    """A RAM PART or END frame, already in guest RAM when RAM is attached.
+
+    ``runs`` is the run table without its EOS record (dtype ``RUN_DTYPE``: ``first_pfn``,
+    ``n_pages``, ``kind``). ``data`` is the NORMAL page data in run order, only when no RAM is
+    attached (analyzer); otherwise None. ``runs`` and ``data`` do not take part in ``==``.
+    """
+
+    section_id: int
+    end: bool
+    normal_pages: int
+    zero_pages: int
+    runs: NDArray[np.void] = field(compare=False)
+    data: memoryview | None = field(default=None, compare=False)
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SwitchoverStarted(Event):
+    """SWITCHOVER_START: the source VM is stopped; END and FULL sections follow."""
+
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeviceStateReceived(Event):
+    """SECTION_FULL: one device's whole VMState."""
+
+    section_id: int
+    idstr: str
+    instance_id: int
+    version_id: int
+    state: Mapping[str, Any]
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamEnded(Event):
+    """The EOF frame: all device state has been sent."""
+
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DescriptionReceived(Event):
+    """VMDESCRIPTION: the trailing device description."""
+
+    vmdesc: Mapping[str, Any]
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HandoverReceived(Event):
+    """HANDOVER: ownership passed to the destination; start the VM and send RESUMED."""
+
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AbortReceived(Event):
+    """ABORT: the source abandoned the migration; discard what was received."""
+
+    code: ErrorCode
+    reason: str
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResolveRequested(Event):
+    """RESOLVE: answer with ``send_outcome()``."""
+
+    migration_id: str
+    frame: FrameInfo | None = None
+
+
+# --------------------------------------------------------------------------- return path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReturnStreamStarted(Event):
+    """A valid return-path header arrived."""
+
+    version: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReturnPathAcked(Event):
+    """OPEN_ACK: the destination accepted the configuration and its RAM is ready."""
+
+    version: int
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PongReceived(Event):
+    """PONG answering one of our PINGs; ``rtt_s`` counts from when the PING was queued."""
+
+    value: int
+    rtt_s: float = 0.0
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoadCompleted(Event):
+    """LOADED: everything loaded and checked at the destination."""
+
+    digest: str | None
+    normal_pages: int
+    zero_pages: int
+    devices: int
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DestinationResumed(Event):
+    """RESUMED: after HANDOVER, the VM runs (or stays paused) at the destination."""
+
+    runstate: str
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DestinationFailed(Event):
+    """FAILED: the destination gave up and discards what it received."""
+
+    code: ErrorCode
+    reason: str
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutcomeReported(Event):
+    """OUTCOME: what became of the migration named in RESOLVE."""
+
+    migration_id: str
+    outcome: Outcome
+    frame: FrameInfo | None = None
+
+
+# --------------------------------------------------------------------------- both sides
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConnectionClosed(Event):
+    """The peer's stream ended between frames; ``clean`` only at a legal end."""
+
+    clean: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeerTimedOut(Event):
+    """Nothing arrived and no send progress for ``Timeouts.peer_timeout_s``: fail with TIMEOUT."""
+
+    idle_s: float

@@ -1,0 +1,221 @@
+"""RAM run tables: packing a page batch, and checking and placing a received one.
+
+A RAM PART/END frame's ``runs`` is a table of 8-byte ``>IHBx`` records (docs/protocol.md 1.5).
+Everything here is vectorised with numpy: no Python work per page, only per run of pages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import numpy as np
+
+from protocol.codes import RUN_RECORD_BYTES, PageKind
+from protocol.errors import ErrorCode, LocalProtocolError
+from protocol.meta import U16_MAX, U32_MAX, bad
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from numpy.typing import NDArray
+
+    from protocol.limits import Limits
+
+RUN_DTYPE: Final = np.dtype(
+    [("first_pfn", ">u4"), ("n_pages", ">u2"), ("kind", "u1"), ("pad", "u1")]
+)
+"""One run record on the wire: ``first_pfn u32, n_pages u16, kind u8, pad``."""
+
+EOS_RECORD: Final = bytes([0, 0, 0, 0, 0, 0, int(PageKind.EOS), 0])
+"""The EOS record that ends every run table."""
+_PAGE_KINDS: Final = (int(PageKind.NORMAL), int(PageKind.ZERO))
+_RESERVED_KINDS: Final = (int(PageKind.XBZRLE), int(PageKind.COMPRESSED))
+
+
+class RamBatchLike(Protocol):
+    """A batch of guest pages to send (vmsim's ``PageBatch`` has this shape).
+
+    ``data`` holds one buffer per NORMAL run, in run order, each ``n_pages * page_size`` bytes:
+    views of guest RAM, queued without copying.
+    """
+
+    @property
+    def first_pfns(self) -> NDArray[np.integer[Any]]:
+        """First page number of each run."""
+
+    @property
+    def n_pages(self) -> NDArray[np.integer[Any]]:
+        """Pages in each run (1..65535)."""
+
+    @property
+    def kinds(self) -> NDArray[np.integer[Any]]:
+        """``PageKind`` of each run (NORMAL or ZERO)."""
+
+    @property
+    def data(self) -> Sequence[memoryview]:
+        """Page bytes of the NORMAL runs, in order."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunTable:
+    """A checked run table (EOS record removed) and its totals."""
+
+    runs: NDArray[np.void]
+    first_pfn: NDArray[np.int64]
+    end_pfn: NDArray[np.int64]
+    normal: NDArray[np.bool_]
+    normal_pages: int
+    zero_pages: int
+
+
+def pack_runs(batch: RamBatchLike) -> bytes:
+    """The packed run table of ``batch``, EOS record appended.
+
+    Raises:
+        LocalProtocolError: BAD_METADATA if the arrays disagree in length or do not fit the
+            record fields.
+    """
+    try:
+        first = np.asarray(batch.first_pfns, dtype=np.int64).reshape(-1)
+        n_pages = np.asarray(batch.n_pages, dtype=np.int64).reshape(-1)
+        kinds = np.asarray(batch.kinds, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        msg = f"page batch arrays are not integer arrays: {exc}"
+        raise bad(msg) from exc
+    if not len(first) == len(n_pages) == len(kinds):
+        msg = f"page batch arrays differ in length: {len(first)}, {len(n_pages)}, {len(kinds)}"
+        raise bad(msg)
+    if _outside(first, 0, U32_MAX) or _outside(n_pages, 0, U16_MAX) or _outside(kinds, 0, 255):
+        msg = "page batch values do not fit the run record (u32 pfn, u16 count, u8 kind)"
+        raise bad(msg)
+    records = np.zeros(len(first) + 1, dtype=RUN_DTYPE)
+    records["first_pfn"][:-1] = first
+    records["n_pages"][:-1] = n_pages
+    records["kind"][:-1] = kinds
+    records["kind"][-1] = PageKind.EOS
+    return records.tobytes()
+
+
+def _outside(values: NDArray[np.int64], lo: int, hi: int) -> bool:
+    return bool(len(values)) and (int(values.min()) < lo or int(values.max()) > hi)
+
+
+def parse_runs(
+    packed: bytes, *, page_size: int, ram_pages: int, data_len: int | None, limits: Limits
+) -> RunTable:
+    """Check a received (or about to be sent) run table against RAM and the frame's data length.
+
+    ``data_len`` None skips the length check (the sender checks each buffer instead). A few
+    numpy reductions per frame, none per page.
+
+    Raises:
+        LocalProtocolError: LIMIT_EXCEEDED (too many records), UNSUPPORTED (XBZRLE,
+            compressed), BAD_PAGE_ADDRESS (beyond RAM) or BAD_METADATA.
+    """
+    count, rest = divmod(len(packed), RUN_RECORD_BYTES)
+    if rest or not count:
+        msg = f"'runs' is {len(packed)} bytes, not a non-empty multiple of {RUN_RECORD_BYTES}"
+        raise bad(msg)
+    if count > limits.max_runs:
+        msg = f"{count} run records exceeds max_runs({limits.max_runs})"
+        raise LocalProtocolError(msg, code=ErrorCode.LIMIT_EXCEEDED)
+    if packed[-RUN_RECORD_BYTES:] != EOS_RECORD:
+        msg = "the run table must end with one EOS record (first_pfn 0, n_pages 0)"
+        raise bad(msg)
+    runs = np.frombuffer(packed, dtype=RUN_DTYPE, count=count - 1)
+    first = runs["first_pfn"].astype(np.int64)
+    n_pages = runs["n_pages"].astype(np.int64)
+    end = first + n_pages
+    if count > 1:
+        _check_kinds(runs)
+        _check_extents(first, n_pages, end, ram_pages)
+    normal = runs["kind"] == PageKind.NORMAL
+    total_pages = int(n_pages.sum())
+    normal_pages = int(n_pages[normal].sum()) if count > 1 else 0
+    if data_len is not None and data_len != normal_pages * page_size:
+        msg = f"data_len {data_len} != {normal_pages} NORMAL pages x page_size {page_size}"
+        raise bad(msg)
+    return RunTable(
+        runs=runs,
+        first_pfn=first,
+        end_pfn=end,
+        normal=normal,
+        normal_pages=normal_pages,
+        zero_pages=total_pages - normal_pages,
+    )
+
+
+def _check_kinds(runs: NDArray[np.void]) -> None:
+    kinds = runs["kind"]
+    if int(kinds.min()) >= PageKind.NORMAL and int(kinds.max()) <= PageKind.ZERO:
+        if runs["pad"].any():
+            msg = "run record padding must be 0"
+            raise bad(msg)
+        return
+    if np.any(np.isin(kinds, _RESERVED_KINDS)):
+        msg = "XBZRLE and compressed pages are not supported"
+        raise LocalProtocolError(msg, code=ErrorCode.UNSUPPORTED)
+    kind = int(kinds[np.argmax(~np.isin(kinds, _PAGE_KINDS))])
+    where = "EOS before the end of the run table" if kind == PageKind.EOS else "unknown"
+    msg = f"page kind 0x{kind:02x}: {where}"
+    raise bad(msg)
+
+
+def _check_extents(
+    first: NDArray[np.int64], n_pages: NDArray[np.int64], end: NDArray[np.int64], ram_pages: int
+) -> None:
+    if int(n_pages.min()) == 0:
+        msg = "a page run has n_pages 0"
+        raise bad(msg)
+    if int(end.max()) > ram_pages:
+        i = int(np.argmax(end > ram_pages))
+        msg = f"pages {int(first[i])}..{int(end[i]) - 1} are beyond guest RAM ({ram_pages} pages)"
+        raise LocalProtocolError(msg, code=ErrorCode.BAD_PAGE_ADDRESS)
+    if (first[1:] >= end[:-1]).all():
+        return  # ascending without overlap: the common case, no sort needed
+    order = np.argsort(first, kind="stable")
+    if np.any(first[order][1:] < end[order][:-1]):
+        msg = "page runs overlap within one frame"
+        raise bad(msg)
+
+
+def coalesce(first: NDArray[np.int64], end: NDArray[np.int64]) -> list[tuple[int, int]]:
+    """Merge runs that follow each other (in the given order) into ``(first, end)`` extents."""
+    if not len(first):
+        return []
+    breaks = np.flatnonzero(first[1:] != end[:-1]) + 1
+    starts = first[np.concatenate(([0], breaks))]
+    ends = end[np.concatenate((breaks - 1, [len(first) - 1]))]
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def check_batch_data(batch: RamBatchLike, table: RunTable, page_size: int) -> list[memoryview]:
+    """Read-only byte views of the batch's page data, checked against the run table.
+
+    Raises:
+        LocalProtocolError: BAD_METADATA if the buffers do not match the NORMAL runs.
+    """
+    data = batch.data
+    expected = (table.end_pfn - table.first_pfn)[table.normal] * page_size
+    if len(data) != len(expected):
+        msg = f"page batch has {len(data)} data buffers for {len(expected)} NORMAL runs"
+        raise bad(msg)
+    try:
+        views = [_byte_view(d) for d in data]
+    except (TypeError, ValueError) as exc:
+        msg = f"page data is not a contiguous buffer: {exc}"
+        raise bad(msg) from exc
+    sizes = np.fromiter(map(len, views), dtype=np.int64, count=len(views))
+    if not np.array_equal(sizes, expected):
+        i = int(np.argmax(sizes != expected))
+        msg = f"data buffer {i} is {int(sizes[i])} bytes, its run needs {int(expected[i])}"
+        raise bad(msg)
+    return views
+
+
+def _byte_view(buf: memoryview) -> memoryview:
+    view = memoryview(buf)
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    return view.toreadonly()

@@ -1,0 +1,351 @@
+"""The source's end of a migration: sends the main stream, receives the return path."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from protocol import events as ev
+from protocol.codes import (
+    MAIN_MAGIC,
+    PROTOCOL_VERSION,
+    RETURN_MAGIC,
+    SUPPORTED_VERSIONS,
+    Command,
+    FrameKind,
+    ReturnKind,
+)
+from protocol.config import encode_configuration
+from protocol.connection import Connection
+from protocol.errors import ErrorCode, LocalProtocolError
+from protocol.limits import Limits, Timeouts
+from protocol.messages import MAIN_DECODERS, RETURN_DECODERS, RETURN_INPUTS, decode_section_part
+from protocol.meta import U32_MAX, bad, pack_meta, unpack_meta
+from protocol.ram import check_batch_data, pack_runs, parse_runs
+from protocol.states import (
+    MainState,
+    ReturnState,
+    StreamMode,
+    is_return_terminal,
+    may_ping,
+    source_close_is_clean,
+)
+from protocol.tracker import MainTracker, ReturnTracker, unexpected
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+
+    from protocol.config import MigrationConfiguration
+    from protocol.errors import FrameInfo
+    from protocol.meta import MetaMap
+    from protocol.ram import RamBatchLike
+
+MAX_PINGS_IN_FLIGHT: Final = 64
+
+
+class _Outgoing(NamedTuple):
+    """A frame about to be checked and queued."""
+
+    meta: MetaMap
+    views: Sequence[memoryview]
+    data_len: int
+    event: ev.Event | None
+
+
+def _return_kind(value: int) -> int:
+    try:
+        return ReturnKind(value)
+    except ValueError:
+        return value
+
+
+class SourceConnection(Connection):
+    """The source side: sends configuration, sections and commands; receives the return path.
+
+    Every ``send_*`` method checks the main-stream table (``protocol.states``) and the frame's
+    contents exactly as the destination will, and raises ``LocalProtocolError`` (changing
+    nothing) if the frame is illegal now. The stream header is queued before the first frame.
+
+    Args:
+        version: protocol version to speak (2, or 1 for an older destination).
+        return_path: False for a file stream (no return path, no PING, no HANDOVER).
+        limits: bounds on what the return path may make us allocate; also applied to what we send.
+        timeouts: PING interval and peer timeout; None disables both timers.
+        now: the current time (any monotonic clock, seconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        version: int = PROTOCOL_VERSION,
+        return_path: bool = True,
+        limits: Limits = Limits(),  # noqa: B008 - frozen, hence safe as a default
+        timeouts: Timeouts | None = Timeouts(),  # noqa: B008 - frozen, hence safe as a default
+        now: float,
+    ) -> None:
+        if version not in SUPPORTED_VERSIONS:
+            msg = f"cannot speak protocol version {version}: supported are {SUPPORTED_VERSIONS}"
+            raise LocalProtocolError(msg, code=ErrorCode.UNSUPPORTED_VERSION)
+        mode = StreamMode.RETURN_PATH if return_path else StreamMode.FILE
+        super().__init__(
+            mode=mode,
+            limits=limits,
+            timeouts=timeouts,
+            now=now,
+            send=(MAIN_MAGIC, version),
+            receive=(RETURN_MAGIC, _return_kind),
+        )
+        self.version = version
+        self._main = MainTracker(mode)
+        self._ret = ReturnTracker()
+        self._pings: dict[int, float] = {}
+        self._last_ping_value = 0
+        self._next_ping_at = now
+
+    @property
+    def our_state(self) -> MainState:
+        """The main stream's state (what we sent)."""
+        return self._main.state
+
+    @property
+    def their_state(self) -> ReturnState:
+        """The return path's state (what we received)."""
+        return self._ret.state
+
+    @property
+    def configuration(self) -> MigrationConfiguration | None:
+        """The configuration we sent, if any."""
+        return self._main.config
+
+    # ------------------------------------------------------------------ sending
+
+    def send_configuration(self, config: MigrationConfiguration) -> None:
+        """Queue CONFIGURATION (the first frame of a migration)."""
+        self._send(FrameKind.CONFIGURATION, 0, encode_configuration(config))
+
+    def send_open_return_path(self) -> None:
+        """Queue OPEN_RETURN_PATH (right after the configuration)."""
+        self._send(FrameKind.COMMAND, 0, {"cmd": Command.OPEN_RETURN_PATH})
+
+    def send_ping(self, value: int) -> None:
+        """Queue PING ``value`` (u32); its PONG reports the round-trip time."""
+        self._send(FrameKind.COMMAND, 0, {"cmd": Command.PING, "value": value})
+        self._pings[value] = self._now
+        while len(self._pings) > MAX_PINGS_IN_FLIGHT:
+            del self._pings[next(iter(self._pings))]
+
+    def send_section_start(
+        self,
+        section_id: int,
+        idstr: str,
+        instance_id: int,
+        version_id: int,
+        setup: Mapping[str, Any],
+    ) -> None:
+        """Queue SECTION_START of an iterable entry (``idstr == "ram"`` opens the RAM section)."""
+        meta = {"idstr": idstr, "instance_id": instance_id, "version_id": version_id}
+        self._send(FrameKind.SECTION_START, section_id, {**meta, "setup": dict(setup)})
+
+    def send_ram(self, section_id: int, batch: RamBatchLike, *, end: bool) -> None:
+        """Queue a RAM PART (or END) frame: the run table and views of the pages, not copied."""
+        kind = FrameKind.SECTION_END if end else FrameKind.SECTION_PART
+
+        def build() -> _Outgoing:
+            if not self._main.check_part(section_id, end=end):
+                msg = f"section {section_id} is not the RAM section"
+                raise unexpected(msg)
+            config = self._main.require_config()
+            runs = pack_runs(batch)
+            table = parse_runs(
+                runs,
+                page_size=config.page_size,
+                ram_pages=config.ram_pages,
+                data_len=None,
+                limits=self._limits,
+            )
+            views = check_batch_data(batch, table, config.page_size)
+            event = ev.RamPagesReceived(
+                section_id=section_id,
+                end=end,
+                normal_pages=table.normal_pages,
+                zero_pages=table.zero_pages,
+                runs=table.runs,
+            )
+            meta = {"runs": runs, "eos": True}
+            return _Outgoing(meta, views, table.normal_pages * config.page_size, event)
+
+        self._send_built(kind, section_id, build)
+
+    def send_section_part(self, section_id: int, payload: Mapping[str, Any], *, end: bool) -> None:
+        """Queue SECTION_PART (or END) of an iterable section other than RAM."""
+        kind = FrameKind.SECTION_END if end else FrameKind.SECTION_PART
+        self._send(
+            kind,
+            section_id,
+            {"payload": dict(payload)},
+            lambda meta: decode_section_part(section_id, meta, end=end),
+        )
+
+    def send_section_full(
+        self,
+        section_id: int,
+        idstr: str,
+        instance_id: int,
+        version_id: int,
+        state: Mapping[str, Any],
+    ) -> None:
+        """Queue SECTION_FULL: a device listed in the configuration, its whole VMState."""
+        meta = {"idstr": idstr, "instance_id": instance_id, "version_id": version_id}
+        self._send(FrameKind.SECTION_FULL, section_id, {**meta, "state": dict(state)})
+
+    def send_switchover_start(self) -> None:
+        """Queue SWITCHOVER_START (the VM is stopped; END and FULL sections follow)."""
+        self._send(FrameKind.COMMAND, 0, {"cmd": Command.SWITCHOVER_START})
+
+    def send_eof(self) -> None:
+        """Queue EOF (all device state was sent)."""
+        self._send(FrameKind.EOF, 0, {})
+
+    def send_vmdesc(self, vmdesc: Mapping[str, Any]) -> None:
+        """Queue VMDESCRIPTION, the trailing device description."""
+        self._send(FrameKind.VMDESCRIPTION, 0, {"vmdesc": dict(vmdesc)})
+
+    def send_handover(self) -> None:
+        """Queue HANDOVER: ownership passes to the destination."""
+        self._send(FrameKind.COMMAND, 0, {"cmd": Command.HANDOVER})
+
+    def send_abort(self, code: ErrorCode, reason: str) -> None:
+        """Queue ABORT: the destination must discard the migration."""
+        self._send(FrameKind.COMMAND, 0, {"cmd": Command.ABORT, "code": code, "reason": reason})
+
+    def send_resolve(self, migration_id: str) -> None:
+        """Queue RESOLVE (the first frame of a resolve connection)."""
+        self._send(FrameKind.COMMAND, 0, {"cmd": Command.RESOLVE, "migration_id": migration_id})
+
+    def _send(
+        self,
+        kind: FrameKind,
+        section_id: int,
+        meta: MetaMap,
+        decode: Callable[[MetaMap], ev.Event] | None = None,
+    ) -> None:
+        """Check a frame without page data exactly as the destination will, then queue it."""
+
+        def build() -> _Outgoing:
+            return _Outgoing(meta, (), 0, None)
+
+        self._send_built(kind, section_id, build, decode)
+
+    def _send_built(
+        self,
+        kind: FrameKind,
+        section_id: int,
+        build: Callable[[], _Outgoing],
+        decode: Callable[[MetaMap], ev.Event] | None = None,
+    ) -> None:
+        """Build and check a frame after the (implicit) stream header; queue it if legal.
+
+        A refused frame changes nothing: the header transition is undone as well.
+        """
+        info = self._writer.next_frame_info(kind, section_id, 0, 0)
+        fresh = self._main.state is MainState.IDLE
+        try:
+            if fresh:
+                self._main.header(self.version)
+            out = build()
+            meta_bytes = pack_meta(out.meta)
+            info = self._writer.next_frame_info(kind, section_id, len(meta_bytes), out.data_len)
+            self._check_frame_size(section_id, len(meta_bytes), out.data_len)
+            decoded = unpack_meta(meta_bytes, self._limits)
+            if out.event is not None:
+                event = out.event
+            elif decode is not None:
+                event = decode(decoded)
+            else:
+                event = MAIN_DECODERS[kind](section_id, decoded, self._limits)
+            self._main.accept(event)
+        except LocalProtocolError as exc:
+            if fresh:
+                self._main.state, self._main.version = MainState.IDLE, None
+            raise exc.located(info, self._main.idstr_of(section_id)) from None
+        self._queue(kind, section_id, meta_bytes, out.views, out.data_len)
+
+    def _check_frame_size(self, section_id: int, meta_len: int, data_len: int) -> None:
+        if not 0 <= section_id <= U32_MAX:
+            msg = f"section id {section_id} is not a u32"
+            raise bad(msg)
+        if meta_len > self._limits.max_meta_bytes or data_len > self._limits.max_data_bytes:
+            msg = (
+                f"meta {meta_len} / data {data_len} bytes exceeds max_meta_bytes"
+                f"({self._limits.max_meta_bytes}) / max_data_bytes({self._limits.max_data_bytes})"
+            )
+            raise LocalProtocolError(msg, code=ErrorCode.FRAME_TOO_LARGE)
+
+    # ------------------------------------------------------------------ timers
+
+    def _ping_due_at(self) -> float | None:
+        pinging = self._mode is StreamMode.RETURN_PATH and may_ping(self._mode, self._main.state)
+        if not pinging or is_return_terminal(self._ret.state):
+            return None
+        return self._next_ping_at
+
+    def _send_auto_ping(self, now: float) -> None:
+        self._last_ping_value = self._last_ping_value % U32_MAX + 1
+        self.send_ping(self._last_ping_value)
+        if self._timeouts is not None:
+            self._next_ping_at = now + self._timeouts.ping_interval_s
+
+    def _expects_peer(self) -> bool:
+        return self._mode is StreamMode.RETURN_PATH and not is_return_terminal(self._ret.state)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_stream_header(self, version: int) -> ev.Event:
+        if self._mode is StreamMode.FILE:
+            msg = "a return path arrived, but this stream has none (file mode)"
+            raise LocalProtocolError(msg)
+        self._ret.header(version, self._main)
+        return ev.ReturnStreamStarted(version=version)
+
+    def _on_frame_header(self, info: FrameInfo) -> bool:
+        kind = info.kind
+        if kind == ReturnKind.REQ_PAGES:
+            msg = "REQ_PAGES (postcopy) is not supported"
+            raise LocalProtocolError(msg, code=ErrorCode.UNSUPPORTED)
+        if not isinstance(kind, ReturnKind):
+            msg = f"unknown return-path frame kind 0x{kind:02x}"
+            raise LocalProtocolError(msg)
+        if info.section_id:
+            msg = f"return-path frames have section id 0, not {info.section_id}"
+            raise LocalProtocolError(msg)
+        self._ret.check_input(RETURN_INPUTS[kind], self._main)
+        return False
+
+    def _on_meta(self, info: FrameInfo, meta: memoryview) -> list[memoryview]:  # pragma: no cover
+        del info, meta
+        msg = "return-path frames are not meta-first"
+        raise LocalProtocolError(msg, code=ErrorCode.INTERNAL)
+
+    def _on_frame(self, info: FrameInfo, meta: memoryview) -> ev.Event:
+        decoded = unpack_meta(meta, self._limits)
+        event = RETURN_DECODERS[ReturnKind(info.kind)](decoded, self._limits)
+        if isinstance(event, ev.PongReceived):
+            sent_at = self._pings.pop(event.value, None)
+            if sent_at is None:
+                msg = f"PONG {event.value} answers no PING in flight"
+                raise LocalProtocolError(msg)
+            event = replace(event, rtt_s=self._now - sent_at)
+        self._ret.accept(event, self._main)
+        return ev.with_frame(event, info)
+
+    def _on_eof(self) -> ev.Event:
+        clean = source_close_is_clean(self._main.state, self._ret.state)
+        self._ret.state = ReturnState.CLOSED
+        return ev.ConnectionClosed(clean=clean)
+
+    def _on_failed(self) -> None:
+        self._ret.state = ReturnState.ERROR
+
+    def _idstr_of(self, section_id: int) -> str | None:
+        return None if section_id == 0 else self._main.idstr_of(section_id)

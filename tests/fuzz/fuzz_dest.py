@@ -1,0 +1,135 @@
+"""Atheris harness for the receivers (the invariant of h11's fuzz/afl-server.py).
+
+Whatever bytes arrive, a ``DestConnection`` (and a ``SourceConnection`` reading a return path)
+reports events or raises ``RemoteProtocolError``, and nothing else; it holds no more than its
+limits. Each input is fed whole, byte by byte, and through ``get_buffers``/``buffers_filled``.
+The first input byte picks the target: main stream (file mode / return-path mode) or return path.
+
+    .venv/bin/python tests/fuzz/fuzz_dest.py -max_total_time=600 tests/fuzz/corpus
+
+Seeds: ``tests/fuzz/corpus`` is filled from ``tests/vectors/*.bin`` on start (one byte of
+target selector prepended).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import atheris
+
+with atheris.instrument_imports():
+    import protocol
+    from protocol import DestConnection, Limits, RemoteProtocolError, SourceConnection
+
+HERE = Path(__file__).resolve().parent
+VECTORS = HERE.parent / "vectors"
+LIMITS = Limits(max_buffered_bytes=1 << 16, max_data_bytes=1 << 18, max_meta_bytes=1 << 16)
+MAX_EVENTS = 100_000
+BYTEWISE_MAX = 2048
+
+
+def _source() -> SourceConnection:
+    """A source that has sent the return-path vector's main stream (so replies are legal)."""
+    from helpers.pair import replay_main, sent_bytes  # noqa: PLC0415
+
+    source = SourceConnection(limits=LIMITS, timeouts=None, now=0.0)
+    replay_main(_MAIN_EVENTS, source)
+    sent_bytes(source)
+    return source
+
+
+def _receiver(selector: int) -> SourceConnection | DestConnection:
+    if selector % 3 == 2:
+        return _source()
+    return DestConnection(return_path=selector % 3 == 1, limits=LIMITS, timeouts=None, now=0.0)
+
+
+def _take(conn: SourceConnection | DestConnection) -> None:
+    for _ in range(MAX_EVENTS):
+        if conn.next_event() is None:
+            return
+    raise AssertionError("endless events")
+
+
+def _whole(conn: SourceConnection | DestConnection, data: bytes) -> None:
+    conn.receive_data(data, 0.0)
+    _take(conn)
+
+
+def _bytewise(conn: SourceConnection | DestConnection, data: bytes) -> None:
+    """Byte by byte for small inputs; in pieces of 1..97 bytes beyond (keeps executions fast)."""
+    step, i = 1, 0
+    while i < len(data):
+        conn.receive_data(data[i : i + step], 0.0)
+        _take(conn)
+        i += step
+        if len(data) > BYTEWISE_MAX:
+            step = step * 7 % 97 + 1
+
+
+def _buffers(conn: SourceConnection | DestConnection, data: bytes) -> None:
+    pos, step = 0, 7
+    while pos < len(data):
+        buffers = conn.get_buffers()
+        if not buffers:
+            if conn.next_event() is None:
+                return
+            continue
+        buf = buffers[0]
+        take = min(len(buf), len(data) - pos, step)
+        buf[:take] = data[pos : pos + take]
+        conn.buffers_filled(take, 0.0)
+        pos += take
+        step = step * 3 % 4093 + 1
+    _take(conn)
+
+
+def test_one_input(data: bytes) -> None:
+    """The fuzz target: only RemoteProtocolError may escape, within the limits."""
+    if not data:
+        return
+    selector, payload = data[0], data[1:]
+    for feed in (_whole, _bytewise, _buffers):
+        conn = _receiver(selector)
+        try:
+            feed(conn, payload)
+            conn.receive_eof(0.0)
+            _take(conn)
+        except RemoteProtocolError:
+            pass
+        if len(conn._reader._pending) > LIMITS.max_buffered_bytes:
+            raise AssertionError("pending buffer beyond max_buffered_bytes")
+
+
+def _seed_corpus(corpus: Path) -> None:
+    corpus.mkdir(parents=True, exist_ok=True)
+    seeds = {
+        "file_v2.bin": 0,
+        "file_v1.bin": 0,
+        "return_path.main.bin": 1,
+        "resolve.main.bin": 1,
+        "return_path.return.bin": 2,
+    }
+    for name, selector in seeds.items():
+        (corpus / f"seed-{name}").write_bytes(bytes([selector]) + (VECTORS / name).read_bytes())
+
+
+def main() -> None:
+    """Seed the corpus directories given on the command line, then fuzz."""
+    global _MAIN_EVENTS  # noqa: PLW0603 - built once, before fuzzing starts
+    sys.path.insert(0, str(HERE.parent))
+    from helpers.pair import decode_main  # noqa: PLC0415
+
+    _MAIN_EVENTS = decode_main((VECTORS / "return_path.main.bin").read_bytes(), return_path=True)
+    for arg in sys.argv[1:]:
+        if not arg.startswith("-"):
+            _seed_corpus(Path(arg))
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+_MAIN_EVENTS: list[protocol.Event] = []
+
+if __name__ == "__main__":
+    main()

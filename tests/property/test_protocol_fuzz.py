@@ -1,0 +1,163 @@
+"""Fuzzing in the normal test run (bounded time): whatever bytes arrive, in whatever chunks,
+a receiver only ever raises RemoteProtocolError, holds at most its limits and terminates.
+
+The same invariant runs longer under atheris: ``tests/fuzz/fuzz_dest.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers.pair import decode_main, replay_main, sent_bytes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocol import (
+    DestConnection,
+    Limits,
+    RemoteProtocolError,
+    SourceConnection,
+)
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
+MAIN = [
+    (VECTORS / n).read_bytes()
+    for n in ("file_v2.bin", "file_v1.bin", "return_path.main.bin", "resolve.main.bin")
+]
+RETURN = (VECTORS / "return_path.return.bin").read_bytes()
+LIMITS = Limits(max_buffered_bytes=64 * 1024, max_data_bytes=256 * 1024, max_meta_bytes=64 * 1024)
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def feed(
+    receiver: SourceConnection | DestConnection, data: bytes, cuts: list[int], *, buffers: bool
+) -> None:
+    """Deliver ``data`` in pieces, taking events; only RemoteProtocolError may escape."""
+    points = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
+    start = 0
+    try:
+        for end in points:
+            piece = data[start:end]
+            start = end
+            if buffers:
+                _fill_all(receiver, piece)
+            else:
+                receiver.receive_data(piece, 0.0)
+                _take_all(receiver)
+        receiver.receive_eof(0.0)
+        _take_all(receiver)
+    except RemoteProtocolError:
+        pass
+    assert len(receiver._reader._pending) <= LIMITS.max_buffered_bytes
+
+
+def _take_all(receiver: SourceConnection | DestConnection) -> None:
+    for _ in range(10_000):
+        if receiver.next_event() is None:
+            return
+    raise AssertionError("endless events")
+
+
+def _fill_all(receiver: SourceConnection | DestConnection, piece: bytes) -> None:
+    pos = 0
+    for _ in range(len(piece) + 100):
+        if pos == len(piece):
+            return
+        buffers = receiver.get_buffers()
+        if not buffers:
+            if receiver.next_event() is None:
+                return  # failed or ended: the error surfaces from next_event
+            continue
+        take = min(len(buffers[0]), len(piece) - pos)
+        buffers[0][:take] = piece[pos : pos + take]
+        receiver.buffers_filled(take, 0.0)
+        pos += take
+        _take_all(receiver)
+    raise AssertionError("no progress")
+
+
+def dest(return_path: bool) -> DestConnection:
+    return DestConnection(return_path=return_path, limits=LIMITS, timeouts=None, now=0.0)
+
+
+mutations = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "set", "insert", "delete", "dup"]),
+        st.integers(0, 1 << 16),
+        st.binary(min_size=1, max_size=8),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def mutate(data: bytes, ops: list[tuple[str, int, bytes]]) -> bytes:
+    out = bytearray(data)
+    for op, where, blob in ops:
+        i = where % (len(out) + 1)
+        if op == "flip" and i < len(out):
+            out[i] ^= blob[0] or 1
+        elif op == "set":
+            out[i : i + len(blob)] = blob
+        elif op == "insert":
+            out[i:i] = blob
+        elif op == "delete":
+            del out[i : i + blob[0]]
+        elif op == "dup":
+            out[i:i] = out[i : i + 64 * blob[0]]
+    return bytes(out)
+
+
+@FUZZ
+@given(
+    st.binary(max_size=2048),
+    st.booleans(),
+    st.lists(st.integers(0, 4096), max_size=8),
+    st.booleans(),
+)
+def test_random_bytes(data, return_path, cuts, buffers):
+    feed(dest(return_path), data, cuts, buffers=buffers)
+
+
+@FUZZ
+@given(
+    st.binary(max_size=1024),
+    st.sampled_from([b"LVMG\x00\x02\x00\x00", b"LVMG\x00\x01\x00\x00"]),
+    st.booleans(),
+)
+def test_random_frames_after_a_valid_header(data, header, return_path):
+    feed(dest(return_path), header + data, [], buffers=False)
+
+
+@FUZZ
+@given(
+    st.sampled_from(range(len(MAIN))),
+    mutations,
+    st.lists(st.integers(0, 1 << 14), max_size=6),
+    st.booleans(),
+)
+def test_mutated_vectors(which, ops, cuts, buffers):
+    stream = mutate(MAIN[which], ops)
+    feed(dest(return_path=which >= 2), stream, cuts, buffers=buffers)
+
+
+_MAIN_EVENTS = decode_main(MAIN[2], return_path=True)
+
+
+def _source() -> SourceConnection:
+    source = SourceConnection(limits=LIMITS, timeouts=None, now=0.0)
+    replay_main(_MAIN_EVENTS, source)
+    sent_bytes(source)
+    return source
+
+
+@FUZZ
+@given(mutations, st.lists(st.integers(0, 1 << 10), max_size=6), st.booleans())
+def test_source_receiving_a_mutated_return_path(ops, cuts, buffers):
+    feed(_source(), mutate(RETURN, ops), cuts, buffers=buffers)
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_source_receiving_random_bytes(data):
+    feed(_source(), b"LVRP\x00\x02\x00\x00" + data, [], buffers=False)

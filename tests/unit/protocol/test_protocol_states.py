@@ -1,0 +1,323 @@
+"""Every (role, state, input) pair: legal per the table, or the right error naming both.
+
+The tables in ``protocol.states`` are the oracle. For each reachable state the source tries to
+*send* each input (LocalProtocolError when illegal) and a destination in the same state
+*receives* it as raw bytes (RemoteProtocolError when illegal); both must agree with the table.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from helpers.pair import PAGE_SIZE, ConnectionPair, make_batch, make_config, sent_bytes
+
+from protocol import (
+    ErrorCode,
+    FrameKind,
+    LocalProtocolError,
+    MainState,
+    Outcome,
+    PageKind,
+    RemoteProtocolError,
+    ReturnKind,
+    ReturnState,
+    SourceConnection,
+    StreamMode,
+)
+from protocol.config import encode_configuration
+from protocol.frames import encode_frame
+from protocol.meta import pack_meta
+from protocol.ram import pack_runs
+from protocol.states import (
+    MAIN_TABLE,
+    RETURN_REQUIRES_MAIN,
+    RETURN_TABLE,
+    MainInput,
+    ReturnInput,
+    main_transition,
+    may_ping,
+    return_transition,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+CONFIG = make_config()
+ZERO_PAGE = make_batch(None, [(0, 1, PageKind.ZERO)])
+EMPTY = make_batch(None, [])
+
+SEND: dict[MainInput, Callable[[SourceConnection], None]] = {
+    MainInput.CONFIGURATION: lambda s: s.send_configuration(CONFIG),
+    MainInput.OPEN_RETURN_PATH: lambda s: s.send_open_return_path(),
+    MainInput.PING: lambda s: s.send_ping(5),
+    MainInput.SECTION_START: lambda s: s.send_section_start(10, "blk", 0, 1, {}),
+    MainInput.SECTION_PART: lambda s: s.send_ram(1, ZERO_PAGE, end=False),
+    MainInput.SECTION_END: lambda s: s.send_ram(1, EMPTY, end=True),
+    MainInput.SECTION_FULL: lambda s: s.send_section_full(2, "serial0", 0, 1, {"fields": {}}),
+    MainInput.SWITCHOVER_START: lambda s: s.send_switchover_start(),
+    MainInput.EOF: lambda s: s.send_eof(),
+    MainInput.VMDESCRIPTION: lambda s: s.send_vmdesc({"devices": []}),
+    MainInput.HANDOVER: lambda s: s.send_handover(),
+    MainInput.ABORT: lambda s: s.send_abort(ErrorCode.CANCELLED, "migrate_cancel"),
+    MainInput.RESOLVE: lambda s: s.send_resolve("mig-0001"),
+}
+
+_ram_setup = {"ram_size": CONFIG.ram_size, "page_size": PAGE_SIZE}
+FRAMES: dict[MainInput, tuple[FrameKind, int, dict]] = {
+    MainInput.CONFIGURATION: (FrameKind.CONFIGURATION, 0, encode_configuration(CONFIG)),
+    MainInput.OPEN_RETURN_PATH: (FrameKind.COMMAND, 0, {"cmd": 1}),
+    MainInput.PING: (FrameKind.COMMAND, 0, {"cmd": 2, "value": 5}),
+    MainInput.SECTION_START: (
+        FrameKind.SECTION_START,
+        10,
+        {"idstr": "blk", "instance_id": 0, "version_id": 1, "setup": {}},
+    ),
+    MainInput.SECTION_PART: (
+        FrameKind.SECTION_PART,
+        1,
+        {"runs": pack_runs(ZERO_PAGE), "eos": True},
+    ),
+    MainInput.SECTION_END: (FrameKind.SECTION_END, 1, {"runs": pack_runs(EMPTY), "eos": True}),
+    MainInput.SECTION_FULL: (
+        FrameKind.SECTION_FULL,
+        2,
+        {"idstr": "serial0", "instance_id": 0, "version_id": 1, "state": {"fields": {}}},
+    ),
+    MainInput.SWITCHOVER_START: (FrameKind.COMMAND, 0, {"cmd": 11}),
+    MainInput.EOF: (FrameKind.EOF, 0, {}),
+    MainInput.VMDESCRIPTION: (FrameKind.VMDESCRIPTION, 0, {"vmdesc": {"devices": []}}),
+    MainInput.HANDOVER: (FrameKind.COMMAND, 0, {"cmd": 0x40}),
+    MainInput.ABORT: (FrameKind.COMMAND, 0, {"cmd": 0x41, "code": 11, "reason": "x"}),
+    MainInput.RESOLVE: (FrameKind.COMMAND, 0, {"cmd": 0x42, "migration_id": "mig-0001"}),
+}
+
+_RP = StreamMode.RETURN_PATH
+PREFIXES: dict[tuple[StreamMode, MainState], list[object]] = {}
+for _mode in StreamMode:
+    _open = [MainInput.OPEN_RETURN_PATH] if _mode is _RP else []
+    _setup = [MainInput.CONFIGURATION, *_open, "ram"]
+    _done = [*_setup, MainInput.SECTION_PART, MainInput.SWITCHOVER_START, MainInput.SECTION_FULL]
+    PREFIXES[(_mode, MainState.IDLE)] = []
+    PREFIXES[(_mode, MainState.SETUP)] = _setup
+    PREFIXES[(_mode, MainState.ITERATING)] = [*_setup, MainInput.SECTION_PART]
+    PREFIXES[(_mode, MainState.SWITCHOVER)] = [*_setup, MainInput.SWITCHOVER_START]
+    PREFIXES[(_mode, MainState.FINALIZING)] = _done
+    PREFIXES[(_mode, MainState.COMPLETED)] = [*_done, MainInput.EOF]
+    _described = MainState.DESCRIBED if _mode is _RP else MainState.DONE
+    PREFIXES[(_mode, _described)] = [*_done, MainInput.EOF, MainInput.VMDESCRIPTION]
+    PREFIXES[(_mode, MainState.ABORTED)] = [MainInput.CONFIGURATION, MainInput.ABORT]
+PREFIXES[(_RP, MainState.CONFIGURED)] = [MainInput.CONFIGURATION]
+PREFIXES[(_RP, MainState.HANDED_OVER)] = [*PREFIXES[(_RP, MainState.DESCRIBED)], MainInput.HANDOVER]
+PREFIXES[(_RP, MainState.RESOLVING)] = [MainInput.RESOLVE]
+PREFIXES[(_RP, MainState.RESOLVE_HANDED_OVER)] = [MainInput.RESOLVE, MainInput.HANDOVER]
+
+
+def source_in(mode: StreamMode, state: MainState) -> SourceConnection:
+    source = SourceConnection(return_path=mode is _RP, timeouts=None, now=0.0)
+    for step in PREFIXES[(mode, state)]:
+        if step == "ram":
+            source.send_section_start(1, "ram", 0, 4, _ram_setup)
+        else:
+            SEND[step](source)
+    assert state == source.our_state
+    return source
+
+
+def test_every_reachable_state_is_covered():
+    """Each main state is reached by a prefix in the mode(s) where it exists."""
+    reached = {state for (_mode, state) in PREFIXES}
+    for mode, table in MAIN_TABLE.items():
+        targets = {after for row in table.values() for after in row.values()} | set(table)
+        missing = {s for s in targets if (mode, s) not in PREFIXES} - {MainState.STARTED}
+        assert set() == missing, mode
+    assert MainState.CLOSED not in reached
+
+
+CASES = [(mode, state, event) for (mode, state) in PREFIXES for event in SEND]
+
+
+@pytest.mark.parametrize(("mode", "state", "event"), CASES, ids=lambda v: getattr(v, "value", v))
+def test_source_send_matches_table(mode, state, event):
+    source = source_in(mode, state)
+    effective = MainState.STARTED if state is MainState.IDLE else state
+    legal = event in MAIN_TABLE[mode].get(effective, {})
+    sent_bytes(source)
+
+    if legal:
+        SEND[event](source)
+        assert main_transition(mode, effective, event) == source.our_state
+        assert sent_bytes(source)
+    else:
+        with pytest.raises(LocalProtocolError) as info:
+            SEND[event](source)
+        assert ErrorCode.UNEXPECTED_SECTION == info.value.code
+        assert event.value in str(info.value)
+        assert effective.value in str(info.value)
+        assert state == source.our_state  # a refused send changes nothing
+        assert b"" == sent_bytes(source)
+
+
+@pytest.mark.parametrize(("mode", "state", "event"), CASES, ids=lambda v: getattr(v, "value", v))
+def test_dest_receive_matches_table(mode, state, event):
+    source = source_in(mode, state)
+    prefix = sent_bytes(source)
+    if state is MainState.IDLE:
+        prefix = b"LVMG\x00\x02\x00\x00"
+        state = MainState.STARTED
+    pair = ConnectionPair(return_path=mode is _RP)
+    pair.deliver(pair.dest, prefix)
+    assert state == pair.dest.their_state
+    kind, section_id, meta = FRAMES[event]
+    frame = encode_frame(2, kind, section_id, pack_meta(meta))
+    legal = event in MAIN_TABLE[mode].get(state, {})
+
+    if legal:
+        events = pair.deliver(pair.dest, frame)
+        assert 1 == len(events)
+        assert main_transition(mode, state, event) == pair.dest.their_state
+    else:
+        with pytest.raises(RemoteProtocolError) as info:
+            pair.deliver(pair.dest, frame)
+        assert ErrorCode.UNEXPECTED_SECTION == info.value.code
+        assert event.value in str(info.value)
+        assert state.value in str(info.value)
+        assert info.value.frame is not None
+        assert max(len(prefix), 8) == info.value.frame.offset
+        assert MainState.ERROR == pair.dest.their_state
+
+
+@pytest.mark.parametrize("state", [MainState.CLOSED, MainState.ERROR])
+@pytest.mark.parametrize("mode", list(StreamMode))
+def test_closed_and_error_states_take_nothing(mode, state):
+    for event in MainInput:
+        with pytest.raises(LocalProtocolError, match=state.value):
+            main_transition(mode, state, event)
+
+
+# --------------------------------------------------------------------------- return path
+
+REPLY: dict[ReturnInput, Callable] = {
+    ReturnInput.OPEN_ACK: lambda d: d.send_open_ack(),
+    ReturnInput.LOADED: lambda d: d.send_loaded(
+        digest=None, normal_pages=0, zero_pages=0, devices=0
+    ),
+    ReturnInput.RESUMED: lambda d: d.send_resumed("running"),
+    ReturnInput.FAILED: lambda d: d.send_failed(ErrorCode.LOAD_FAILED, "bad device"),
+    ReturnInput.OUTCOME: lambda d: d.send_outcome("mig-0001", Outcome.COMMITTED),
+}
+REPLY_FRAMES: dict[ReturnInput, tuple[ReturnKind, dict]] = {
+    ReturnInput.OPEN_ACK: (ReturnKind.OPEN_ACK, {"version": 2}),
+    ReturnInput.PONG: (ReturnKind.PONG, {"value": 5}),
+    ReturnInput.LOADED: (
+        ReturnKind.LOADED,
+        {"digest": None, "normal_pages": 0, "zero_pages": 0, "devices": 0},
+    ),
+    ReturnInput.RESUMED: (ReturnKind.RESUMED, {"runstate": "running"}),
+    ReturnInput.FAILED: (ReturnKind.FAILED, {"code": 10, "reason": "x"}),
+    ReturnInput.OUTCOME: (ReturnKind.OUTCOME, {"migration_id": "mig-0001", "outcome": "committed"}),
+}
+RETURN_PREFIXES: dict[ReturnState, list[ReturnInput]] = {
+    ReturnState.IDLE: [],
+    ReturnState.OPEN: [ReturnInput.OPEN_ACK],
+    ReturnState.LOADED: [ReturnInput.OPEN_ACK, ReturnInput.LOADED],
+    ReturnState.RESOLVED: [ReturnInput.OUTCOME],
+    ReturnState.RESUMED: [ReturnInput.OPEN_ACK, ReturnInput.RESUMED],
+    ReturnState.FAILED: [ReturnInput.FAILED],
+}
+MAIN_CONTEXTS = [
+    MainState.CONFIGURED,
+    MainState.SETUP,
+    MainState.COMPLETED,
+    MainState.DESCRIBED,
+    MainState.HANDED_OVER,
+    MainState.ABORTED,
+    MainState.RESOLVING,
+    MainState.RESOLVE_HANDED_OVER,
+]
+
+
+def _allowed(state: ReturnState, event: ReturnInput, main: MainState) -> bool:
+    """The oracle: the table, plus OUTCOME only on a resolve connection (the ABORTED context
+    here is a normal migration's)."""
+    if event is ReturnInput.OUTCOME and main is MainState.ABORTED:
+        return False
+    return event in RETURN_TABLE.get(state, {}) and main in RETURN_REQUIRES_MAIN[event]
+
+
+def _legal_path(main: MainState, steps: list[ReturnInput]) -> bool:
+    state = ReturnState.STARTED
+    for step in steps:
+        if not _allowed(state, step, main):
+            return False
+        state = return_transition(state, step, main)
+    return True
+
+
+RETURN_CASES = [
+    (main, ret, event)
+    for main in MAIN_CONTEXTS
+    for ret, steps in RETURN_PREFIXES.items()
+    if _legal_path(main, steps)
+    for event in ReturnInput
+    if event is not ReturnInput.HEADER
+]
+
+
+def _return_pair(main: MainState, ret: ReturnState) -> ConnectionPair:
+    pair = ConnectionPair()
+    source = source_in(_RP, main)
+    pair.source = source
+    pair.deliver(pair.dest, sent_bytes(source))
+    pair.dest.next_event()
+    for step in RETURN_PREFIXES[ret]:
+        REPLY[step](pair.dest)
+    pair.to_source()
+    if may_ping(_RP, source.our_state):
+        source.send_ping(5)  # in flight: its PONG may come
+        pair.drop()
+    return pair
+
+
+@pytest.mark.parametrize(
+    ("main", "ret", "event"), RETURN_CASES, ids=lambda v: getattr(v, "value", v)
+)
+def test_return_path_matches_table(main, ret, event):
+    """The destination's sends and the source's receives both follow RETURN_TABLE."""
+    pair = _return_pair(main, ret)
+    current = pair.dest.our_state
+    mirrored = ReturnState.STARTED if ret is ReturnState.IDLE else ret
+    assert ret == current or (ret is ReturnState.IDLE and current is ReturnState.STARTED)
+    # a PONG may already have opened the return path (IDLE -> STARTED)
+    effective = ReturnState.STARTED if current is ReturnState.IDLE else current
+    main_now = pair.dest.their_state
+    legal = _allowed(effective, event, main_now)
+
+    if event is not ReturnInput.PONG:
+        if legal:
+            REPLY[event](pair.dest)
+            assert return_transition(effective, event, main_now) == pair.dest.our_state
+        else:
+            with pytest.raises(LocalProtocolError) as info:
+                REPLY[event](pair.dest)
+            assert ErrorCode.UNEXPECTED_SECTION == info.value.code
+            assert event.value in str(info.value)
+    kind, meta = REPLY_FRAMES[event]
+    frame = encode_frame(2, kind, 0, pack_meta(meta))
+    if pair.source.their_state is ReturnState.IDLE:
+        frame = b"LVRP\x00\x02\x00\x00" + frame
+    source_main = pair.source.our_state
+    source_legal = _allowed(mirrored, event, source_main)
+    if source_legal and event is ReturnInput.PONG and not may_ping(_RP, main):
+        with pytest.raises(RemoteProtocolError, match="answers no PING") as remote:
+            pair.deliver(pair.source, frame)
+        assert ErrorCode.PROTOCOL_ERROR == remote.value.code
+    elif source_legal:
+        events = pair.deliver(pair.source, frame)
+        assert events
+        assert return_transition(mirrored, event, source_main) == pair.source.their_state
+    else:
+        with pytest.raises(RemoteProtocolError) as remote:
+            pair.deliver(pair.source, frame)
+        assert ErrorCode.UNEXPECTED_SECTION == remote.value.code
+        assert event.value in str(remote.value)
