@@ -1,0 +1,1 @@
+"""`python -m dest_daemon` / `dest-daemon`: wait for an incoming migration and run the VM."""

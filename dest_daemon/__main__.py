@@ -1,0 +1,50 @@
+"""Wait for an incoming migration (`--incoming URI`, or `defer` and QMP `migrate-incoming`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vmm.daemon import DaemonOptions
+from vmm.entry import add_common_arguments, run_daemon
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The destination daemon's command line."""
+    parser = argparse.ArgumentParser(
+        prog="dest-daemon",
+        description="Receive a live migration from a source-daemon and run the VM.",
+    )
+    parser.add_argument(
+        "--incoming",
+        default="defer",
+        metavar="URI",
+        help="listen on tcp:HOST:PORT or unix:PATH, load file:PATH, or 'defer' to wait for "
+        "QMP migrate-incoming (default)",
+    )
+    parser.add_argument(
+        "--uuid", help="the UUID of the VM expected (checked when the source sets validate-uuid)"
+    )
+    parser.add_argument(
+        "-S", "--paused", action="store_true", help="keep the received VM paused (QEMU -S)"
+    )
+    add_common_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `dest-daemon`."""
+    args = build_parser().parse_args(argv)
+    options = DaemonOptions(
+        role="destination",
+        incoming=args.incoming,
+        qmp=tuple(args.qmp),
+        serial_path=args.serial,
+        expected_uuid=args.uuid,
+        start_paused=args.paused,
+    )
+    return run_daemon(args, options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""The fault proxy: forwards TCP connections to one upstream and applies the active faults.
+
+Each proxied connection has two pipes (main: client to upstream, i.e. source to destination;
+return: the other way). A pipe's reader decides what may pass (scanning frame boundaries for
+`before_frame` faults, counting bytes for `after_bytes` cuts, holding everything while stalled — it
+then stops reading, so TCP backpressure stops the sender, as a real stall would); its writer
+delivers in order, applying latency and bandwidth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+from faultproxy.faults import Direction, Fault, FaultKind
+from faultproxy.scanner import FrameStart, StreamScanner
+from netio import TcpAddress, accept, bound_address, listen, open_connection
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from netio import SocketAddress
+
+READ_BYTES: Final = 256 * 1024
+_QUEUE_CHUNKS: Final = 64
+_CUT: Final = object()
+log = structlog.get_logger("faultproxy")
+
+
+@dataclass(kw_only=True, slots=True)
+class ProxyStats:
+    """Counters shown by the control API."""
+
+    connections_total: int = 0
+    connections_open: int = 0
+    bytes_main: int = 0
+    bytes_return: int = 0
+    refused: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        """The control API's view."""
+        return {
+            "connections_total": self.connections_total,
+            "connections_open": self.connections_open,
+            "bytes_main": self.bytes_main,
+            "bytes_return": self.bytes_return,
+            "refused": self.refused,
+        }
+
+
+class FaultProxy:
+    """A TCP proxy to one upstream address, with faults that can change at any time."""
+
+    def __init__(self, *, upstream: SocketAddress, seed: int = 0) -> None:
+        self.upstream = upstream
+        self.stats = ProxyStats()
+        self.faults: dict[int, Fault] = {}
+        self.fired = asyncio.Event()  # set whenever a fault acts
+        self._next_id = 1
+        self._released = asyncio.Event()
+        self._links: set[_Link] = set()
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._random = random.Random(seed)
+        self.address: SocketAddress | None = None
+
+    # -- control -------------------------------------------------------------------------
+
+    def add(self, fault: Fault) -> Fault:
+        """Activate a fault; returns it with its id."""
+        fault.fault_id = self._next_id
+        self._next_id += 1
+        self.faults[fault.fault_id] = fault
+        if fault.kind is FaultKind.STALL:
+            self._released.clear()
+        log.info("fault_added", fault=fault.to_json())
+        return fault
+
+    def remove(self, fault_id: int) -> bool:
+        """Deactivate one fault (releasing it if it is a stall)."""
+        fault = self.faults.pop(fault_id, None)
+        if fault is not None and fault.kind is FaultKind.STALL:
+            self.release()
+        return fault is not None
+
+    def clear(self) -> None:
+        """Deactivate every fault and release every stall."""
+        self.faults.clear()
+        self.release()
+
+    def release(self) -> None:
+        """Let stalled pipes move again (their stall faults are spent or removed)."""
+        for fault_id in [i for i, f in self.faults.items() if f.kind is FaultKind.STALL]:
+            del self.faults[fault_id]
+        self._released.set()
+
+    def reset_connections(self) -> None:
+        """Drop every proxied connection with a TCP reset."""
+        for link in list(self._links):
+            link.close(reset=True)
+
+    async def wait_fired(self, fault: Fault, timeout_s: float) -> None:
+        """Wait until a fault has acted at least once."""
+        async with asyncio.timeout(timeout_s):
+            while fault.fired == 0:
+                self.fired.clear()
+                await self.fired.wait()
+
+    def active(self, direction: Direction, kind: FaultKind) -> list[Fault]:
+        """Faults of a kind that apply to a direction now."""
+        return [
+            fault
+            for fault in self.faults.values()
+            if fault.kind is kind and fault.direction.covers(direction) and not fault.spent
+        ]
+
+    def record(self, fault: Fault) -> None:
+        """A fault acted."""
+        fault.fired += 1
+        log.info("fault_fired", fault=fault.to_json())
+        self.fired.set()
+
+    # -- serving -------------------------------------------------------------------------
+
+    async def start(self, address: SocketAddress) -> SocketAddress:
+        """Listen; returns the bound address (port 0 picks one)."""
+        self._listener = listen(address)
+        self.address = bound_address(self._listener)
+        self._accept_task = asyncio.create_task(self._accept_loop(self._listener))
+        return self.address
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection."""
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self._listener is not None:
+            self._listener.close()
+        for link in list(self._links):
+            link.close(reset=False)
+            await link.wait_closed()
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            client = await accept(listener)
+            if self.active(Direction.BOTH, FaultKind.REFUSE):
+                self.stats.refused += 1
+                client.close()
+                continue
+            asyncio.create_task(self._serve(client))  # noqa: RUF006 - kept in self._links
+
+    async def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = await open_connection(self.upstream, timeout_s=5.0)
+        except OSError as exc:
+            log.info("upstream_unreachable", error=str(exc))
+            client.close()
+            return
+        except Exception:  # noqa: BLE001 - netio ConnectError and friends: drop the client
+            client.close()
+            return
+        link = _Link(self, client, upstream)
+        self._links.add(link)
+        self.stats.connections_total += 1
+        self.stats.connections_open += 1
+        try:
+            await link.run()
+        finally:
+            self._links.discard(link)
+            self.stats.connections_open -= 1
+
+    def wait_released(self) -> asyncio.Event:
+        """The event stalled pipes wait on."""
+        return self._released
+
+    def jitter_s(self, fault: Fault) -> float:
+        """A random delay for one chunk: ms ± jitter_ms, never negative."""
+        spread = self._random.uniform(-fault.jitter_ms, fault.jitter_ms)
+        return max(0.0, (fault.ms + spread) / 1000.0)
+
+
+class _Link:
+    """One proxied connection: two pipes, closed together."""
+
+    def __init__(self, proxy: FaultProxy, client: socket.socket, upstream: socket.socket) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.upstream = upstream
+        self.closed = asyncio.Event()
+        self._pipes = [
+            _Pipe(self, client, upstream, Direction.MAIN),
+            _Pipe(self, upstream, client, Direction.RETURN),
+        ]
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(pipe.run()) for pipe in self._pipes]
+        await self.closed.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self, *, reset: bool) -> None:
+        if self.closed.is_set():
+            return
+        for sock in (self.client, self.upstream):
+            if reset:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        self.closed.set()
+
+    def pipe_done(self) -> None:
+        if all(pipe.done for pipe in self._pipes):
+            self.close(reset=False)
+
+    async def wait_closed(self) -> None:
+        await self.closed.wait()
+
+
+class _Pipe:
+    """One direction of a link: a reader deciding what passes, a writer delivering it."""
+
+    def __init__(
+        self, link: _Link, source: socket.socket, sink: socket.socket, direction: Direction
+    ) -> None:
+        self.link = link
+        self.source = source
+        self.sink = sink
+        self.direction = direction
+        self.done = False
+        self.forwarded = 0
+        self._queue: asyncio.Queue[object] = asyncio.Queue(_QUEUE_CHUNKS)
+        self._scanner = StreamScanner(main_stream=direction is Direction.MAIN)
+        self._deliver_at = 0.0
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._write())
+        try:
+            await self._read()
+        except OSError:
+            await self._queue.put(_CUT)
+        finally:
+            await writer if not writer.done() else None
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        pending = bytearray()
+        while True:
+            chunk = await loop.sock_recv(self.source, READ_BYTES)
+            if not chunk:
+                await self._queue.put(b"")  # end of stream: forward the FIN
+                return
+            pending += chunk
+            if not await self._forward(pending):
+                return
+
+    async def _forward(self, pending: bytearray) -> bool:
+        """Pass what the faults allow; False once the connection is cut."""
+        proxy = self.link.proxy
+        while pending:
+            limit, cut = self._byte_limit(len(pending))
+            plan = self._scanner.plan(memoryview(pending)[:limit], self._matcher())
+            if plan.passable:
+                await self._queue.put(bytes(pending[: plan.passable]))
+                del pending[: plan.passable]
+                self.forwarded += plan.passable
+            if plan.frame is not None:
+                if not await self._fire_at(plan.frame):
+                    return False
+                continue
+            if cut is not None and self.forwarded >= (cut.after_bytes or 0):
+                proxy.record(cut)
+                await self._queue.put((_CUT, cut.reset))
+                return False
+            if not plan.passable:
+                return True  # a frame header is incomplete: read more
+        return True
+
+    def _byte_limit(self, available: int) -> tuple[int, Fault | None]:
+        cuts = [
+            f
+            for f in self.link.proxy.active(self.direction, FaultKind.CUT)
+            if f.after_bytes is not None
+        ]
+        if not cuts:
+            return available, None
+        cut = min(cuts, key=lambda f: f.after_bytes or 0)
+        return max(0, min(available, (cut.after_bytes or 0) - self.forwarded)), cut
+
+    def _matcher(self) -> Callable[[FrameStart], bool] | None:
+        faults = [
+            f
+            for kind in (FaultKind.CUT, FaultKind.STALL)
+            for f in self.link.proxy.active(self.direction, kind)
+            if f.before_frame is not None
+        ]
+        if not faults:
+            return None
+        return lambda frame: any(f.before_frame and f.before_frame.matches(frame) for f in faults)
+
+    async def _fire_at(self, frame: FrameStart) -> bool:
+        proxy = self.link.proxy
+        for kind in (FaultKind.CUT, FaultKind.STALL):
+            for fault in proxy.active(self.direction, kind):
+                if fault.before_frame is None or not fault.before_frame.matches(frame):
+                    continue
+                proxy.record(fault)
+                if kind is FaultKind.CUT:
+                    await self._queue.put((_CUT, fault.reset))
+                    return False
+                await proxy.wait_released().wait()  # stalled: stop reading until released
+                return True
+        return True
+
+    async def _write(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, tuple) or item is _CUT:
+                reset = bool(item[1]) if isinstance(item, tuple) else False
+                self.link.close(reset=reset)
+                return
+            assert isinstance(item, bytes)  # noqa: S101
+            if not item:
+                with contextlib.suppress(OSError):
+                    self.sink.shutdown(socket.SHUT_WR)
+                self.done = True
+                self.link.pipe_done()
+                return
+            await self._pace(len(item))
+            try:
+                await loop.sock_sendall(self.sink, item)
+            except OSError:
+                self.link.close(reset=False)
+                return
+            self._count(len(item))
+
+    async def _pace(self, nbytes: int) -> None:
+        proxy = self.link.proxy
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        delay_s = sum(proxy.jitter_s(f) for f in proxy.active(self.direction, FaultKind.LATENCY))
+        rate = [f.bytes_per_s for f in proxy.active(self.direction, FaultKind.BANDWIDTH)]
+        earliest = now + delay_s
+        if rate:
+            earliest = max(earliest, self._deliver_at + nbytes / min(rate))
+        self._deliver_at = max(self._deliver_at, earliest)  # in order: never reorder bytes
+        if self._deliver_at > now:
+            await asyncio.sleep(self._deliver_at - now)
+
+    def _count(self, nbytes: int) -> None:
+        stats = self.link.proxy.stats
+        if self.direction is Direction.MAIN:
+            stats.bytes_main += nbytes
+        else:
+            stats.bytes_return += nbytes
+
+
+def tcp(host: str, port: int) -> TcpAddress:
+    """A TcpAddress (for callers that do not parse URIs)."""
+    return TcpAddress(host=host, port=port)

@@ -1,0 +1,1 @@
+"""livemig: the user's command line (demo, migrate, replay, analyze, resolve)."""

@@ -1,0 +1,117 @@
+"""The `livemig` command: demo, migrate, replay, analyze, resolve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from livemig.analyze import analyze_file
+from livemig.demo import DemoOptions, run_demo
+from livemig.migrate import run_migration
+from livemig.progress import summary_lines
+from livemig.replay import load_config, replay_digest
+from livemig.resolve import ResolveError, resolve
+from netio import NetIOError, configure_logging
+
+
+def _on_off(text: str) -> tuple[str, bool]:
+    name, _, state = text.partition("=")
+    if state not in ("on", "off"):
+        msg = f"expected NAME=on or NAME=off, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return name, state == "on"
+
+
+def _parameter(text: str) -> tuple[str, int]:
+    name, _, value = text.partition("=")
+    try:
+        return name, int(value)
+    except ValueError:
+        msg = f"expected NAME=INTEGER, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    defaults = DemoOptions()
+    parser = argparse.ArgumentParser(prog="livemig", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="migrate a busy VM between two local daemons, check it")
+    demo.add_argument("--ram-mib", type=int, default=defaults.ram_mib)
+    demo.add_argument("--workload", default=defaults.workload)
+    demo.add_argument("--dirty-rate", type=int, default=defaults.dirty_rate)
+    demo.add_argument("--downtime-limit", type=int, default=defaults.downtime_limit_ms)
+    demo.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+
+    migrate = sub.add_parser("migrate", help="migrate the VM of a running source daemon")
+    migrate.add_argument("--from", dest="source", required=True, help="source QMP address")
+    migrate.add_argument("--to", dest="uri", required=True, help="destination URI")
+    migrate.add_argument(
+        "--set", action="append", type=_parameter, default=[], metavar="PARAM=N",
+        help="migration parameter, e.g. downtime-limit=100 (repeatable)",
+    )  # fmt: skip
+    migrate.add_argument(
+        "--cap", action="append", type=_on_off, default=[], metavar="CAP=on|off",
+        help="migration capability, e.g. x-digest-check=on (repeatable)",
+    )  # fmt: skip
+
+    replay = sub.add_parser("replay", help="the digest of a VM after N ticks, without daemons")
+    replay.add_argument("--config", type=Path, required=True, help="VM config JSON (x-query-vm)")
+    replay.add_argument("--ticks", type=int, required=True)
+
+    analyze = sub.add_parser("analyze", help="print a captured migration stream as JSON")
+    analyze.add_argument("file", type=Path)
+
+    res = sub.add_parser("resolve", help="settle an in-doubt handover (docs/handover.md)")
+    res.add_argument("--source", help="source QMP address")
+    res.add_argument("--dest", help="destination QMP address")
+    res.add_argument("--source-dead", action="store_true", help="the source daemon is gone")
+    res.add_argument("--dest-dead", action="store_true", help="the destination daemon is gone")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `livemig`."""
+    args = build_parser().parse_args(argv)
+    configure_logging(json=False, level="warning")
+    try:
+        return _dispatch(args)
+    except (NetIOError, ResolveError, OSError, TimeoutError) as exc:
+        print(f"livemig {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        options = DemoOptions(
+            ram_mib=args.ram_mib,
+            workload=args.workload,
+            dirty_rate=args.dirty_rate,
+            downtime_limit_ms=args.downtime_limit,
+            loop=args.loop,
+        )
+        return 0 if asyncio.run(run_demo(options)).ok else 1
+    if args.command == "migrate":
+        info = asyncio.run(
+            run_migration(
+                args.source, args.uri, parameters=dict(args.set), capabilities=dict(args.cap)
+            )
+        )
+        print("\n".join(summary_lines(info)))
+        return 0 if info.get("status") == "completed" else 1
+    if args.command == "replay":
+        print(json.dumps(replay_digest(load_config(args.config), args.ticks)))
+        return 0
+    if args.command == "analyze":
+        report = analyze_file(args.file)
+        print(json.dumps(report, indent=2))
+        return 1 if "error" in report else 0
+    actions = asyncio.run(
+        resolve(args.source, args.dest, source_dead=args.source_dead, dest_dead=args.dest_dead)
+    )
+    print("\n".join(actions))
+    return 0

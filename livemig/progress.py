@@ -1,0 +1,73 @@
+"""One-line migration progress and the final summary, from `query-migrate` replies."""
+
+from __future__ import annotations
+
+from typing import Final
+
+_BAR_WIDTH: Final = 24
+_MIB: Final = 1024 * 1024
+
+
+def _int(info: dict[str, object], key: str) -> int:
+    value = info.get(key, 0)
+    return value if isinstance(value, int) else 0
+
+
+def _ram(info: dict[str, object]) -> dict[str, object]:
+    ram = info.get("ram")
+    return ram if isinstance(ram, dict) else {}
+
+
+def progress_line(info: dict[str, object]) -> str:
+    """`[#######.....]  58% remaining 107.4 MiB  2.81 GB/s  pass 2  expected downtime 38 ms`."""
+    status = str(info.get("status", "none"))
+    ram = _ram(info)
+    total = _int(ram, "total")
+    remaining = _int(ram, "remaining")
+    if status == "completed":
+        remaining = 0
+    done = 1.0 - remaining / total if total else 0.0
+    filled = round(done * _BAR_WIDTH)
+    bar = "#" * filled + "." * (_BAR_WIDTH - filled)
+    mbps = ram.get("mbps", 0.0)
+    rate_gbs = float(mbps) / 8000.0 if isinstance(mbps, int | float) else 0.0
+    parts = [
+        f"[{bar}] {done * 100:5.1f}%",
+        f"remaining {remaining / _MIB:8.1f} MiB",
+        f"{rate_gbs:5.2f} GB/s",
+        f"pass {_int(ram, 'dirty-sync-count')}",
+        f"dirty {_int(ram, 'dirty-pages-rate')} pages/s",
+    ]
+    if "expected-downtime" in info:
+        parts.append(f"expected downtime {_int(info, 'expected-downtime')} ms")
+    parts.append(status)
+    return "  ".join(parts)
+
+
+def summary_lines(info: dict[str, object]) -> list[str]:
+    """The end-of-migration summary: outcome, times, bytes, iterations, downtime breakdown."""
+    status = str(info.get("status", "none"))
+    ram = _ram(info)
+    lines = [f"status:        {status}"]
+    if "error-desc" in info:
+        lines.append(f"error:         {info['error-desc']}")
+    if status != "completed":
+        return lines
+    total_ms = _int(info, "total-time")
+    transferred = _int(ram, "transferred")
+    lines += [
+        f"total time:    {total_ms} ms (setup {_int(info, 'setup-time')} ms)",
+        f"downtime:      {_int(info, 'downtime')} ms",
+        (
+            f"transferred:   {transferred / _MIB:.1f} MiB of {_int(ram, 'total') / _MIB:.0f} "
+            f"MiB RAM (normal pages {_int(ram, 'normal')}, zero pages {_int(ram, 'duplicate')})"
+        ),
+        f"throughput:    {transferred / max(total_ms, 1) / 1e6:.2f} GB/s average",
+        f"dirty syncs:   {_int(ram, 'dirty-sync-count')}",
+    ]
+    breakdown = info.get("x-downtime-breakdown")
+    if isinstance(breakdown, dict) and breakdown:
+        lines.append(
+            "downtime split: " + ", ".join(f"{name} {ms} ms" for name, ms in breakdown.items())
+        )
+    return lines

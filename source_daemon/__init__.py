@@ -1,0 +1,1 @@
+"""`python -m source_daemon` / `source-daemon`: boot a simulated VM and run it in real time."""

@@ -1,0 +1,190 @@
+"""The fault proxy: frame-exact cuts and stalls, byte cuts, latency, refusal — real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from faultproxy import FaultProxy, parse_fault
+from faultproxy.faults import FaultError
+from faultproxy.scanner import StreamScanner
+from netio import TcpAddress
+from protocol import Command, FrameKind, SourceConnection
+from tests.helpers.pair import PAGE_SIZE, make_batch, make_config, pattern_ram, sent_bytes
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _stream_with_handover() -> tuple[bytes, int]:
+    """A valid main stream up to HANDOVER, and the offset where HANDOVER's frame starts."""
+    source = SourceConnection(return_path=True, timeouts=None, now=0.0)
+    ram = pattern_ram(16)
+    source.send_configuration(make_config(ram_pages=16))
+    source.send_open_return_path()
+    source.send_section_start(1, "ram", 0, 4, {"ram_size": len(ram), "page_size": PAGE_SIZE})
+    source.send_ram(1, make_batch(ram, ((0, 4, 1), (4, 2, 2))), end=False)
+    source.send_switchover_start()
+    source.send_ram(1, make_batch(ram, ((8, 1, 1),)), end=True)
+    source.send_section_full(2, "serial0", 0, 1, {"fields": {"lsr": 96}})
+    source.send_section_full(3, "cpu", 0, 2, {"fields": {"pc": 4096}})
+    source.send_eof()
+    source.send_vmdesc({"devices": []})
+    before = sent_bytes(source)
+    source.send_handover()
+    return before + sent_bytes(source), len(before)
+
+
+def test_scanner_stops_exactly_before_the_matching_frame() -> None:
+    stream, handover_at = _stream_with_handover()
+    scanner = StreamScanner(main_stream=True)
+
+    plan = scanner.plan(
+        stream, lambda f: f.kind == FrameKind.COMMAND and f.command == Command.HANDOVER
+    )
+
+    assert handover_at == plan.passable
+    assert plan.frame is not None
+    assert Command.HANDOVER == plan.frame.command
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 17, 4096])
+def test_scanner_finds_the_frame_whatever_the_chunking(chunk: int) -> None:
+    stream, handover_at = _stream_with_handover()
+    scanner = StreamScanner(main_stream=True)
+    held = b""
+    passed = 0
+    for start in range(0, len(stream), chunk):
+        held += stream[start : start + chunk]
+        plan = scanner.plan(held, lambda f: f.command == Command.HANDOVER)
+        passed += plan.passable
+        held = held[plan.passable :]
+        if plan.frame is not None:
+            break
+
+    assert handover_at == passed
+
+
+def test_scanner_passes_everything_of_a_foreign_stream() -> None:
+    scanner = StreamScanner(main_stream=True)
+
+    assert 100 == scanner.plan(b"QEVM" + bytes(96), lambda f: True).passable
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "cut"}, "needs after_bytes or before_frame"),
+        ({"type": "explode"}, "type: 'explode' is not one of"),
+        ({"type": "stall", "before_frame": "NOPE"}, "unknown frame 'NOPE'"),
+        ({"type": "latency"}, "ms must be > 0"),
+        ({"type": "cut", "after_bytes": -1}, "non-negative integer"),
+        ({"type": "cut", "before_frame": "LOADED", "direction": "main"}, "flows return"),
+        ({"type": "cut", "after_bytes": 5, "color": "red"}, "unknown field"),
+    ],
+)
+def test_bad_fault_specs_name_the_field(spec: dict[str, object], message: str) -> None:
+    with pytest.raises(FaultError, match=message):
+        parse_fault(spec)
+
+
+class _Echo:
+    """An upstream that records what it receives and answers with a fixed reply."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.eof = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(b"hello from upstream")
+            await writer.drain()
+            while data := await reader.read(65536):
+                self.received += data
+        except ConnectionResetError:
+            pass  # a cut may arrive as a reset: the end of the stream either way
+        finally:
+            self.eof.set()
+            writer.close()
+
+
+@pytest.fixture
+async def proxied():
+    echo = _Echo()
+    server = await asyncio.start_server(echo.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = FaultProxy(upstream=TcpAddress(host="127.0.0.1", port=port))
+    address = await proxy.start(TcpAddress(host="127.0.0.1", port=0))
+    yield proxy, address, echo
+    await proxy.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_clean_proxying_passes_both_ways(proxied) -> None:
+    _, address, echo = proxied
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    writer.write(b"x" * 100_000)
+    await writer.drain()
+    greeting = await reader.readexactly(19)
+    writer.write_eof()
+    await asyncio.wait_for(echo.eof.wait(), 5)
+    writer.close()
+
+    assert b"hello from upstream" == greeting
+    assert 100_000 == len(echo.received)
+
+
+async def test_cut_after_exact_byte_count(proxied) -> None:
+    proxy, address, echo = proxied
+    fault = proxy.add(parse_fault({"type": "cut", "direction": "main", "after_bytes": 1234}))
+    _, writer = await asyncio.open_connection(address.host, address.port)
+    writer.write(b"y" * 5000)
+    await writer.drain()
+    await proxy.wait_fired(fault, 5)
+    await asyncio.wait_for(echo.eof.wait(), 5)
+    writer.close()
+
+    assert 1234 == len(echo.received)
+
+
+async def test_stall_before_a_frame_holds_it_until_released(proxied) -> None:
+    proxy, address, echo = proxied
+    stream, handover_at = _stream_with_handover()
+    fault = proxy.add(parse_fault({"type": "stall", "before_frame": "HANDOVER"}))
+    _, writer = await asyncio.open_connection(address.host, address.port)
+    writer.write(stream)
+    await writer.drain()
+    await proxy.wait_fired(fault, 5)
+    await asyncio.sleep(0.2)
+    assert handover_at == len(echo.received)
+
+    proxy.release()
+    writer.write_eof()
+    await asyncio.wait_for(echo.eof.wait(), 5)
+    writer.close()
+
+    assert stream == bytes(echo.received)
+
+
+async def test_latency_delays_delivery(proxied) -> None:
+    proxy, address, _ = proxied
+    proxy.add(parse_fault({"type": "latency", "direction": "return", "ms": 150}))
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    await reader.readexactly(19)
+    elapsed = time.monotonic() - started
+    writer.close()
+
+    assert elapsed >= 0.15
+
+
+async def test_refuse_closes_new_connections(proxied) -> None:
+    proxy, address, _ = proxied
+    proxy.add(parse_fault({"type": "refuse"}))
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+
+    assert b"" == await asyncio.wait_for(reader.read(10), 5)
+    writer.close()
+    assert 1 == proxy.stats.refused

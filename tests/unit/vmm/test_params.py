@@ -1,0 +1,84 @@
+"""Migration parameters and capabilities: QEMU names, defaults, and argument errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmm.errors import ParameterError
+from vmm.params import MigrationCapabilities, MigrationParameters, parameter_names
+
+
+def test_defaults_follow_qemu_except_bandwidth() -> None:
+    """Downtime 300 ms as in QEMU; bandwidth unlimited (0) on purpose."""
+    qmp = MigrationParameters().to_qmp()
+
+    assert 300 == qmp["downtime-limit"]
+    assert 0 == qmp["max-bandwidth"]
+    assert 0 == qmp["avail-switchover-bandwidth"]
+
+
+def test_update_returns_new_value_and_keeps_the_rest() -> None:
+    params = MigrationParameters().updated({"downtime-limit": 1, "max-bandwidth": 3_000_000})
+
+    assert 1 == params.downtime_limit_ms
+    assert 3_000_000 == params.max_bandwidth_bytes_per_s
+    assert MigrationParameters().peer_timeout_ms == params.peer_timeout_ms
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"downtime-limit": 2_000_001},
+            "Parameter 'downtime-limit' expects an integer in the range of 0 to 2000000 ms",
+        ),
+        ({"downtime-limit": -1}, "in the range of 0 to 2000000 ms"),
+        (
+            {"max-bandwidth": "fast"},
+            "Invalid parameter type for 'max-bandwidth', expected: integer",
+        ),
+        ({"downtime-limit": True}, "expected: integer"),
+        ({"compress-level": 1}, "Parameter 'compress-level' is unexpected"),
+    ],
+)
+def test_bad_values_name_the_parameter_and_range(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        MigrationParameters().updated(changes)
+
+
+def test_a_bad_value_changes_nothing() -> None:
+    """Validation happens before anything is applied: a rejected update is all-or-nothing."""
+    params = MigrationParameters()
+
+    with pytest.raises(ParameterError):
+        params.updated({"downtime-limit": 5, "max-bandwidth": -5})
+
+    assert 300 == params.downtime_limit_ms
+
+
+def test_every_parameter_is_reported() -> None:
+    assert list(parameter_names()) == list(MigrationParameters().to_qmp())
+
+
+def test_capabilities_default_off_but_return_path() -> None:
+    states = {c["capability"]: c["state"] for c in MigrationCapabilities().to_qmp()}
+
+    assert {
+        "events": False,
+        "return-path": True,
+        "validate-uuid": False,
+        "pause-before-switchover": False,
+        "x-digest-check": False,
+    } == states
+
+
+def test_unknown_capability_is_refused() -> None:
+    with pytest.raises(ParameterError, match="does not accept value 'xbzrle'"):
+        MigrationCapabilities().updated({"xbzrle": True})
+
+
+def test_wire_capabilities_are_those_the_destination_follows() -> None:
+    caps = MigrationCapabilities(digest_check=True, validate_uuid=True, events=True)
+
+    assert ("validate-uuid", "x-digest-check") == caps.wire_names()
+    assert () == MigrationCapabilities().wire_names()

@@ -1,0 +1,54 @@
+"""Command-line plumbing both daemons share: common flags, logging, the loop, the run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from netio import configure_logging, run
+from vmm.main import serve
+
+if TYPE_CHECKING:
+    import argparse
+    import asyncio
+
+    from vmm.daemon import DaemonOptions
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags every daemon takes: QMP addresses, event loop, logging, serial output."""
+    parser.add_argument(
+        "--qmp",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="serve QMP on tcp:HOST:PORT or unix:PATH (repeatable; port 0 picks a free port)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop implementation (default: uvloop)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="log format on stderr: JSON lines, readable console, or console on a TTY (default)",
+    )
+    parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    parser.add_argument(
+        "--serial", type=Path, metavar="FILE", help="append the guest's serial output to FILE"
+    )
+
+
+def run_daemon(args: argparse.Namespace, options: DaemonOptions) -> int:
+    """Configure logging and run the daemon on the chosen loop."""
+    json_logs = {"auto": None, "json": True, "console": False}[args.log_format]
+    configure_logging(json=json_logs, level=args.log_level, stream=sys.stderr)
+
+    async def main(shutdown: asyncio.Event) -> int:
+        return await serve(options, shutdown)
+
+    return run(main, loop=args.loop)

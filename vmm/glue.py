@@ -1,0 +1,78 @@
+"""Translation between the machine (vmsim) and the wire (protocol), in both directions.
+
+The two packages do not know each other (docs/architecture.md); the daemon core maps a machine's
+identity and device list to the stream's configuration, and a received configuration back to the
+machine to build, checking what QEMU checks (machine type, page size, UUID).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from protocol import DeviceRef, MigrationConfiguration
+from vmm.errors import MigrationError
+from vmsim import PAGE_SIZE, ConfigError, MachineConfig
+
+if TYPE_CHECKING:
+    from vmsim import Machine
+
+MACHINE_TYPE = MachineConfig().machine
+VALIDATE_UUID = "validate-uuid"
+DIGEST_CHECK = "x-digest-check"
+
+
+def configuration_for(
+    machine: Machine, *, migration_id: str, capabilities: tuple[str, ...]
+) -> MigrationConfiguration:
+    """The CONFIGURATION frame describing `machine`."""
+    config = machine.config
+    return MigrationConfiguration(
+        migration_id=migration_id,
+        machine=config.machine,
+        page_size=PAGE_SIZE,
+        ram_size=config.ram_bytes,
+        devices=tuple(
+            DeviceRef(idstr=idstr, instance_id=instance_id, version_id=version_id)
+            for idstr, instance_id, version_id in machine.savevm.device_refs()
+        ),
+        capabilities=capabilities,
+        uuid=config.uuid,
+        vm=config.to_dict(),
+    )
+
+
+def machine_config_from(
+    configuration: MigrationConfiguration,
+    *,
+    expected_uuid: str | None,
+) -> MachineConfig:
+    """The machine a received configuration describes, or a CONFIG_MISMATCH reason.
+
+    As in QEMU, the UUID is checked only when the source asked for it (`validate-uuid`) and the
+    destination knows which VM it expects; a destination without one accepts any.
+
+    Raises:
+        MigrationError: the machine type, page size, RAM size or UUID differ, or the VM
+            configuration is invalid.
+    """
+    if configuration.machine != MACHINE_TYPE:
+        raise MigrationError(
+            f"Machine type received is '{configuration.machine}' and local is '{MACHINE_TYPE}'"
+        )
+    if configuration.page_size != PAGE_SIZE:
+        raise MigrationError(
+            f"Received page size {configuration.page_size} but the local page size is {PAGE_SIZE}"
+        )
+    validate_uuid = VALIDATE_UUID in configuration.capabilities
+    if validate_uuid and expected_uuid is not None and configuration.uuid != expected_uuid:
+        raise MigrationError(f"UUID received is {configuration.uuid} and local is {expected_uuid}")
+    try:
+        config = MachineConfig.from_dict(configuration.vm)
+    except ConfigError as exc:
+        raise MigrationError(f"invalid VM configuration in the stream: {exc}") from exc
+    if config.ram_bytes != configuration.ram_size:
+        raise MigrationError(
+            f"RAM size {configuration.ram_size} does not match the VM configuration's "
+            f"{config.ram_bytes}"
+        )
+    return config

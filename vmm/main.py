@@ -1,0 +1,50 @@
+"""The daemon main shared by `source-daemon` and `dest-daemon`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import structlog
+
+from netio import QMPServer, bind_context
+from vmm.daemon import Vmm, version_info
+from vmm.qmp_commands import build_registry
+
+if TYPE_CHECKING:
+    from vmm.daemon import DaemonOptions
+
+log = structlog.get_logger("vmm.main")
+
+
+async def serve(options: DaemonOptions, shutdown: asyncio.Event) -> int:
+    """Run one daemon until SIGTERM/SIGINT or the `quit` command; return the exit code."""
+    bind_context(role=options.role)
+    vmm = Vmm(options)
+    server = QMPServer(commands=build_registry(vmm), version_info=version_info())
+    vmm.qmp = server
+    try:
+        for address in options.qmp:
+            await server.start(address)
+        await vmm.start()
+        log.info(
+            "daemon_ready",
+            qmp=[str(address) for address in server.addresses],
+            incoming=str(vmm.incoming.address) if vmm.incoming and vmm.incoming.address else None,
+            vm=vmm.vm.machine.config.to_dict() if vmm.vm is not None else None,
+        )
+        await _first_of(shutdown.wait(), vmm.quit_requested.wait())
+    finally:
+        await vmm.close()
+        await server.close()
+    log.info("daemon_stopped")
+    return 0
+
+
+async def _first_of(*waits: object) -> None:
+    tasks = [asyncio.ensure_future(wait) for wait in waits]  # type: ignore[call-overload]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,251 @@
+"""The QMP commands of a livemig daemon, with QEMU's names, arguments and refusals.
+
+QEMU commands: query-status, stop, cont, quit, migrate, migrate-incoming, migrate_cancel,
+migrate-continue, query-migrate, migrate-set-parameters, query-migrate-parameters,
+migrate-set-capabilities, query-migrate-capabilities. livemig's own (x- prefixed): x-query-vm
+(ticks, digest, config, for `livemig replay`), x-migrate-resolve and x-migrate-incoming-resolve
+(docs/handover.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from netio import Args, CommandRegistry, QMPError, UriError, parse_migration_uri
+from vmm.errors import CommandRefusedError, ParameterError, VmmError
+from vmm.params import capability_names
+from vmm.status import MigrationStatus, is_active
+from vmsim import RunState, WorkloadKind
+
+if TYPE_CHECKING:
+    from netio import MigrationAddress
+    from netio.qmp.commands import Handler
+    from vmm.daemon import Vmm
+
+
+def build_registry(vmm: Vmm) -> CommandRegistry:
+    """All commands, bound to one daemon's state."""
+    registry = CommandRegistry()
+    commands = _Commands(vmm)
+    for name, handler in (
+        ("query-status", commands.query_status),
+        ("stop", commands.stop),
+        ("cont", commands.cont),
+        ("quit", commands.quit),
+        ("migrate", commands.migrate),
+        ("migrate-incoming", commands.migrate_incoming),
+        ("migrate_cancel", commands.migrate_cancel),
+        ("migrate-continue", commands.migrate_continue),
+        ("query-migrate", commands.query_migrate),
+        ("migrate-set-parameters", commands.set_parameters),
+        ("query-migrate-parameters", commands.query_parameters),
+        ("migrate-set-capabilities", commands.set_capabilities),
+        ("query-migrate-capabilities", commands.query_capabilities),
+        ("x-query-vm", commands.query_vm),
+        ("x-migrate-resolve", commands.migrate_resolve),
+        ("x-migrate-incoming-resolve", commands.migrate_incoming_resolve),
+    ):
+        registry.register(name, _guarded(handler))
+    return registry
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Turn the daemon's own errors into QMP GenericErrors."""
+
+    async def run(args: Args) -> object:
+        try:
+            return await handler(args)
+        except VmmError as exc:
+            raise QMPError.generic(exc.message) from exc
+
+    return run
+
+
+class _Commands:
+    def __init__(self, vmm: Vmm) -> None:
+        self._vmm = vmm
+
+    # -- the VM --------------------------------------------------------------------------
+
+    async def query_status(self, args: Args) -> object:
+        args.finish()
+        vm = self._vmm.vm
+        if vm is None:
+            waiting = self._vmm.incoming is not None or self._vmm.options.incoming is not None
+            status = RunState.INMIGRATE if waiting else RunState.PRELAUNCH
+            return {"status": str(status), "running": False}
+        return {"status": str(vm.runstate), "running": vm.is_running}
+
+    async def stop(self, args: Args) -> object:
+        args.finish()
+        vm = self._vmm.vm
+        if vm is None or vm.runstate is RunState.PRELAUNCH:
+            self._vmm.autostart = False  # QEMU: stop before/while incoming means -S
+        if vm is not None and vm.is_running:
+            vm.stop(RunState.PAUSED)
+        return {}
+
+    async def cont(self, args: Args) -> object:
+        args.finish()
+        vmm = self._vmm
+        vm = vmm.vm
+        if vm is None:
+            if vmm.incoming is None and vmm.options.incoming is None:
+                raise CommandRefusedError("there is no VM to run")
+            vmm.autostart = True
+            return {}
+        if vm.is_running:
+            return {}
+        if vmm.migrated_away:
+            raise CommandRefusedError(
+                "the VM was migrated to another daemon and runs there (postmigrate); "
+                "running this copy too would run it twice"
+            )
+        outgoing = vmm.outgoing
+        if outgoing is not None and is_active(outgoing.status.status):
+            raise CommandRefusedError(
+                f"the VM is being migrated (status {outgoing.status.status}); "
+                "use migrate_cancel or, when in doubt, livemig resolve"
+            )
+        vm.start()
+        return {}
+
+    async def quit(self, args: Args) -> object:
+        args.finish()
+        self._vmm.quit_requested.set()
+        return {}
+
+    async def query_vm(self, args: Args) -> object:
+        args.finish()
+        vm = self._vmm.vm
+        if vm is None:
+            raise CommandRefusedError("there is no VM on this daemon")
+        machine = vm.machine
+        reply: dict[str, object] = {
+            "ticks": machine.ticks,
+            "runstate": str(vm.runstate),
+            "running": vm.is_running,
+            # The oracle compares digests taken at a stop (docs/architecture.md).
+            "digest": None if vm.is_running else machine.digest(),
+            "config": machine.config.to_dict(),
+            "lost-ticks": vm.lost_ticks,
+        }
+        if machine.config.workload is WorkloadKind.AB and not vm.is_running:
+            reply["ab-check"] = machine.check_ab_ram()  # QEMU's check_guests_ram
+        return reply
+
+    # -- migration -----------------------------------------------------------------------
+
+    async def migrate(self, args: Args) -> object:
+        uri = args.string("uri")
+        args.boolean("detach", default=True)  # accepted and ignored, as QEMU does
+        if args.boolean("resume", default=False):
+            raise QMPError.generic("migrate resume is only meaningful for postcopy")
+        args.finish()
+        self._vmm.start_outgoing(_parse_uri(uri))
+        return {}
+
+    async def migrate_incoming(self, args: Args) -> object:
+        uri = args.string("uri")
+        args.boolean("exit-on-error", default=False)  # livemig always survives a failure
+        args.finish()
+        if uri == "defer":
+            raise QMPError.generic("Parameter 'uri' does not accept value 'defer'")
+        await self._vmm.start_incoming(_parse_uri(uri, listen=True))
+        return {}
+
+    async def migrate_cancel(self, args: Args) -> object:
+        args.finish()
+        outgoing = self._vmm.outgoing
+        if outgoing is None or not is_active(outgoing.status.status):
+            return {}  # QEMU: a no-op when nothing runs
+        if outgoing.handed_over:
+            raise CommandRefusedError(
+                "the VM is being handed over to the destination, migrate_cancel is not "
+                "possible now (the handover is in doubt until the destination's outcome is known)"
+            )
+        outgoing.cancel()
+        return {}
+
+    async def migrate_continue(self, args: Args) -> object:
+        state = args.enum("state", [str(status) for status in MigrationStatus])
+        args.finish()
+        outgoing = self._vmm.outgoing
+        current = outgoing.status.status if outgoing is not None else MigrationStatus.NONE
+        if outgoing is None or str(current) != state:
+            raise CommandRefusedError(f"Migration not in expected state: {current}")
+        outgoing.continue_switchover()
+        return {}
+
+    async def query_migrate(self, args: Args) -> object:
+        args.finish()
+        return self._vmm.query_migrate()
+
+    async def set_parameters(self, args: Args) -> object:
+        changes = {name: args.value(name) for name in list(args.unconsumed())}
+        args.finish()
+        try:
+            self._vmm.params = self._vmm.params.updated(changes)
+        except ParameterError as exc:
+            raise QMPError.generic(exc.message) from exc
+        return {}
+
+    async def query_parameters(self, args: Args) -> object:
+        args.finish()
+        return self._vmm.params.to_qmp()
+
+    async def set_capabilities(self, args: Args) -> object:
+        changes: dict[str, bool] = {}
+        for item in args.struct_array("capabilities"):
+            name = item.enum("capability", capability_names())
+            changes[name] = item.boolean("state")
+        args.finish()
+        if self._vmm.migration_status() not in (
+            MigrationStatus.NONE,
+            MigrationStatus.COMPLETED,
+            MigrationStatus.FAILED,
+            MigrationStatus.CANCELLED,
+        ):
+            raise CommandRefusedError("There's a migration process in progress")
+        self._vmm.caps = self._vmm.caps.updated(changes)
+        return {}
+
+    async def query_capabilities(self, args: Args) -> object:
+        args.finish()
+        return self._vmm.caps.to_qmp()
+
+    # -- in-doubt resolution -------------------------------------------------------------
+
+    async def migrate_resolve(self, args: Args) -> object:
+        action = args.enum("action", ["complete", "resume"])
+        args.finish()
+        outgoing = self._vmm.outgoing
+        if outgoing is None or outgoing.status.status is not MigrationStatus.IN_DOUBT:
+            raise CommandRefusedError("no outgoing migration is in doubt")
+        if action == "complete":
+            outgoing.complete_from_resolution()
+        else:
+            outgoing.resume_from_resolution(
+                "resolved by the operator: the destination does not run the VM; resumed here"
+            )
+        return {}
+
+    async def migrate_incoming_resolve(self, args: Args) -> object:
+        action = args.enum("action", ["commit", "discard"])
+        args.finish()
+        incoming = self._vmm.incoming
+        held = incoming.held if incoming is not None else None
+        if incoming is None or held is None:
+            raise CommandRefusedError("no incoming migration is in doubt")
+        if action == "commit":
+            incoming.commit(held.migration_id)
+        else:
+            incoming.discard(held.migration_id, "discarded by the operator (livemig resolve)")
+        return {}
+
+
+def _parse_uri(uri: str, *, listen: bool = False) -> MigrationAddress:
+    try:
+        return parse_migration_uri(uri, listen=listen)
+    except UriError as exc:
+        raise QMPError.generic(str(exc)) from exc
