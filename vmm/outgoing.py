@@ -8,7 +8,10 @@ see ../shared/reference/qemu-migration.md §3), run as one asyncio task beside t
 2. iterations while the guest runs: send dirty pages in batches for at most 50 ms at a time, within
    the `max-bandwidth` budget; every 100 ms window re-estimates the bandwidth and the threshold
    (bandwidth x downtime-limit); a dirty sync only when the estimate falls under the threshold;
-3. switchover when what is pending fits the threshold: stop the VM to finish-migrate (change-state
+3. switchover when the first full pass is done and what is pending fits the threshold (QEMU may
+   switch before its first pass ends, leaving the rest of that pass to the stop-and-copy, where a
+   bandwidth misestimate lands in the downtime; those pages must be sent anyway, so livemig sends
+   them while the guest runs, as Cloud Hypervisor does): stop the VM to finish-migrate (change-state
    handlers in reverse, e.g. the ITS flushes its tables into RAM), STOP, [pre-switchover], device:
    SWITCHOVER_START, the last dirty pages (END), every device (FULL), EOF, VMDESCRIPTION, no rate
    limit;
@@ -253,7 +256,8 @@ class OutgoingMigration:
             if policy.needs_exact(pending):
                 pending = self._sync()
             self.stats.remaining_bytes = pending
-            if policy.can_switchover(pending):
+            first_pass_done = self.vm.machine.ram_handler.stats().complete_rounds > 0
+            if first_pass_done and policy.can_switchover(pending):
                 log.info(
                     "switchover_decided",
                     pending_bytes=pending,

@@ -112,3 +112,20 @@ def test_rate_holds_within_ten_percent_over_any_second(limit: int, batch: int) -
     for start in (x / 4 for x in range(4, 40)):
         window = sum(size for at, size in sends if start <= at < start + 1.0)
         assert window <= limit * 1.1 + 4096, (start, window, limit)
+
+
+def test_switchover_is_planned_with_the_slowest_recent_window() -> None:
+    """One fast window must not promise a stop-and-copy the link cannot deliver."""
+    policy = ConvergencePolicy(now=0.0, downtime_limit_ms=100)
+    policy.update(_sample(0.1, 100_000))  # 1e3 bytes/ms
+    policy.update(_sample(0.2, 100_000 + 500_000))  # 5e3 bytes/ms
+
+    assert 100_000 == policy.threshold_bytes
+
+
+def test_idle_windows_do_not_lower_the_estimate() -> None:
+    policy = ConvergencePolicy(now=0.0, downtime_limit_ms=100)
+    policy.update(_sample(0.1, 100_000))
+    policy.update(_sample(0.2, 100_000))  # nothing sent: nothing pending, not a slow link
+
+    assert 100_000 == policy.threshold_bytes
