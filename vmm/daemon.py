@@ -135,7 +135,7 @@ class Vmm:
 
     def start_outgoing(self, address: MigrationAddress) -> OutgoingMigration:
         """`migrate`: refuse when QEMU would, else start one."""
-        self._check_can_migrate()
+        self._check_can_migrate(address)
         vm = self.vm
         assert vm is not None  # noqa: S101 - checked above
         migration = OutgoingMigration(
@@ -154,7 +154,7 @@ class Vmm:
         migration.start()
         return migration
 
-    def _check_can_migrate(self) -> None:
+    def _check_can_migrate(self, address: MigrationAddress) -> None:
         if self.outgoing is not None and is_active(self.outgoing.status.status):
             raise CommandRefusedError("There's a migration process in progress")
         if self.vm is None:
@@ -162,6 +162,11 @@ class Vmm:
         if self.vm.runstate is RunState.POSTMIGRATE:
             raise CommandRefusedError(
                 "Can't migrate the vm that was paused due to previous migration"
+            )
+        if not self.caps.return_path and not isinstance(address, FileAddress):
+            raise CommandRefusedError(
+                "capability return-path is off, but a tcp/unix migration needs the return path "
+                "for its ownership handover (docs/handover.md); only a file: migration has none"
             )
 
     def _outgoing_completed(self, migration: OutgoingMigration) -> None:

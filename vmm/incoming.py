@@ -135,6 +135,7 @@ class IncomingService:
         self.error_desc: str | None = None
         self.held: HeldVm | None = None
         self.outcomes: dict[str, Outcome] = {}
+        self._committed_runstate: dict[str, str] = {}
         self.current: IncomingMigration | None = None
         self.address: MigrationAddress | None = None
         self._listener: socket.socket | None = None
@@ -296,17 +297,15 @@ class IncomingService:
     def commit(self, migration_id: str) -> str:
         """HANDOVER for a migration: run its VM here (idempotent); return the run state."""
         if self.outcomes.get(migration_id) is Outcome.COMMITTED:
-            return self._host_runstate_after_commit
+            return self._committed_runstate[migration_id]
         machine = self._take_loaded_machine(migration_id)
         self.outcomes[migration_id] = Outcome.COMMITTED
         runstate = self._host.adopt(machine)
-        self._host_runstate_after_commit = runstate
+        self._committed_runstate[migration_id] = runstate
         self.error_desc = None
         self.move(MigrationStatus.COMPLETED)
         log.info("handover_committed", migration_id=migration_id, runstate=runstate)
         return runstate
-
-    _host_runstate_after_commit: str = "running"
 
     def _take_loaded_machine(self, migration_id: str) -> Machine:
         held = self.held

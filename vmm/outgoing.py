@@ -157,6 +157,10 @@ class OutgoingMigration:
         )
         if info:
             info["x-migration-id"] = self.migration_id
+        ram = info.get("ram")
+        if isinstance(ram, dict) and "dirty-pages-rate" in ram:
+            # QEMU's dirty-pages-rate counts distinct pages; this is the guest's write rate.
+            ram["x-page-writes-per-second"] = round(self.vm.page_writes_per_second())
         return info
 
     async def close(self) -> None:
@@ -213,6 +217,7 @@ class OutgoingMigration:
             await self._return_path.wait(self._return_path.acked)
         self._send_records(state_setup(self.vm.machine.savevm))
         await self._flush()
+        self.stats.dirty_sync_count = self.vm.machine.ram_handler.stats().dirty_sync_count
         self.stats.setup_done_at = self.clock()
         self.policy = ConvergencePolicy(
             now=self.clock(), downtime_limit_ms=params.downtime_limit_ms
@@ -301,7 +306,7 @@ class OutgoingMigration:
         ram = self.vm.machine.ram_handler.stats()
         self.stats.dirty_sync_count = ram.dirty_sync_count
         self.stats.iterations = ram.dirty_sync_count
-        self.dirty_rate.record_sync(now=self.clock(), dirtied_pages=ram.dirty_pages_last_sync)
+        self.dirty_rate.record_sync(now=self.clock(), dirtied_pages=ram.logged_pages_last_sync)
         if self.caps.events:
             self._emit_event("MIGRATION_PASS", {"pass": ram.dirty_sync_count})
         return pending
@@ -405,10 +410,8 @@ class OutgoingMigration:
         if self._handed_over:
             await self._enter_in_doubt(failure)
             return
-        code = failure.code if isinstance(failure, PeerError) else ErrorCode.CANCELLED
         cancelled = self.status.status is MigrationStatus.CANCELLING
-        if not cancelled:
-            code = failure.code if isinstance(failure, PeerError) else ErrorCode.INTERNAL
+        code = _abort_code(failure, cancelled=cancelled)
         self._send_abort_nowait(code, failure.message)
         self.stats.error_desc = failure.message
         self._resume_vm()
@@ -535,3 +538,10 @@ class OutgoingMigration:
             zero_pages=stats.zero_pages,
             dirty_syncs=stats.dirty_sync_count,
         )
+
+
+def _abort_code(failure: MigrationError, *, cancelled: bool) -> ErrorCode:
+    """The code sent in ABORT: the peer's own code, CANCELLED, or PROTOCOL_ERROR."""
+    if isinstance(failure, PeerError):
+        return failure.code
+    return ErrorCode.CANCELLED if cancelled else ErrorCode.PROTOCOL_ERROR

@@ -129,6 +129,8 @@ class _Commands:
             "digest": None if vm.is_running else machine.digest(),
             "config": machine.config.to_dict(),
             "lost-ticks": vm.lost_ticks,
+            "ticks-per-second": round(vm.ticks_per_second(), 1),
+            "page-writes-per-second": round(vm.page_writes_per_second()),
         }
         if machine.config.workload is WorkloadKind.AB and not vm.is_running:
             reply["ab-check"] = machine.check_ab_ram()  # QEMU's check_guests_ram

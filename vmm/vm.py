@@ -10,6 +10,7 @@ runs.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 SLICE_BUDGET_S: Final = 0.002  # target CPU time of one vCPU slice
+RATE_WINDOW_S: Final = 1.0  # the measured tick rate covers the last second
 MIN_SLEEP_S: Final = 0.002  # do not wake up more often than this when ahead of time
 MAX_LAG_S: Final = 0.1  # beyond this much backlog the vCPU drops time (steal) instead of racing
 
@@ -53,6 +55,7 @@ class VirtualMachine:
         self._anchor_ticks = machine.ticks
         self._slice_ticks = 1
         self.lost_ticks = 0
+        self._rate_samples: deque[tuple[float, int]] = deque()
 
     @property
     def runstate(self) -> RunState:
@@ -100,14 +103,36 @@ class VirtualMachine:
             self._run_slice(min(due, self._slice_ticks))
             await asyncio.sleep(0)
 
+    def ticks_per_second(self) -> float:
+        """Ticks the vCPUs actually executed per second over the last second (0 when stopped)."""
+        if not self.is_running or len(self._rate_samples) < 2:  # noqa: PLR2004 - two points
+            return 0.0
+        (first_at, first_ticks), (last_at, last_ticks) = (
+            self._rate_samples[0],
+            self._rate_samples[-1],
+        )
+        return (last_ticks - first_ticks) / (last_at - first_at) if last_at > first_at else 0.0
+
+    def page_writes_per_second(self) -> float:
+        """The guest's measured write rate: executed ticks/s x configured writes per tick."""
+        config = self.machine.config
+        return self.ticks_per_second() * config.dirty_rate / config.tick_hz
+
     def _run_slice(self, n_ticks: int) -> None:
         started_at = self._clock()
         self.machine.run(n_ticks)
         spent_s = self._clock() - started_at
+        self._sample_rate(started_at + spent_s)
         self._adapt_slice(n_ticks, spent_s)
         output = self.machine.take_serial_output()
         if output and self._serial_sink is not None:
             self._serial_sink(output)
+
+    def _sample_rate(self, now: float) -> None:
+        samples = self._rate_samples
+        samples.append((now, self.machine.ticks))
+        while len(samples) > 2 and samples[1][0] <= now - RATE_WINDOW_S:  # noqa: PLR2004
+            samples.popleft()
 
     def _adapt_slice(self, n_ticks: int, spent_s: float) -> None:
         per_tick_s = spent_s / n_ticks if spent_s > 0 else SLICE_BUDGET_S / 1000
@@ -132,3 +157,4 @@ class VirtualMachine:
     def _reanchor(self) -> None:
         self._anchor_at = self._clock()
         self._anchor_ticks = self.machine.ticks
+        self._rate_samples.clear()

@@ -46,6 +46,7 @@ class RamStats:
         normal_bytes: normal_pages x page_size.
         dirty_sync_count: dirty-log syncs since setup, the setup sync included.
         dirty_pages_last_sync: pages the last sync newly found dirty.
+        logged_pages_last_sync: pages the guest wrote between the last two syncs (dirty log).
         dirty_bytes_last_sync: bytes remaining right after the last sync (QEMU's
             dirty_bytes_last_sync, the base of expected-downtime).
         complete_rounds: times the scan wrapped past the end of RAM.
@@ -59,6 +60,7 @@ class RamStats:
     normal_bytes: int
     dirty_sync_count: int
     dirty_pages_last_sync: int
+    logged_pages_last_sync: int
     dirty_bytes_last_sync: int
     complete_rounds: int
     page_size: int
@@ -70,6 +72,7 @@ class RamSaveHandler:
     Attributes:
         dirty_sync_count: dirty-log syncs since setup (setup counts as the first).
         dirty_pages_last_sync: pages the last sync newly found dirty.
+        logged_pages_last_sync: pages the guest wrote between the last two syncs (dirty log).
         dirty_bytes_last_sync: bytes still to send right after the last sync.
         normal_pages: pages sent as data since setup.
         zero_pages: pages sent as zero pages since setup.
@@ -93,6 +96,7 @@ class RamSaveHandler:
         self.dirty_sync_count = 0
         self.dirty_pages_last_sync = 0
         self.dirty_bytes_last_sync = 0
+        self.logged_pages_last_sync = 0
         self.normal_pages = 0
         self.zero_pages = 0
         self.complete_rounds = 0
@@ -154,6 +158,7 @@ class RamSaveHandler:
             normal_bytes=self.normal_pages * PAGE_SIZE,
             dirty_sync_count=self.dirty_sync_count,
             dirty_pages_last_sync=self.dirty_pages_last_sync,
+            logged_pages_last_sync=self.logged_pages_last_sync,
             dirty_bytes_last_sync=self.dirty_bytes_last_sync,
             complete_rounds=self.complete_rounds,
             page_size=PAGE_SIZE,
@@ -167,7 +172,9 @@ class RamSaveHandler:
 
     def _sync(self, bitmap: NDArray[np.bool_]) -> None:
         dirty = self._ram.dirty_log.sync()
-        # dirty > bitmap: dirty now and not already waiting to be sent.
+        # Every page the guest wrote in the epoch (the guest's dirty rate), and of those the ones
+        # not already waiting to be sent (QEMU's count of newly dirty pages).
+        self.logged_pages_last_sync = int(np.count_nonzero(dirty))
         self.dirty_pages_last_sync = int(np.count_nonzero(dirty > bitmap))
         np.logical_or(bitmap, dirty, out=bitmap)
         self._remaining_pages = int(np.count_nonzero(bitmap))

@@ -20,7 +20,7 @@ NEGOTIATE_FIRST = "Expecting capabilities negotiation with 'qmp_capabilities'"
 
 async def wait_for_no_clients(server: QMPServer) -> None:
     async with asyncio.timeout(5):
-        while server.client_count:  # noqa: ASYNC110 - polling a plain counter
+        while server.client_count:
             await asyncio.sleep(0.01)
 
 

@@ -47,10 +47,17 @@ def test_exact_count_only_below_threshold_and_switchover_at_or_under() -> None:
     policy = ConvergencePolicy(now=0.0, downtime_limit_ms=300)
     policy.update(_sample(0.1, 100_000))  # 1e3 bytes/ms -> threshold 300_000
 
-    assert not policy.needs_exact(300_000)
-    assert policy.needs_exact(299_999)
+    assert not policy.needs_exact(300_001)
+    assert policy.needs_exact(300_000)
     assert policy.can_switchover(300_000)
     assert not policy.can_switchover(300_001)
+
+
+def test_an_empty_estimate_is_checked_before_any_window_closed() -> None:
+    """Estimate 0 and threshold 0: only an exact count can tell whether anything is dirty."""
+    policy = ConvergencePolicy(now=0.0, downtime_limit_ms=300)
+
+    assert policy.needs_exact(0)
 
 
 def test_expected_downtime_is_dirty_bytes_over_bandwidth() -> None:

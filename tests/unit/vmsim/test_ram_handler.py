@@ -89,6 +89,7 @@ def test_sync_counters(ram):
     assert pending == (N_PAGES - 10 + 1) * PAGE_SIZE
     assert 2 == handler.dirty_sync_count == stats.dirty_sync_count
     assert 1 == handler.dirty_pages_last_sync == stats.dirty_pages_last_sync
+    assert 2 == stats.logged_pages_last_sync  # the guest wrote two pages: its dirty rate
     assert pending == stats.dirty_bytes_last_sync == stats.remaining_bytes
     assert (stats.normal_pages, stats.zero_pages, stats.normal_bytes) == (10, 0, 10 * PAGE_SIZE)
     assert (stats.total_bytes, stats.page_size) == (N_PAGES * PAGE_SIZE, PAGE_SIZE)

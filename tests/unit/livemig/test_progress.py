@@ -1,0 +1,50 @@
+"""Progress line and summary rendering from query-migrate replies."""
+
+from __future__ import annotations
+
+from livemig.progress import progress_line, summary_lines
+
+
+def test_progress_line_shows_remaining_rate_pass_and_expected_downtime() -> None:
+    info = {
+        "status": "active",
+        "expected-downtime": 42,
+        "ram": {
+            "total": 100 * 1024 * 1024,
+            "remaining": 25 * 1024 * 1024,
+            "mbps": 16000.0,
+            "dirty-sync-count": 2,
+            "dirty-pages-rate": 1000,
+        },
+    }
+
+    line = progress_line(info)
+
+    assert "75.0%" in line
+    assert "remaining     25.0 MiB" in line
+    assert "2.00 GB/s" in line
+    assert "pass 2" in line
+    assert "expected downtime 42 ms" in line
+
+
+def test_summary_of_a_completed_migration() -> None:
+    info = {
+        "status": "completed",
+        "total-time": 1000,
+        "setup-time": 100,
+        "downtime": 12,
+        "ram": {"transferred": 2 << 30, "total": 1 << 30, "normal": 5, "duplicate": 6},
+        "x-downtime-breakdown": {"final-ram": 10, "handover": 2},
+    }
+
+    text = "\n".join(summary_lines(info))
+
+    assert "downtime:      12 ms" in text
+    assert "2048.0 MiB of 1024 MiB RAM" in text
+    assert "final-ram 10 ms, handover 2 ms" in text
+
+
+def test_summary_of_a_failure_names_the_error() -> None:
+    assert ["status:        failed", "error:         refused"] == summary_lines(
+        {"status": "failed", "error-desc": "refused"}
+    )
