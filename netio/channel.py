@@ -281,11 +281,17 @@ class Channel:
 
     # ------------------------------------------------------------------ sending
 
-    async def flush(self) -> None:
+    async def flush(self, *, keep_bytes: int = 0) -> None:
         """Send everything the connection has queued, waiting for the kernel as needed.
 
         Buffers the connection appends while this runs (a frame footer after the body went
         out, say) are sent too. The protocol timer keeps running while this waits.
+
+        Args:
+            keep_bytes: Return, without waiting for the kernel, once at most this many bytes
+                are still queued (what the kernel takes now is sent all the same). A sender
+                that queues its next batch before waiting keeps the stream busy while it
+                builds batches.
 
         Raises:
             ChannelClosedError: The channel is closed or sending failed (``EPIPE``,
@@ -296,7 +302,7 @@ class Channel:
                 self._check_open()
                 self._check_sendable()
                 result = self._send_some(YIELD_EVERY_BYTES - self._unyielded_write_bytes)
-                if result is _SendResult.DONE:
+                if result is _SendResult.DONE or self._conn.pending_send_bytes <= keep_bytes:
                     return
                 if result is _SendResult.BLOCKED:
                     await self._wait_writable()

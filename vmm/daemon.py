@@ -20,7 +20,7 @@ from vmm.errors import CommandRefusedError
 from vmm.incoming import IncomingService
 from vmm.outgoing import OutgoingMigration
 from vmm.params import MigrationCapabilities, MigrationParameters
-from vmm.status import MigrationStatus, Side, is_active
+from vmm.status import MigrationStatus, is_active
 from vmm.vm import VirtualMachine
 from vmsim import Machine, MachineConfig, RunState
 
@@ -62,7 +62,6 @@ class Vmm:
         self.autostart = not options.start_paused
         self.outgoing: OutgoingMigration | None = None
         self.incoming: IncomingService | None = None
-        self.last_side: Side | None = None
         self.quit_requested = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._serial_file = (
@@ -149,7 +148,6 @@ class Vmm:
             on_completed=self._outgoing_completed,
         )
         self.outgoing = migration
-        self.last_side = Side.OUTGOING
         bind_context(role=self.options.role)
         migration.start()
         return migration
@@ -174,13 +172,21 @@ class Vmm:
             self.migrated_away = True
 
     async def start_incoming(self, address: MigrationAddress) -> None:
-        """`migrate-incoming` (or `--incoming`): listen, or load a file."""
-        listening = self.incoming is not None and self.incoming.address is not None
-        if listening and not isinstance(address, FileAddress):
+        """`migrate-incoming` (or `--incoming`): listen, or load a file (checked right away)."""
+        incoming = self._incoming_service()
+        if isinstance(address, FileAddress):
+            reason = self.busy_reason()
+            if reason is not None:
+                raise CommandRefusedError(f"cannot load {address}: {reason}")
+            incoming.load_file(address)
+            return
+        if incoming.address is not None:
             raise CommandRefusedError("The incoming migration has already been started")
-        reason = self.busy_reason()
-        if reason is not None:
-            raise CommandRefusedError(f"cannot receive a VM: {reason}")
+        # A daemon with a VM may listen: each arriving stream is refused (BUSY) while its VM is
+        # here, and the listener answers RESOLVE for migrations it took part in.
+        incoming.listen(address)
+
+    def _incoming_service(self) -> IncomingService:
         if self.incoming is None:
             self.incoming = IncomingService(
                 host=self,
@@ -190,21 +196,27 @@ class Vmm:
                 clock=self.clock,
                 expected_uuid=self.options.expected_uuid,
             )
-        self.last_side = Side.INCOMING
-        await self.incoming.start(address)
+        return self.incoming
 
     def query_migrate(self) -> dict[str, object]:
-        """`query-migrate`: the most recent migration, in or out."""
-        if self.last_side is Side.OUTGOING and self.outgoing is not None:
-            return self.outgoing.info()
-        if self.last_side is Side.INCOMING and self.incoming is not None:
-            return self.incoming.info()
-        return {}
+        """`query-migrate`: the newest migration, in or out (QEMU shows one at a time)."""
+        outgoing, incoming = self.outgoing, self.incoming
+        current_in = incoming.current if incoming is not None else None
+        info: dict[str, object] = {}
+        if outgoing is not None and (
+            current_in is None or outgoing.stats.started_at >= current_in.started_at
+        ):
+            info = outgoing.info()
+        elif incoming is not None:
+            info = incoming.info()
+        if incoming is not None and incoming.address is not None:
+            # Where this daemon listens, whichever migration is shown (QEMU's socket-address).
+            info.setdefault("socket-address", incoming.info()["socket-address"])
+        return info
 
     def migration_status(self) -> MigrationStatus:
         """The status `query-migrate` reports."""
-        status = self.query_migrate().get("status", "none")
-        return MigrationStatus(str(status))
+        return MigrationStatus(str(self.query_migrate().get("status", "none")))
 
     # -- events and serial ---------------------------------------------------------------
 

@@ -43,6 +43,7 @@ def build_registry(vmm: Vmm) -> CommandRegistry:
         ("query-migrate-capabilities", commands.query_capabilities),
         ("x-query-vm", commands.query_vm),
         ("x-migrate-resolve", commands.migrate_resolve),
+        ("x-query-migration-outcome", commands.query_migration_outcome),
         ("x-migrate-incoming-resolve", commands.migrate_incoming_resolve),
     ):
         registry.register(name, _guarded(handler))
@@ -142,7 +143,7 @@ class _Commands:
         uri = args.string("uri")
         args.boolean("detach", default=True)  # accepted and ignored, as QEMU does
         if args.boolean("resume", default=False):
-            raise QMPError.generic("migrate resume is only meaningful for postcopy")
+            raise QMPError.generic("Cannot resume if there is no paused migration")
         args.finish()
         self._vmm.start_outgoing(_parse_uri(uri))
         return {}
@@ -244,6 +245,20 @@ class _Commands:
         else:
             incoming.discard(held.migration_id, "discarded by the operator (livemig resolve)")
         return {}
+
+    async def query_migration_outcome(self, args: Args) -> object:
+        """What this destination did with a migration id (no side effect)."""
+        migration_id = args.string("migration-id")
+        args.finish()
+        incoming = self._vmm.incoming
+        if incoming is None:
+            return {"outcome": "unknown"}
+        outcome = incoming.outcome_of(migration_id)
+        record = incoming.records.get(migration_id)
+        reply: dict[str, object] = {"outcome": str(outcome) if outcome else "loading"}
+        if record is not None:
+            reply["vm-uuid"] = record.uuid
+        return reply
 
 
 def _parse_uri(uri: str, *, listen: bool = False) -> MigrationAddress:

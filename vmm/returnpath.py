@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
+from netio import NetIOError
 from protocol import (
     ConnectionClosed,
     DestinationFailed,
@@ -64,7 +65,8 @@ class ReturnPath:
                 self._dispatch(await self._channel.next_event())
         except ProtocolError as exc:
             self._fail(PeerError(f"return path: {exc}", exc.code))
-        except OSError as exc:
+        except NetIOError as exc:
+            # The channel closed under us (the migration ended or was cut): a normal end.
             self._fail(PeerError(f"return path: {exc}", ErrorCode.PROTOCOL_ERROR))
         except Exception as exc:
             # Never die silently: a dead reader would leave the migration waiting for ever.

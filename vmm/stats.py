@@ -71,7 +71,6 @@ class OutgoingStats:
     zero_pages: int = 0
     remaining_bytes: int = 0
     dirty_sync_count: int = 0
-    iterations: int = 0
     downtime: DowntimeMarks = field(default_factory=DowntimeMarks)
     error_desc: str | None = None
 
@@ -115,7 +114,7 @@ def outgoing_info(
         info["ram"] = _ram_info(status, stats, policy=policy, dirty_rate=dirty_rate)
     if status is MigrationStatus.COMPLETED:
         info["x-downtime-breakdown"] = stats.downtime.breakdown_ms()
-        info["x-iterations"] = stats.iterations
+        info["x-iterations"] = stats.dirty_sync_count
     if stats.error_desc is not None and status in (
         MigrationStatus.FAILED,
         MigrationStatus.IN_DOUBT,

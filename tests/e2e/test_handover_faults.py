@@ -9,22 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
 
-from faultproxy import FaultProxy, parse_fault
 from livemig.resolve import resolve
-from netio import QMPClientError, TcpAddress
-from tests.e2e.conftest import (
-    FINAL,
-    assert_matches_replay,
-    dest_args,
-    qmp,
-    source_args,
-    stopped_vm,
-    wait_status,
+from netio import QMPClientError
+from tests.e2e.conftest import FINAL, assert_matches_replay, qmp, stopped_vm, wait_status
+from tests.helpers.rig import (
+    RESOLVED,
+    Rig,
+    assert_runs_only_on,
+    make_rig,
+    runs,
+    wait_active_with_data,
 )
 
 if TYPE_CHECKING:
@@ -32,95 +30,15 @@ if TYPE_CHECKING:
 
     from livemig.daemons import DaemonProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(120)]
-
-FAST_TIMEOUTS = {
-    "x-peer-timeout-ms": 2000,
-    "x-ping-interval-ms": 200,
-    "x-resolve-interval-ms": 200,
-    "x-connect-timeout-ms": 1000,
-}
-RESOLVED = frozenset({"completed", "failed", "cancelled"})
-
-
-@dataclass
-class Rig:
-    """A source and a destination joined through a fault proxy."""
-
-    source: DaemonProcess
-    dest: DaemonProcess
-    proxy: FaultProxy
-    proxy_uri: str
-
-    def fault(self, **spec: object) -> object:
-        """Activate a fault on the proxy."""
-        return self.proxy.add(parse_fault(spec))
-
-    async def start_migration(self, *, pause_before_switchover: bool = False) -> None:
-        """Fast liveness timeouts, digest check on, and `migrate` through the proxy."""
-        for daemon in (self.source, self.dest):
-            async with qmp(daemon) as client:
-                await client.execute("migrate-set-parameters", FAST_TIMEOUTS)
-        caps = {"events": True, "x-digest-check": True}
-        caps["pause-before-switchover"] = pause_before_switchover
-        async with qmp(self.source) as client:
-            await client.execute(
-                "migrate-set-capabilities",
-                {"capabilities": [{"capability": n, "state": s} for n, s in caps.items()]},
-            )
-            await client.execute("migrate", {"uri": self.proxy_uri})
-
-    async def status(self, daemon: DaemonProcess) -> str:
-        """The daemon's migration status."""
-        async with qmp(daemon) as client:
-            return str((await client.execute("query-migrate")).get("status", "none"))
-
-    async def wait(self, daemon: DaemonProcess, statuses: set[str], timeout_s: float = 30) -> str:
-        """Wait for one of `statuses` on a daemon."""
-        async with qmp(daemon) as client:
-            info = await wait_status(client, frozenset(statuses), timeout_s)
-        return str(info["status"])
-
 
 @pytest.fixture
 async def rig(daemons: Callable[..., DaemonProcess]) -> AsyncIterator[Rig]:
     """Source (busy 64 MiB VM) and destination, with a fault proxy on the migration path."""
-    source = daemons("source_daemon", *source_args("uvloop", dirty_rate=50_000), name="source")
-    dest = daemons("dest_daemon", *dest_args("uvloop"), name="dest")
-    host, port = dest.incoming_uri.removeprefix("tcp:").rsplit(":", 1)
-    proxy = FaultProxy(upstream=TcpAddress(host=host, port=int(port)))
-    address = await proxy.start(TcpAddress(host="127.0.0.1", port=0))
-    yield Rig(source=source, dest=dest, proxy=proxy, proxy_uri=f"tcp:127.0.0.1:{address.port}")
-    await proxy.close()
+    async for value in make_rig(daemons):
+        yield value
 
 
-async def runs(daemon: DaemonProcess) -> bool | None:
-    """Whether the daemon runs a VM (None: the daemon is gone)."""
-    if daemon.process.poll() is not None:
-        return None
-    try:
-        async with qmp(daemon) as client:
-            return bool((await client.execute("query-status"))["running"])
-    except QMPClientError:
-        return None
-
-
-async def assert_runs_only_on(winner: DaemonProcess, loser: DaemonProcess) -> None:
-    """The VM runs on `winner` and not on `loser`, and equals the replay after a stop."""
-    assert await runs(winner), f"the VM does not run on {winner.name}"
-    assert not await runs(loser), f"the VM also runs on {loser.name}"
-    await asyncio.sleep(0.2)
-    async with qmp(winner) as client:
-        assert_matches_replay(await stopped_vm(client))
-
-
-async def wait_active_with_data(rig: Rig) -> None:
-    """Precopy is under way (status active and pages flowing through the proxy)."""
-    await rig.wait(rig.source, {"active"})
-    async with asyncio.timeout(10):
-        while rig.proxy.stats.bytes_main < 4 * 1024 * 1024:
-            await asyncio.sleep(0.01)
-
+pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(120)]
 
 # -- rows 1-3: faults during setup or precopy ------------------------------------------------
 
@@ -307,4 +225,76 @@ async def test_row17_cancel_after_handover_sent_is_refused(rig: Rig) -> None:
     rig.proxy.release()
 
     assert "completed" == await rig.wait(rig.source, FINAL)
+    await assert_runs_only_on(rig.dest, rig.source)
+
+
+# -- row 16 and regressions found in review ---------------------------------------------------
+
+
+async def test_row16_cancel_while_the_destination_holds_a_complete_copy(rig: Rig) -> None:
+    """Cancel in `device` after the destination loaded everything, before HANDOVER: the source
+    resumes and its ABORT makes the destination discard the copy it was holding."""
+    fault = rig.fault(type="stall", before_frame="LOADED")
+    await rig.start_migration()
+    await rig.proxy.wait_fired(fault, 30)  # type: ignore[arg-type]
+    async with qmp(rig.source) as client:
+        await client.execute("migrate_cancel")
+    rig.proxy.release()
+
+    assert "cancelled" == await rig.wait(rig.source, RESOLVED)
+    assert "failed" == await rig.wait(rig.dest, {"failed"})
+    await assert_runs_only_on(rig.source, rig.dest)
+
+
+async def test_sigterm_of_the_source_during_handover_keeps_the_loaded_copy(rig: Rig) -> None:
+    """A clean shutdown is no decision: the destination must hold its complete copy in doubt,
+    not discard it, so that the VM survives (review finding A3)."""
+    fault = rig.fault(type="stall", before_frame="LOADED")
+    await rig.start_migration()
+    await rig.proxy.wait_fired(fault, 30)  # type: ignore[arg-type]
+    rig.source.signal(signal.SIGTERM)
+    assert 0 == rig.source.process.wait(timeout=10)
+
+    assert "in-doubt" == await rig.wait(rig.dest, {"in-doubt"})
+    await resolve(None, rig.dest.qmp_address, source_dead=True, dest_dead=False)
+    assert await runs(rig.dest)
+    async with qmp(rig.dest) as client:
+        assert_matches_replay(await stopped_vm(client))
+
+
+async def test_resolve_after_repeated_migrations_between_the_same_daemons(rig: Rig) -> None:
+    """A->B, B->A, then A->B left in doubt: the destination's outcome for THAT migration decides,
+    not its newest one, so the VM ends on exactly one side (review finding A1)."""
+    await rig.start_migration()
+    assert "completed" == await rig.wait(rig.source, RESOLVED)
+    async with qmp(rig.source) as client:
+        await client.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        address = (await client.execute("query-migrate"))["socket-address"][0]
+    async with qmp(rig.dest) as client:
+        await client.execute("migrate", {"uri": f"tcp:{address['host']}:{address['port']}"})
+        assert "completed" == (await wait_status(client, FINAL))["status"]
+    connections = rig.proxy.stats.connections_total
+    rig.fault(type="cut", before_frame="RESUMED")
+    await rig.start_migration()
+    async with asyncio.timeout(10):
+        while rig.proxy.stats.connections_total == connections:
+            await asyncio.sleep(0.005)
+    rig.fault(type="refuse")  # the source's own RESOLVE cannot get through: the operator must
+
+    assert "in-doubt" == await rig.wait(rig.source, {"in-doubt"})
+    actions = await resolve(
+        rig.source.qmp_address, rig.dest.qmp_address, source_dead=False, dest_dead=False
+    )
+    assert ["source: x-migrate-resolve {action: complete}"] == actions
+    await assert_runs_only_on(rig.dest, rig.source)
+
+
+async def test_resolve_arrives_while_the_original_connection_is_still_open(rig: Rig) -> None:
+    """The proxy drops only the source's side: the destination still sees its connection open
+    and loaded when the source's RESOLVE arrives on a new one, and must hand over once."""
+    rig.fault(type="cut", before_frame="HANDOVER", side="client")
+    await rig.start_migration()
+
+    assert "completed" == await rig.wait(rig.source, RESOLVED)
+    assert "completed" == await rig.wait(rig.dest, {"completed"})
     await assert_runs_only_on(rig.dest, rig.source)

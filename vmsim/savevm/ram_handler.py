@@ -9,6 +9,7 @@ vectorised: there is no Python loop per page, only one per run.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -30,6 +31,7 @@ RAM_IDSTR: Final = "ram"
 RAM_VERSION_ID: Final = 4
 _MIN_SCAN_WINDOW_PAGES: Final = 1 << 14
 _ZERO_CHECK_BLOCK_PAGES: Final = 1024
+_ZERO_CHECK_MAX_VIEWS: Final = 16  # runs of candidates checked through views, not copies
 _COPY_PER_RUN_MAX_RUNS: Final = 16
 _SETUP_KEYS: Final = frozenset({"ram_size", "page_size"})
 
@@ -244,10 +246,22 @@ class RamSaveHandler:
         first_words = self._ram.words[pfns * WORDS_PER_PAGE]
         candidates = np.flatnonzero(first_words == 0)
         is_zero = np.zeros(len(pfns), dtype=np.bool_)
-        # Blocks bound the temporary copy the fancy index makes (4 MiB per block).
+        if not len(candidates):
+            return is_zero
+        candidate_pfns = pfns[candidates]
+        breaks = np.flatnonzero(np.diff(candidate_pfns) != 1) + 1
+        if len(breaks) < _ZERO_CHECK_MAX_VIEWS:
+            # A few runs of consecutive pages (zero-filled RAM): reduce views of RAM, no copy.
+            bounds = [0, *breaks.tolist(), len(candidates)]
+            for low, high in itertools.pairwise(bounds):
+                first = int(candidate_pfns[low])
+                rows = self._pages64[first : first + high - low]
+                is_zero[candidates[low:high]] = np.bitwise_or.reduce(rows, axis=1) == 0
+            return is_zero
+        # Scattered pages: blocks bound the temporary copy the fancy index makes (4 MiB each).
         for start in range(0, len(candidates), _ZERO_CHECK_BLOCK_PAGES):
             block = candidates[start : start + _ZERO_CHECK_BLOCK_PAGES]
-            is_zero[block] = ~self._pages64[pfns[block]].any(axis=1)
+            is_zero[block] = np.bitwise_or.reduce(self._pages64[pfns[block]], axis=1) == 0
         return is_zero
 
     # ------------------------------------------------------------------ load side
