@@ -5,7 +5,7 @@ A fault applies to one direction of every proxied connection (`main`: source to 
 
 | kind | what happens | parameters |
 |---|---|---|
-| cut | close both sides (FIN, or RST with `reset`) | `after_bytes` or `before_frame` |
+| cut | close both sides (FIN, RST with `reset`) or one `side` | `after_bytes`, `before_frame` |
 | stall | stop forwarding, keep the connection open, until released | `before_frame` (or now) |
 | latency | delay every chunk, in order | `ms`, `jitter_ms` |
 | bandwidth | cap the forwarding rate | `bytes_per_s` |
@@ -97,6 +97,7 @@ class Fault:
     after_bytes: int | None = None
     before_frame: FrameMatch | None = None
     reset: bool = False
+    side: str = "both"
     ms: float = 0.0
     jitter_ms: float = 0.0
     bytes_per_s: int = 0
@@ -118,6 +119,7 @@ class Fault:
             "after_bytes": self.after_bytes,
             "before_frame": self.before_frame.name if self.before_frame else None,
             "reset": self.reset or None,
+            "side": self.side if self.side != "both" else None,
             "ms": self.ms or None,
             "jitter_ms": self.jitter_ms or None,
             "bytes_per_s": self.bytes_per_s or None,
@@ -132,7 +134,7 @@ class Fault:
 
 
 _ALLOWED_KEYS = frozenset(
-    {"type", "direction", "after_bytes", "before_frame", "reset", "ms", "jitter_ms"}
+    {"type", "direction", "after_bytes", "before_frame", "reset", "side", "ms", "jitter_ms"}
     | {"bytes_per_s", "once"}
 )
 
@@ -148,6 +150,7 @@ def parse_fault(spec: Mapping[str, object]) -> Fault:
         direction=_enum(Direction, spec.get("direction", "both"), "direction"),
         after_bytes=_optional_int(spec, "after_bytes"),
         reset=_bool(spec, "reset", default=False),
+        side=_choice(spec, "side", ("both", "client", "upstream")),
         ms=_number(spec, "ms"),
         jitter_ms=_number(spec, "jitter_ms"),
         bytes_per_s=_optional_int(spec, "bytes_per_s") or 0,
@@ -187,6 +190,13 @@ def _enum(cls: type[_E], value: object, name: str) -> _E:
     except ValueError:
         allowed = ", ".join(member.value for member in cls)
         raise FaultError(f"{name}: {value!r} is not one of {allowed}") from None
+
+
+def _choice(spec: Mapping[str, object], name: str, allowed: tuple[str, ...]) -> str:
+    value = spec.get(name, allowed[0])
+    if value not in allowed:
+        raise FaultError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+    return str(value)
 
 
 def _optional_int(spec: Mapping[str, object], name: str) -> int | None:

@@ -55,6 +55,14 @@ class ProxyStats:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """Bytes on their way through a pipe, stamped with when they arrived."""
+
+    arrived_at: float
+    data: bytes
+
+
 class FaultProxy:
     """A TCP proxy to one upstream address, with faults that can change at any time."""
 
@@ -69,6 +77,7 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._random = random.Random(seed)
+        self._lingering: list[socket.socket] = []
         self.address: SocketAddress | None = None
 
     # -- control -------------------------------------------------------------------------
@@ -114,11 +123,16 @@ class FaultProxy:
                 await self.fired.wait()
 
     def active(self, direction: Direction, kind: FaultKind) -> list[Fault]:
-        """Faults of a kind that apply to a direction now."""
+        """Faults of a kind that apply to a direction now.
+
+        A stall without a frame condition holds until released, however often it acted.
+        """
         return [
             fault
             for fault in self.faults.values()
-            if fault.kind is kind and fault.direction.covers(direction) and not fault.spent
+            if fault.kind is kind
+            and fault.direction.covers(direction)
+            and (not fault.spent or (kind is FaultKind.STALL and fault.before_frame is None))
         ]
 
     def record(self, fault: Fault) -> None:
@@ -147,6 +161,9 @@ class FaultProxy:
         for link in list(self._links):
             link.close(reset=False)
             await link.wait_closed()
+        for sock in self._lingering:
+            sock.close()
+        self._lingering.clear()
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         while True:
@@ -176,6 +193,10 @@ class FaultProxy:
         finally:
             self._links.discard(link)
             self.stats.connections_open -= 1
+
+    def linger(self, sock: socket.socket) -> None:
+        """Keep a half-cut connection's other socket open until the proxy closes."""
+        self._lingering.append(sock)
 
     def wait_released(self) -> asyncio.Event:
         """The event stalled pipes wait on."""
@@ -217,6 +238,21 @@ class _Link:
             sock.close()
         self.closed.set()
 
+    def cut(self, fault: Fault) -> None:
+        """A cut fault: drop both sides, or only one and leave the other open (and silent)."""
+        if fault.side == "both":
+            self.close(reset=fault.reset)
+            return
+        dropped, kept = (
+            (self.client, self.upstream) if fault.side == "client" else (self.upstream, self.client)
+        )
+        if fault.reset:
+            with contextlib.suppress(OSError):
+                dropped.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        dropped.close()
+        self.proxy.linger(kept)  # open, but nothing more passes: the peer must notice by itself
+        self.closed.set()
+
     def pipe_done(self) -> None:
         if all(pipe.done for pipe in self._pipes):
             self.close(reset=False)
@@ -246,7 +282,7 @@ class _Pipe:
         try:
             await self._read()
         except OSError:
-            await self._queue.put(_CUT)
+            self._enqueue_cut(None)
         finally:
             await writer if not writer.done() else None
 
@@ -256,7 +292,7 @@ class _Pipe:
         while True:
             chunk = await loop.sock_recv(self.source, READ_BYTES)
             if not chunk:
-                await self._queue.put(b"")  # end of stream: forward the FIN
+                await self._queue.put(_Chunk(asyncio.get_running_loop().time(), b""))  # the FIN
                 return
             pending += chunk
             if not await self._forward(pending):
@@ -266,10 +302,13 @@ class _Pipe:
         """Pass what the faults allow; False once the connection is cut."""
         proxy = self.link.proxy
         while pending:
+            await self._hold_while_stalled()
             limit, cut = self._byte_limit(len(pending))
             plan = self._scanner.plan(memoryview(pending)[:limit], self._matcher())
             if plan.passable:
-                await self._queue.put(bytes(pending[: plan.passable]))
+                await self._queue.put(
+                    _Chunk(asyncio.get_running_loop().time(), bytes(pending[: plan.passable]))
+                )
                 del pending[: plan.passable]
                 self.forwarded += plan.passable
             if plan.frame is not None:
@@ -278,11 +317,22 @@ class _Pipe:
                 continue
             if cut is not None and self.forwarded >= (cut.after_bytes or 0):
                 proxy.record(cut)
-                await self._queue.put((_CUT, cut.reset))
+                self._enqueue_cut(cut)
                 return False
             if not plan.passable:
                 return True  # a frame header is incomplete: read more
         return True
+
+    async def _hold_while_stalled(self) -> None:
+        """A stall without a frame condition holds this direction at once, until released."""
+        proxy = self.link.proxy
+        stalls = [f for f in proxy.active(self.direction, FaultKind.STALL) if not f.before_frame]
+        if not stalls:
+            return
+        for fault in stalls:
+            if fault.fired == 0:
+                proxy.record(fault)
+        await proxy.wait_released().wait()
 
     def _byte_limit(self, available: int) -> tuple[int, Fault | None]:
         cuts = [
@@ -314,45 +364,61 @@ class _Pipe:
                     continue
                 proxy.record(fault)
                 if kind is FaultKind.CUT:
-                    await self._queue.put((_CUT, fault.reset))
+                    self._enqueue_cut(fault)
                     return False
                 await proxy.wait_released().wait()  # stalled: stop reading until released
                 return True
         return True
 
+    def _enqueue_cut(self, fault: Fault | None) -> None:
+        """Cut after what is queued; at once if the queue is full (its receiver is stuck)."""
+        item: object = _CUT if fault is None else (_CUT, fault)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            if fault is None:
+                self.link.close(reset=False)
+            else:
+                self.link.cut(fault)
+
     async def _write(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             item = await self._queue.get()
-            if isinstance(item, tuple) or item is _CUT:
-                reset = bool(item[1]) if isinstance(item, tuple) else False
-                self.link.close(reset=reset)
+            if isinstance(item, tuple):
+                self.link.cut(item[1])
                 return
-            assert isinstance(item, bytes)  # noqa: S101
-            if not item:
+            if item is _CUT:
+                self.link.close(reset=False)
+                return
+            assert isinstance(item, _Chunk)  # noqa: S101
+            if not item.data:
                 with contextlib.suppress(OSError):
                     self.sink.shutdown(socket.SHUT_WR)
                 self.done = True
                 self.link.pipe_done()
                 return
-            await self._pace(len(item))
+            await self._pace(item)
             try:
-                await loop.sock_sendall(self.sink, item)
+                await loop.sock_sendall(self.sink, item.data)
             except OSError:
                 self.link.close(reset=False)
                 return
-            self._count(len(item))
+            self._count(len(item.data))
 
-    async def _pace(self, nbytes: int) -> None:
+    async def _pace(self, chunk: _Chunk) -> None:
+        """Hold a chunk until it may go out (see `delivery_time`)."""
         proxy = self.link.proxy
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = asyncio.get_running_loop().time()
         delay_s = sum(proxy.jitter_s(f) for f in proxy.active(self.direction, FaultKind.LATENCY))
-        rate = [f.bytes_per_s for f in proxy.active(self.direction, FaultKind.BANDWIDTH)]
-        earliest = now + delay_s
-        if rate:
-            earliest = max(earliest, self._deliver_at + nbytes / min(rate))
-        self._deliver_at = max(self._deliver_at, earliest)  # in order: never reorder bytes
+        rates = [f.bytes_per_s for f in proxy.active(self.direction, FaultKind.BANDWIDTH)]
+        self._deliver_at = delivery_time(
+            arrived_at=chunk.arrived_at,
+            previous_at=self._deliver_at,
+            delay_s=delay_s,
+            nbytes=len(chunk.data),
+            bytes_per_s=min(rates, default=0),
+        )
         if self._deliver_at > now:
             await asyncio.sleep(self._deliver_at - now)
 
@@ -362,6 +428,20 @@ class _Pipe:
             stats.bytes_main += nbytes
         else:
             stats.bytes_return += nbytes
+
+
+def delivery_time(
+    *, arrived_at: float, previous_at: float, delay_s: float, nbytes: int, bytes_per_s: int
+) -> float:
+    """When a chunk may go out.
+
+    Its arrival plus the latency (so latency never caps throughput), never before the previous
+    chunk (bytes stay in order whatever the jitter), and no sooner than the bandwidth allows.
+    """
+    earliest = arrived_at + delay_s
+    if bytes_per_s > 0:
+        earliest = max(earliest, previous_at + nbytes / bytes_per_s)
+    return max(previous_at, earliest)
 
 
 def tcp(host: str, port: int) -> TcpAddress:

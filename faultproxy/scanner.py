@@ -57,6 +57,7 @@ class StreamScanner:
         self._main_stream = main_stream
         self._where = _Where.STREAM_HEADER
         self._body_left = 0
+        self._head = bytearray()  # a header seen in part (its bytes already passed)
         self.offset = 0  # bytes consumed so far
         self.frames = 0  # frames whose start was consumed
 
@@ -75,20 +76,42 @@ class StreamScanner:
                 if self._body_left == 0:
                     self._where = _Where.BOUNDARY
             elif where is _Where.STREAM_HEADER:
-                if len(view) - position < STREAM_HEADER.size:
-                    break
-                self._check_stream_header(view[position : position + STREAM_HEADER.size])
-                position += STREAM_HEADER.size
+                position += self._pass_stream_header(view[position:])
             else:
-                frame = self._frame_at(view[position:], self.offset + position)
-                if frame is None:
-                    break  # header (or command meta) incomplete: hold from here
-                if match is not None and match(frame):
-                    self.offset += position
-                    return Plan(passable=position, frame=frame)
-                self._enter_frame(view[position:])
+                if match is not None and not self._head:
+                    frame = self._frame_at(view[position:], self.offset + position)
+                    if frame is None:
+                        break  # the header (or command meta) is incomplete: hold it to decide
+                    if match(frame):
+                        self.offset += position
+                        return Plan(passable=position, frame=frame)
+                position += self._pass_frame_header(view[position:])
         self.offset += position
         return Plan(passable=position)
+
+    def _pass_stream_header(self, view: memoryview) -> int:
+        taken = self._collect(view, STREAM_HEADER.size)
+        if len(self._head) == STREAM_HEADER.size:
+            self._check_stream_header(memoryview(self._head))
+            self._head.clear()
+        return taken
+
+    def _pass_frame_header(self, view: memoryview) -> int:
+        """Let a frame header through, collecting it across chunks to follow the structure.
+
+        Nothing has to be decided about this frame (or it already started passing).
+        """
+        taken = self._collect(view, FRAME_HEADER.size)
+        if len(self._head) == FRAME_HEADER.size:
+            self._enter_frame(memoryview(self._head))
+            self._head.clear()
+        return taken
+
+    def _collect(self, view: memoryview, size: int) -> int:
+        """Take up to what a `size`-byte header still lacks; return how many bytes were taken."""
+        take = min(size - len(self._head), len(view))
+        self._head += view[:take]
+        return take
 
     def _check_stream_header(self, header: memoryview) -> None:
         magic = bytes(header[:4])
@@ -111,13 +134,12 @@ class StreamScanner:
             index=self.frames, offset=offset, kind=kind, command=command, section_id=section_id
         )
 
-    def _enter_frame(self, view: memoryview) -> None:
-        _kind, _flags, _reserved, _sid, meta_len, data_len = FRAME_HEADER.unpack(
-            view[: FRAME_HEADER.size]
-        )
+    def _enter_frame(self, header: memoryview) -> None:
+        """A frame's header has passed: skip its meta, data and footer."""
+        _kind, _flags, _reserved, _sid, meta_len, data_len = FRAME_HEADER.unpack(header)
         self.frames += 1
         self._where = _Where.BODY
-        self._body_left = FRAME_HEADER.size + meta_len + data_len + FRAME_FOOTER.size
+        self._body_left = meta_len + data_len + FRAME_FOOTER.size
 
 
 def _command_of(meta: memoryview) -> int | None:

@@ -8,13 +8,17 @@ import json
 import sys
 from pathlib import Path
 
+from faultproxy.__main__ import build_parser as faultproxy_parser
+from faultproxy.__main__ import serve_from_args as faultproxy_serve
+from livemig import fault_cli
 from livemig.analyze import analyze_file
 from livemig.demo import DemoOptions, run_demo
+from livemig.fault import FaultCommandError
 from livemig.migrate import run_migration
 from livemig.progress import summary_lines
 from livemig.replay import load_config, replay_digest
 from livemig.resolve import ResolveError, resolve
-from netio import NetIOError, configure_logging
+from netio import NetIOError, QMPClient, configure_logging
 
 
 def _on_off(text: str) -> tuple[str, bool]:
@@ -66,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="print a captured migration stream as JSON")
     analyze.add_argument("file", type=Path)
 
+    qmp = sub.add_parser("qmp", help="run one QMP command and print its JSON reply")
+    qmp.add_argument("address", help="tcp:HOST:PORT or unix:PATH")
+    qmp.add_argument("name", help="the command, e.g. query-status")
+    qmp.add_argument("arguments", nargs="?", help="its arguments as a JSON object")
+
+    fault_cli.add_parser(sub)
+    sub.add_parser(
+        "fault-proxy",
+        parents=[faultproxy_parser(add_help=False)],
+        help="run a fault proxy on the migration path (python -m faultproxy)",
+    )
+
     res = sub.add_parser("resolve", help="settle an in-doubt handover (docs/handover.md)")
     res.add_argument("--source", help="source QMP address")
     res.add_argument("--dest", help="destination QMP address")
@@ -80,12 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(json=False, level="warning")
     try:
         return _dispatch(args)
-    except (NetIOError, ResolveError, OSError, TimeoutError) as exc:
+    except (NetIOError, ResolveError, FaultCommandError, OSError, TimeoutError, ValueError) as exc:
         print(f"livemig {args.command}: {exc}", file=sys.stderr)
         return 1
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+async def _qmp_once(address: str, name: str, arguments: dict[str, object] | None) -> object:
+    async with await QMPClient.connect(address) as client:
+        return await client.execute(name, arguments)
+
+
+def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per subcommand
     if args.command == "demo":
         options = DemoOptions(
             ram_mib=args.ram_mib,
@@ -106,6 +127,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "replay":
         print(json.dumps(replay_digest(load_config(args.config), args.ticks)))
         return 0
+    if args.command == "qmp":
+        arguments = json.loads(args.arguments) if args.arguments else None
+        print(json.dumps(asyncio.run(_qmp_once(args.address, args.name, arguments)), indent=2))
+        return 0
+    if args.command == "fault":
+        print(fault_cli.run(args))
+        return 0
+    if args.command == "fault-proxy":
+        return faultproxy_serve(args)
     if args.command == "analyze":
         report = analyze_file(args.file)
         print(json.dumps(report, indent=2))

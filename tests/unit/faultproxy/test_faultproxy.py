@@ -9,6 +9,7 @@ import pytest
 
 from faultproxy import FaultProxy, parse_fault
 from faultproxy.faults import FaultError
+from faultproxy.proxy import delivery_time
 from faultproxy.scanner import StreamScanner
 from netio import TcpAddress
 from protocol import Command, FrameKind, SourceConnection
@@ -188,3 +189,53 @@ async def test_refuse_closes_new_connections(proxied) -> None:
     assert b"" == await asyncio.wait_for(reader.read(10), 5)
     writer.close()
     assert 1 == proxy.stats.refused
+
+
+async def test_stall_now_holds_both_directions_until_released(proxied) -> None:
+    proxy, address, echo = proxied
+    fault = proxy.add(parse_fault({"type": "stall"}))
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    writer.write(b"z" * 1000)
+    await writer.drain()
+    await proxy.wait_fired(fault, 5)
+    await asyncio.sleep(0.2)
+
+    assert 0 == len(echo.received)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.readexactly(19), 0.2)
+
+    proxy.release()
+    assert b"hello from upstream" == await asyncio.wait_for(reader.readexactly(19), 5)
+    writer.write_eof()
+    await asyncio.wait_for(echo.eof.wait(), 5)
+    writer.close()
+    assert 1000 == len(echo.received)
+
+
+@pytest.mark.parametrize("offset", [0, 5, 8, 9, 20, 24, 31, 100])
+def test_byte_cuts_never_stall_inside_a_header(offset: int) -> None:
+    """Without a frame trigger the scanner holds nothing back, whatever the chunk boundary:
+    a cut limited to `offset` bytes must be able to pass exactly that many (campaign bug)."""
+    stream, _ = _stream_with_handover()
+    scanner = StreamScanner(main_stream=True)
+
+    assert offset == scanner.plan(stream[:offset], None).passable
+    assert len(stream) - offset == scanner.plan(stream[offset:], None).passable
+
+
+def test_latency_delays_each_chunk_from_its_arrival_without_capping_throughput() -> None:
+    """128 chunks arriving 1 ms apart with 50 ms of latency all leave within ~178 ms, in
+    order; capping would have taken 128 x 50 ms."""
+    previous = 0.0
+    for index in range(128):
+        arrived = index * 0.001
+        previous = delivery_time(
+            arrived_at=arrived, previous_at=previous, delay_s=0.05, nbytes=262_144, bytes_per_s=0
+        )
+        assert previous == pytest.approx(arrived + 0.05)
+
+
+def test_bandwidth_spaces_chunks_out() -> None:
+    at = delivery_time(arrived_at=0.0, previous_at=1.0, delay_s=0.0, nbytes=1000, bytes_per_s=1000)
+
+    assert 2.0 == at

@@ -1,0 +1,100 @@
+"""docker compose: two containers, a busy VM migrated from one to the other and back, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from netio import QMPClient
+from tests.e2e.conftest import FINAL, assert_matches_replay, stopped_vm, wait_status
+
+if TYPE_CHECKING:
+    from tests.docker.conftest import Compose
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
+
+LIVEMIG = str(Path(sys.executable).parent / "livemig")
+SOURCE_QMP, DEST_QMP, PROXY_CONTROL = "tcp:127.0.0.1:4444", "tcp:127.0.0.1:4445", "127.0.0.1:8474"
+
+
+def livemig(*args: str) -> subprocess.CompletedProcess[str]:
+    """The livemig CLI, run from the host as a user would."""
+    return subprocess.run([LIVEMIG, *args], capture_output=True, text=True, check=False)
+
+
+async def check_and_continue(qmp_address: str) -> None:
+    """Stop the VM, compare it with a replay, let it run again."""
+    async with await QMPClient.connect(qmp_address) as client:
+        assert_matches_replay(await stopped_vm(client))
+        await client.execute("cont")
+
+
+async def test_migrate_between_containers_there_and_back(compose: Compose) -> None:
+    there = livemig(
+        "migrate", "--from", SOURCE_QMP, "--to", "tcp:dest:7777", "--cap", "x-digest-check=on"
+    )
+    assert 0 == there.returncode, there.stderr
+    assert "status:        completed" in there.stdout
+    await check_and_continue(DEST_QMP)
+
+    back = livemig("migrate", "--from", DEST_QMP, "--to", "tcp:source:7777")
+    assert 0 == back.returncode, back.stderr
+    await check_and_continue(SOURCE_QMP)
+
+
+async def test_partition_fails_the_migration_then_a_retry_succeeds(compose: Compose) -> None:
+    """`livemig fault partition` on the dest service during switchover; heal; retry."""
+    async with await QMPClient.connect(SOURCE_QMP) as client:
+        await client.execute("migrate-set-parameters", {"x-peer-timeout-ms": 2000})
+        await client.execute(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "pause-before-switchover", "state": True}]},
+        )
+        await client.execute("migrate", {"uri": "tcp:dest:7777"})
+        await wait_status(client, frozenset({"pre-switchover"}))
+        fault = livemig("fault", "partition", "--service", "dest", "--project", compose.project)
+        assert 0 == fault.returncode, fault.stderr
+        await client.execute("migrate-continue", {"state": "pre-switchover"})
+        info = await wait_status(client, FINAL, timeout_s=60)
+        assert "failed" == info["status"]
+        assert "timed out" in info["error-desc"] or "closed" in info["error-desc"]
+        assert (await client.execute("query-status"))["running"]
+
+        heal = livemig("fault", "clear", "--service", "dest", "--project", compose.project)
+        assert 0 == heal.returncode, heal.stderr
+        await asyncio.sleep(2.5)  # the destination's own peer timeout discards the stale stream
+        await client.execute(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "pause-before-switchover", "state": False}]},
+        )
+        await client.execute("migrate", {"uri": "tcp:dest:7777"})
+        assert "completed" == (await wait_status(client, FINAL, timeout_s=60))["status"]
+    await check_and_continue(DEST_QMP)
+
+
+async def test_migrate_through_the_fault_proxy_with_latency(compose: Compose) -> None:
+    """The proxy sits between `source` and `dest`: 20 ms of latency, the migration completes."""
+    if await _runs(DEST_QMP):  # bring the VM back to `source` first
+        assert 0 == livemig("migrate", "--from", DEST_QMP, "--to", "tcp:source:7777").returncode
+    latency = json.dumps({"type": "latency", "ms": 20})
+    added = livemig("fault", "proxy", "--control", PROXY_CONTROL, "add", latency)
+    assert 0 == added.returncode, added.stderr
+
+    moved = livemig("migrate", "--from", SOURCE_QMP, "--to", "tcp:faultproxy:7000")
+
+    assert 0 == moved.returncode, moved.stderr
+    status = json.loads(livemig("fault", "proxy", "--control", PROXY_CONTROL, "status").stdout)
+    assert status["stats"]["bytes_main"] > 128 * 1024 * 1024
+    livemig("fault", "proxy", "--control", PROXY_CONTROL, "clear")
+    await check_and_continue(DEST_QMP)
+
+
+async def _runs(qmp_address: str) -> bool:
+    async with await QMPClient.connect(qmp_address) as client:
+        return bool((await client.execute("query-status"))["running"])
