@@ -20,6 +20,7 @@ import pytest
 
 from livemig.resolve import resolve
 from tests.e2e.conftest import FINAL, assert_matches_replay, qmp, stopped_vm, wait_status
+from tests.helpers.outcomes import OUTCOMES
 from tests.helpers.rig import RESOLVED, Rig, make_rig, runs
 
 if TYPE_CHECKING:
@@ -71,6 +72,13 @@ async def test_cut_at_a_random_byte(rig: Rig, run: int) -> None:
     outcome = await settle(rig)
 
     on_source, on_dest = await runs(rig.source), await runs(rig.dest)
+    runs_on = {(True, False): "source", (False, True): "dest", (True, True): "both"}
+    OUTCOMES.record(
+        "cut campaign",
+        cut=f"{direction}@{offset}",
+        outcome=outcome,
+        vm_runs_on=runs_on.get((on_source, on_dest), "nowhere"),
+    )
     assert on_source != on_dest, f"cut {direction}@{offset} ({outcome}): runs on both or neither"
     winner = rig.source if on_source else rig.dest
     async with qmp(winner) as client:

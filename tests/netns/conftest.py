@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import secrets
 from dataclasses import dataclass, field
@@ -78,26 +77,3 @@ def two_hosts(tmp_path: Path) -> Iterator[Hosts]:
 def three_hosts(tmp_path: Path) -> Iterator[Hosts]:
     """Three hosts on a bridge."""
     yield from _rig(tmp_path, 3)
-
-
-# -- the fault matrix's tally, printed at the end of the run ---------------------------------
-
-OUTCOMES: list[dict[str, object]] = []
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print how many fault cases ended how (the numbers the issue's note asks for)."""
-    if not OUTCOMES:
-        return
-    counts: dict[str, int] = {}
-    for outcome in OUTCOMES:
-        key = str(outcome["outcome"])
-        counts[key] = counts.get(key, 0) + 1
-    terminalreporter.section("fault cases")
-    tally = json.dumps(counts, sort_keys=True)
-    terminalreporter.write_line(f"{len(OUTCOMES)} fault cases: {tally}")
-    lost = [o for o in OUTCOMES if o.get("vm_runs_on") == "nowhere"]
-    twice = [o for o in OUTCOMES if o.get("vm_runs_on") == "both"]
-    terminalreporter.write_line(
-        f"VM lost (killed with its only copy): {len(lost)}; VM run twice: {len(twice)}"
-    )

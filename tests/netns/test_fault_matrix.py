@@ -26,7 +26,8 @@ import pytest
 from faultproxy import FaultProxy, parse_fault
 from netio import QMPClientError, TcpAddress
 from tests.e2e.conftest import assert_matches_replay, qmp, stopped_vm
-from tests.netns.conftest import MIGRATION_PORT, OUTCOMES, Hosts
+from tests.helpers.outcomes import OUTCOMES
+from tests.netns.conftest import MIGRATION_PORT, Hosts
 
 if TYPE_CHECKING:
     from livemig.daemons import DaemonProcess
@@ -240,7 +241,7 @@ async def _check_the_rule(case: Case) -> str:
     if not on_source and not on_dest:
         assert "source" in case.killed, "the VM is lost although its source is alive"
         assert case.phase != "handshake", "the destination held a complete copy: it must run"
-        return "nowhere"
+        return "nowhere: died with its killed source, no complete copy elsewhere"
     winner = case.source if on_source else case.dest
     await asyncio.sleep(0.2)
     async with qmp(winner) as client:
@@ -291,8 +292,8 @@ async def test_fault_matrix(two_hosts: Hosts, fault: str, phase: str) -> None:
         await _settle(case)
         runs_on = await _check_the_rule(case)
         await _check_reported(case)
-        OUTCOMES.append(
-            {"fault": fault, "phase": phase, "outcome": case.outcome, "vm_runs_on": runs_on}
+        OUTCOMES.record(
+            "fault matrix", fault=fault, phase=phase, outcome=case.outcome, vm_runs_on=runs_on
         )
         await _retry_after_healing(case)
     finally:

@@ -1,0 +1,50 @@
+"""The benchmarks must not rot: ``python -m bench all --quick`` runs and writes every result.
+
+This checks that the suite runs end to end and what it writes, never how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+FIGURES = (
+    "micro",
+    "wire",
+    "throughput",
+    "zero_pages",
+    "scale",
+    "downtime",
+    "convergence",
+    "busy",
+    "qemu",
+    "summary",
+)
+CHARTS = ("throughput", "downtime", "convergence", "iterations", "scale")
+
+
+@pytest.mark.timeout(280)
+def test_quick_run_writes_every_figure_and_chart(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "all", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=270,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stdout[-3000:] + done.stderr[-3000:]
+    results = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in FIGURES}
+    for name in CHARTS:
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+    assert all(r["status"] == "completed" for r in results["throughput"]["runs"])
+    assert all(r["status"] == "completed" for r in results["zero_pages"]["runs"])
+    assert {"ab", "random", "hotset"} == {g["workload"] for g in results["downtime"]["groups"]}
+    assert set(FIGURES) - {"summary"} == set(results["summary"]["seconds"]) - {"total"}
