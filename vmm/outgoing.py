@@ -281,8 +281,9 @@ class OutgoingMigration:
             if policy.needs_exact(pending):
                 pending = self._sync()
             self.stats.remaining_bytes = pending
-            first_pass_done = self.vm.machine.ram_handler.stats().complete_rounds > 0
-            if first_pass_done and policy.can_switchover(pending):
+            if self.vm.machine.ram_handler.stats().complete_rounds > 0:
+                policy.first_pass_done()
+            if policy.can_switchover(pending):
                 log.info(
                     "switchover_decided",
                     pending_bytes=pending,

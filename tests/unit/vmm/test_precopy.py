@@ -45,12 +45,43 @@ def test_avail_switchover_bandwidth_overrides_the_estimate() -> None:
 
 def test_exact_count_only_below_threshold_and_switchover_at_or_under() -> None:
     policy = ConvergencePolicy(now=0.0, downtime_limit_ms=300)
+    policy.first_pass_done()
     policy.update(_sample(0.1, 100_000))  # 1e3 bytes/ms -> threshold 300_000
 
     assert not policy.needs_exact(300_001)
     assert policy.needs_exact(300_000)
     assert policy.can_switchover(300_000)
     assert not policy.can_switchover(300_001)
+
+
+def test_no_switchover_before_the_first_pass_is_done() -> None:
+    policy = ConvergencePolicy(now=0.0, downtime_limit_ms=300)
+    policy.update(_sample(0.1, 100_000_000))
+
+    assert not policy.can_switchover(0)
+
+
+def test_pending_pages_wait_for_a_window_measured_after_the_first_pass() -> None:
+    """First-pass windows (long runs) overestimate the rate of scattered re-dirtied pages."""
+    policy = ConvergencePolicy(now=0.0, downtime_limit_ms=300)
+    policy.update(_sample(0.1, 100_000_000))  # first pass: 1e6 bytes/ms
+    policy.first_pass_done()
+
+    assert policy.can_switchover(0)  # nothing to send: the bandwidth does not matter
+    assert not policy.can_switchover(1)
+
+    policy.update(_sample(0.2, 150_000_000))  # re-dirtied pages: 5e5 bytes/ms, slower
+    assert 150_000_000 == policy.threshold_bytes  # planned with the slower window
+    assert policy.can_switchover(150_000_000)
+
+
+def test_the_operators_switchover_bandwidth_needs_no_window_after_the_first_pass() -> None:
+    policy = ConvergencePolicy(now=0.0, downtime_limit_ms=100)
+    policy.avail_switchover_bandwidth_bytes_per_s = 2_000_000_000
+    policy.update(_sample(0.1, 1000))
+    policy.first_pass_done()
+
+    assert policy.can_switchover(200_000_000)
 
 
 def test_an_empty_estimate_is_checked_before_any_window_closed() -> None:
