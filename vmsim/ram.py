@@ -8,6 +8,8 @@ device makes goes through a vectorised `GuestRam` method, which marks the writte
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -22,6 +24,8 @@ __all__ = ["WORDS_PER_PAGE", "DirtyLog", "GuestRam"]
 
 WORDS_PER_PAGE: Final = PAGE_SIZE // 8
 _WORD_TO_PAGE_SHIFT: Final = np.uint64(9)  # log2(WORDS_PER_PAGE)
+_PREFAULT_MAX_THREADS: Final = 4
+_PREFAULT_MIN_BYTES_PER_THREAD: Final = 256 << 20
 
 
 class DirtyLog:
@@ -109,7 +113,7 @@ class GuestRam:
         self.n_pages = size_bytes // PAGE_SIZE
         self.array: NDArray[np.uint8] = np.zeros(size_bytes, dtype=np.uint8)
         if prefault:
-            self.array[::PAGE_SIZE] = 0
+            _prefault(self.array)
         self.pages: NDArray[np.uint8] = self.array.reshape(self.n_pages, PAGE_SIZE)
         self.words: NDArray[np.uint64] = self.array.view(np.uint64)
         self.view = memoryview(self.array.data)
@@ -195,3 +199,24 @@ class GuestRam:
             raise RamError(
                 f"pages {first_pfn}..{first_pfn + n_pages - 1} outside RAM of {self.n_pages} pages"
             )
+
+
+def _prefault(array: NDArray[np.uint8]) -> None:
+    """Touch one byte per page, in a few threads: the kernel zeroes pages in parallel.
+
+    numpy releases the GIL for the strided store. Measured here (2 cores, 2 GiB, transparent
+    huge pages on madvise): ~12 GB/s with one thread, ~21 GB/s with two.
+    """
+    threads = min(
+        _PREFAULT_MAX_THREADS, os.cpu_count() or 1, len(array) // _PREFAULT_MIN_BYTES_PER_THREAD
+    )
+    if threads <= 1:
+        array[::PAGE_SIZE] = 0
+        return
+    share = -(-len(array) // threads // PAGE_SIZE) * PAGE_SIZE  # whole pages per thread
+
+    def touch(index: int) -> None:
+        array[index * share : (index + 1) * share : PAGE_SIZE] = 0
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="prefault") as pool:
+        list(pool.map(touch, range(threads)))
