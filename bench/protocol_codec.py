@@ -7,7 +7,8 @@ Encodes guest pages into wire buffers through ``SourceConnection.send_ram`` /
 ``buffers_filled`` (checksum verified, zero pages zero-filled). Batches hold 256-1024 pages,
 in contiguous and in scattered (random) page order.
 
-Run: ``.venv/bin/python bench/protocol_codec.py [--ram-mib 1024] [--chunk-kib 1024]``.
+Run: ``.venv/bin/python -m bench.protocol_codec [--ram-mib 1024] [--chunk-kib 1024]`` (also part
+of ``python -m bench micro``).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def run_protocol(
     src.send_configuration(config)
     src.send_section_start(1, "ram", 0, 4, {"ram_size": src_ram.nbytes, "page_size": PAGE})
     transfer(src, dst, chunk)
-    dst.attach_ram(memoryview(dst_ram))
+    dst.attach_ram(dst_ram.data)
     started = time.perf_counter()
     for batch in batches:
         src.send_ram(1, batch, end=False)
@@ -170,44 +171,57 @@ def _within(counts: NDArray[np.uint16]) -> NDArray[np.int64]:
     return np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ram-mib", type=int, default=1024)
-    parser.add_argument("--chunk-kib", type=int, default=1024, help="bytes per simulated send/recv")
-    parser.add_argument("--version", type=int, default=2)
-    args = parser.parse_args()
-    size = args.ram_mib * MIB
+def measure(ram_mib: int = 1024, chunk_kib: int = 1024, version: int = 2) -> dict[str, object]:
+    """Print and return the codec rates next to plain copies of the same pages."""
+    size = ram_mib * MIB
     rng = np.random.default_rng(42)
     src_ram = rng.integers(0, 256, size, dtype=np.uint8)
     dst_ram = np.ones(size, dtype=np.uint8)  # pre-faulted
     pages = size // PAGE
     memcpy_s = min(_timed(lambda: np.copyto(dst_ram, src_ram)) for _ in range(3))
-    print(f"RAM {args.ram_mib} MiB, {pages} pages of {PAGE} B,", end=" ")
-    print(f"chunk {args.chunk_kib} KiB, protocol version {args.version}")
-    print(f"plain memcpy of all RAM:          {size / memcpy_s / 1e6:9.0f} MB/s")
+    memcpy_rate = size / memcpy_s / 1e6
+    print(f"RAM {ram_mib} MiB, {pages} pages of {PAGE} B,", end=" ")
+    print(f"chunk {chunk_kib} KiB, protocol version {version}")
+    print(f"plain memcpy of all RAM:          {memcpy_rate:9.0f} MB/s")
     orders = {
         "contiguous": np.arange(pages, dtype=np.int64),
         "scattered": rng.permutation(pages).astype(np.int64),
     }
+    results: dict[str, object] = {"ram_mib": ram_mib, "memcpy_mbps": memcpy_rate}
     for name, pfns in orders.items():
-        batches = make_batches(memoryview(src_ram), pfns, rng)
+        batches = make_batches(src_ram.data, pfns, rng)
         runs = sum(len(b.first_pfns) for b in batches)
         copy_s = min(run_copy(src_ram, dst_ram, batches) for _ in range(2))
         dst_ram[:] = 1
         proto_s = min(
-            run_protocol(src_ram, dst_ram, batches, args.chunk_kib * 1024, args.version)
-            for _ in range(2)
+            run_protocol(src_ram, dst_ram, batches, chunk_kib * 1024, version) for _ in range(2)
         )
         if not np.array_equal(src_ram, dst_ram):
             raise SystemExit("decoded RAM differs from the source RAM")
         copy_rate, proto_rate = size / copy_s / 1e6, size / proto_s / 1e6
-        memcpy_rate = size / memcpy_s / 1e6
         print(
             f"{name:>10}: {len(batches)} batches, {runs} runs"
             f" | copy of the same pages {copy_rate:6.0f} MB/s"
             f" | protocol encode+decode {proto_rate:6.0f} MB/s"
             f" | ratio {proto_rate / copy_rate:4.2f} (vs memcpy {proto_rate / memcpy_rate:4.2f})"
         )
+        results[name] = {
+            "batches": len(batches),
+            "runs": runs,
+            "copy_mbps": copy_rate,
+            "protocol_mbps": proto_rate,
+            "ratio_to_copy": proto_rate / copy_rate,
+        }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ram-mib", type=int, default=1024)
+    parser.add_argument("--chunk-kib", type=int, default=1024, help="bytes per simulated send/recv")
+    parser.add_argument("--version", type=int, default=2)
+    args = parser.parse_args()
+    measure(args.ram_mib, args.chunk_kib, args.version)
 
 
 def _timed(fn: object) -> float:

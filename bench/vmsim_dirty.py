@@ -1,6 +1,6 @@
 """Micro-benchmark of vmsim's dirty tracking and page gathering.
 
-    python bench/vmsim_dirty.py [--ram-mib 1024] [--repeat 5]
+    python -m bench.vmsim_dirty [--ram-mib 1024] [--repeat 5]    (also in python -m bench micro)
 
 Prints, for guest RAM of --ram-mib MiB (1 GiB by default):
 - the time of a dirty-log sync (DirtyLog.sync) and of the RAM handler's bitmap sync
@@ -14,6 +14,7 @@ Prints, for guest RAM of --ram-mib MiB (1 GiB by default):
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from typing import TYPE_CHECKING
@@ -50,7 +51,8 @@ def dirty_random_pages(ram: GuestRam, density: float, seed: int) -> None:
     ram.write_words(words, words)
 
 
-def bench_sync_and_count(ram: GuestRam, repeat: int) -> None:
+def bench_sync_and_count(ram: GuestRam, repeat: int) -> list[dict[str, float]]:
+    rows = []
     print(
         f"\n{'dirty pages':>12} {'density':>8} {'sync (us)':>10} {'count (us)':>11} "
         f"{'bitmap sync (us)':>17}"
@@ -64,18 +66,28 @@ def bench_sync_and_count(ram: GuestRam, repeat: int) -> None:
         count_s = median_s(ram.dirty_log.count, repeat)
         n_dirty = ram.dirty_log.count()
         sync_s = median_s(
-            ram.dirty_log.sync, repeat, setup=lambda d=density: dirty_random_pages(ram, d, 2)
+            ram.dirty_log.sync, repeat, setup=functools.partial(dirty_random_pages, ram, density, 2)
         )
         exact_s = median_s(
             handler.state_pending_exact,
             repeat,
-            setup=lambda d=density: dirty_random_pages(ram, d, 3),
+            setup=functools.partial(dirty_random_pages, ram, density, 3),
         )
         handler.save_cleanup()
         print(
             f"{n_dirty:>12} {density:>8.2%} {sync_s * 1e6:>10.0f} {count_s * 1e6:>11.0f} "
             f"{exact_s * 1e6:>17.0f}"
         )
+        rows.append(
+            {
+                "dirty_pages": n_dirty,
+                "density": density,
+                "sync_us": sync_s * 1e6,
+                "count_us": count_s * 1e6,
+                "bitmap_sync_us": exact_s * 1e6,
+            }
+        )
+    return rows
 
 
 def gather_pass(source: GuestRam, destination: RamSaveHandler | None, dirty: float) -> float:
@@ -96,7 +108,7 @@ def gather_pass(source: GuestRam, destination: RamSaveHandler | None, dirty: flo
     return elapsed
 
 
-def bench_gather(ram: GuestRam, repeat: int) -> None:
+def bench_gather(ram: GuestRam, repeat: int) -> dict[str, object]:
     destination_ram = GuestRam(ram.size_bytes, prefault=True)
     receiver = RamSaveHandler(destination_ram)
     copy_s = median_s(lambda: np.copyto(destination_ram.array, ram.array), repeat)
@@ -109,6 +121,7 @@ def bench_gather(ram: GuestRam, repeat: int) -> None:
         f"\n{'gather (batches of ' + str(BATCH_PAGES) + ' pages)':<48} {'pages':>8} "
         f"{'ms':>8} {'MB/s':>9} {'/ copy':>7}"
     )
+    rows = []
     for label, dirty, target in (
         ("all RAM, batches only (views)", 1.0, None),
         ("all RAM, batches + copy into destination", 1.0, receiver),
@@ -121,6 +134,23 @@ def bench_gather(ram: GuestRam, repeat: int) -> None:
         print(
             f"{label:<48} {pages:>8} {seconds * 1e3:>8.1f} {rate:>9,.0f} {rate / copy_mb_s:>6.2f}x"
         )
+        rows.append(
+            {"what": label, "pages": pages, "mbps": rate, "ratio_to_copy": rate / copy_mb_s}
+        )
+    return {"copy_mbps": copy_mb_s, "gather": rows}
+
+
+def measure(ram_mib: int = 1024, repeat: int = 5) -> dict[str, object]:
+    """Print and return the sync and gather figures for guest RAM of ram_mib MiB."""
+    start = time.perf_counter()
+    ram = GuestRam(ram_mib * 1024 * 1024)
+    fill_ram(ram, Fill.RANDOM, seed=0)
+    print(
+        f"guest RAM {ram_mib} MiB = {ram.n_pages} pages, random fill in "
+        f"{time.perf_counter() - start:.2f} s (includes first touch)"
+    )
+    sync = bench_sync_and_count(ram, repeat)
+    return {"ram_mib": ram_mib, "sync": sync, **bench_gather(ram, repeat)}
 
 
 def main() -> None:
@@ -128,15 +158,7 @@ def main() -> None:
     parser.add_argument("--ram-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    start = time.perf_counter()
-    ram = GuestRam(args.ram_mib * 1024 * 1024)
-    fill_ram(ram, Fill.RANDOM, seed=0)
-    print(
-        f"guest RAM {args.ram_mib} MiB = {ram.n_pages} pages, random fill in "
-        f"{time.perf_counter() - start:.2f} s (includes first touch)"
-    )
-    bench_sync_and_count(ram, args.repeat)
-    bench_gather(ram, args.repeat)
+    measure(args.ram_mib, args.repeat)
 
 
 if __name__ == "__main__":
