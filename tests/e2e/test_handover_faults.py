@@ -78,7 +78,7 @@ async def test_row3_source_killed_during_precopy(rig: Rig) -> None:
 # -- rows 4-8: after the stop, before HANDOVER ------------------------------------------------
 
 
-async def test_row4_cut_after_loaded_was_sent_source_resumes_dest_discards(rig: Rig) -> None:
+async def test_rows4_8_cut_after_loaded_was_sent_source_resumes_dest_discards(rig: Rig) -> None:
     rig.fault(type="cut", before_frame="LOADED")
     await rig.start_migration()
 
