@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from netio import Channel, FileAddress, NetIOError, configure_stream_socket, open_connection
+from netio import Channel, FileAddress, NetIOError, open_connection
 from protocol import ErrorCode, Outcome, OutcomeReported, ProtocolError, SourceConnection, Timeouts
 from vmm.errors import MigrationError
 from vmm.returnpath import ReturnPath
+from vmm.sockets import tune_migration_socket
 from vmm.status import MigrationStatus
 
 if TYPE_CHECKING:
@@ -52,13 +53,7 @@ async def _resolve_session(migration: OutgoingMigration) -> AsyncIterator[_Sessi
     if isinstance(address, FileAddress):
         raise MigrationError("a migration to a file has no destination to ask")
     sock = await open_connection(address, timeout_s=params.connect_timeout_ms / 1000)
-    configure_stream_socket(
-        sock,
-        keepalive_idle_s=1,
-        keepalive_interval_s=1,
-        keepalive_count=3,
-        user_timeout_ms=params.peer_timeout_ms,
-    )
+    tune_migration_socket(sock, params, keepalive_idle_s=1)
     timeout_s = params.peer_timeout_ms / 1000
     conn = SourceConnection(
         return_path=True,

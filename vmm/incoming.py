@@ -38,7 +38,6 @@ from netio import (
     TcpAddress,
     accept,
     bound_address,
-    configure_stream_socket,
     listen,
 )
 from protocol import (
@@ -65,6 +64,7 @@ from protocol import (
 )
 from vmm.errors import CommandRefusedError, MigrationError, StatusTransitionError
 from vmm.glue import DIGEST_CHECK, machine_config_from
+from vmm.sockets import tune_migration_socket
 from vmm.status import MigrationStatus
 from vmsim import (
     Machine,
@@ -388,13 +388,7 @@ class IncomingService:
     async def _serve(self, sock: socket.socket) -> None:
         params = self.params()
         if isinstance(self.address, TcpAddress):
-            configure_stream_socket(
-                sock,
-                keepalive_idle_s=max(1, params.peer_timeout_ms // 2000),
-                keepalive_interval_s=1,
-                keepalive_count=3,
-                user_timeout_ms=params.peer_timeout_ms,
-            )
+            tune_migration_socket(sock, params)
         conn = DestConnection(
             return_path=True,
             timeouts=Timeouts(

@@ -34,7 +34,6 @@ from netio import (
     FileAddress,
     FileChannel,
     NetIOError,
-    configure_stream_socket,
     open_connection,
 )
 from protocol import ErrorCode, ProtocolError, SourceConnection, Timeouts
@@ -43,6 +42,7 @@ from vmm.glue import configuration_for
 from vmm.handover import notify_abort, resolve_in_doubt
 from vmm.precopy import ConvergencePolicy, DirtyRateMeter, RateLimiter, WindowSample
 from vmm.returnpath import PeerError, ReturnPath
+from vmm.sockets import tune_migration_socket
 from vmm.stats import OutgoingStats, outgoing_info
 from vmm.status import MigrationStatus, Side, StatusMachine, is_terminal
 from vmsim import (
@@ -250,13 +250,7 @@ class OutgoingMigration:
             return FileChannel.for_writing(self.address, conn), conn
         sock = await open_connection(self.address, timeout_s=params.connect_timeout_ms / 1000)
         try:
-            configure_stream_socket(
-                sock,
-                keepalive_idle_s=max(1, params.peer_timeout_ms // 2000),
-                keepalive_interval_s=1,
-                keepalive_count=3,
-                user_timeout_ms=params.peer_timeout_ms,
-            )
+            tune_migration_socket(sock, params)
             conn = SourceConnection(
                 return_path=self.uses_return_path,
                 timeouts=timeouts if self.uses_return_path else None,
