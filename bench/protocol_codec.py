@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from protocol import (
+    PROTOCOL_VERSION,
     DestConnection,
     DeviceRef,
     MigrationConfiguration,
     PageKind,
     SourceConnection,
 )
+from vmsim import GuestRam, RamLoader
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -125,7 +127,7 @@ def copy_into(sources: list[bytes | memoryview], targets: list[memoryview], budg
 
 def run_protocol(
     src_ram: NDArray[np.uint8],
-    dst_ram: NDArray[np.uint8],
+    dst_ram: GuestRam,
     batches: list[PageBatch],
     chunk: int,
     version: int,
@@ -145,7 +147,7 @@ def run_protocol(
     src.send_configuration(config)
     src.send_section_start(1, "ram", 0, 4, {"ram_size": src_ram.nbytes, "page_size": PAGE})
     transfer(src, dst, chunk)
-    dst.attach_ram(dst_ram.data)
+    dst.attach_sink(RamLoader(dst_ram))
     started = time.perf_counter()
     for batch in batches:
         src.send_ram(1, batch, end=False)
@@ -171,12 +173,16 @@ def _within(counts: NDArray[np.uint16]) -> NDArray[np.int64]:
     return np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
 
 
-def measure(ram_mib: int = 1024, chunk_kib: int = 1024, version: int = 2) -> dict[str, object]:
+def measure(
+    ram_mib: int = 1024, chunk_kib: int = 1024, version: int = PROTOCOL_VERSION
+) -> dict[str, object]:
     """Print and return the codec rates next to plain copies of the same pages."""
     size = ram_mib * MIB
     rng = np.random.default_rng(42)
     src_ram = rng.integers(0, 256, size, dtype=np.uint8)
-    dst_ram = np.ones(size, dtype=np.uint8)  # pre-faulted
+    dst = GuestRam(size)
+    dst_ram = dst.array
+    dst_ram[:] = 1  # pre-faulted
     pages = size // PAGE
     memcpy_s = min(_timed(lambda: np.copyto(dst_ram, src_ram)) for _ in range(3))
     memcpy_rate = size / memcpy_s / 1e6
@@ -194,7 +200,7 @@ def measure(ram_mib: int = 1024, chunk_kib: int = 1024, version: int = 2) -> dic
         copy_s = min(run_copy(src_ram, dst_ram, batches) for _ in range(2))
         dst_ram[:] = 1
         proto_s = min(
-            run_protocol(src_ram, dst_ram, batches, chunk_kib * 1024, version) for _ in range(2)
+            run_protocol(src_ram, dst, batches, chunk_kib * 1024, version) for _ in range(2)
         )
         if not np.array_equal(src_ram, dst_ram):
             raise SystemExit("decoded RAM differs from the source RAM")
@@ -219,7 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ram-mib", type=int, default=1024)
     parser.add_argument("--chunk-kib", type=int, default=1024, help="bytes per simulated send/recv")
-    parser.add_argument("--version", type=int, default=2)
+    parser.add_argument("--version", type=int, default=PROTOCOL_VERSION)
     args = parser.parse_args()
     measure(args.ram_mib, args.chunk_kib, args.version)
 

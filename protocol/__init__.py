@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from protocol.analyze import analyze_stream
 from protocol.codes import (
+    CHANNEL_HANDSHAKE_VERSION,
+    CRC32_VERSION,
     MAIN_MAGIC,
     PREVIOUS_VERSION,
     PROTOCOL_VERSION,
     RETURN_MAGIC,
     SUPPORTED_VERSIONS,
+    ChannelRole,
     Command,
     FrameKind,
     Outcome,
@@ -30,6 +33,7 @@ from protocol.errors import (
 )
 from protocol.events import (
     AbortReceived,
+    ChannelAnnounced,
     ConfigurationReceived,
     ConnectionClosed,
     DescriptionReceived,
@@ -55,11 +59,13 @@ from protocol.events import (
     SwitchoverStarted,
 )
 from protocol.limits import Limits, Timeouts
-from protocol.ram import RUN_DTYPE, RamBatchLike
+from protocol.ram import RUN_DTYPE, PageSink, RamBatchLike, RunTable
 from protocol.source import SourceConnection
 from protocol.states import MainState, ReturnState, StreamMode
 
 __all__ = [
+    "CHANNEL_HANDSHAKE_VERSION",
+    "CRC32_VERSION",
     "MAIN_MAGIC",
     "PREVIOUS_VERSION",
     "PROTOCOL_VERSION",
@@ -67,6 +73,8 @@ __all__ = [
     "RUN_DTYPE",
     "SUPPORTED_VERSIONS",
     "AbortReceived",
+    "ChannelAnnounced",
+    "ChannelRole",
     "Command",
     "ConfigurationReceived",
     "ConnectionClosed",
@@ -89,6 +97,7 @@ __all__ = [
     "Outcome",
     "OutcomeReported",
     "PageKind",
+    "PageSink",
     "PeerTimedOut",
     "PingReceived",
     "PongReceived",
@@ -102,6 +111,7 @@ __all__ = [
     "ReturnPathRequested",
     "ReturnState",
     "ReturnStreamStarted",
+    "RunTable",
     "SectionPartReceived",
     "SectionStarted",
     "SourceConnection",

@@ -30,6 +30,7 @@ _COMMANDS: Final[dict[type[ev.Event], str]] = {
     ev.HandoverReceived: "HANDOVER",
     ev.AbortReceived: "ABORT",
     ev.ResolveRequested: "RESOLVE",
+    ev.ChannelAnnounced: "CHANNEL",
 }
 
 
@@ -211,6 +212,8 @@ def _command(event: ev.Event) -> dict[str, Any]:
         entry.update(code=event.code.name, reason=event.reason)
     elif isinstance(event, ev.ResolveRequested):
         entry["migration_id"] = event.migration_id
+    elif isinstance(event, ev.ChannelAnnounced):
+        entry.update(migration_id=event.migration_id, role=str(event.role), index=event.index)
     return entry
 
 

@@ -1,4 +1,4 @@
-"""Frame checksums: xxh3-64 (version 2) or CRC-32 zero-extended to 64 bits (version 1)."""
+"""Frame checksums: xxh3-64 (versions 2 and 3) or CRC-32 zero-extended to 64 bits (version 1)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Protocol
 
 import xxhash
 
-from protocol.codes import PREVIOUS_VERSION
+from protocol.codes import CRC32_VERSION
 
 Buffer = bytes | bytearray | memoryview
 """A readable bytes-like buffer (``collections.abc.Buffer`` needs Python 3.12)."""
@@ -40,6 +40,6 @@ class _Crc32:
 
 def new_hasher(version: int) -> Hasher:
     """A fresh hasher for one frame of a stream of the given (supported) version."""
-    if version == PREVIOUS_VERSION:
+    if version == CRC32_VERSION:
         return _Crc32()
     return xxhash.xxh3_64()

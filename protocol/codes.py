@@ -11,13 +11,19 @@ MAIN_MAGIC: Final = b"LVMG"
 RETURN_MAGIC: Final = b"LVRP"
 """Magic of the return path (destination to source)."""
 
-PROTOCOL_VERSION: Final = 2
-"""The current protocol version: xxh3-64 frame checksums."""
+PROTOCOL_VERSION: Final = 3
+"""The current protocol version: every network connection opens with a CHANNEL handshake."""
 
-PREVIOUS_VERSION: Final = 1
-"""The previous protocol version: CRC-32 frame checksums, otherwise identical."""
+PREVIOUS_VERSION: Final = 2
+"""The previous protocol version: xxh3-64 frame checksums, no channel handshake."""
 
-SUPPORTED_VERSIONS: Final = (PREVIOUS_VERSION, PROTOCOL_VERSION)
+CRC32_VERSION: Final = 1
+"""The first protocol version: CRC-32 frame checksums, otherwise as version 2."""
+
+CHANNEL_HANDSHAKE_VERSION: Final = 3
+"""From this version on, a network connection's first frame is CHANNEL (docs/protocol.md 1.6)."""
+
+SUPPORTED_VERSIONS: Final = (CRC32_VERSION, PREVIOUS_VERSION, PROTOCOL_VERSION)
 """Versions a receiver accepts, oldest first."""
 
 STREAM_HEADER_BYTES: Final = 8
@@ -61,6 +67,19 @@ class Command(enum.IntEnum):
     HANDOVER = 0x40
     ABORT = 0x41
     RESOLVE = 0x42
+    CHANNEL = 0x43
+
+
+class ChannelRole(enum.StrEnum):
+    """What a network connection carries for its migration, named in its CHANNEL handshake.
+
+    ``main`` carries the main stream and, in the other direction, the return path; ``resolve``
+    asks what became of a migration (docs/handover.md). Later capabilities add roles (multifd
+    channels, the postcopy preempt channel) as new members and new rows in the state tables.
+    """
+
+    MAIN = "main"
+    RESOLVE = "resolve"
 
 
 class PageKind(enum.IntEnum):

@@ -42,6 +42,8 @@ class Connection(abc.ABC):
         self._last_received_at = now
         self._last_progress_at = now
         self._timed_out = False
+        self._sent_bytes = 0
+        self._received_bytes = 0
         self._writer = FrameWriter(*send)
         sink = FrameSink(
             on_stream_header=self._on_stream_header,
@@ -72,6 +74,7 @@ class Connection(abc.ABC):
         """
         self._now = now
         self._writer.data_sent(nbytes)
+        self._sent_bytes += nbytes
         if nbytes:
             self._last_progress_at = now
 
@@ -79,6 +82,16 @@ class Connection(abc.ABC):
     def pending_send_bytes(self) -> int:
         """Queued bytes not yet sent."""
         return self._writer.pending_bytes
+
+    @property
+    def sent_bytes(self) -> int:
+        """Bytes reported sent with ``data_sent`` so far (what the kernel took)."""
+        return self._sent_bytes
+
+    @property
+    def received_bytes(self) -> int:
+        """Bytes received so far (``buffers_filled`` and ``receive_data``)."""
+        return self._received_bytes
 
     def _queue(
         self,
@@ -111,6 +124,7 @@ class Connection(abc.ABC):
         if nbytes:
             self._last_received_at = now
         self._reader.buffers_filled(nbytes)
+        self._received_bytes += nbytes
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Copy ``data`` into ``get_buffers()``; bytes arriving while paused are held (bounded)."""
@@ -118,6 +132,7 @@ class Connection(abc.ABC):
         if len(data):
             self._last_received_at = now
         self._reader.receive_data(data)
+        self._received_bytes += len(data)
 
     def receive_eof(self, now: float) -> None:
         """The peer closed its side of the connection."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Final
 
-import numpy as np
-
 from protocol import events as ev
 from protocol.codes import (
     MAIN_MAGIC,
@@ -27,7 +25,7 @@ from protocol.messages import (
     decode_section_part,
 )
 from protocol.meta import pack_meta, unpack_meta
-from protocol.ram import RunTable, coalesce, parse_runs
+from protocol.ram import RunTable, parse_runs
 from protocol.states import (
     MainState,
     ReturnState,
@@ -38,16 +36,10 @@ from protocol.states import (
 from protocol.tracker import MainTracker, ReturnTracker
 
 if TYPE_CHECKING:
-    from numpy.typing import NDArray
-
     from protocol.config import MigrationConfiguration
     from protocol.errors import FrameInfo
     from protocol.meta import MetaMap
-
-SCATTER_MIN_EXTENTS: Final = 8
-"""A RAM frame with at least this many separate extents of guest RAM ..."""
-SCATTER_MAX_MEAN_BYTES: Final = 64 * 1024
-"""... averaging at most this many bytes is received into scratch and scattered with numpy."""
+    from protocol.ram import PageSink
 
 _SECTION_KINDS: Final = frozenset(
     {FrameKind.SECTION_START, FrameKind.SECTION_PART, FrameKind.SECTION_END, FrameKind.SECTION_FULL}
@@ -95,12 +87,9 @@ class DestConnection(Connection):
         )
         self._main = MainTracker(mode)
         self._ret = ReturnTracker()
-        self._ram: memoryview | None = None
-        self._ram_pages: NDArray[np.uint8] | None = None
+        self._sink: PageSink | None = None
         self._plan: RunTable | None = None
         self._scratch: memoryview | None = None
-        self._scatter_buffer = bytearray()
-        self._scatter = False
 
     @property
     def our_state(self) -> ReturnState:
@@ -122,28 +111,24 @@ class DestConnection(Connection):
         """The configuration received, if any."""
         return self._main.config
 
-    def attach_ram(self, ram: memoryview) -> None:
-        """Receive page data straight into ``ram`` (writable, ``ram_size`` bytes) from now on.
+    @property
+    def channel(self) -> ev.ChannelAnnounced | None:
+        """The CHANNEL handshake received, if any (version 3 network streams)."""
+        return self._main.channel
 
-        Call it after ``ConfigurationReceived``. Without it, page data lands in scratch space
-        and ``RamPagesReceived.data`` carries it.
+    def attach_sink(self, sink: PageSink) -> None:
+        """Put the page data of RAM frames into ``sink`` from now on (``PageSink``).
+
+        Call it after ``ConfigurationReceived``. Without a sink, page data lands in scratch
+        space and ``RamPagesReceived.data`` carries it (the analyzer).
 
         Raises:
-            LocalProtocolError: no configuration yet, or the buffer is read-only or of the
-                wrong size.
+            LocalProtocolError: no configuration yet.
         """
-        config = self._main.config
-        if config is None:
-            msg = "attach_ram() before the configuration arrived"
+        if self._main.config is None:
+            msg = "attach_sink() before the configuration arrived"
             raise LocalProtocolError(msg)
-        view = memoryview(ram)
-        if view.ndim != 1 or view.format != "B":
-            view = view.cast("B")
-        if view.readonly or view.nbytes != config.ram_size:
-            msg = f"guest RAM must be writable and {config.ram_size} bytes, not {view.nbytes}"
-            raise LocalProtocolError(msg)
-        self._ram = view
-        self._ram_pages = np.frombuffer(view, dtype=np.uint8).reshape(-1, config.page_size)
+        self._sink = sink
 
     # ------------------------------------------------------------------ sending
 
@@ -202,7 +187,7 @@ class DestConnection(Connection):
             self._send(ReturnKind.PONG, {"value": value})
 
     def _expects_peer(self) -> bool:
-        return not is_main_terminal(self._mode, self._main.state)
+        return not is_main_terminal(self._main.mode, self._main.state)
 
     # ------------------------------------------------------------------ receiving
 
@@ -239,22 +224,11 @@ class DestConnection(Connection):
             data_len=info.data_len,
             limits=self._limits,
         )
-        self._scratch, self._scatter = None, False
-        if self._ram is None:
+        self._scratch = None
+        if self._sink is None:
             self._scratch = memoryview(bytearray(info.data_len))
             return [self._scratch]
-        plan, size = self._plan, config.page_size
-        extents = coalesce(plan.first_pfn[plan.normal], plan.end_pfn[plan.normal])
-        if len(extents) >= SCATTER_MIN_EXTENTS and info.data_len <= len(extents) * (
-            SCATTER_MAX_MEAN_BYTES
-        ):
-            # Many small pieces: one buffer and one vectorised scatter beat a Python-level
-            # slice, hash update and copy per piece (see bench/protocol_codec.py).
-            if len(self._scatter_buffer) < info.data_len:
-                self._scatter_buffer = bytearray(info.data_len)
-            self._scatter = True
-            return [memoryview(self._scatter_buffer)[: info.data_len]]
-        return [self._ram[first * size : end * size] for first, end in extents]
+        return self._sink.page_buffers(self._plan, info.data_len)
 
     def _on_frame(self, info: FrameInfo, meta: memoryview) -> ev.Event:
         if self._plan is not None:
@@ -282,28 +256,13 @@ class DestConnection(Connection):
             data=self._scratch,
         )
         self._main.accept(event)
-        if self._ram_pages is not None:
-            if self._scatter:
-                self._scatter_pages(plan, info.data_len)
-            zero = ~plan.normal
-            for first, end in coalesce(plan.first_pfn[zero], plan.end_pfn[zero]):
-                self._ram_pages[first:end] = 0
-        self._plan, self._scratch, self._scatter = None, None, False
+        if self._sink is not None:
+            self._sink.pages_loaded(plan)
+        self._plan, self._scratch = None, None
         return event
 
-    def _scatter_pages(self, plan: RunTable, data_len: int) -> None:
-        """Copy verified page data from the scatter buffer to its pages (vectorised)."""
-        if self._ram_pages is None:  # pragma: no cover - only called with RAM attached
-            return
-        first = plan.first_pfn[plan.normal]
-        counts = plan.end_pfn[plan.normal] - first
-        offsets = np.cumsum(counts) - counts
-        pages = np.repeat(first - offsets, counts) + np.arange(int(counts.sum()))
-        data = np.frombuffer(self._scatter_buffer, dtype=np.uint8, count=data_len)
-        self._ram_pages[pages] = data.reshape(len(pages), -1)
-
     def _on_eof(self) -> ev.Event:
-        clean = dest_close_is_clean(self._mode, self._main.state, self._ret.state)
+        clean = dest_close_is_clean(self._main.mode, self._main.state, self._ret.state)
         self._main.state = MainState.CLOSED
         return ev.ConnectionClosed(clean=clean)
 

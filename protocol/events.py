@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-    from protocol.codes import Outcome
+    from protocol.codes import ChannelRole, Outcome
     from protocol.config import MigrationConfiguration
     from protocol.errors import ErrorCode, FrameInfo
 
@@ -45,6 +45,16 @@ class StreamStarted(Event):
     """A valid main-stream header arrived."""
 
     version: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChannelAnnounced(Event):
+    """CHANNEL: which migration this connection belongs to and what it carries (version 3)."""
+
+    migration_id: str
+    role: ChannelRole
+    index: int = 0
+    frame: FrameInfo | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

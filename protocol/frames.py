@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from protocol.checksum import new_hasher
-from protocol.codes import FOOTER_MARKER, PREVIOUS_VERSION, PROTOCOL_VERSION, SUPPORTED_VERSIONS
+from protocol.codes import FOOTER_MARKER, SUPPORTED_VERSIONS
 from protocol.errors import ErrorCode, LocalProtocolError
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def decode_stream_header(buf: Buffer, magic: bytes) -> int:
     if version not in SUPPORTED_VERSIONS:
         msg = (
             f"unsupported protocol version {version}: this receiver accepts versions "
-            f"{PREVIOUS_VERSION} and {PROTOCOL_VERSION}"
+            f"{SUPPORTED_VERSIONS[0]} to {SUPPORTED_VERSIONS[-1]}"
         )
         raise LocalProtocolError(msg, code=ErrorCode.UNSUPPORTED_VERSION)
     if reserved:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from protocol import events as ev
-from protocol.codes import SUPPORTED_VERSIONS, Command, FrameKind, Outcome, ReturnKind
+from protocol.codes import SUPPORTED_VERSIONS, ChannelRole, Command, FrameKind, Outcome, ReturnKind
 from protocol.config import MAX_IDSTR_BYTES, MAX_NAME_BYTES, decode_configuration
 from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.meta import (
@@ -121,6 +121,25 @@ def _decode_command(_sid: int, meta: MetaMap, limits: Limits) -> ev.Event:
     return build(meta, limits)
 
 
+def _decode_channel(meta: MetaMap, _limits: Limits) -> ev.ChannelAnnounced:
+    value = take_str(meta, "role", max_bytes=MAX_NAME_BYTES)
+    try:
+        role = ChannelRole(value)
+    except ValueError:
+        known = ", ".join(r.value for r in ChannelRole)
+        msg = f"unknown channel role {value!r} (this peer knows {known})"
+        raise bad(msg) from None
+    index = take_int(meta, "index", 0, U16_MAX)
+    if index:
+        msg = f"a {role} channel has index 0, not {index}"
+        raise bad(msg)
+    return ev.ChannelAnnounced(
+        migration_id=take_str(meta, "migration_id", max_bytes=MAX_NAME_BYTES),
+        role=role,
+        index=index,
+    )
+
+
 _COMMANDS: Final[dict[Command, tuple[tuple[str, ...], Callable[[MetaMap, Limits], ev.Event]]]] = {
     Command.OPEN_RETURN_PATH: ((), lambda _m, _l: ev.ReturnPathRequested()),
     Command.PING: (("value",), lambda m, _l: ev.PingReceived(value=take_u32(m, "value"))),
@@ -136,6 +155,7 @@ _COMMANDS: Final[dict[Command, tuple[tuple[str, ...], Callable[[MetaMap, Limits]
             migration_id=take_str(m, "migration_id", max_bytes=MAX_NAME_BYTES)
         ),
     ),
+    Command.CHANNEL: (("migration_id", "role", "index"), _decode_channel),
 }
 
 MAIN_DECODERS: Final[dict[FrameKind, Callable[[int, MetaMap, Limits], ev.Event]]] = {
@@ -162,6 +182,20 @@ MAIN_INPUTS: Final[dict[type[ev.Event], MainInput]] = {
     ev.ResolveRequested: MainInput.RESOLVE,
 }
 """The main table's input for each main-stream event (PART/END: see ``part_input``)."""
+
+CHANNEL_INPUTS: Final[dict[ChannelRole, MainInput]] = {
+    ChannelRole.MAIN: MainInput.CHANNEL_MAIN,
+    ChannelRole.RESOLVE: MainInput.CHANNEL_RESOLVE,
+}
+"""The main table's input for a CHANNEL handshake, by role."""
+
+
+def main_input(event: ev.Event) -> MainInput:
+    """The main table's input for a main-stream event other than PART/END."""
+    if isinstance(event, ev.ChannelAnnounced):
+        return CHANNEL_INPUTS[event.role]
+    return MAIN_INPUTS[type(event)]
+
 
 KIND_INPUTS: Final[dict[FrameKind, MainInput]] = {
     FrameKind.EOF: MainInput.EOF,

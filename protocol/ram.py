@@ -57,6 +57,26 @@ class RamBatchLike(Protocol):
         """Page bytes of the NORMAL runs, in order."""
 
 
+class PageSink(Protocol):
+    """Where a destination puts the pages of RAM frames (docs/architecture.md, the page path).
+
+    For each RAM PART/END frame the connection checks the run table, then asks the sink for the
+    buffers its page data must fill (``page_buffers``), receives the data into them, verifies
+    the frame's checksum, and only then calls ``pages_loaded``: the sink makes the pages final
+    (zero-fills ZERO runs, decodes or scatters data it received into scratch, marks pages
+    received). A frame whose checksum fails never reaches ``pages_loaded``; the load then
+    fails as a whole. vmsim's ``RamLoader`` is the sink the daemons use.
+    """
+
+    def page_buffers(self, runs: RunTable, data_len: int) -> list[memoryview]:
+        """Writable buffers, in order, for the frame's ``data_len`` bytes of page data."""
+        ...
+
+    def pages_loaded(self, runs: RunTable) -> None:
+        """The frame was verified: make its pages final."""
+        ...
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunTable:
     """A checked run table (EOS record removed) and its totals."""
@@ -178,16 +198,6 @@ def _check_extents(
     if np.any(first[order][1:] < end[order][:-1]):
         msg = "page runs overlap within one frame"
         raise bad(msg)
-
-
-def coalesce(first: NDArray[np.int64], end: NDArray[np.int64]) -> list[tuple[int, int]]:
-    """Merge runs that follow each other (in the given order) into ``(first, end)`` extents."""
-    if not len(first):
-        return []
-    breaks = np.flatnonzero(first[1:] != end[:-1]) + 1
-    starts = first[np.concatenate(([0], breaks))]
-    ends = end[np.concatenate((breaks - 1, [len(first) - 1]))]
-    return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
 def check_batch_data(batch: RamBatchLike, table: RunTable, page_size: int) -> list[memoryview]:

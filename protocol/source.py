@@ -11,6 +11,7 @@ from protocol.codes import (
     PROTOCOL_VERSION,
     RETURN_MAGIC,
     SUPPORTED_VERSIONS,
+    ChannelRole,
     Command,
     FrameKind,
     ReturnKind,
@@ -29,6 +30,7 @@ from protocol.states import (
     is_return_terminal,
     may_ping,
     source_close_is_clean,
+    stream_mode,
 )
 from protocol.tracker import MainTracker, ReturnTracker, unexpected
 
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from protocol.ram import RamBatchLike
 
 MAX_PINGS_IN_FLIGHT: Final = 64
+_UNANNOUNCED: Final = frozenset({MainState.IDLE, MainState.STARTED})
 
 
 class _Outgoing(NamedTuple):
@@ -68,7 +71,8 @@ class SourceConnection(Connection):
     nothing) if the frame is illegal now. The stream header is queued before the first frame.
 
     Args:
-        version: protocol version to speak (2, or 1 for an older destination).
+        version: protocol version to speak (3; 2 or 1 for an older destination, which then
+            gets no CHANNEL handshake).
         return_path: False for a file stream (no return path, no PING, no HANDOVER).
         limits: bounds on what the return path may make us allocate; also applied to what we send.
         timeouts: PING interval and peer timeout; None disables both timers.
@@ -87,7 +91,7 @@ class SourceConnection(Connection):
         if version not in SUPPORTED_VERSIONS:
             msg = f"cannot speak protocol version {version}: supported are {SUPPORTED_VERSIONS}"
             raise LocalProtocolError(msg, code=ErrorCode.UNSUPPORTED_VERSION)
-        mode = StreamMode.RETURN_PATH if return_path else StreamMode.FILE
+        mode = stream_mode(return_path=return_path, version=version)
         super().__init__(
             mode=mode,
             limits=limits,
@@ -118,10 +122,30 @@ class SourceConnection(Connection):
         """The configuration we sent, if any."""
         return self._main.config
 
+    @property
+    def needs_channel_handshake(self) -> bool:
+        """Whether this connection must open with ``send_channel`` (version 3 networks)."""
+        return self._mode is StreamMode.CHANNELS
+
     # ------------------------------------------------------------------ sending
 
+    def send_channel(self, migration_id: str, role: ChannelRole) -> None:
+        """Queue CHANNEL: the first frame of a version 3 network connection.
+
+        ``send_configuration`` and ``send_resolve`` queue the handshake they imply themselves
+        (role main or resolve); a connection of another role opens with this call.
+        """
+        meta = {"cmd": Command.CHANNEL, "migration_id": migration_id, "role": str(role), "index": 0}
+        self._send(FrameKind.COMMAND, 0, meta)
+
+    def _announce(self, migration_id: str, role: ChannelRole) -> None:
+        """Queue the CHANNEL handshake a first frame implies, if this connection needs one."""
+        if self._mode is StreamMode.CHANNELS and self._main.state in _UNANNOUNCED:
+            self.send_channel(migration_id, role)
+
     def send_configuration(self, config: MigrationConfiguration) -> None:
-        """Queue CONFIGURATION (the first frame of a migration)."""
+        """Queue CONFIGURATION (the first frame of a migration, after its CHANNEL handshake)."""
+        self._announce(config.migration_id, ChannelRole.MAIN)
         self._send(FrameKind.CONFIGURATION, 0, encode_configuration(config))
 
     def send_open_return_path(self) -> None:
@@ -220,7 +244,8 @@ class SourceConnection(Connection):
         self._send(FrameKind.COMMAND, 0, {"cmd": Command.ABORT, "code": code, "reason": reason})
 
     def send_resolve(self, migration_id: str) -> None:
-        """Queue RESOLVE (the first frame of a resolve connection)."""
+        """Queue RESOLVE (the first frame of a resolve connection, after its CHANNEL handshake)."""
+        self._announce(migration_id, ChannelRole.RESOLVE)
         self._send(FrameKind.COMMAND, 0, {"cmd": Command.RESOLVE, "migration_id": migration_id})
 
     def _send(
@@ -285,7 +310,7 @@ class SourceConnection(Connection):
     # ------------------------------------------------------------------ timers
 
     def _ping_due_at(self) -> float | None:
-        pinging = self._mode is StreamMode.RETURN_PATH and may_ping(self._mode, self._main.state)
+        pinging = self._mode is not StreamMode.FILE and may_ping(self._mode, self._main.state)
         if not pinging or is_return_terminal(self._ret.state):
             return None
         return self._next_ping_at
@@ -297,7 +322,7 @@ class SourceConnection(Connection):
             self._next_ping_at = now + self._timeouts.ping_interval_s
 
     def _expects_peer(self) -> bool:
-        return self._mode is StreamMode.RETURN_PATH and not is_return_terminal(self._ret.state)
+        return self._mode is not StreamMode.FILE and not is_return_terminal(self._ret.state)
 
     # ------------------------------------------------------------------ receiving
 

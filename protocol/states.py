@@ -10,7 +10,9 @@ Theory of operation (h11's two rules):
    ``RemoteProtocolError`` (both ``UNEXPECTED_SECTION``, naming the state and the frame).
 
 The main table depends on the stream mode: a file stream (``file:`` URI, the analyzer) has no
-return path, so no OPEN_RETURN_PATH, PING, HANDOVER or RESOLVE. Return-path frames also depend
+return path, so no OPEN_RETURN_PATH, PING, HANDOVER or RESOLVE; a network stream of version 3
+opens with a CHANNEL handshake naming its migration and role (``channels`` mode), one of an older
+version does not (``return-path`` mode). Return-path frames also depend
 on the main stream (``RETURN_REQUIRES_MAIN``): e.g. RESUMED only after HANDOVER. Those conditions
 hold on both sides because a reply is always sent after what it answers was received.
 """
@@ -20,14 +22,23 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from protocol.codes import CHANNEL_HANDSHAKE_VERSION
 from protocol.errors import ErrorCode, LocalProtocolError
 
 
 class StreamMode(enum.Enum):
-    """Whether the migration has a return path (TCP) or not (a file)."""
+    """A file (no return path), or a network connection with or without the CHANNEL handshake."""
 
     FILE = "file"
-    RETURN_PATH = "return-path"
+    RETURN_PATH = "return-path"  # versions 1 and 2 over a network: no CHANNEL handshake
+    CHANNELS = "channels"  # version 3 and later over a network: CHANNEL first
+
+
+def stream_mode(*, return_path: bool, version: int) -> StreamMode:
+    """The mode of a stream of ``version``: a file, or a network stream of that version."""
+    if not return_path:
+        return StreamMode.FILE
+    return StreamMode.CHANNELS if version >= CHANNEL_HANDSHAKE_VERSION else StreamMode.RETURN_PATH
 
 
 class MainState(enum.Enum):
@@ -35,6 +46,8 @@ class MainState(enum.Enum):
 
     IDLE = "IDLE"  # nothing yet
     STARTED = "STARTED"  # stream header
+    OPENED = "OPENED"  # channels mode: CHANNEL main, waiting for the configuration
+    RESOLVE_OPENED = "RESOLVE_OPENED"  # channels mode: CHANNEL resolve, waiting for RESOLVE
     CONFIGURED = "CONFIGURED"  # configuration, waiting for OPEN_RETURN_PATH (return-path mode)
     SETUP = "SETUP"  # START and early FULL sections
     ITERATING = "ITERATING"  # PART sections
@@ -55,6 +68,8 @@ class MainInput(enum.Enum):
     """Inputs of the main-stream table: the header, frame kinds and commands."""
 
     HEADER = "HEADER"
+    CHANNEL_MAIN = "CHANNEL_MAIN"
+    CHANNEL_RESOLVE = "CHANNEL_RESOLVE"
     CONFIGURATION = "CONFIGURATION"
     OPEN_RETURN_PATH = "OPEN_RETURN_PATH"
     PING = "PING"
@@ -151,9 +166,22 @@ def _return_path_table() -> dict[MainState, dict[MainInput, MainState]]:
     return table
 
 
+def _channels_table() -> dict[MainState, dict[MainInput, MainState]]:
+    table = _return_path_table()
+    table[_S.STARTED] = {
+        _I.CHANNEL_MAIN: _S.OPENED,
+        _I.CHANNEL_RESOLVE: _S.RESOLVE_OPENED,
+        _I.ABORT: _S.ABORTED,
+    }
+    table[_S.OPENED] = {_I.CONFIGURATION: _S.CONFIGURED, _I.ABORT: _S.ABORTED}
+    table[_S.RESOLVE_OPENED] = {_I.RESOLVE: _S.RESOLVING, _I.ABORT: _S.ABORTED}
+    return table
+
+
 MAIN_TABLE: Final[dict[StreamMode, dict[MainState, dict[MainInput, MainState]]]] = {
     StreamMode.FILE: _FILE_TABLE,
     StreamMode.RETURN_PATH: _return_path_table(),
+    StreamMode.CHANNELS: _channels_table(),
 }
 """``MAIN_TABLE[mode][state][input]`` is the next state; a missing entry is illegal."""
 
@@ -206,6 +234,7 @@ RETURN_REQUIRES_MAIN: Final[dict[ReturnInput, frozenset[MainState]]] = {
 MAIN_END_STATES: Final[dict[StreamMode, frozenset[MainState]]] = {
     StreamMode.FILE: frozenset({_S.COMPLETED, _S.DONE, _S.ABORTED}),
     StreamMode.RETURN_PATH: frozenset({_S.HANDED_OVER, _S.RESOLVE_HANDED_OVER, _S.ABORTED}),
+    StreamMode.CHANNELS: frozenset({_S.HANDED_OVER, _S.RESOLVE_HANDED_OVER, _S.ABORTED}),
 }
 """Main-stream states at which the source may close the stream (a file may omit VMDESCRIPTION)."""
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 from protocol import events as ev
 from protocol.config import DeviceRef, MigrationConfiguration
 from protocol.errors import ErrorCode, LocalProtocolError
-from protocol.messages import MAIN_INPUTS, part_input
+from protocol.messages import main_input, part_input
 from protocol.meta import bad
 from protocol.states import (
     MainInput,
@@ -23,6 +23,7 @@ from protocol.states import (
     StreamMode,
     main_transition,
     return_transition,
+    stream_mode,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class MainTracker:
         self.config: MigrationConfiguration | None = None
         self.ram_section_id: int | None = None
         self.resolve_id: str | None = None
+        self.channel: ev.ChannelAnnounced | None = None
         self._iterable: dict[int, _Section] = {}
         self._started: set[tuple[str, int]] = set()
         self._full: dict[int, DeviceRef] = {}
@@ -73,8 +75,9 @@ class MainTracker:
         return self.config
 
     def header(self, version: int) -> None:
-        """The stream header."""
+        """The stream header; a network stream of version 3 or later expects CHANNEL first."""
         self.state = main_transition(self.mode, self.state, MainInput.HEADER)
+        self.mode = stream_mode(return_path=self.mode is not StreamMode.FILE, version=version)
         self.version = version
 
     def check_input(self, event: MainInput) -> None:
@@ -97,16 +100,28 @@ class MainTracker:
         if isinstance(event, ev.RamPagesReceived | ev.SectionPartReceived):
             self._accept_part(event)
             return
-        after = main_transition(self.mode, self.state, MAIN_INPUTS[type(event)])
-        if isinstance(event, ev.ConfigurationReceived):
+        after = main_transition(self.mode, self.state, main_input(event))
+        if isinstance(event, ev.ChannelAnnounced):
+            self.channel = event
+        elif isinstance(event, ev.ConfigurationReceived):
+            self._check_channel(event.config.migration_id, "CONFIGURATION")
             self.config = event.config
         elif isinstance(event, ev.SectionStarted):
             self._open(event)
         elif isinstance(event, ev.DeviceStateReceived):
             self._full_section(event)
         elif isinstance(event, ev.ResolveRequested):
+            self._check_channel(event.migration_id, "RESOLVE")
             self.resolve_id = event.migration_id
         self.state = after
+
+    def _check_channel(self, migration_id: str, what: str) -> None:
+        if self.channel is not None and self.channel.migration_id != migration_id:
+            msg = (
+                f"{what} names migration {migration_id!r}, the CHANNEL handshake "
+                f"{self.channel.migration_id!r}"
+            )
+            raise LocalProtocolError(msg, code=ErrorCode.CONFIG_MISMATCH)
 
     def _accept_part(self, event: ev.RamPagesReceived | ev.SectionPartReceived) -> None:
         after = main_transition(self.mode, self.state, part_input(end=event.end))

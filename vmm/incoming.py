@@ -527,7 +527,7 @@ class IncomingMigration:
         machine = await building
         record = self._require_record()
         record.machine = machine
-        self._conn.attach_ram(machine.ram.view)
+        self._conn.attach_sink(machine.ram_handler.loader)
         if self._return_path_requested:
             self._conn.send_open_ack()
             await self._channel.flush()

@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 
 from protocol import (
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     AbortReceived,
+    ChannelAnnounced,
     ConfigurationReceived,
     ConnectionClosed,
     DescriptionReceived,
@@ -54,6 +56,8 @@ from protocol import (
     SwitchoverStarted,
     Timeouts,
 )
+from vmsim import PAGE_SIZE as VMSIM_PAGE_SIZE
+from vmsim import GuestRam, RamLoader
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -130,8 +134,9 @@ class ConnectionPair:
         split: deliver in pieces of at most this many bytes (None: as produced).
         fill_sizes: if set, deliver through ``get_buffers``/``buffers_filled`` with these fill
             sizes (cycled) instead of ``receive_data``.
-        attach_ram: attach a fresh zeroed guest RAM at the destination on
-            ``ConfigurationReceived`` (``dest_ram``).
+        attach_ram: attach a fresh zeroed guest RAM, through vmsim's ``RamLoader`` page sink,
+            at the destination on ``ConfigurationReceived`` (``dest_guest_ram``; its bytes are
+            ``dest_ram``), when the page size is vmsim's.
     """
 
     version: int = PROTOCOL_VERSION
@@ -144,7 +149,7 @@ class ConnectionPair:
     attach_ram: bool = True
     source: SourceConnection = field(init=False)
     dest: DestConnection = field(init=False)
-    dest_ram: bytearray | None = field(init=False, default=None)
+    dest_guest_ram: GuestRam | None = field(init=False, default=None)
     main_stream: bytearray = field(init=False, default_factory=bytearray)
     return_stream: bytearray = field(init=False, default_factory=bytearray)
 
@@ -250,11 +255,20 @@ class ConnectionPair:
         events = []
         while (event := receiver.next_event()) is not None:
             events.append(event)
-            if isinstance(event, ConfigurationReceived) and self.attach_ram:
+            if (
+                isinstance(event, ConfigurationReceived)
+                and self.attach_ram
+                and event.config.page_size == VMSIM_PAGE_SIZE  # vmsim's RAM has 4 KiB pages
+            ):
                 # at once: the next frame is not looked at before the next call
-                self.dest_ram = bytearray(event.config.ram_size)
-                self.dest.attach_ram(memoryview(self.dest_ram))
+                self.dest_guest_ram = GuestRam(event.config.ram_size)
+                self.dest.attach_sink(RamLoader(self.dest_guest_ram))
         return events
+
+    @property
+    def dest_ram(self) -> memoryview | None:
+        """The destination's guest RAM as writable bytes (compares equal to bytes)."""
+        return None if self.dest_guest_ram is None else self.dest_guest_ram.view
 
 
 def fill(
@@ -410,6 +424,8 @@ def _replay_simple(event: Event, source: SourceConnection) -> None:
             source.send_handover()
         case AbortReceived(code=code, reason=reason):
             source.send_abort(code, reason)
+        case ChannelAnnounced(migration_id=migration_id, role=role):
+            source.send_channel(migration_id, role)
         case ResolveRequested(migration_id=migration_id):
             source.send_resolve(migration_id)
         case StreamStarted() | ConnectionClosed():
@@ -692,7 +708,7 @@ def scripts(draw: st.DrawFn, *, max_pages: int = 48) -> Script:
         steps.append(("vmdesc", (draw(maps),)))
     finish = draw(st.sampled_from(["handover", "abort"])) if return_path else "end"
     return Script(
-        version=draw(st.sampled_from([1, 2])),
+        version=draw(st.sampled_from(SUPPORTED_VERSIONS)),
         return_path=return_path,
         page_size=page_size,
         ram_pages=ram_pages,

@@ -18,7 +18,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from helpers.pair import ConnectionPair, pattern_ram, run_migration  # noqa: E402
 
-from protocol import PREVIOUS_VERSION, PROTOCOL_VERSION, Outcome  # noqa: E402
+from protocol import CRC32_VERSION, PREVIOUS_VERSION, PROTOCOL_VERSION, Outcome  # noqa: E402
 
 RAM_PAGES = 16
 PAGE_SIZE = 1024  # the smallest legal page: small vectors, fast every-offset sweeps
@@ -31,16 +31,16 @@ def file_migration(version: int) -> bytes:
     return bytes(pair.main_stream)
 
 
-def return_path_migration() -> tuple[bytes, bytes]:
+def return_path_migration(version: int = PROTOCOL_VERSION) -> tuple[bytes, bytes]:
     """A TCP-style migration with a return path: OPEN_ACK, PONG, LOADED, HANDOVER, RESUMED."""
-    pair = ConnectionPair()
+    pair = ConnectionPair(version=version)
     run_migration(pair, pattern_ram(RAM_PAGES, PAGE_SIZE), page_size=PAGE_SIZE)
     return bytes(pair.main_stream), bytes(pair.return_stream)
 
 
-def resolve_exchange() -> tuple[bytes, bytes]:
+def resolve_exchange(version: int = PROTOCOL_VERSION) -> tuple[bytes, bytes]:
     """A resolve connection: RESOLVE, OUTCOME in-doubt, HANDOVER, RESUMED."""
-    pair = ConnectionPair()
+    pair = ConnectionPair(version=version)
     pair.source.send_resolve("mig-0001")
     pair.transfer()
     pair.dest.send_outcome("mig-0001", Outcome.IN_DOUBT)
@@ -54,16 +54,19 @@ def resolve_exchange() -> tuple[bytes, bytes]:
 
 def build_vectors() -> dict[str, bytes]:
     """Every vector by file name."""
-    rp_main, rp_return = return_path_migration()
-    resolve_main, resolve_return = resolve_exchange()
-    return {
-        "file_v2.bin": file_migration(PROTOCOL_VERSION),
-        "file_v1.bin": file_migration(PREVIOUS_VERSION),
-        "return_path.main.bin": rp_main,
-        "return_path.return.bin": rp_return,
-        "resolve.main.bin": resolve_main,
-        "resolve.return.bin": resolve_return,
+    vectors = {
+        "file_v3.bin": file_migration(PROTOCOL_VERSION),
+        "file_v2.bin": file_migration(PREVIOUS_VERSION),
+        "file_v1.bin": file_migration(CRC32_VERSION),
     }
+    for version, suffix in ((PROTOCOL_VERSION, ""), (PREVIOUS_VERSION, "_v2")):
+        main, reply = return_path_migration(version)
+        vectors[f"return_path{suffix}.main.bin"] = main
+        vectors[f"return_path{suffix}.return.bin"] = reply
+        main, reply = resolve_exchange(version)
+        vectors[f"resolve{suffix}.main.bin"] = main
+        vectors[f"resolve{suffix}.return.bin"] = reply
+    return vectors
 
 
 def main() -> None:

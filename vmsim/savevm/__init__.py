@@ -16,6 +16,7 @@ from vmsim.savevm.framework import (
 )
 from vmsim.savevm.handlers import MAX_RUN_PAGES, PageBatch, PageKind, SaveVMHandlers
 from vmsim.savevm.ram_handler import RAM_IDSTR, RAM_VERSION_ID, RamSaveHandler, RamStats
+from vmsim.savevm.ram_loader import PageRuns, RamLoader, Runs
 from vmsim.savevm.records import SectionFull, SectionPart, SectionStart
 from vmsim.savevm.registry import INSTANCE_ID_ANY, SaveStateEntry, SaveVMRegistry
 
@@ -26,8 +27,11 @@ __all__ = [
     "RAM_VERSION_ID",
     "PageBatch",
     "PageKind",
+    "PageRuns",
+    "RamLoader",
     "RamSaveHandler",
     "RamStats",
+    "Runs",
     "SaveStateEntry",
     "SaveVMHandlers",
     "SaveVMRegistry",

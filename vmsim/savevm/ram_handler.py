@@ -19,6 +19,7 @@ from vmsim.config import PAGE_SIZE
 from vmsim.errors import NotAllowed, RamError
 from vmsim.ram import WORDS_PER_PAGE
 from vmsim.savevm.handlers import MAX_RUN_PAGES, PageBatch, PageKind
+from vmsim.savevm.ram_loader import RamLoader, Runs
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -32,7 +33,6 @@ RAM_VERSION_ID: Final = 4
 _MIN_SCAN_WINDOW_PAGES: Final = 1 << 14
 _ZERO_CHECK_BLOCK_PAGES: Final = 1024
 _ZERO_CHECK_MAX_VIEWS: Final = 16  # runs of candidates checked through views, not copies
-_COPY_PER_RUN_MAX_RUNS: Final = 16
 _SETUP_KEYS: Final = frozenset({"ram_size", "page_size"})
 
 
@@ -86,6 +86,7 @@ class RamSaveHandler:
 
     def __init__(self, ram: GuestRam) -> None:
         self._ram = ram
+        self.loader = RamLoader(ram)
         self._readonly = ram.view.toreadonly()
         self._pages64: NDArray[np.uint64] = ram.words.reshape(ram.n_pages, WORDS_PER_PAGE)
         self._bitmap: NDArray[np.bool_] | None = None
@@ -282,35 +283,22 @@ class RamSaveHandler:
             raise RamError(f"Length mismatch: ram: {received} in != {self._ram.size_bytes:#x}")
 
     def load_state(self, batch: PageBatch) -> None:
-        """Copy a batch into RAM: data for NORMAL runs, zero-fill for ZERO runs.
+        """Load a batch through the RAM loader, as the wire protocol does with a received frame.
 
         Raises:
             RamError: the batch is inconsistent or outside RAM; nothing is written then.
         """
         _check_batch(batch, self._ram.n_pages)
-        if batch.n_runs <= _COPY_PER_RUN_MAX_RUNS:
-            self._load_run_by_run(batch)
-            return
-        # Many short runs (scattered pages): one join and one vectorised scatter beat a
-        # Python call per run.
-        normal = batch.kinds == PageKind.NORMAL
-        normal_pfns = _expand_runs(batch.first_pfns[normal], batch.n_pages[normal])
-        if len(normal_pfns):
-            data = np.frombuffer(b"".join(batch.data), dtype=np.uint8)
-            self._ram.store_pages(normal_pfns, data.reshape(len(normal_pfns), PAGE_SIZE))
-        zero_pfns = _expand_runs(batch.first_pfns[~normal], batch.n_pages[~normal])
-        if len(zero_pfns):
-            self._ram.zero_page_set(zero_pfns)
-
-    def _load_run_by_run(self, batch: PageBatch) -> None:
-        data = iter(batch.data)
-        for first, count, kind in zip(
-            batch.first_pfns.tolist(), batch.n_pages.tolist(), batch.kinds.tolist(), strict=True
-        ):
-            if kind == PageKind.NORMAL:
-                self._ram.load_pages(first, next(data))
-            else:
-                self._ram.zero_pages(first, count)
+        first = batch.first_pfns.astype(np.int64)
+        runs = Runs(
+            first_pfn=first,
+            end_pfn=first + batch.n_pages.astype(np.int64),
+            normal=batch.kinds == PageKind.NORMAL,
+        )
+        data_len = int(batch.n_pages[runs.normal].astype(np.int64).sum()) * PAGE_SIZE
+        targets = self.loader.page_buffers(runs, data_len)
+        _copy_into(batch.data, targets)
+        self.loader.pages_loaded(runs)
 
     def load_cleanup(self) -> None:
         """Nothing to release on the load side."""
@@ -341,12 +329,18 @@ def _coalesce(
     )
 
 
-def _expand_runs(first_pfns: NDArray[np.uint32], n_pages: NDArray[np.uint16]) -> NDArray[np.intp]:
-    """Every page number of the runs, in order (vectorised)."""
-    lengths = n_pages.astype(np.intp)
-    run_starts = np.cumsum(lengths) - lengths
-    offsets = np.arange(int(lengths.sum()), dtype=np.intp) - np.repeat(run_starts, lengths)
-    return np.repeat(first_pfns.astype(np.intp), lengths) + offsets
+def _copy_into(sources: tuple[memoryview, ...], targets: list[memoryview]) -> None:
+    """Copy the bytes of `sources`, in order, into `targets` (both hold the same total)."""
+    pending = iter(targets)
+    target = memoryview(b"")
+    for source in sources:
+        data = memoryview(source).cast("B")
+        while data.nbytes:
+            if not target.nbytes:
+                target = next(pending)
+            step = min(data.nbytes, target.nbytes)
+            target[:step] = data[:step]
+            data, target = data[step:], target[step:]
 
 
 def _check_batch(batch: PageBatch, n_pages: int) -> None:

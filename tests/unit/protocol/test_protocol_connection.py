@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 from helpers.pair import (
     PAGE_SIZE,
@@ -18,7 +17,11 @@ from helpers.pair import (
 )
 
 from protocol import (
+    CRC32_VERSION,
     PREVIOUS_VERSION,
+    PROTOCOL_VERSION,
+    ChannelAnnounced,
+    ChannelRole,
     ConfigurationReceived,
     ConnectionClosed,
     DestConnection,
@@ -36,8 +39,10 @@ from protocol import (
     SourceConnection,
     StreamStarted,
 )
+from protocol.config import encode_configuration
 from protocol.frames import encode_frame
 from protocol.meta import pack_meta
+from vmsim import GuestRam, RamLoader
 
 N, Z = PageKind.NORMAL, PageKind.ZERO
 
@@ -94,8 +99,8 @@ def test_ram_frame_buffers_are_guest_ram_slices_coalesced():
     buffers = pair.dest.get_buffers()
 
     assert [3 * PAGE_SIZE, 2 * PAGE_SIZE, 16, 16] == [len(b) for b in buffers]
-    assert pair.dest_ram is buffers[0].obj
-    assert pair.dest_ram is buffers[1].obj
+    assert pair.dest_guest_ram.array is buffers[0].obj
+    assert pair.dest_guest_ram.array is buffers[1].obj
     assert all(not b.readonly for b in buffers)
 
 
@@ -112,7 +117,7 @@ def test_fragmented_ram_frame_is_received_whole_then_scattered():
     events = drain(pair.dest)
 
     assert [8 * PAGE_SIZE, 16, 16] == [len(b) for b in buffers]
-    assert pair.dest_ram is not buffers[0].obj
+    assert pair.dest_guest_ram.array is not buffers[0].obj
     assert 1 == len(events)
     for first, _count, kind in runs:
         page = slice(first * PAGE_SIZE, (first + 1) * PAGE_SIZE)
@@ -280,7 +285,7 @@ def test_refused_send_changes_nothing():
         source.send_section_start(1, "x" * 300, 0, 1, {})
     assert ErrorCode.BAD_METADATA == info.value.code
     assert info.value.frame is not None
-    assert (1, 1) == (info.value.frame.index, info.value.frame.section_id)
+    assert (2, 1) == (info.value.frame.index, info.value.frame.section_id)  # after CHANNEL, CONFIG
     assert MainState.CONFIGURED == source.our_state
 
 
@@ -358,16 +363,10 @@ def test_ram_setup_must_match_configuration():
     assert ErrorCode.BAD_METADATA == info.value.code
 
 
-def test_attach_ram_checks():
+def test_a_page_sink_is_attached_after_the_configuration():
     dest = DestConnection(now=0.0)
     with pytest.raises(LocalProtocolError, match="before the configuration"):
-        dest.attach_ram(memoryview(bytearray(16 * PAGE_SIZE)))
-    pair, _ = started_pair(attach_ram=False)
-    with pytest.raises(LocalProtocolError, match="writable"):
-        pair.dest.attach_ram(memoryview(bytes(16 * PAGE_SIZE)))
-    with pytest.raises(LocalProtocolError, match="65536 bytes"):
-        pair.dest.attach_ram(memoryview(bytearray(PAGE_SIZE)))
-    pair.dest.attach_ram(memoryview(np.zeros(16 * PAGE_SIZE // 8, dtype=np.uint64)))
+        dest.attach_sink(RamLoader(GuestRam(16 * PAGE_SIZE)))
 
 
 def test_dest_in_file_mode_cannot_reply():
@@ -381,7 +380,7 @@ def test_failed_before_anything_uses_our_version_and_is_clean_end():
     pair.dest.send_failed(ErrorCode.BUSY, "already receiving")
     events = pair.to_source()
 
-    assert pair.return_stream.startswith(b"LVRP\x00\x02\x00\x00")
+    assert pair.return_stream.startswith(b"LVRP\x00\x03\x00\x00")
     assert DestinationFailed(
         code=ErrorCode.BUSY, reason="already receiving"
     ) == dataclasses.replace(events[1], frame=None)
@@ -396,7 +395,7 @@ def test_failed_before_anything_uses_our_version_and_is_clean_end():
         (
             lambda f: f[:4] + b"\x00\x07" + f[6:],
             ErrorCode.UNSUPPORTED_VERSION,
-            "unsupported protocol version 7: this receiver accepts versions 1 and 2",
+            "unsupported protocol version 7: this receiver accepts versions 1 to 3",
         ),
         (lambda f: f[:6] + b"\x00\x01" + f[8:], ErrorCode.PROTOCOL_ERROR, "reserved"),
         (lambda f: f[:9] + b"\x01" + f[10:], ErrorCode.PROTOCOL_ERROR, "flags 0x01"),
@@ -418,27 +417,30 @@ def test_header_errors(mutate, code, match):
     assert code == info.value.code
 
 
-def test_version_1_sender_end_to_end():
-    pair_v1 = ConnectionPair(version=PREVIOUS_VERSION)
-    pair_v2 = ConnectionPair()
+@pytest.mark.parametrize("version", [CRC32_VERSION, PREVIOUS_VERSION])
+def test_older_sender_end_to_end(version):
+    """A version 1 or 2 source (no CHANNEL handshake) migrates to a version 3 destination."""
+    pair_old = ConnectionPair(version=version)
+    pair_new = ConnectionPair()
     ram = pattern_ram(16)
-    events_v1 = run_migration(pair_v1, ram)
-    events_v2 = run_migration(pair_v2, ram)
+    events_old = run_migration(pair_old, ram)
+    events_new = run_migration(pair_new, ram)
 
-    assert StreamStarted(version=1) == events_v1[0][0]
-    assert pair_v1.return_stream.startswith(b"LVRP\x00\x01")  # the return path follows
+    assert StreamStarted(version=version) == events_old[0][0]
+    assert pair_old.return_stream.startswith(b"LVRP\x00" + bytes([version]))  # it follows
 
     def strip(events):
         return [dataclasses.replace(e, frame=None) if hasattr(e, "frame") else e for e in events]
 
-    assert strip(events_v2[0][1:]) == strip(events_v1[0][1:])
-    assert [type(e) for e in events_v2[1]] == [type(e) for e in events_v1[1]]
-    assert pair_v1.dest_ram == pair_v2.dest_ram
+    assert isinstance(events_new[0][1], ChannelAnnounced)
+    assert strip(events_new[0][2:]) == strip(events_old[0][1:])
+    assert [type(e) for e in events_new[1]] == [type(e) for e in events_old[1]]
+    assert pair_old.dest_ram == pair_new.dest_ram
 
 
 def test_source_refuses_unknown_version():
     with pytest.raises(LocalProtocolError) as info:
-        SourceConnection(version=3, now=0.0)
+        SourceConnection(version=4, now=0.0)
     assert ErrorCode.UNSUPPORTED_VERSION == info.value.code
 
 
@@ -502,7 +504,7 @@ def test_receiver_refuses_bad_frames(kind, section_id, meta, code, match):
         pair.deliver(pair.dest, frame)
     assert code == info.value.code
     assert info.value.frame is not None
-    assert 3 == info.value.frame.index
+    assert 4 == info.value.frame.index  # CHANNEL, CONFIGURATION, OPEN_RETURN_PATH, START
 
 
 def test_data_on_a_frame_without_data_is_refused():
@@ -623,10 +625,10 @@ def test_truncated_frame_is_an_error_naming_the_frame():
     pair.dest.receive_data(frame[:20], 0.0)
     pair.dest.receive_eof(0.0)
 
-    with pytest.raises(RemoteProtocolError, match="ended inside frame 3") as info:
+    with pytest.raises(RemoteProtocolError, match="ended inside frame 4") as info:
         drain(pair.dest)
     assert ErrorCode.TRUNCATED == info.value.code
-    assert (3, FrameKind.COMMAND) == (info.value.frame.index, info.value.frame.kind)
+    assert (4, FrameKind.COMMAND) == (info.value.frame.index, info.value.frame.kind)
 
 
 def test_configuration_event_and_accessors():
@@ -637,7 +639,60 @@ def test_configuration_event_and_accessors():
     pair.source.send_configuration(config)
     events = pair.to_dest()
 
-    assert ConfigurationReceived(config=config) == dataclasses.replace(events[1], frame=None)
+    channel = ChannelAnnounced(migration_id=config.migration_id, role=ChannelRole.MAIN)
+    assert channel == dataclasses.replace(events[1], frame=None)
+    assert channel == dataclasses.replace(pair.dest.channel, frame=None)
+    assert ConfigurationReceived(config=config) == dataclasses.replace(events[2], frame=None)
     assert config == pair.dest.configuration == pair.source.configuration
-    assert 2 == pair.dest.version
-    assert (1, 8) == (events[1].frame.index - 0 + 1, events[1].frame.offset)
+    assert PROTOCOL_VERSION == pair.dest.version
+    assert (0, 8) == (events[1].frame.index, events[1].frame.offset)
+    assert 1 == events[2].frame.index
+
+
+def test_a_configuration_must_name_the_migration_of_its_channel():
+    source = SourceConnection(now=0.0)
+    source.send_channel("mig-0001", ChannelRole.MAIN)
+    with pytest.raises(LocalProtocolError, match="names migration 'mig-0002'") as sent:
+        source.send_configuration(make_config(migration_id="mig-0002"))
+    stream = sent_bytes(source) + encode_frame(
+        PROTOCOL_VERSION,
+        FrameKind.CONFIGURATION,
+        0,
+        pack_meta(encode_configuration(make_config(migration_id="mig-0002"))),
+    )
+    dest = DestConnection(now=0.0)
+    dest.receive_data(stream, 0.0)
+
+    with pytest.raises(RemoteProtocolError, match="names migration 'mig-0002'") as received:
+        drain(dest)
+    assert ErrorCode.CONFIG_MISMATCH == sent.value.code == received.value.code
+
+
+@pytest.mark.parametrize(
+    ("meta", "match"),
+    [
+        ({"migration_id": "m", "role": "multifd", "index": 0}, "unknown channel role 'multifd'"),
+        ({"migration_id": "m", "role": "main", "index": 1}, "index 0, not 1"),
+        ({"migration_id": "m", "role": "main"}, "missing keys \\['index'\\]"),
+    ],
+)
+def test_bad_channel_handshakes_are_refused(meta, match):
+    dest = DestConnection(now=0.0)
+    frame = encode_frame(PROTOCOL_VERSION, FrameKind.COMMAND, 0, pack_meta({"cmd": 0x43, **meta}))
+    dest.receive_data(b"LVMG\x00\x03\x00\x00" + frame, 0.0)
+
+    with pytest.raises(RemoteProtocolError, match=match) as info:
+        drain(dest)
+    assert ErrorCode.BAD_METADATA == info.value.code
+
+
+def test_a_version_3_connection_must_open_with_its_channel_handshake():
+    source = SourceConnection(version=PREVIOUS_VERSION, now=0.0)  # no handshake at version 2
+    source.send_configuration(make_config())
+    stream = bytearray(sent_bytes(source))
+    stream[5] = PROTOCOL_VERSION  # ... claiming version 3
+    dest = DestConnection(now=0.0)
+    dest.receive_data(bytes(stream), 0.0)
+
+    with pytest.raises(RemoteProtocolError, match="CONFIGURATION is illegal in main-stream state"):
+        drain(dest)

@@ -13,6 +13,9 @@ import pytest
 from helpers.pair import PAGE_SIZE, ConnectionPair, make_batch, make_config, sent_bytes
 
 from protocol import (
+    PREVIOUS_VERSION,
+    PROTOCOL_VERSION,
+    ChannelRole,
     ErrorCode,
     FrameKind,
     LocalProtocolError,
@@ -48,6 +51,8 @@ ZERO_PAGE = make_batch(None, [(0, 1, PageKind.ZERO)])
 EMPTY = make_batch(None, [])
 
 SEND: dict[MainInput, Callable[[SourceConnection], None]] = {
+    MainInput.CHANNEL_MAIN: lambda s: s.send_channel("mig-0001", ChannelRole.MAIN),
+    MainInput.CHANNEL_RESOLVE: lambda s: s.send_channel("mig-0001", ChannelRole.RESOLVE),
     MainInput.CONFIGURATION: lambda s: s.send_configuration(CONFIG),
     MainInput.OPEN_RETURN_PATH: lambda s: s.send_open_return_path(),
     MainInput.PING: lambda s: s.send_ping(5),
@@ -64,7 +69,10 @@ SEND: dict[MainInput, Callable[[SourceConnection], None]] = {
 }
 
 _ram_setup = {"ram_size": CONFIG.ram_size, "page_size": PAGE_SIZE}
+_CHANNEL = {"cmd": 0x43, "migration_id": "mig-0001", "index": 0}
 FRAMES: dict[MainInput, tuple[FrameKind, int, dict]] = {
+    MainInput.CHANNEL_MAIN: (FrameKind.COMMAND, 0, {**_CHANNEL, "role": "main"}),
+    MainInput.CHANNEL_RESOLVE: (FrameKind.COMMAND, 0, {**_CHANNEL, "role": "resolve"}),
     MainInput.CONFIGURATION: (FrameKind.CONFIGURATION, 0, encode_configuration(CONFIG)),
     MainInput.OPEN_RETURN_PATH: (FrameKind.COMMAND, 0, {"cmd": 1}),
     MainInput.PING: (FrameKind.COMMAND, 0, {"cmd": 2, "value": 5}),
@@ -92,11 +100,13 @@ FRAMES: dict[MainInput, tuple[FrameKind, int, dict]] = {
     MainInput.RESOLVE: (FrameKind.COMMAND, 0, {"cmd": 0x42, "migration_id": "mig-0001"}),
 }
 
-_RP = StreamMode.RETURN_PATH
+_FILE, _RP, _CH = StreamMode.FILE, StreamMode.RETURN_PATH, StreamMode.CHANNELS
+VERSION = {_FILE: PROTOCOL_VERSION, _RP: PREVIOUS_VERSION, _CH: PROTOCOL_VERSION}
 PREFIXES: dict[tuple[StreamMode, MainState], list[object]] = {}
 for _mode in StreamMode:
-    _open = [MainInput.OPEN_RETURN_PATH] if _mode is _RP else []
-    _setup = [MainInput.CONFIGURATION, *_open, "ram"]
+    _channel = [MainInput.CHANNEL_MAIN] if _mode is _CH else []
+    _open = [MainInput.OPEN_RETURN_PATH] if _mode is not _FILE else []
+    _setup = [*_channel, MainInput.CONFIGURATION, *_open, "ram"]
     _done = [*_setup, MainInput.SECTION_PART, MainInput.SWITCHOVER_START, MainInput.SECTION_FULL]
     PREFIXES[(_mode, MainState.IDLE)] = []
     PREFIXES[(_mode, MainState.SETUP)] = _setup
@@ -104,17 +114,34 @@ for _mode in StreamMode:
     PREFIXES[(_mode, MainState.SWITCHOVER)] = [*_setup, MainInput.SWITCHOVER_START]
     PREFIXES[(_mode, MainState.FINALIZING)] = _done
     PREFIXES[(_mode, MainState.COMPLETED)] = [*_done, MainInput.EOF]
-    _described = MainState.DESCRIBED if _mode is _RP else MainState.DONE
+    _described = MainState.DONE if _mode is _FILE else MainState.DESCRIBED
     PREFIXES[(_mode, _described)] = [*_done, MainInput.EOF, MainInput.VMDESCRIPTION]
-    PREFIXES[(_mode, MainState.ABORTED)] = [MainInput.CONFIGURATION, MainInput.ABORT]
-PREFIXES[(_RP, MainState.CONFIGURED)] = [MainInput.CONFIGURATION]
-PREFIXES[(_RP, MainState.HANDED_OVER)] = [*PREFIXES[(_RP, MainState.DESCRIBED)], MainInput.HANDOVER]
-PREFIXES[(_RP, MainState.RESOLVING)] = [MainInput.RESOLVE]
-PREFIXES[(_RP, MainState.RESOLVE_HANDED_OVER)] = [MainInput.RESOLVE, MainInput.HANDOVER]
+    PREFIXES[(_mode, MainState.ABORTED)] = [*_channel, MainInput.CONFIGURATION, MainInput.ABORT]
+    if _mode is _FILE:
+        continue
+    _resolve = [MainInput.CHANNEL_RESOLVE] if _mode is _CH else []
+    PREFIXES[(_mode, MainState.CONFIGURED)] = [*_channel, MainInput.CONFIGURATION]
+    PREFIXES[(_mode, MainState.HANDED_OVER)] = [*_done, MainInput.EOF, MainInput.VMDESCRIPTION]
+    PREFIXES[(_mode, MainState.HANDED_OVER)].append(MainInput.HANDOVER)
+    PREFIXES[(_mode, MainState.RESOLVING)] = [*_resolve, MainInput.RESOLVE]
+    PREFIXES[(_mode, MainState.RESOLVE_HANDED_OVER)] = [
+        *_resolve,
+        MainInput.RESOLVE,
+        MainInput.HANDOVER,
+    ]
+PREFIXES[(_CH, MainState.OPENED)] = [MainInput.CHANNEL_MAIN]
+PREFIXES[(_CH, MainState.RESOLVE_OPENED)] = [MainInput.CHANNEL_RESOLVE]
+IMPLIED_CHANNEL = {
+    MainInput.CONFIGURATION: MainInput.CHANNEL_MAIN,
+    MainInput.RESOLVE: MainInput.CHANNEL_RESOLVE,
+}
+"""In channels mode, a first CONFIGURATION or RESOLVE sends the CHANNEL handshake it implies."""
 
 
 def source_in(mode: StreamMode, state: MainState) -> SourceConnection:
-    source = SourceConnection(return_path=mode is _RP, timeouts=None, now=0.0)
+    source = SourceConnection(
+        version=VERSION[mode], return_path=mode is not _FILE, timeouts=None, now=0.0
+    )
     for step in PREFIXES[(mode, state)]:
         if step == "ram":
             source.send_section_start(1, "ram", 0, 4, _ram_setup)
@@ -143,8 +170,13 @@ def test_source_send_matches_table(mode, state, event):
     effective = MainState.STARTED if state is MainState.IDLE else state
     legal = event in MAIN_TABLE[mode].get(effective, {})
     sent_bytes(source)
+    implied = IMPLIED_CHANNEL.get(event) if mode is _CH and effective is MainState.STARTED else None
 
-    if legal:
+    if implied is not None:
+        SEND[event](source)
+        after_channel = main_transition(mode, effective, implied)
+        assert main_transition(mode, after_channel, event) == source.our_state
+    elif legal:
         SEND[event](source)
         assert main_transition(mode, effective, event) == source.our_state
         assert sent_bytes(source)
@@ -163,9 +195,9 @@ def test_dest_receive_matches_table(mode, state, event):
     source = source_in(mode, state)
     prefix = sent_bytes(source)
     if state is MainState.IDLE:
-        prefix = b"LVMG\x00\x02\x00\x00"
+        prefix = b"LVMG\x00" + bytes([VERSION[mode]]) + b"\x00\x00"
         state = MainState.STARTED
-    pair = ConnectionPair(return_path=mode is _RP)
+    pair = ConnectionPair(return_path=mode is not _FILE)
     pair.deliver(pair.dest, prefix)
     assert state == pair.dest.their_state
     kind, section_id, meta = FRAMES[event]
@@ -226,15 +258,19 @@ RETURN_PREFIXES: dict[ReturnState, list[ReturnInput]] = {
     ReturnState.FAILED: [ReturnInput.FAILED],
 }
 MAIN_CONTEXTS = [
-    MainState.CONFIGURED,
-    MainState.SETUP,
-    MainState.COMPLETED,
-    MainState.DESCRIBED,
-    MainState.HANDED_OVER,
-    MainState.ABORTED,
-    MainState.RESOLVING,
-    MainState.RESOLVE_HANDED_OVER,
-]
+    (mode, state)
+    for mode in (_RP, _CH)
+    for state in (
+        MainState.CONFIGURED,
+        MainState.SETUP,
+        MainState.COMPLETED,
+        MainState.DESCRIBED,
+        MainState.HANDED_OVER,
+        MainState.ABORTED,
+        MainState.RESOLVING,
+        MainState.RESOLVE_HANDED_OVER,
+    )
+] + [(_CH, MainState.OPENED), (_CH, MainState.RESOLVE_OPENED)]
 
 
 def _allowed(state: ReturnState, event: ReturnInput, main: MainState) -> bool:
@@ -255,8 +291,8 @@ def _legal_path(main: MainState, steps: list[ReturnInput]) -> bool:
 
 
 RETURN_CASES = [
-    (main, ret, event)
-    for main in MAIN_CONTEXTS
+    (mode, main, ret, event)
+    for mode, main in MAIN_CONTEXTS
     for ret, steps in RETURN_PREFIXES.items()
     if _legal_path(main, steps)
     for event in ReturnInput
@@ -264,27 +300,27 @@ RETURN_CASES = [
 ]
 
 
-def _return_pair(main: MainState, ret: ReturnState) -> ConnectionPair:
-    pair = ConnectionPair()
-    source = source_in(_RP, main)
+def _return_pair(mode: StreamMode, main: MainState, ret: ReturnState) -> ConnectionPair:
+    pair = ConnectionPair(version=VERSION[mode])
+    source = source_in(mode, main)
     pair.source = source
     pair.deliver(pair.dest, sent_bytes(source))
     pair.dest.next_event()
     for step in RETURN_PREFIXES[ret]:
         REPLY[step](pair.dest)
     pair.to_source()
-    if may_ping(_RP, source.our_state):
+    if may_ping(mode, source.our_state):
         source.send_ping(5)  # in flight: its PONG may come
         pair.drop()
     return pair
 
 
 @pytest.mark.parametrize(
-    ("main", "ret", "event"), RETURN_CASES, ids=lambda v: getattr(v, "value", v)
+    ("mode", "main", "ret", "event"), RETURN_CASES, ids=lambda v: getattr(v, "value", v)
 )
-def test_return_path_matches_table(main, ret, event):
+def test_return_path_matches_table(mode, main, ret, event):
     """The destination's sends and the source's receives both follow RETURN_TABLE."""
-    pair = _return_pair(main, ret)
+    pair = _return_pair(mode, main, ret)
     current = pair.dest.our_state
     mirrored = ReturnState.STARTED if ret is ReturnState.IDLE else ret
     assert ret == current or (ret is ReturnState.IDLE and current is ReturnState.STARTED)
@@ -303,12 +339,14 @@ def test_return_path_matches_table(main, ret, event):
             assert ErrorCode.UNEXPECTED_SECTION == info.value.code
             assert event.value in str(info.value)
     kind, meta = REPLY_FRAMES[event]
+    if event is ReturnInput.OPEN_ACK:
+        meta = {"version": VERSION[mode]}
     frame = encode_frame(2, kind, 0, pack_meta(meta))
     if pair.source.their_state is ReturnState.IDLE:
-        frame = b"LVRP\x00\x02\x00\x00" + frame
+        frame = b"LVRP\x00" + bytes([VERSION[mode]]) + b"\x00\x00" + frame
     source_main = pair.source.our_state
     source_legal = _allowed(mirrored, event, source_main)
-    if source_legal and event is ReturnInput.PONG and not may_ping(_RP, main):
+    if source_legal and event is ReturnInput.PONG and not may_ping(mode, main):
         with pytest.raises(RemoteProtocolError, match="answers no PING") as remote:
             pair.deliver(pair.source, frame)
         assert ErrorCode.PROTOCOL_ERROR == remote.value.code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,11 @@ from helpers.pair import decode_main, replay_main, replay_return, sent_bytes
 from vectors.generate import build_vectors
 
 from protocol import (
+    CRC32_VERSION,
     PREVIOUS_VERSION,
     PROTOCOL_VERSION,
+    ChannelAnnounced,
+    ChannelRole,
     ConnectionClosed,
     DeviceStateReceived,
     Outcome,
@@ -35,7 +39,12 @@ def test_generator_reproduces_the_files():
 
 
 @pytest.mark.parametrize(
-    ("name", "version"), [("file_v2.bin", PROTOCOL_VERSION), ("file_v1.bin", PREVIOUS_VERSION)]
+    ("name", "version"),
+    [
+        ("file_v3.bin", PROTOCOL_VERSION),
+        ("file_v2.bin", PREVIOUS_VERSION),
+        ("file_v1.bin", CRC32_VERSION),
+    ],
 )
 def test_file_vector_decodes_and_reencodes(name, version):
     stream = load(name)
@@ -61,11 +70,43 @@ def test_versions_differ_only_in_header_and_checksums():
     assert len(differing) <= 1 + 8 * 13
 
 
-@pytest.mark.parametrize("stem", ["return_path", "resolve"])
-def test_exchange_vectors_decode_and_reencode(stem):
+def test_file_streams_of_versions_2_and_3_differ_only_in_the_version():
+    """The CHANNEL handshake is for network connections: a file is the same stream."""
+    v2, v3 = load("file_v2.bin"), load("file_v3.bin")
+
+    assert [5] == [i for i in range(len(v2)) if v2[i] != v3[i]]
+
+
+@pytest.mark.parametrize(
+    ("stem", "role"), [("return_path", ChannelRole.MAIN), ("resolve", ChannelRole.RESOLVE)]
+)
+def test_version_3_connections_open_with_their_channel_handshake(stem, role):
+    events = decode_main(load(f"{stem}.main.bin"), return_path=True)
+
+    assert ChannelAnnounced(migration_id="mig-0001", role=role) == _unframed(events[1])
+    assert not any(
+        isinstance(e, ChannelAnnounced)
+        for e in decode_main(load(f"{stem}_v2.main.bin"), return_path=True)
+    )
+
+
+def _unframed(event: object) -> object:
+    return dataclasses.replace(event, frame=None)  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    ("stem", "version"),
+    [
+        ("return_path", PROTOCOL_VERSION),
+        ("resolve", PROTOCOL_VERSION),
+        ("return_path_v2", PREVIOUS_VERSION),
+        ("resolve_v2", PREVIOUS_VERSION),
+    ],
+)
+def test_exchange_vectors_decode_and_reencode(stem, version):
     main_stream, return_stream = load(f"{stem}.main.bin"), load(f"{stem}.return.bin")
     main_events = decode_main(main_stream, return_path=True)
-    source = SourceConnection(timeouts=None, now=0.0)
+    source = SourceConnection(version=version, timeouts=None, now=0.0)
     replay_main(main_events, source)
 
     assert main_stream == sent_bytes(source)
