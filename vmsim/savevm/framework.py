@@ -2,7 +2,7 @@
 
 Save::
 
-    state_setup -> [START per iterable entry, FULL per early_setup VMSD]
+    state_setup -> [START per iterable entry, FULL per (needed) early_setup VMSD]
     while running: state_iterate -> PART, with state_pending_estimate/exact in between
     (stop the VM)
     state_complete -> END parts until drained, then FULL per (needed) device VMSD
@@ -46,7 +46,9 @@ __all__ = [
 
 
 def state_setup(registry: SaveVMRegistry) -> list[SectionStart | SectionFull]:
-    """Start a save: a START per iterable entry and a FULL per early_setup VMSD, in order.
+    """Start a save: a START per iterable entry and a FULL per needed early_setup VMSD, in order.
+
+    An early_setup VMSD whose `needed` returns false sends nothing, as at completion.
 
     Raises:
         MigrationBlockedError: an unmigratable device is registered.
@@ -65,7 +67,7 @@ def state_setup(registry: SaveVMRegistry) -> list[SectionStart | SectionFull]:
                     setup=setup,
                 )
             )
-        elif entry.vmsd is not None and entry.vmsd.early_setup:
+        elif entry.vmsd is not None and entry.vmsd.early_setup and _section_needed(entry):
             records.append(_full_section(entry))
     return records
 
@@ -116,9 +118,7 @@ def _complete(registry: SaveVMRegistry, max_pages: int) -> Iterator[SectionPart 
             yield SectionPart(section_id=entry.section_id, batch=PageBatch.empty(), end=True)
     for device in registry.entries:
         vmsd = device.vmsd
-        if vmsd is None or vmsd.early_setup:
-            continue
-        if vmsd.needed is not None and not vmsd.needed(device.opaque):
+        if vmsd is None or vmsd.early_setup or not _section_needed(device):
             continue
         yield _full_section(device)
 
@@ -199,6 +199,12 @@ class _Iterable:
 
 def _iterables(registry: SaveVMRegistry) -> list[_Iterable]:
     return [_Iterable(e) for e in registry.entries if e.handlers is not None]
+
+
+def _section_needed(entry: SaveStateEntry) -> bool:
+    """QEMU's vmstate_section_needed: a top-level VMSD without `needed` is always sent."""
+    vmsd = entry.vmsd
+    return vmsd is not None and (vmsd.needed is None or vmsd.needed(entry.opaque))
 
 
 def _full_section(entry: SaveStateEntry) -> SectionFull:

@@ -194,3 +194,26 @@ def test_start_for_a_device_and_full_for_ram_are_refused():
         load_section_start(registry, start)
     with pytest.raises(SaveVMError, match="is iterable"):
         load_section_full(registry, full)
+
+
+def test_setup_skips_an_early_setup_device_whose_needed_is_false():
+    """QEMU's vmstate_save: a top-level VMSD whose needed() is false sends no section at all,
+    in the setup phase as in the completion phase."""
+    registry, _ = build()
+    registry.register(
+        "early-unneeded",
+        0,
+        vmsd=dev_vmsd("early-unneeded", early_setup=True, needed=lambda d: d.wanted),
+        opaque=Dev(7, wanted=False),
+    )
+    registry.register(
+        "early-needed",
+        0,
+        vmsd=dev_vmsd("early-needed", early_setup=True, needed=lambda d: d.wanted),
+        opaque=Dev(7, wanted=True),
+    )
+    setup = state_setup(registry)
+    completion = list(state_complete(registry, N_PAGES))
+
+    assert ["early", "ram", "early-needed"] == [r.idstr for r in setup]
+    assert "early-unneeded" not in {getattr(r, "idstr", None) for r in completion}
