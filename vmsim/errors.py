@@ -16,6 +16,7 @@ __all__ = [
     "InvalidStateError",
     "InvalidTransition",
     "MigrationBlockedError",
+    "MissingSectionError",
     "NotAllowed",
     "RamError",
     "SaveVMError",
@@ -69,7 +70,7 @@ class RamError(VMSimError):
 
 
 class SaveVMError(VMSimError):
-    """A misuse of the savevm registry or framework."""
+    """A save or load through the savevm registry failed, or the registry was misused."""
 
 
 class DuplicateEntryError(SaveVMError):
@@ -86,6 +87,19 @@ class UnsupportedVersionError(SaveVMError):
 
 class MigrationBlockedError(SaveVMError):
     """An unmigratable device blocks saving or loading."""
+
+
+class MissingSectionError(SaveVMError):
+    """A load ended without the state of devices that cannot be left at their reset state.
+
+    Attributes:
+        missing: (idstr, instance_id) of every such device, in registry order.
+    """
+
+    def __init__(self, missing: tuple[tuple[str, int], ...]) -> None:
+        names = ", ".join(f"'{idstr}' instance {instance_id}" for idstr, instance_id in missing)
+        super().__init__(f"missing device state for {names}")
+        self.missing = missing
 
 
 class VMStateDefinitionError(VMSimError):

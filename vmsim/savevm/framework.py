@@ -9,7 +9,7 @@ Save::
     state_cleanup
 
 Load mirrors it record by record: load_section_start, load_section_part, load_section_full,
-then load_cleanup.
+then load_check_complete at the end of the stream and load_cleanup.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from vmsim.errors import (
     MigrationBlockedError,
+    MissingSectionError,
     NotAllowed,
     SaveVMError,
     UnsupportedVersionError,
@@ -27,11 +28,12 @@ from vmsim.savevm.handlers import PageBatch
 from vmsim.savevm.records import SectionFull, SectionPart, SectionStart
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Collection, Iterator
 
     from vmsim.savevm.registry import SaveStateEntry, SaveVMRegistry
 
 __all__ = [
+    "load_check_complete",
     "load_cleanup",
     "load_section_full",
     "load_section_part",
@@ -177,6 +179,34 @@ def load_section_full(registry: SaveVMRegistry, record: SectionFull) -> None:
         detail = error.detail if error.device == vmsd.name else str(error)
         prefix = f"error while loading state for instance {entry.instance_id:#x}"
         raise error.reworded(f"{prefix} of device '{entry.idstr}': {detail}") from error
+
+
+def load_check_complete(registry: SaveVMRegistry, received: Collection[tuple[str, int]]) -> None:
+    """At the end of a stream: check that the state of every device arrived.
+
+    QEMU does not detect a missing section (the entry keeps its reset state); livemig refuses
+    to run such a VM, except for a device whose local VMSD has a `needed` callback: its source
+    sends nothing when needed() is false there (vmstate_section_needed), and the device then
+    rightly keeps its reset state. Only VMSD entries are checked: an iterable entry (RAM) has
+    its own START/END sections and is not device state.
+
+    Args:
+        registry: the destination's registry.
+        received: (idstr, instance_id) of every FULL section loaded; other pairs are ignored.
+
+    Raises:
+        MissingSectionError: names every device that must have arrived and did not, in
+            registry order.
+    """
+    missing = tuple(
+        (entry.idstr, entry.instance_id)
+        for entry in registry.entries
+        if entry.vmsd is not None
+        and entry.vmsd.needed is None
+        and (entry.idstr, entry.instance_id) not in received
+    )
+    if missing:
+        raise MissingSectionError(missing)
 
 
 def load_cleanup(registry: SaveVMRegistry) -> None:

@@ -8,11 +8,13 @@ import pytest
 from vmsim import (
     Machine,
     MachineConfig,
+    MissingSectionError,
     RunState,
     SectionFull,
     SectionPart,
     SectionStart,
     WorkloadKind,
+    load_check_complete,
     load_cleanup,
     load_section_full,
     load_section_part,
@@ -160,3 +162,25 @@ def test_migrating_twice_matches_the_replay():
     third.vm_stop()
 
     assert replay(config, third.ticks) == third.digest()
+
+
+def test_a_stream_without_a_device_section_is_incomplete():
+    """The destination's end-of-stream check names the device whose FULL section never came."""
+    config = config_for(WorkloadKind.HOTSET)
+    source = Machine.boot(config)
+    source.vm_start()
+    source.run(100)
+    destination = Machine.for_incoming(config)
+    precopy(source, destination)
+    source.stop_for_migration()
+    received = set()
+    for record in state_complete(source.savevm, BATCH_PAGES):
+        if isinstance(record, SectionFull) and record.idstr == "its":
+            continue  # lost on the way
+        load(destination, record)
+        if isinstance(record, SectionFull):
+            received.add((record.idstr, record.instance_id))
+
+    with pytest.raises(MissingSectionError) as caught:
+        load_check_complete(destination.savevm, received)
+    assert "missing device state for 'its' instance 0" == str(caught.value)
