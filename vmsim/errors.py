@@ -13,12 +13,14 @@ __all__ = [
     "ConfigError",
     "DuplicateEntryError",
     "FieldError",
+    "HookError",
     "InvalidStateError",
     "InvalidTransition",
     "MigrationBlockedError",
     "MissingSectionError",
     "NotAllowed",
     "RamError",
+    "SaveHookError",
     "SaveVMError",
     "UnknownSectionError",
     "UnknownSubsectionError",
@@ -65,6 +67,20 @@ class InvalidTransition(VMSimError):  # noqa: N818 - QEMU's "invalid runstate tr
         self.to_state = to_state
 
 
+class HookError(VMSimError):
+    """Raised by a device's hook to report that it failed; the message says why.
+
+    QEMU's hooks report failure through their result (pre_save, pre_load and post_load return
+    a non-zero int, change-state handlers registered with a result return one). In Python a hook
+    raises instead: a failure cannot be dropped by a caller that forgets to look at a result,
+    the hooks keep their `-> None` signatures, and the reason travels with the failure. A hook
+    raises HookError and never needs to know where it runs: the framework catches HookError
+    (only HookError: any other exception is a bug and propagates unchanged) and raises an error
+    that names the device and the hook: SaveHookError (pre_save, post_save), LoadHookError
+    (pre_load, post_load) or ChangeStateError (change-state handlers on a stop).
+    """
+
+
 class RamError(VMSimError):
     """A RAM setup record or page batch does not fit this machine's guest RAM."""
 
@@ -87,6 +103,28 @@ class UnsupportedVersionError(SaveVMError):
 
 class MigrationBlockedError(SaveVMError):
     """An unmigratable device blocks saving or loading."""
+
+
+class SaveHookError(SaveVMError):
+    """A device's pre_save or post_save hook raised HookError, so saving its state failed.
+
+    Attributes:
+        device: the name of the VMSD (or subsection) whose hook failed.
+        hook: "pre_save" or "post_save".
+        detail: what the hook said.
+    """
+
+    def __init__(self, detail: str, *, device: str, hook: str) -> None:
+        super().__init__(f"{device}: {hook} hook failed: {detail}")
+        self.detail = detail
+        self.device = device
+        self.hook = hook
+
+    def reworded(self, message: str) -> SaveHookError:
+        """Return an error of the same origin with a new full message (the framework's prefix)."""
+        error = SaveHookError(self.detail, device=self.device, hook=self.hook)
+        error.args = (message,)
+        return error
 
 
 class MissingSectionError(SaveVMError):

@@ -20,6 +20,7 @@ from vmsim.errors import (
     MigrationBlockedError,
     MissingSectionError,
     NotAllowed,
+    SaveHookError,
     SaveVMError,
     UnsupportedVersionError,
     VMStateError,
@@ -54,6 +55,9 @@ def state_setup(registry: SaveVMRegistry) -> list[SectionStart | SectionFull]:
 
     Raises:
         MigrationBlockedError: an unmigratable device is registered.
+        SaveHookError: an early_setup device's pre_save or post_save failed (QEMU's
+            qemu_savevm_state_setup stops there). Entries before it are set up: end the save
+            with state_cleanup, as after any failed save.
     """
     _check_blockers(registry)
     records: list[SectionStart | SectionFull] = []
@@ -102,6 +106,8 @@ def state_complete(registry: SaveVMRegistry, max_pages: int) -> Iterator[Section
 
     Raises:
         NotAllowed: the VM is running (checked when called, not when first iterated).
+        SaveHookError: (when iterated) a device's pre_save or post_save failed; end the save
+            with state_cleanup, as after any failed save.
     """
     if registry.runstate is not None and registry.runstate.is_running:
         msg = "state_complete needs the VM stopped; it is running"
@@ -238,13 +244,20 @@ def _section_needed(entry: SaveStateEntry) -> bool:
 
 
 def _full_section(entry: SaveStateEntry) -> SectionFull:
-    assert entry.vmsd is not None  # noqa: S101 - callers pass VMSD entries
+    vmsd = entry.vmsd
+    assert vmsd is not None  # noqa: S101 - callers pass VMSD entries
+    try:
+        state = vmsd.save(entry.opaque, entry.version_id)
+    except SaveHookError as error:
+        detail = f"{error.hook} hook failed: {error.detail}" if error.device == vmsd.name else error
+        prefix = f"error while saving state for instance {entry.instance_id:#x}"
+        raise error.reworded(f"{prefix} of device '{entry.idstr}': {detail}") from error
     return SectionFull(
         section_id=entry.section_id,
         idstr=entry.idstr,
         instance_id=entry.instance_id,
         version_id=entry.version_id,
-        state=entry.vmsd.save(entry.opaque, entry.version_id),
+        state=state,
     )
 
 

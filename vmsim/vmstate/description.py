@@ -1,6 +1,6 @@
 """VMStateDescription: a device's versioned state contract (QEMU's VMState, Firecracker's Persist).
 
-Saving never fails and yields plain values::
+Saving yields plain values (it fails only when a hook does)::
 
     {"fields": {name: value, ...},
      "subsections": {name: {"version_id": v, "fields": {...}, "subsections": {...}}, ...}}
@@ -8,10 +8,14 @@ Saving never fails and yields plain values::
 Loading validates the whole incoming state (versions, subsection names, every field's presence,
 type and range, recursively) before it assigns anything, then runs pre_load, assigns, loads the
 subsections and runs post_load, with QEMU's error wording.
+
+Hooks fail by raising `HookError` (see its docstring for why an exception and not a result);
+the description turns it into a `SaveHookError` or a `LoadHookError` naming the VMSD and the hook.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -19,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from vmsim.errors import (
     FieldError,
+    HookError,
+    SaveHookError,
     UnknownSubsectionError,
     VersionTooNewError,
     VersionTooOldError,
@@ -62,10 +68,11 @@ class VMStateDescription(Generic[T]):
         fields: the fields, in stream order.
         subsections: optional parts, each sent only when its `needed` says so.
         needed: for a subsection (required there) or a whole device: send it at all?
-        pre_save: called before the fields are read (QEMU's pre_save).
-        post_save: called after saving.
-        pre_load: called after validation, before any field is assigned.
-        post_load: called last with the incoming version_id; may raise InvalidStateError.
+        pre_save: called before the fields are read (QEMU's pre_save); may raise HookError.
+        post_save: called after saving, and after a failure past pre_save, to undo pre_save.
+        pre_load: called after validation, before any field is assigned; may raise HookError.
+        post_load: called last with the incoming version_id; may raise HookError or
+            InvalidStateError.
         early_setup: sent as a FULL section during setup rather than at completion.
         priority: the entry's place in the save and load order.
         unmigratable: the device blocks migration.
@@ -91,24 +98,40 @@ class VMStateDescription(Generic[T]):
     # ------------------------------------------------------------------ save
 
     def save(self, opaque: T, version_id: int | None = None) -> dict[str, object]:
-        """Return the device's state as plain values (never fails).
+        """Return the device's state as plain values (QEMU's vmstate_save_state).
+
+        pre_save, the fields, the needed subsections (recursively), then post_save. A failed
+        pre_save stops the save at once; a failure after it still runs post_save, so that it
+        can undo what pre_save did, and the first failure is the one raised (as QEMU does).
 
         Args:
             opaque: the device object.
             version_id: save as this older version (fields newer than it are left out), for
                 compatibility with older code; default: this VMSD's version_id.
+
+        Raises:
+            SaveHookError: a pre_save or post_save hook (here, in a subsection or in a struct
+                field) raised HookError; names that VMSD and the hook.
         """
         version = self.version_id if version_id is None else version_id
-        if self.pre_save is not None:
-            self.pre_save(opaque)
+        _run_save_hook(self, "pre_save", opaque)
+        try:
+            state = self._save_values(opaque, version)
+        except SaveHookError:
+            if self.post_save is not None:
+                with contextlib.suppress(HookError):  # the first failure is the one reported
+                    self.post_save(opaque)
+            raise
+        _run_save_hook(self, "post_save", opaque)
+        return state
+
+    def _save_values(self, opaque: T, version: int) -> dict[str, object]:
         fields = {f.name: f.save(opaque) for f in self.fields if f.exists(opaque, version)}
         subsections = {
             sub.name: {"version_id": sub.version_id, **sub.save(opaque)}
             for sub in self.subsections
             if sub.needed is not None and sub.needed(opaque)
         }
-        if self.post_save is not None:
-            self.post_save(opaque)
         return {"fields": fields, "subsections": subsections}
 
     # ------------------------------------------------------------------ load
@@ -251,6 +274,17 @@ class VMStateDescription(Generic[T]):
         else:
             detail = f"VM subsection '{name}' in '{self.name}' does not exist"
         raise UnknownSubsectionError(detail, device=self.name)
+
+
+def _run_save_hook(vmsd: VMStateDescription[T], hook: str, opaque: T) -> None:
+    """Call vmsd's pre_save or post_save; a HookError becomes a SaveHookError naming both."""
+    call: Callable[[T], None] | None = getattr(vmsd, hook)
+    if call is None:
+        return
+    try:
+        call(opaque)
+    except HookError as error:
+        raise SaveHookError(str(error), device=vmsd.name, hook=hook) from error
 
 
 def _check_definition(vmsd: VMStateDescription[Any]) -> None:

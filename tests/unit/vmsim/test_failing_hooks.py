@@ -1,0 +1,191 @@
+"""Hooks that fail, as QEMU's can: a hook raises HookError and the framework turns it into an
+error naming the device and the hook, without leaving the registry or the machine broken."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmsim import (
+    PAGE_SIZE,
+    GuestRam,
+    HookError,
+    Machine,
+    MachineConfig,
+    RamSaveHandler,
+    RunState,
+    RunStateMachine,
+    SaveHookError,
+    SaveVMError,
+    SaveVMRegistry,
+    VMStateDescription,
+    WorkloadKind,
+    field_uint,
+    replay,
+    state_cleanup,
+    state_complete,
+    state_iterate,
+    state_setup,
+)
+from vmsim.testing import migrate_in_memory
+
+CONFIG = MachineConfig(ram_mib=4, vcpus=2, workload=WorkloadKind.RANDOM, dirty_rate=40_000)
+TICKS_BEFORE = 700
+TICKS_AFTER = 500
+
+
+class Flaky:
+    """A device whose hooks record their calls and raise HookError while named in `failing`."""
+
+    def __init__(self, x=0):
+        self.x = x
+        self.failing = set()
+        self.calls = []
+
+
+def hook(name):
+    def call(device, *_version):
+        device.calls.append(name)
+        if name in device.failing:
+            raise HookError(f"{name} refused by the backend")
+
+    return call
+
+
+def flaky_vmsd(name="flaky", **kwargs):
+    return VMStateDescription(
+        name=name,
+        version_id=1,
+        fields=(field_uint("x", 32),),
+        pre_save=hook(f"{name}.pre_save"),
+        post_save=hook(f"{name}.post_save"),
+        pre_load=hook(f"{name}.pre_load"),
+        post_load=hook(f"{name}.post_load"),
+        **kwargs,
+    )
+
+
+FLAKY_SUB_VMSD = flaky_vmsd("flaky/sub", needed=lambda device: True)
+FLAKY_VMSD = flaky_vmsd(subsections=(FLAKY_SUB_VMSD,))
+
+
+# --------------------------------------------------------------------------- pre_save, post_save
+
+
+def test_a_failing_pre_save_fails_the_save_naming_device_and_hook():
+    """QEMU's vmstate_save_state: a failing pre_save aborts the save and post_save is not run."""
+    device = Flaky()
+    device.failing.add("flaky.pre_save")
+
+    with pytest.raises(SaveHookError) as caught:
+        FLAKY_VMSD.save(device)
+
+    assert "flaky: pre_save hook failed: flaky.pre_save refused by the backend" == str(caught.value)
+    assert ("flaky", "pre_save") == (caught.value.device, caught.value.hook)
+    assert ["flaky.pre_save"] == device.calls
+
+
+def test_a_failing_subsection_pre_save_still_runs_the_parents_post_save():
+    """QEMU runs the parent's post_save after a failed subsection save, to undo its pre_save."""
+    device = Flaky()
+    device.failing.add("flaky/sub.pre_save")
+
+    with pytest.raises(SaveHookError) as caught:
+        FLAKY_VMSD.save(device)
+
+    assert ("flaky/sub", "pre_save") == (caught.value.device, caught.value.hook)
+    assert ["flaky.pre_save", "flaky/sub.pre_save", "flaky.post_save"] == device.calls
+
+
+def test_a_failing_post_save_fails_the_save_too():
+    """QEMU: "post-save failed: <vmsd>" when the save had not failed before."""
+    device = Flaky()
+    device.failing.add("flaky.post_save")
+
+    with pytest.raises(SaveHookError) as caught:
+        FLAKY_VMSD.save(device)
+
+    assert ("flaky", "post_save") == (caught.value.device, caught.value.hook)
+
+
+def registry_with(vmsd, device):
+    registry = SaveVMRegistry(runstate=RunStateMachine(RunState.PAUSED))
+    ram = GuestRam(8 * PAGE_SIZE)
+    registry.register("ram", 0, handlers=RamSaveHandler(ram), version_id=4)
+    registry.register("flaky", 0, vmsd=vmsd, opaque=device)
+    return registry, ram
+
+
+def test_a_failing_early_setup_pre_save_fails_state_setup_and_cleanup_still_works():
+    """The save fails with a SaveVMError naming the device; state_cleanup ends it as usual and a
+    new save can start once the device is well again."""
+    device = Flaky(x=3)
+    device.failing.add("flaky.pre_save")
+    registry, ram = registry_with(flaky_vmsd(early_setup=True), device)
+
+    with pytest.raises(SaveVMError) as caught:
+        state_setup(registry)
+    state_cleanup(registry)
+
+    assert isinstance(caught.value, SaveHookError)
+    assert (
+        "error while saving state for instance 0x0 of device 'flaky': pre_save hook failed:"
+        " flaky.pre_save refused by the backend"
+    ) == str(caught.value)
+    assert not ram.dirty_log.active
+    device.failing.clear()
+    assert ["ram", "flaky"] == [record.idstr for record in state_setup(registry)]
+
+
+def test_a_failing_pre_save_fails_state_complete_and_the_save_can_be_retried():
+    """The error comes when the device's FULL section is produced; after state_cleanup a whole
+    new save goes through and carries the device's state."""
+    device = Flaky(x=9)
+    device.failing.add("flaky.pre_save")
+    registry, ram = registry_with(flaky_vmsd(), device)
+    state_setup(registry)
+    while state_iterate(registry, 3) is not None:
+        pass
+
+    with pytest.raises(SaveHookError, match="of device 'flaky': pre_save hook failed"):
+        list(state_complete(registry, 3))
+    state_cleanup(registry)
+
+    assert not ram.dirty_log.active
+    device.failing.clear()
+    state_setup(registry)
+    records = list(state_complete(registry, 3))
+    state_cleanup(registry)
+    assert {"fields": {"x": 9}, "subsections": {}} == records[-1].state
+
+
+def test_a_source_whose_device_fails_pre_save_at_completion_resumes_like_the_replay():
+    """The migration fails at completion (the VM is stopped); the source cleans up and resumes,
+    and its digest after N ticks is still the replay's. A later migration succeeds."""
+    source = Machine.boot(CONFIG)
+    device = Flaky()
+    entry = source.savevm.register("flaky", 0, vmsd=flaky_vmsd(), opaque=device)
+    source.vm_start()
+    source.run(TICKS_BEFORE)
+    state_setup(source.savevm)
+    while state_iterate(source.savevm, 64) is not None:
+        source.run(2)
+    old_state = source.stop_for_migration()
+    device.failing.add("flaky.pre_save")
+
+    with pytest.raises(SaveHookError, match="device 'flaky'"):
+        for _ in state_complete(source.savevm, 64):
+            pass
+    state_cleanup(source.savevm)
+    assert RunState.RUNNING == old_state
+    source.vm_start()
+    source.run(TICKS_AFTER)
+    source.savevm.unregister(entry)  # the test device is not part of the replayed machine
+    source.vm_stop()
+    assert replay(CONFIG, source.ticks) == source.digest()
+
+    source.vm_start()
+    destination = migrate_in_memory(source, ticks_per_batch=1)
+    destination.vm_start()
+    destination.run(TICKS_AFTER)
+    destination.vm_stop()
+    assert replay(CONFIG, destination.ticks) == destination.digest()
