@@ -16,6 +16,7 @@ __all__ = [
     "HookError",
     "InvalidStateError",
     "InvalidTransition",
+    "LoadHookError",
     "MigrationBlockedError",
     "MissingSectionError",
     "NotAllowed",
@@ -111,18 +112,20 @@ class SaveHookError(SaveVMError):
     Attributes:
         device: the name of the VMSD (or subsection) whose hook failed.
         hook: "pre_save" or "post_save".
-        detail: what the hook said.
+        reason: what the hook said.
+        detail: the message without the device prefix: "<hook> hook failed: <reason>".
     """
 
-    def __init__(self, detail: str, *, device: str, hook: str) -> None:
-        super().__init__(f"{device}: {hook} hook failed: {detail}")
-        self.detail = detail
+    def __init__(self, reason: str, *, device: str, hook: str) -> None:
+        self.detail = f"{hook} hook failed: {reason}"
+        super().__init__(f"{device}: {self.detail}")
         self.device = device
         self.hook = hook
+        self.reason = reason
 
     def reworded(self, message: str) -> SaveHookError:
         """Return an error of the same origin with a new full message (the framework's prefix)."""
-        error = SaveHookError(self.detail, device=self.device, hook=self.hook)
+        error = SaveHookError(self.reason, device=self.device, hook=self.hook)
         error.args = (message,)
         return error
 
@@ -188,3 +191,23 @@ class FieldError(VMStateError):
 
 class InvalidStateError(VMStateError):
     """The state is well-formed but inconsistent (a post_load check failed)."""
+
+
+class LoadHookError(VMStateError):
+    """A device's pre_load or post_load hook raised HookError, so loading its state failed.
+
+    Attributes:
+        hook: "pre_load" or "post_load".
+        reason: what the hook said (`detail` is "<hook> hook failed: <reason>").
+    """
+
+    def __init__(self, reason: str, *, device: str, hook: str) -> None:
+        super().__init__(f"{hook} hook failed: {reason}", device=device)
+        self.hook = hook
+        self.reason = reason
+
+    def reworded(self, message: str) -> LoadHookError:
+        """Return an error of the same origin with a new full message (the framework's prefix)."""
+        error = LoadHookError(self.reason, device=self.device, hook=self.hook)
+        error.args = (message,)
+        return error

@@ -170,8 +170,9 @@ def load_section_full(registry: SaveVMRegistry, record: SectionFull) -> None:
         UnknownSectionError: no such (idstr, instance_id).
         UnsupportedVersionError: the section is newer than the local entry.
         MigrationBlockedError: the device is unmigratable.
-        VMStateError: the state does not load; the message carries QEMU's prefix
-            "error while loading state for instance 0x.. of device '..'".
+        VMStateError: the state does not load (a LoadHookError if a pre_load or post_load
+            hook failed); the message carries QEMU's prefix "error while loading state for
+            instance 0x.. of device '..'".
     """
     entry = _find_checked(registry, record.idstr, record.instance_id, record.version_id)
     vmsd = entry.vmsd
@@ -249,7 +250,7 @@ def _full_section(entry: SaveStateEntry) -> SectionFull:
     try:
         state = vmsd.save(entry.opaque, entry.version_id)
     except SaveHookError as error:
-        detail = f"{error.hook} hook failed: {error.detail}" if error.device == vmsd.name else error
+        detail = error.detail if error.device == vmsd.name else str(error)
         prefix = f"error while saving state for instance {entry.instance_id:#x}"
         raise error.reworded(f"{prefix} of device '{entry.idstr}': {detail}") from error
     return SectionFull(

@@ -16,6 +16,7 @@ the description turns it into a `SaveHookError` or a `LoadHookError` naming the 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from vmsim.errors import (
     FieldError,
     HookError,
+    LoadHookError,
     SaveHookError,
     UnknownSubsectionError,
     VersionTooNewError,
@@ -145,6 +147,7 @@ class VMStateDescription(Generic[T]):
             UnknownSubsectionError: a subsection is not declared here.
             FieldError: a field is missing, extra, of the wrong type or out of range.
             InvalidStateError: a post_load check failed.
+            LoadHookError: a pre_load or post_load hook raised HookError; the load stops there.
         """
         self.check_version(version_id)
         self.validate(opaque, state, version_id)
@@ -176,10 +179,15 @@ class VMStateDescription(Generic[T]):
             sub.validate(opaque, sub_fields, sub_version)
 
     def apply(self, opaque: T, state: Mapping[str, object], version_id: int) -> None:
-        """Assign a validated state: pre_load, fields, subsections, post_load."""
+        """Assign a validated state: pre_load, fields, subsections, post_load.
+
+        Raises:
+            LoadHookError: a pre_load or post_load hook raised HookError.
+            InvalidStateError: a post_load check failed.
+        """
         fields, subsections = self._split(state, _STATE_KEYS)
         if self.pre_load is not None:
-            self.pre_load(opaque)
+            _run_load_hook(self.name, "pre_load", functools.partial(self.pre_load, opaque))
         for field in self.fields:
             if not field.exists(opaque, version_id):
                 continue  # not in this stream version: keeps its current value
@@ -194,7 +202,8 @@ class VMStateDescription(Generic[T]):
             sub_version, sub_fields = sub._split_subsection(sub_state)  # noqa: SLF001
             sub.apply(opaque, sub_fields, sub_version)
         if self.post_load is not None:
-            self.post_load(opaque, version_id)
+            post_load = functools.partial(self.post_load, opaque, version_id)
+            _run_load_hook(self.name, "post_load", post_load)
 
     # ------------------------------------------------------------------ vmdesc
 
@@ -285,6 +294,14 @@ def _run_save_hook(vmsd: VMStateDescription[T], hook: str, opaque: T) -> None:
         call(opaque)
     except HookError as error:
         raise SaveHookError(str(error), device=vmsd.name, hook=hook) from error
+
+
+def _run_load_hook(vmsd_name: str, hook: str, call: Callable[[], None]) -> None:
+    """Call a pre_load or post_load; a HookError becomes a LoadHookError naming both."""
+    try:
+        call()
+    except HookError as error:
+        raise LoadHookError(str(error), device=vmsd_name, hook=hook) from error
 
 
 def _check_definition(vmsd: VMStateDescription[Any]) -> None:

@@ -9,6 +9,7 @@ from vmsim import (
     PAGE_SIZE,
     GuestRam,
     HookError,
+    LoadHookError,
     Machine,
     MachineConfig,
     RamSaveHandler,
@@ -17,9 +18,12 @@ from vmsim import (
     SaveHookError,
     SaveVMError,
     SaveVMRegistry,
+    SectionFull,
     VMStateDescription,
+    VMStateError,
     WorkloadKind,
     field_uint,
+    load_section_full,
     replay,
     state_cleanup,
     state_complete,
@@ -189,3 +193,83 @@ def test_a_source_whose_device_fails_pre_save_at_completion_resumes_like_the_rep
     destination.run(TICKS_AFTER)
     destination.vm_stop()
     assert replay(CONFIG, destination.ticks) == destination.digest()
+
+
+# --------------------------------------------------------------------------- pre_load, post_load
+
+
+@pytest.mark.parametrize(
+    ("failing", "calls"),
+    [
+        ("flaky.pre_load", ["flaky.pre_load"]),
+        ("flaky/sub.pre_load", ["flaky.pre_load", "flaky/sub.pre_load"]),
+        (
+            "flaky/sub.post_load",
+            ["flaky.pre_load", "flaky/sub.pre_load", "flaky/sub.post_load"],
+        ),
+        (
+            "flaky.post_load",
+            ["flaky.pre_load", "flaky/sub.pre_load", "flaky/sub.post_load", "flaky.post_load"],
+        ),
+    ],
+)
+def test_a_failing_load_hook_fails_the_load_naming_vmsd_and_hook(failing, calls):
+    """QEMU's vmstate_load_state: a failing pre_load or post_load fails the load at once."""
+    state = FLAKY_VMSD.save(Flaky(x=4))
+    device = Flaky()
+    device.failing.add(failing)
+    vmsd_name, hook_name = failing.split(".")
+
+    with pytest.raises(LoadHookError) as caught:
+        FLAKY_VMSD.load(device, state, 1)
+
+    assert f"{vmsd_name}: {hook_name} hook failed: {failing} refused by the backend" == str(
+        caught.value
+    )
+    assert (vmsd_name, hook_name, None) == (
+        caught.value.device,
+        caught.value.hook,
+        caught.value.field,
+    )
+    assert calls == device.calls
+
+
+def full_section_of(device):
+    return SectionFull(
+        section_id=1,
+        idstr="flaky",
+        instance_id=0,
+        version_id=1,
+        state=FLAKY_VMSD.save(device),
+    )
+
+
+def test_a_failing_post_load_fails_load_section_full_with_qemus_prefix():
+    """The load error is a VMStateError (the daemon fails the load with it) naming the device,
+    the instance and the hook."""
+    registry, _ = registry_with(FLAKY_VMSD, Flaky())
+    registry.find("flaky", 0).opaque.failing.add("flaky.post_load")
+
+    with pytest.raises(VMStateError) as caught:
+        load_section_full(registry, full_section_of(Flaky(x=8)))
+
+    assert isinstance(caught.value, LoadHookError)
+    assert (
+        "error while loading state for instance 0x0 of device 'flaky': post_load hook failed:"
+        " flaky.post_load refused by the backend"
+    ) == str(caught.value)
+    assert ("flaky", "post_load") == (caught.value.device, caught.value.hook)
+
+
+def test_a_failing_subsection_pre_load_names_the_subsection_after_the_prefix():
+    """A subsection's failure keeps the subsection's name after the device prefix."""
+    registry, _ = registry_with(FLAKY_VMSD, Flaky())
+    registry.find("flaky", 0).opaque.failing.add("flaky/sub.pre_load")
+
+    with pytest.raises(LoadHookError) as caught:
+        load_section_full(registry, full_section_of(Flaky(x=8)))
+
+    assert (
+        "error while loading state for instance 0x0 of device 'flaky': flaky/sub: pre_load hook"
+        " failed: flaky/sub.pre_load refused by the backend"
+    ) == str(caught.value)
