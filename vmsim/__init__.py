@@ -9,6 +9,7 @@ from __future__ import annotations
 from vmsim.config import PAGE_SIZE, Fill, MachineConfig, WorkloadKind
 from vmsim.devices import VCpu
 from vmsim.errors import (
+    ChangeStateError,
     ConfigError,
     DuplicateEntryError,
     FieldError,
@@ -33,7 +34,13 @@ from vmsim.errors import (
 )
 from vmsim.machine import Machine, replay
 from vmsim.ram import DirtyLog, GuestRam
-from vmsim.runstate import TRANSITIONS, ChangeStateHandle, RunState, RunStateMachine
+from vmsim.runstate import (
+    TRANSITIONS,
+    ChangeStateFailure,
+    ChangeStateHandle,
+    RunState,
+    RunStateMachine,
+)
 from vmsim.savevm import (
     INSTANCE_ID_ANY,
     MAX_RUN_PAGES,
@@ -79,6 +86,8 @@ __all__ = [
     "MAX_RUN_PAGES",
     "PAGE_SIZE",
     "TRANSITIONS",
+    "ChangeStateError",
+    "ChangeStateFailure",
     "ChangeStateHandle",
     "ConfigError",
     "DirtyLog",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Self
 
 __all__ = [
+    "ChangeStateError",
     "ConfigError",
     "DuplicateEntryError",
     "FieldError",
@@ -80,6 +81,30 @@ class HookError(VMSimError):
     that names the device and the hook: SaveHookError (pre_save, post_save), LoadHookError
     (pre_load, post_load) or ChangeStateError (change-state handlers on a stop).
     """
+
+
+class ChangeStateError(VMSimError):
+    """Change-state handlers raised HookError while the VM stopped (QEMU's do_vm_stop error).
+
+    As in QEMU, every handler still ran and the VM is stopped in `to_state`: the caller fails
+    what it was doing (a migration) and may start the VM again from there.
+
+    Attributes:
+        from_state: the run state before the stop (its QEMU name): the one to return to.
+        to_state: the run state the VM is in now (its QEMU name).
+        failures: (handler name, the HookError it raised) per failed handler, in call order.
+    """
+
+    def __init__(
+        self, from_state: str, to_state: str, failures: tuple[tuple[str, HookError], ...]
+    ) -> None:
+        details = "; ".join(
+            f"change-state handler '{name}' failed: {error}" for name, error in failures
+        )
+        super().__init__(f"stopping the VM ('{from_state}' -> '{to_state}'): {details}")
+        self.from_state = from_state
+        self.to_state = to_state
+        self.failures = failures
 
 
 class RamError(VMSimError):

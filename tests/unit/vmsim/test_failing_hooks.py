@@ -7,6 +7,7 @@ import pytest
 
 from vmsim import (
     PAGE_SIZE,
+    ChangeStateError,
     GuestRam,
     HookError,
     LoadHookError,
@@ -30,6 +31,7 @@ from vmsim import (
     state_iterate,
     state_setup,
 )
+from vmsim.devices.its import N_EVENTS, TABLE_MAGIC
 from vmsim.testing import migrate_in_memory
 
 CONFIG = MachineConfig(ram_mib=4, vcpus=2, workload=WorkloadKind.RANDOM, dirty_rate=40_000)
@@ -273,3 +275,148 @@ def test_a_failing_subsection_pre_load_names_the_subsection_after_the_prefix():
         "error while loading state for instance 0x0 of device 'flaky': flaky/sub: pre_load hook"
         " failed: flaky/sub.pre_load refused by the backend"
     ) == str(caught.value)
+
+
+# --------------------------------------------------------------------------- change-state handlers
+
+
+def recorder(log, name, *, fail_on_stop=False):
+    """A change-state callback that logs its calls and fails (HookError) on a stop if asked."""
+
+    def callback(running, state):
+        log.append((name, running, str(state)))
+        if fail_on_stop and not running:
+            raise HookError(f"{name}: backend disconnected")
+
+    return callback
+
+
+def test_notify_runs_every_handler_and_returns_the_failures_on_a_stop():
+    """QEMU's vm_state_notify: every handler runs even if some fail; the results are OR'ed."""
+    runstate = RunStateMachine(RunState.RUNNING)
+    log = []
+    for name, priority, failing in [("a", 0, True), ("b", 1, False), ("c", 2, True)]:
+        runstate.add_change_state_handler(
+            recorder(log, name, fail_on_stop=failing),
+            priority=priority,
+            prepare=recorder(log, f"prep-{name}"),
+            name=name,
+        )
+
+    failures = runstate.notify(running=False, state=RunState.PAUSED)
+
+    assert [("c", "c: backend disconnected"), ("a", "a: backend disconnected")] == [
+        (name, str(error)) for name, error in failures
+    ]
+    order = ["c", "b", "a"]
+    assert [(f"prep-{n}", False, "paused") for n in order] + [
+        (n, False, "paused") for n in order
+    ] == log
+
+
+def its_table_in_ram(machine):
+    """The ITS table region of guest RAM, as the words the ITS stop handler writes."""
+    start = machine.layout.its_table_address // 8
+    return machine.ram.words[start : start + 2 + N_EVENTS].tolist()
+
+
+def its_table_from_cache(machine):
+    return [TABLE_MAGIC, N_EVENTS, *machine.its.cache.tolist()]
+
+
+def test_a_failing_handler_fails_the_stop_but_the_vm_is_stopped_and_can_start_again():
+    """do_vm_stop returns the handlers' error after it stopped the VM: the run state is the
+    requested one, the other handlers (here the ITS, which runs after the failing one on a stop)
+    did their work, and vm_start works."""
+    machine = Machine.boot(CONFIG)
+    log = []
+    machine.runstate.add_change_state_handler(
+        recorder(log, "vhost", fail_on_stop=True), priority=1, name="vhost"
+    )
+    machine.runstate.add_change_state_handler(recorder(log, "last"), priority=-1, name="last")
+    machine.vm_start()
+    machine.run(TICKS_BEFORE)
+
+    with pytest.raises(ChangeStateError) as caught:
+        machine.vm_stop(RunState.PAUSED)
+
+    assert (
+        "stopping the VM ('running' -> 'paused'): change-state handler 'vhost' failed:"
+        " vhost: backend disconnected"
+    ) == str(caught.value)
+    assert ("running", "paused") == (caught.value.from_state, caught.value.to_state)
+    assert RunState.PAUSED == machine.runstate.state
+    assert ("last", False, "paused") == log[-1]
+    assert its_table_from_cache(machine) == its_table_in_ram(machine)
+    machine.vm_start()
+    assert machine.is_running
+
+
+def test_a_failing_handler_at_stop_for_migration_lets_the_source_resume_like_the_replay():
+    """migration_completion fails when the stop fails, and the source restarts the VM. The
+    globalstate keeps the state before the stop, the error says it too, and the digest after N
+    ticks is the replay's. With the handler well again, the VM migrates."""
+    source = Machine.boot(CONFIG)
+    log = []
+    handle = source.runstate.add_change_state_handler(
+        recorder(log, "vhost", fail_on_stop=True), priority=1, name="vhost"
+    )
+    source.vm_start()
+    source.run(TICKS_BEFORE)
+    state_setup(source.savevm)
+    while state_iterate(source.savevm, 64) is not None:
+        source.run(2)
+
+    with pytest.raises(ChangeStateError) as caught:
+        source.stop_for_migration()
+
+    assert RunState.RUNNING == caught.value.from_state
+    assert RunState.FINISH_MIGRATE == source.runstate.state
+    assert RunState.RUNNING == source.globalstate.stored_runstate()
+    assert its_table_from_cache(source) == its_table_in_ram(source)
+    state_cleanup(source.savevm)
+    source.vm_start()
+    source.run(TICKS_AFTER)
+    handle.remove()
+    source.vm_stop()
+    assert replay(CONFIG, source.ticks) == source.digest()
+
+    source.vm_start()
+    destination = migrate_in_memory(source, ticks_per_batch=1)
+    assert RunState.RUNNING == destination.migrated_runstate()
+    destination.vm_start()
+    destination.run(TICKS_AFTER)
+    destination.vm_stop()
+    assert replay(CONFIG, destination.ticks) == destination.digest()
+
+
+def test_a_handler_failing_on_start_does_not_stop_the_start():
+    """QEMU's vm_state_notify ignores the handlers' results on a start: the VM runs."""
+    machine = Machine.boot(CONFIG)
+    log = []
+
+    def fail_on_start(running, state):
+        log.append(("flaky", running))
+        if running:
+            raise HookError("flaky: not now")
+
+    machine.runstate.add_change_state_handler(fail_on_start, name="flaky")
+    machine.runstate.add_change_state_handler(recorder(log, "after"), priority=1)
+    machine.vm_start()
+
+    assert machine.is_running
+    assert [("flaky", True), ("after", True, "running")] == log
+
+
+def test_a_handler_without_a_name_is_named_after_its_callback():
+    """The default name is the callback's qualified name, e.g. the ITS's bound method."""
+    runstate = RunStateMachine(RunState.RUNNING)
+
+    def backend(running, state):
+        raise HookError("gone")
+
+    runstate.add_change_state_handler(backend)
+
+    assert ["test_a_handler_without_a_name_is_named_after_its_callback.<locals>.backend"] == [
+        name for name, _ in runstate.notify(running=False, state=RunState.PAUSED)
+    ]
