@@ -1,7 +1,8 @@
 """Run states, QEMU's transition table, and change-state handlers.
 
-The table is `runstate_transitions_def` of QEMU's system/runstate.c, written out as data: a
-change not listed raises `InvalidTransition`. Change-state handlers follow
+The table is `runstate_transitions_def` of QEMU's system/runstate.c, written out as data, plus
+one pair QEMU lacks (inmigrate -> debug, see `_ADDITIONS_DEF`): a change not listed raises
+`InvalidTransition`. Change-state handlers follow
 `qemu_add_vm_change_state_handler_prio_full` and `vm_state_notify`: the list is kept in
 ascending priority (registration order within a priority); a start walks it forward and a stop
 walks it backward, and in both directions every prepare callback runs before any main callback.
@@ -81,11 +82,21 @@ _TRANSITIONS_DEF: Final[Mapping[str, str]] = {
     "guest-panicked": "running finish-migrate prelaunch",
 }
 
+# Pairs QEMU's table lacks. A destination takes the run state the source had when it was not
+# running (process_incoming_migration_bh: runstate_set(global_state_get_runstate())), and a
+# source can be migrated from every state that may go to finish-migrate, debug included (a
+# guest stopped by the gdbstub). QEMU's table has no inmigrate -> debug, so its runstate_set
+# would abort() the destination; livemig keeps the state, as every other one is kept.
+_ADDITIONS_DEF: Final[Mapping[str, str]] = {"inmigrate": "debug"}
+
 TRANSITIONS: Final[Mapping[RunState, frozenset[RunState]]] = {
-    RunState(source): frozenset(RunState(target) for target in targets.split())
+    RunState(source): frozenset(
+        RunState(target) for target in f"{targets} {_ADDITIONS_DEF.get(source, '')}".split()
+    )
     for source, targets in _TRANSITIONS_DEF.items()
 }
-"""For each run state, the states QEMU allows it to change to (runstate_transitions_def)."""
+"""For each run state, the states it may change to: QEMU's runstate_transitions_def, plus
+inmigrate -> debug so that a destination can keep a source's debug state."""
 
 ChangeStateCallback: TypeAlias = Callable[[bool, RunState], None]
 """A change-state callback: (running, new state) -> None; raises HookError to fail."""
