@@ -116,7 +116,9 @@ class VMStateDescription(Generic[T]):
                 field) raised HookError; names that VMSD and the hook.
         """
         version = self.version_id if version_id is None else version_id
-        _run_save_hook(self, "pre_save", opaque)
+        if self.pre_save is not None:
+            pre_save = functools.partial(self.pre_save, opaque)
+            _run_hook(SaveHookError, self.name, "pre_save", pre_save)
         try:
             state = self._save_values(opaque, version)
         except SaveHookError:
@@ -124,7 +126,9 @@ class VMStateDescription(Generic[T]):
                 with contextlib.suppress(HookError):  # the first failure is the one reported
                     self.post_save(opaque)
             raise
-        _run_save_hook(self, "post_save", opaque)
+        if self.post_save is not None:
+            post_save = functools.partial(self.post_save, opaque)
+            _run_hook(SaveHookError, self.name, "post_save", post_save)
         return state
 
     def _save_values(self, opaque: T, version: int) -> dict[str, object]:
@@ -187,7 +191,8 @@ class VMStateDescription(Generic[T]):
         """
         fields, subsections = self._split(state, _STATE_KEYS)
         if self.pre_load is not None:
-            _run_load_hook(self.name, "pre_load", functools.partial(self.pre_load, opaque))
+            pre_load = functools.partial(self.pre_load, opaque)
+            _run_hook(LoadHookError, self.name, "pre_load", pre_load)
         for field in self.fields:
             if not field.exists(opaque, version_id):
                 continue  # not in this stream version: keeps its current value
@@ -203,7 +208,7 @@ class VMStateDescription(Generic[T]):
             sub.apply(opaque, sub_fields, sub_version)
         if self.post_load is not None:
             post_load = functools.partial(self.post_load, opaque, version_id)
-            _run_load_hook(self.name, "post_load", post_load)
+            _run_hook(LoadHookError, self.name, "post_load", post_load)
 
     # ------------------------------------------------------------------ vmdesc
 
@@ -285,23 +290,17 @@ class VMStateDescription(Generic[T]):
         raise UnknownSubsectionError(detail, device=self.name)
 
 
-def _run_save_hook(vmsd: VMStateDescription[T], hook: str, opaque: T) -> None:
-    """Call vmsd's pre_save or post_save; a HookError becomes a SaveHookError naming both."""
-    call: Callable[[T], None] | None = getattr(vmsd, hook)
-    if call is None:
-        return
-    try:
-        call(opaque)
-    except HookError as error:
-        raise SaveHookError(str(error), device=vmsd.name, hook=hook) from error
-
-
-def _run_load_hook(vmsd_name: str, hook: str, call: Callable[[], None]) -> None:
-    """Call a pre_load or post_load; a HookError becomes a LoadHookError naming both."""
+def _run_hook(
+    error: type[SaveHookError | LoadHookError],
+    vmsd_name: str,
+    hook: str,
+    call: Callable[[], None],
+) -> None:
+    """Call a hook; a HookError it raises becomes `error`, naming the VMSD and the hook."""
     try:
         call()
-    except HookError as error:
-        raise LoadHookError(str(error), device=vmsd_name, hook=hook) from error
+    except HookError as failure:
+        raise error(str(failure), device=vmsd_name, hook=hook) from failure
 
 
 def _check_definition(vmsd: VMStateDescription[Any]) -> None:
