@@ -9,14 +9,19 @@ from __future__ import annotations
 from vmsim.config import PAGE_SIZE, Fill, MachineConfig, WorkloadKind
 from vmsim.devices import VCpu
 from vmsim.errors import (
+    ChangeStateError,
     ConfigError,
     DuplicateEntryError,
     FieldError,
+    HookError,
     InvalidStateError,
     InvalidTransition,
+    LoadHookError,
     MigrationBlockedError,
+    MissingSectionError,
     NotAllowed,
     RamError,
+    SaveHookError,
     SaveVMError,
     UnknownSectionError,
     UnknownSubsectionError,
@@ -29,7 +34,13 @@ from vmsim.errors import (
 )
 from vmsim.machine import Machine, replay
 from vmsim.ram import DirtyLog, GuestRam
-from vmsim.runstate import TRANSITIONS, ChangeStateHandle, RunState, RunStateMachine
+from vmsim.runstate import (
+    TRANSITIONS,
+    ChangeStateFailure,
+    ChangeStateHandle,
+    RunState,
+    RunStateMachine,
+)
 from vmsim.savevm import (
     INSTANCE_ID_ANY,
     MAX_RUN_PAGES,
@@ -46,6 +57,7 @@ from vmsim.savevm import (
     SectionFull,
     SectionPart,
     SectionStart,
+    load_check_complete,
     load_cleanup,
     load_section_full,
     load_section_part,
@@ -77,6 +89,8 @@ __all__ = [
     "MAX_RUN_PAGES",
     "PAGE_SIZE",
     "TRANSITIONS",
+    "ChangeStateError",
+    "ChangeStateFailure",
     "ChangeStateHandle",
     "ConfigError",
     "DirtyLog",
@@ -85,12 +99,15 @@ __all__ = [
     "FieldKind",
     "Fill",
     "GuestRam",
+    "HookError",
     "InvalidStateError",
     "InvalidTransition",
+    "LoadHookError",
     "Machine",
     "MachineConfig",
     "MigrationBlockedError",
     "MigrationPriority",
+    "MissingSectionError",
     "NotAllowed",
     "PageBatch",
     "PageKind",
@@ -102,6 +119,7 @@ __all__ = [
     "RunState",
     "RunStateMachine",
     "Runs",
+    "SaveHookError",
     "SaveStateEntry",
     "SaveVMError",
     "SaveVMHandlers",
@@ -129,6 +147,7 @@ __all__ = [
     "field_uint",
     "field_uint_array",
     "field_vbuffer",
+    "load_check_complete",
     "load_cleanup",
     "load_section_full",
     "load_section_part",

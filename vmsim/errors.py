@@ -10,14 +10,19 @@ from __future__ import annotations
 from typing import Self
 
 __all__ = [
+    "ChangeStateError",
     "ConfigError",
     "DuplicateEntryError",
     "FieldError",
+    "HookError",
     "InvalidStateError",
     "InvalidTransition",
+    "LoadHookError",
     "MigrationBlockedError",
+    "MissingSectionError",
     "NotAllowed",
     "RamError",
+    "SaveHookError",
     "SaveVMError",
     "UnknownSectionError",
     "UnknownSubsectionError",
@@ -64,12 +69,50 @@ class InvalidTransition(VMSimError):  # noqa: N818 - QEMU's "invalid runstate tr
         self.to_state = to_state
 
 
+class HookError(VMSimError):
+    """Raised by a device's hook to report that it failed; the message says why.
+
+    QEMU's hooks report failure through their result (pre_save, pre_load and post_load return
+    a non-zero int, change-state handlers registered with a result return one). In Python a hook
+    raises instead: a failure cannot be dropped by a caller that forgets to look at a result,
+    the hooks keep their `-> None` signatures, and the reason travels with the failure. A hook
+    raises HookError and never needs to know where it runs: the framework catches HookError
+    (only HookError: any other exception is a bug and propagates unchanged) and raises an error
+    that names the device and the hook: SaveHookError (pre_save, post_save), LoadHookError
+    (pre_load, post_load) or ChangeStateError (change-state handlers on a stop).
+    """
+
+
+class ChangeStateError(VMSimError):
+    """Change-state handlers raised HookError while the VM stopped (QEMU's do_vm_stop error).
+
+    As in QEMU, every handler still ran and the VM is stopped in `to_state`: the caller fails
+    what it was doing (a migration) and may start the VM again from there.
+
+    Attributes:
+        from_state: the run state before the stop (its QEMU name): the one to return to.
+        to_state: the run state the VM is in now (its QEMU name).
+        failures: (handler name, the HookError it raised) per failed handler, in call order.
+    """
+
+    def __init__(
+        self, from_state: str, to_state: str, failures: tuple[tuple[str, HookError], ...]
+    ) -> None:
+        details = "; ".join(
+            f"change-state handler '{name}' failed: {error}" for name, error in failures
+        )
+        super().__init__(f"stopping the VM ('{from_state}' -> '{to_state}'): {details}")
+        self.from_state = from_state
+        self.to_state = to_state
+        self.failures = failures
+
+
 class RamError(VMSimError):
     """A RAM setup record or page batch does not fit this machine's guest RAM."""
 
 
 class SaveVMError(VMSimError):
-    """A misuse of the savevm registry or framework."""
+    """A save or load through the savevm registry failed, or the registry was misused."""
 
 
 class DuplicateEntryError(SaveVMError):
@@ -86,6 +129,43 @@ class UnsupportedVersionError(SaveVMError):
 
 class MigrationBlockedError(SaveVMError):
     """An unmigratable device blocks saving or loading."""
+
+
+class SaveHookError(SaveVMError):
+    """A device's pre_save or post_save hook raised HookError, so saving its state failed.
+
+    Attributes:
+        device: the name of the VMSD (or subsection) whose hook failed.
+        hook: "pre_save" or "post_save".
+        reason: what the hook said.
+        detail: the message without the device prefix: "<hook> hook failed: <reason>".
+    """
+
+    def __init__(self, reason: str, *, device: str, hook: str) -> None:
+        self.detail = f"{hook} hook failed: {reason}"
+        super().__init__(f"{device}: {self.detail}")
+        self.device = device
+        self.hook = hook
+        self.reason = reason
+
+    def reworded(self, message: str) -> SaveHookError:
+        """Return an error of the same origin with a new full message (the framework's prefix)."""
+        error = SaveHookError(self.reason, device=self.device, hook=self.hook)
+        error.args = (message,)
+        return error
+
+
+class MissingSectionError(SaveVMError):
+    """A load ended without the state of devices that cannot be left at their reset state.
+
+    Attributes:
+        missing: (idstr, instance_id) of every such device, in registry order.
+    """
+
+    def __init__(self, missing: tuple[tuple[str, int], ...]) -> None:
+        names = ", ".join(f"'{idstr}' instance {instance_id}" for idstr, instance_id in missing)
+        super().__init__(f"missing device state for {names}")
+        self.missing = missing
 
 
 class VMStateDefinitionError(VMSimError):
@@ -136,3 +216,23 @@ class FieldError(VMStateError):
 
 class InvalidStateError(VMStateError):
     """The state is well-formed but inconsistent (a post_load check failed)."""
+
+
+class LoadHookError(VMStateError):
+    """A device's pre_load or post_load hook raised HookError, so loading its state failed.
+
+    Attributes:
+        hook: "pre_load" or "post_load".
+        reason: what the hook said (`detail` is "<hook> hook failed: <reason>").
+    """
+
+    def __init__(self, reason: str, *, device: str, hook: str) -> None:
+        super().__init__(f"{hook} hook failed: {reason}", device=device)
+        self.hook = hook
+        self.reason = reason
+
+    def reworded(self, message: str) -> LoadHookError:
+        """Return an error of the same origin with a new full message (the framework's prefix)."""
+        error = LoadHookError(self.reason, device=self.device, hook=self.hook)
+        error.args = (message,)
+        return error

@@ -16,7 +16,7 @@ from vmsim.devices.its import ITS_VMSD, Its
 from vmsim.devices.serial import SERIAL_VMSD, Serial
 from vmsim.devices.timer import TIMER_VMSD, Timer
 from vmsim.digest import machine_digest
-from vmsim.errors import NotAllowed
+from vmsim.errors import ChangeStateError, NotAllowed
 from vmsim.fill import fill_ram
 from vmsim.guest import Guest
 from vmsim.layout import MachineLayout
@@ -124,7 +124,8 @@ class Machine:
     def vm_start(self) -> None:
         """QEMU's vm_start: go RUNNING and run the change-state handlers forward.
 
-        A no-op if the VM is already running.
+        A no-op if the VM is already running. A handler that fails on a start does not stop
+        it: QEMU's vm_state_notify ignores the handlers' results when the VM starts.
 
         Raises:
             InvalidTransition: the current state cannot go to RUNNING.
@@ -132,7 +133,7 @@ class Machine:
         if self.runstate.is_running:
             return
         self.runstate.transition(RunState.RUNNING)
-        self.runstate.notify(running=True, state=RunState.RUNNING)
+        self.runstate.notify(running=True, state=RunState.RUNNING)  # failures ignored, as QEMU
 
     def vm_stop(self, state: RunState = RunState.PAUSED) -> None:
         """QEMU's do_vm_stop: if running, set state and run the handlers in reverse.
@@ -141,17 +142,25 @@ class Machine:
 
         Raises:
             InvalidTransition: the current state cannot go to state.
+            ChangeStateError: handlers failed. As in QEMU the VM is stopped all the same (run
+                state `state`, every handler ran), so the caller can vm_start it again.
         """
-        was_running = self.runstate.is_running
+        old_state = self.runstate.state
         self.runstate.transition(state)
-        if was_running:
-            self.runstate.notify(running=False, state=state)
+        if old_state is RunState.RUNNING:
+            failures = self.runstate.notify(running=False, state=state)
+            if failures:
+                raise ChangeStateError(old_state, state, failures)
 
     def stop_for_migration(self) -> RunState:
         """QEMU's migration_stop_vm: store the run state in globalstate, stop in FINISH_MIGRATE.
 
         Returns:
             The run state before the stop (the source returns to it if migration fails).
+
+        Raises:
+            ChangeStateError: handlers failed; the VM is in FINISH_MIGRATE, globalstate holds
+                the state before the stop, and so does the error's `from_state`.
         """
         old_state = self.runstate.state
         self.globalstate.store(old_state)

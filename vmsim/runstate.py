@@ -1,10 +1,17 @@
 """Run states, QEMU's transition table, and change-state handlers.
 
-The table is `runstate_transitions_def` of QEMU's system/runstate.c, written out as data: a
-change not listed raises `InvalidTransition`. Change-state handlers follow
+The table is `runstate_transitions_def` of QEMU's system/runstate.c, written out as data, plus
+one pair QEMU lacks (inmigrate -> debug, see `_ADDITIONS_DEF`): a change not listed raises
+`InvalidTransition`. Change-state handlers follow
 `qemu_add_vm_change_state_handler_prio_full` and `vm_state_notify`: the list is kept in
 ascending priority (registration order within a priority); a start walks it forward and a stop
 walks it backward, and in both directions every prepare callback runs before any main callback.
+
+A handler fails by raising `HookError`. Every handler still runs (QEMU: "we should execute all
+registered callbacks even if one of them returns failure, otherwise, some cleanup work of the
+device will be skipped"), and `notify` returns the failures for its caller to act on, as QEMU's
+vm_state_notify returns the OR of the handlers' results: a stop fails with them, a start
+ignores them. Any other exception is a bug and propagates at once.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Final, TypeAlias
 
-from vmsim.errors import InvalidTransition
+from vmsim.errors import HookError, InvalidTransition
 
 __all__ = [
     "TRANSITIONS",
     "ChangeStateCallback",
+    "ChangeStateFailure",
     "ChangeStateHandle",
     "RunState",
     "RunStateMachine",
@@ -74,20 +82,33 @@ _TRANSITIONS_DEF: Final[Mapping[str, str]] = {
     "guest-panicked": "running finish-migrate prelaunch",
 }
 
+# Pairs QEMU's table lacks. A destination takes the run state the source had when it was not
+# running (process_incoming_migration_bh: runstate_set(global_state_get_runstate())), and a
+# source can be migrated from every state that may go to finish-migrate, debug included (a
+# guest stopped by the gdbstub). QEMU's table has no inmigrate -> debug, so its runstate_set
+# would abort() the destination; livemig keeps the state, as every other one is kept.
+_ADDITIONS_DEF: Final[Mapping[str, str]] = {"inmigrate": "debug"}
+
 TRANSITIONS: Final[Mapping[RunState, frozenset[RunState]]] = {
-    RunState(source): frozenset(RunState(target) for target in targets.split())
+    RunState(source): frozenset(
+        RunState(target) for target in f"{targets} {_ADDITIONS_DEF.get(source, '')}".split()
+    )
     for source, targets in _TRANSITIONS_DEF.items()
 }
-"""For each run state, the states QEMU allows it to change to (runstate_transitions_def)."""
+"""For each run state, the states it may change to: QEMU's runstate_transitions_def, plus
+inmigrate -> debug so that a destination can keep a source's debug state."""
 
 ChangeStateCallback: TypeAlias = Callable[[bool, RunState], None]
-"""A change-state callback: (running, new state) -> None."""
+"""A change-state callback: (running, new state) -> None; raises HookError to fail."""
+
+ChangeStateFailure: TypeAlias = tuple[str, HookError]
+"""A failed change-state callback: (the handler's name, the HookError it raised)."""
 
 
 class ChangeStateHandle:
     """A registered change-state handler; `remove()` unregisters it."""
 
-    __slots__ = ("_machine", "callback", "prepare", "priority")
+    __slots__ = ("_machine", "callback", "name", "prepare", "priority")
 
     def __init__(
         self,
@@ -95,11 +116,13 @@ class ChangeStateHandle:
         callback: ChangeStateCallback,
         prepare: ChangeStateCallback | None,
         priority: int,
+        name: str,
     ) -> None:
         self._machine = machine
         self.callback = callback
         self.prepare = prepare
         self.priority = priority
+        self.name = name
 
     def remove(self) -> None:
         """Unregister the handler (qemu_del_vm_change_state_handler); idempotent."""
@@ -143,18 +166,23 @@ class RunStateMachine:
         *,
         priority: int = 0,
         prepare: ChangeStateCallback | None = None,
+        name: str | None = None,
     ) -> ChangeStateHandle:
         """Register a change-state handler (qemu_add_vm_change_state_handler_prio_full).
 
         Args:
-            callback: called with (running, state) on every start and stop.
+            callback: called with (running, state) on every start and stop; raises HookError
+                to report a failure.
             priority: low priorities run first when the VM starts and last when it stops.
             prepare: an optional callback run in a first phase, before any main callback.
+            name: names the handler in errors; default: the callback's qualified name.
 
         Returns:
             A handle whose `remove()` unregisters the handler.
         """
-        handle = ChangeStateHandle(self, callback, prepare, priority)
+        if name is None:
+            name = getattr(callback, "__qualname__", repr(callback))
+        handle = ChangeStateHandle(self, callback, prepare, priority, name)
         # Insert before the first handler of a higher priority: ascending, stable.
         position = next(
             (i for i, other in enumerate(self._handlers) if priority < other.priority),
@@ -163,15 +191,36 @@ class RunStateMachine:
         self._handlers.insert(position, handle)
         return handle
 
-    def notify(self, *, running: bool, state: RunState) -> None:
-        """Run the handlers (QEMU's vm_state_notify): forward on start, backward on stop."""
+    def notify(self, *, running: bool, state: RunState) -> tuple[ChangeStateFailure, ...]:
+        """Run the handlers (QEMU's vm_state_notify): forward on start, backward on stop.
+
+        Every prepare callback, then every main callback, runs even if some raise HookError.
+
+        Returns:
+            The failures, (handler name, HookError) in call order; empty when all succeeded.
+        """
         ordered = list(self._handlers) if running else list(reversed(self._handlers))
+        failures: list[ChangeStateFailure] = []
         for handle in ordered:
             if handle.prepare is not None:
-                handle.prepare(running, state)
+                _call_handler(handle.name, handle.prepare, running, state, failures)
         for handle in ordered:
-            handle.callback(running, state)
+            _call_handler(handle.name, handle.callback, running, state, failures)
+        return tuple(failures)
 
     def _remove_handler(self, handle: ChangeStateHandle) -> None:
         if handle in self._handlers:
             self._handlers.remove(handle)
+
+
+def _call_handler(
+    name: str,
+    callback: ChangeStateCallback,
+    running: bool,  # noqa: FBT001 - QEMU's callback signature
+    state: RunState,
+    failures: list[ChangeStateFailure],
+) -> None:
+    try:
+        callback(running, state)
+    except HookError as error:
+        failures.append((name, error))

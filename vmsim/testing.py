@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 from vmsim.machine import Machine
 from vmsim.runstate import RunState
 from vmsim.savevm.framework import (
+    load_check_complete,
     load_cleanup,
     load_section_full,
     load_section_part,
@@ -53,13 +54,16 @@ def migrate_in_memory(
 
     Setup, then `precopy_passes` passes (each sends what the bitmap holds, running the source
     ticks_per_batch ticks after every batch if it is running, then syncs), then
-    stop_for_migration, completion and cleanup. The source ends in POSTMIGRATE; the
-    destination is loaded and left in INMIGRATE for the caller to start (or not) from
-    `migrated_runstate()`.
+    stop_for_migration, completion, the destination's completeness check and cleanup. The
+    source ends in POSTMIGRATE; the destination is loaded and left in INMIGRATE for the caller
+    to start (or not) from `migrated_runstate()`.
     """
     destination = Machine.for_incoming(source.config)
+    received: set[tuple[str, int]] = set()
     for setup_record in state_setup(source.savevm):
         load_record(destination.savevm, setup_record)
+        if isinstance(setup_record, SectionFull):
+            received.add((setup_record.idstr, setup_record.instance_id))
     for _ in range(precopy_passes):
         while (part := state_iterate(source.savevm, max_pages)) is not None:
             load_record(destination.savevm, part)
@@ -69,7 +73,10 @@ def migrate_in_memory(
     source.stop_for_migration()
     for record in state_complete(source.savevm, max_pages):
         load_record(destination.savevm, record)
+        if isinstance(record, SectionFull):
+            received.add((record.idstr, record.instance_id))
     state_cleanup(source.savevm)
+    load_check_complete(destination.savevm, received)
     load_cleanup(destination.savevm)
     source.vm_stop(RunState.POSTMIGRATE)
     return destination

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vmsim.savevm.framework import (
+    load_check_complete,
     load_cleanup,
     load_section_full,
     load_section_part,
@@ -38,6 +39,7 @@ __all__ = [
     "SectionFull",
     "SectionPart",
     "SectionStart",
+    "load_check_complete",
     "load_cleanup",
     "load_section_full",
     "load_section_part",

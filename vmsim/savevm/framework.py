@@ -2,14 +2,14 @@
 
 Save::
 
-    state_setup -> [START per iterable entry, FULL per early_setup VMSD]
+    state_setup -> [START per iterable entry, FULL per (needed) early_setup VMSD]
     while running: state_iterate -> PART, with state_pending_estimate/exact in between
     (stop the VM)
     state_complete -> END parts until drained, then FULL per (needed) device VMSD
     state_cleanup
 
 Load mirrors it record by record: load_section_start, load_section_part, load_section_full,
-then load_cleanup.
+then load_check_complete at the end of the stream and load_cleanup.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from vmsim.errors import (
     MigrationBlockedError,
+    MissingSectionError,
     NotAllowed,
+    SaveHookError,
     SaveVMError,
     UnsupportedVersionError,
     VMStateError,
@@ -27,11 +29,12 @@ from vmsim.savevm.handlers import PageBatch
 from vmsim.savevm.records import SectionFull, SectionPart, SectionStart
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Collection, Iterator
 
     from vmsim.savevm.registry import SaveStateEntry, SaveVMRegistry
 
 __all__ = [
+    "load_check_complete",
     "load_cleanup",
     "load_section_full",
     "load_section_part",
@@ -46,10 +49,15 @@ __all__ = [
 
 
 def state_setup(registry: SaveVMRegistry) -> list[SectionStart | SectionFull]:
-    """Start a save: a START per iterable entry and a FULL per early_setup VMSD, in order.
+    """Start a save: a START per iterable entry and a FULL per needed early_setup VMSD, in order.
+
+    An early_setup VMSD whose `needed` returns false sends nothing, as at completion.
 
     Raises:
         MigrationBlockedError: an unmigratable device is registered.
+        SaveHookError: an early_setup device's pre_save or post_save failed (QEMU's
+            qemu_savevm_state_setup stops there). Entries before it are set up: end the save
+            with state_cleanup, as after any failed save.
     """
     _check_blockers(registry)
     records: list[SectionStart | SectionFull] = []
@@ -65,7 +73,7 @@ def state_setup(registry: SaveVMRegistry) -> list[SectionStart | SectionFull]:
                     setup=setup,
                 )
             )
-        elif entry.vmsd is not None and entry.vmsd.early_setup:
+        elif entry.vmsd is not None and entry.vmsd.early_setup and _section_needed(entry):
             records.append(_full_section(entry))
     return records
 
@@ -98,6 +106,8 @@ def state_complete(registry: SaveVMRegistry, max_pages: int) -> Iterator[Section
 
     Raises:
         NotAllowed: the VM is running (checked when called, not when first iterated).
+        SaveHookError: (when iterated) a device's pre_save or post_save failed; end the save
+            with state_cleanup, as after any failed save.
     """
     if registry.runstate is not None and registry.runstate.is_running:
         msg = "state_complete needs the VM stopped; it is running"
@@ -116,9 +126,7 @@ def _complete(registry: SaveVMRegistry, max_pages: int) -> Iterator[SectionPart 
             yield SectionPart(section_id=entry.section_id, batch=PageBatch.empty(), end=True)
     for device in registry.entries:
         vmsd = device.vmsd
-        if vmsd is None or vmsd.early_setup:
-            continue
-        if vmsd.needed is not None and not vmsd.needed(device.opaque):
+        if vmsd is None or vmsd.early_setup or not _section_needed(device):
             continue
         yield _full_section(device)
 
@@ -162,8 +170,9 @@ def load_section_full(registry: SaveVMRegistry, record: SectionFull) -> None:
         UnknownSectionError: no such (idstr, instance_id).
         UnsupportedVersionError: the section is newer than the local entry.
         MigrationBlockedError: the device is unmigratable.
-        VMStateError: the state does not load; the message carries QEMU's prefix
-            "error while loading state for instance 0x.. of device '..'".
+        VMStateError: the state does not load (a LoadHookError if a pre_load or post_load
+            hook failed); the message carries QEMU's prefix "error while loading state for
+            instance 0x.. of device '..'".
     """
     entry = _find_checked(registry, record.idstr, record.instance_id, record.version_id)
     vmsd = entry.vmsd
@@ -177,6 +186,34 @@ def load_section_full(registry: SaveVMRegistry, record: SectionFull) -> None:
         detail = error.detail if error.device == vmsd.name else str(error)
         prefix = f"error while loading state for instance {entry.instance_id:#x}"
         raise error.reworded(f"{prefix} of device '{entry.idstr}': {detail}") from error
+
+
+def load_check_complete(registry: SaveVMRegistry, received: Collection[tuple[str, int]]) -> None:
+    """At the end of a stream: check that the state of every device arrived.
+
+    QEMU does not detect a missing section (the entry keeps its reset state); livemig refuses
+    to run such a VM, except for a device whose local VMSD has a `needed` callback: its source
+    sends nothing when needed() is false there (vmstate_section_needed), and the device then
+    rightly keeps its reset state. Only VMSD entries are checked: an iterable entry (RAM) has
+    its own START/END sections and is not device state.
+
+    Args:
+        registry: the destination's registry.
+        received: (idstr, instance_id) of every FULL section loaded; other pairs are ignored.
+
+    Raises:
+        MissingSectionError: names every device that must have arrived and did not, in
+            registry order.
+    """
+    missing = tuple(
+        (entry.idstr, entry.instance_id)
+        for entry in registry.entries
+        if entry.vmsd is not None
+        and entry.vmsd.needed is None
+        and (entry.idstr, entry.instance_id) not in received
+    )
+    if missing:
+        raise MissingSectionError(missing)
 
 
 def load_cleanup(registry: SaveVMRegistry) -> None:
@@ -201,14 +238,27 @@ def _iterables(registry: SaveVMRegistry) -> list[_Iterable]:
     return [_Iterable(e) for e in registry.entries if e.handlers is not None]
 
 
+def _section_needed(entry: SaveStateEntry) -> bool:
+    """QEMU's vmstate_section_needed: a top-level VMSD without `needed` is always sent."""
+    vmsd = entry.vmsd
+    return vmsd is not None and (vmsd.needed is None or vmsd.needed(entry.opaque))
+
+
 def _full_section(entry: SaveStateEntry) -> SectionFull:
-    assert entry.vmsd is not None  # noqa: S101 - callers pass VMSD entries
+    vmsd = entry.vmsd
+    assert vmsd is not None  # noqa: S101 - callers pass VMSD entries
+    try:
+        state = vmsd.save(entry.opaque, entry.version_id)
+    except SaveHookError as error:
+        detail = error.detail if error.device == vmsd.name else str(error)
+        prefix = f"error while saving state for instance {entry.instance_id:#x}"
+        raise error.reworded(f"{prefix} of device '{entry.idstr}': {detail}") from error
     return SectionFull(
         section_id=entry.section_id,
         idstr=entry.idstr,
         instance_id=entry.instance_id,
         version_id=entry.version_id,
-        state=entry.vmsd.save(entry.opaque, entry.version_id),
+        state=state,
     )
 
 

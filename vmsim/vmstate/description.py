@@ -1,6 +1,6 @@
 """VMStateDescription: a device's versioned state contract (QEMU's VMState, Firecracker's Persist).
 
-Saving never fails and yields plain values::
+Saving yields plain values (it fails only when a hook does)::
 
     {"fields": {name: value, ...},
      "subsections": {name: {"version_id": v, "fields": {...}, "subsections": {...}}, ...}}
@@ -8,10 +8,15 @@ Saving never fails and yields plain values::
 Loading validates the whole incoming state (versions, subsection names, every field's presence,
 type and range, recursively) before it assigns anything, then runs pre_load, assigns, loads the
 subsections and runs post_load, with QEMU's error wording.
+
+Hooks fail by raising `HookError` (see its docstring for why an exception and not a result);
+the description turns it into a `SaveHookError` or a `LoadHookError` naming the VMSD and the hook.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -19,6 +24,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from vmsim.errors import (
     FieldError,
+    HookError,
+    LoadHookError,
+    SaveHookError,
     UnknownSubsectionError,
     VersionTooNewError,
     VersionTooOldError,
@@ -62,10 +70,11 @@ class VMStateDescription(Generic[T]):
         fields: the fields, in stream order.
         subsections: optional parts, each sent only when its `needed` says so.
         needed: for a subsection (required there) or a whole device: send it at all?
-        pre_save: called before the fields are read (QEMU's pre_save).
-        post_save: called after saving.
-        pre_load: called after validation, before any field is assigned.
-        post_load: called last with the incoming version_id; may raise InvalidStateError.
+        pre_save: called before the fields are read (QEMU's pre_save); may raise HookError.
+        post_save: called after saving, and after a failure past pre_save, to undo pre_save.
+        pre_load: called after validation, before any field is assigned; may raise HookError.
+        post_load: called last with the incoming version_id; may raise HookError or
+            InvalidStateError.
         early_setup: sent as a FULL section during setup rather than at completion.
         priority: the entry's place in the save and load order.
         unmigratable: the device blocks migration.
@@ -91,24 +100,44 @@ class VMStateDescription(Generic[T]):
     # ------------------------------------------------------------------ save
 
     def save(self, opaque: T, version_id: int | None = None) -> dict[str, object]:
-        """Return the device's state as plain values (never fails).
+        """Return the device's state as plain values (QEMU's vmstate_save_state).
+
+        pre_save, the fields, the needed subsections (recursively), then post_save. A failed
+        pre_save stops the save at once; a failure after it still runs post_save, so that it
+        can undo what pre_save did, and the first failure is the one raised (as QEMU does).
 
         Args:
             opaque: the device object.
             version_id: save as this older version (fields newer than it are left out), for
                 compatibility with older code; default: this VMSD's version_id.
+
+        Raises:
+            SaveHookError: a pre_save or post_save hook (here, in a subsection or in a struct
+                field) raised HookError; names that VMSD and the hook.
         """
         version = self.version_id if version_id is None else version_id
         if self.pre_save is not None:
-            self.pre_save(opaque)
+            pre_save = functools.partial(self.pre_save, opaque)
+            _run_hook(SaveHookError, self.name, "pre_save", pre_save)
+        try:
+            state = self._save_values(opaque, version)
+        except SaveHookError:
+            if self.post_save is not None:
+                with contextlib.suppress(HookError):  # the first failure is the one reported
+                    self.post_save(opaque)
+            raise
+        if self.post_save is not None:
+            post_save = functools.partial(self.post_save, opaque)
+            _run_hook(SaveHookError, self.name, "post_save", post_save)
+        return state
+
+    def _save_values(self, opaque: T, version: int) -> dict[str, object]:
         fields = {f.name: f.save(opaque) for f in self.fields if f.exists(opaque, version)}
         subsections = {
             sub.name: {"version_id": sub.version_id, **sub.save(opaque)}
             for sub in self.subsections
             if sub.needed is not None and sub.needed(opaque)
         }
-        if self.post_save is not None:
-            self.post_save(opaque)
         return {"fields": fields, "subsections": subsections}
 
     # ------------------------------------------------------------------ load
@@ -122,6 +151,7 @@ class VMStateDescription(Generic[T]):
             UnknownSubsectionError: a subsection is not declared here.
             FieldError: a field is missing, extra, of the wrong type or out of range.
             InvalidStateError: a post_load check failed.
+            LoadHookError: a pre_load or post_load hook raised HookError; the load stops there.
         """
         self.check_version(version_id)
         self.validate(opaque, state, version_id)
@@ -153,10 +183,16 @@ class VMStateDescription(Generic[T]):
             sub.validate(opaque, sub_fields, sub_version)
 
     def apply(self, opaque: T, state: Mapping[str, object], version_id: int) -> None:
-        """Assign a validated state: pre_load, fields, subsections, post_load."""
+        """Assign a validated state: pre_load, fields, subsections, post_load.
+
+        Raises:
+            LoadHookError: a pre_load or post_load hook raised HookError.
+            InvalidStateError: a post_load check failed.
+        """
         fields, subsections = self._split(state, _STATE_KEYS)
         if self.pre_load is not None:
-            self.pre_load(opaque)
+            pre_load = functools.partial(self.pre_load, opaque)
+            _run_hook(LoadHookError, self.name, "pre_load", pre_load)
         for field in self.fields:
             if not field.exists(opaque, version_id):
                 continue  # not in this stream version: keeps its current value
@@ -171,7 +207,8 @@ class VMStateDescription(Generic[T]):
             sub_version, sub_fields = sub._split_subsection(sub_state)  # noqa: SLF001
             sub.apply(opaque, sub_fields, sub_version)
         if self.post_load is not None:
-            self.post_load(opaque, version_id)
+            post_load = functools.partial(self.post_load, opaque, version_id)
+            _run_hook(LoadHookError, self.name, "post_load", post_load)
 
     # ------------------------------------------------------------------ vmdesc
 
@@ -251,6 +288,19 @@ class VMStateDescription(Generic[T]):
         else:
             detail = f"VM subsection '{name}' in '{self.name}' does not exist"
         raise UnknownSubsectionError(detail, device=self.name)
+
+
+def _run_hook(
+    error: type[SaveHookError | LoadHookError],
+    vmsd_name: str,
+    hook: str,
+    call: Callable[[], None],
+) -> None:
+    """Call a hook; a HookError it raises becomes `error`, naming the VMSD and the hook."""
+    try:
+        call()
+    except HookError as failure:
+        raise error(str(failure), device=vmsd_name, hook=hook) from failure
 
 
 def _check_definition(vmsd: VMStateDescription[Any]) -> None:

@@ -182,6 +182,38 @@ def test_its_saves_its_tables_on_stop_through_dirty_logged_ram():
     assert machine.its.cache.tolist() == table.tolist()
 
 
+def test_its_tables_are_written_on_stop_only_never_on_start_or_while_running():
+    """KVM saves the ITS tables from the stop handler only: a start (and running) neither
+    writes the reserved page nor changes it, though the cache moves on; the next stop writes
+    the new cache."""
+    machine = Machine.boot(CONFIG)
+    machine.vm_start()
+    machine.run(1000)
+    machine.vm_stop()
+    table_pfn = machine.layout.its_table_pfn
+    page = slice(table_pfn * PAGE_SIZE, (table_pfn + 1) * PAGE_SIZE)
+    saved = bytes(machine.ram.array[page])
+    cache_at_stop = machine.its.cache.tolist()
+    machine.ram.dirty_log.start()
+
+    machine.vm_start()
+    dirty_at_start = np.flatnonzero(machine.ram.dirty_log.sync()).tolist()
+    machine.run(1000)
+    dirty_while_running = set(np.flatnonzero(machine.ram.dirty_log.sync()).tolist())
+
+    assert [] == dirty_at_start
+    assert table_pfn not in dirty_while_running
+    assert saved == bytes(machine.ram.array[page])
+    assert cache_at_stop != machine.its.cache.tolist()
+
+    machine.vm_stop()
+    dirty_at_stop = np.flatnonzero(machine.ram.dirty_log.sync()).tolist()
+    table = machine.ram.words[table_pfn * 512 :][2 : 2 + 64]
+
+    assert [table_pfn] == dirty_at_stop
+    assert machine.its.cache.tolist() == table.tolist()
+
+
 def test_its_post_load_rebuilds_the_cache_from_guest_ram(stopped_source):
     target = Machine.for_incoming(CONFIG)
     target.ram.array[:] = stopped_source.ram.array

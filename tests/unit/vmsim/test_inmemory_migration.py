@@ -6,13 +6,16 @@ from __future__ import annotations
 import pytest
 
 from vmsim import (
+    TRANSITIONS,
     Machine,
     MachineConfig,
+    MissingSectionError,
     RunState,
     SectionFull,
     SectionPart,
     SectionStart,
     WorkloadKind,
+    load_check_complete,
     load_cleanup,
     load_section_full,
     load_section_part,
@@ -160,3 +163,70 @@ def test_migrating_twice_matches_the_replay():
     third.vm_stop()
 
     assert replay(config, third.ticks) == third.digest()
+
+
+def test_a_stream_without_a_device_section_is_incomplete():
+    """The destination's end-of-stream check names the device whose FULL section never came."""
+    config = config_for(WorkloadKind.HOTSET)
+    source = Machine.boot(config)
+    source.vm_start()
+    source.run(100)
+    destination = Machine.for_incoming(config)
+    precopy(source, destination)
+    source.stop_for_migration()
+    received = set()
+    for record in state_complete(source.savevm, BATCH_PAGES):
+        if isinstance(record, SectionFull) and record.idstr == "its":
+            continue  # lost on the way
+        load(destination, record)
+        if isinstance(record, SectionFull):
+            received.add((record.idstr, record.instance_id))
+
+    with pytest.raises(MissingSectionError) as caught:
+        load_check_complete(destination.savevm, received)
+    assert "missing device state for 'its' instance 0" == str(caught.value)
+
+
+# Every run state a source can be migrated from: those QEMU's table lets stop in finish-migrate,
+# less the two `migrate` refuses ("Guest is waiting for an incoming migration", "Can't migrate
+# the vm that was paused due to previous migration").
+SOURCE_RUNSTATES = sorted(
+    state
+    for state in RunState
+    if RunState.FINISH_MIGRATE in TRANSITIONS[state]
+    and state not in {RunState.INMIGRATE, RunState.POSTMIGRATE}
+)
+
+
+def source_in(config, runstate):
+    """A booted source brought to runstate (through RUNNING unless it is PRELAUNCH)."""
+    source = Machine.boot(config)
+    if runstate is RunState.PRELAUNCH:
+        return source
+    source.vm_start()
+    source.run(300)
+    if runstate is not RunState.RUNNING:
+        source.vm_stop(runstate)
+    return source
+
+
+@pytest.mark.parametrize("runstate", SOURCE_RUNSTATES)
+def test_the_destination_takes_the_run_state_the_source_had(runstate):
+    """process_incoming_migration_bh: a running source's VM starts on the destination; any
+    other run state arrives in globalstate and is set as is (runstate_set), from INMIGRATE.
+    Where QEMU allows `cont` from that state, the VM then runs on like the replay."""
+    config = MachineConfig(ram_mib=4, vcpus=1, seed=3)
+    source = source_in(config, runstate)
+    destination = migrate_in_memory(source)
+
+    assert runstate == destination.migrated_runstate()
+    if runstate is RunState.RUNNING:
+        destination.vm_start()
+    else:
+        destination.vm_stop(runstate)
+    assert runstate == destination.runstate.state
+    if RunState.RUNNING in TRANSITIONS[runstate] or runstate is RunState.RUNNING:
+        destination.vm_start()
+        destination.run(200)
+        destination.vm_stop()
+        assert replay(config, source.ticks + 200) == destination.digest()

@@ -9,6 +9,7 @@ from vmsim import (
     GuestRam,
     MigrationBlockedError,
     MigrationPriority,
+    MissingSectionError,
     NotAllowed,
     PageBatch,
     RamSaveHandler,
@@ -22,6 +23,7 @@ from vmsim import (
     UnknownSectionError,
     VMStateDescription,
     field_uint,
+    load_check_complete,
     load_cleanup,
     load_section_full,
     load_section_part,
@@ -194,3 +196,82 @@ def test_start_for_a_device_and_full_for_ram_are_refused():
         load_section_start(registry, start)
     with pytest.raises(SaveVMError, match="is iterable"):
         load_section_full(registry, full)
+
+
+def test_setup_skips_an_early_setup_device_whose_needed_is_false():
+    """QEMU's vmstate_save: a top-level VMSD whose needed() is false sends no section at all,
+    in the setup phase as in the completion phase."""
+    registry, _ = build()
+    registry.register(
+        "early-unneeded",
+        0,
+        vmsd=dev_vmsd("early-unneeded", early_setup=True, needed=lambda d: d.wanted),
+        opaque=Dev(7, wanted=False),
+    )
+    registry.register(
+        "early-needed",
+        0,
+        vmsd=dev_vmsd("early-needed", early_setup=True, needed=lambda d: d.wanted),
+        opaque=Dev(7, wanted=True),
+    )
+    setup = state_setup(registry)
+    completion = list(state_complete(registry, N_PAGES))
+
+    assert ["early", "ram", "early-needed"] == [r.idstr for r in setup]
+    assert "early-unneeded" not in {getattr(r, "idstr", None) for r in completion}
+
+
+def migrate_registry(source, destination):
+    """Send every record of source into destination; return the (idstr, instance) of FULLs."""
+    received = set()
+
+    def load(record):
+        if isinstance(record, SectionStart):
+            load_section_start(destination, record)
+        elif isinstance(record, SectionPart):
+            load_section_part(destination, record)
+        else:
+            load_section_full(destination, record)
+            received.add((record.idstr, record.instance_id))
+
+    for record in state_setup(source):
+        load(record)
+    while (part := state_iterate(source, 5)) is not None:
+        load(part)
+    for record in state_complete(source, 5):
+        load(record)
+    state_cleanup(source)
+    load_cleanup(destination)
+    return received
+
+
+def test_load_check_complete_accepts_a_device_the_source_did_not_need():
+    """'skipped' has a needed() callback and was not needed on the source: QEMU sends nothing
+    and the destination keeps its reset state, so the load is complete without it."""
+    source, _ = build(x=5)
+    destination, _ = build()
+    received = migrate_registry(source, destination)
+
+    assert {("early", 0), ("first", 0), ("dev", 0)} == received
+    load_check_complete(destination, received)
+    assert 0 == destination.find("skipped", 0).opaque.x
+
+
+def test_load_check_complete_names_every_missing_device_in_registry_order():
+    """A device without a needed() callback must arrive; every missing one is named."""
+    destination, _ = build()
+
+    with pytest.raises(MissingSectionError) as caught:
+        load_check_complete(destination, {("early", 0), ("ram", 0)})
+
+    assert "missing device state for 'first' instance 0, 'dev' instance 0" == str(caught.value)
+    assert (("first", 0), ("dev", 0)) == caught.value.missing
+
+
+def test_load_check_complete_requires_a_needed_device_only_when_it_has_no_callback():
+    """Only the local VMSD decides: a device whose VMSD has needed() may be absent even if
+    needed() is true here; iterable entries (RAM) are not device state and are not checked."""
+    destination, _ = build()
+    destination.find("skipped", 0).opaque.wanted = True
+
+    load_check_complete(destination, {("early", 0), ("first", 0), ("dev", 0)})
