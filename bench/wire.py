@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from bench.common import Run
 
-CHUNK_BYTES: Final = 4 * MIB  # vmm.outgoing.MAX_BATCH_PAGES x PAGE_SIZE
+CHUNK_BYTES: Final = 4 * MIB  # migration.precopy.MAX_BATCH_PAGES x PAGE_SIZE
 MAX_BUFFER_BYTES: Final = GIB
 
 

@@ -4,6 +4,7 @@
 - `netio.sockopts`: connecting, listening, accepting; keepalive and ``TCP_USER_TIMEOUT``.
 - `netio.channel` / `netio.filechannel`: drive a sans-IO connection over a socket or a file
   with scatter/gather I/O and one protocol timer.
+- `netio.endpoint`: the one factory of migration channels (connect, listen/accept, files).
 - `netio.qmp`: a QEMU-compatible QMP server and a small client.
 - `netio.logconfig`: structlog configuration and context binding.
 - `netio.lifecycle`: run a daemon on uvloop or asyncio with graceful SIGTERM/SIGINT.
@@ -14,6 +15,13 @@ netio knows neither the machine (vmsim) nor the daemons.
 from __future__ import annotations
 
 from netio.channel import IOV_MAX, Channel, SansIOConnection
+from netio.endpoint import (
+    ChannelLike,
+    ChannelListener,
+    ChannelOptions,
+    connect_channel,
+    read_file,
+)
 from netio.errors import (
     ChannelClosedError,
     ChannelError,
@@ -56,6 +64,9 @@ __all__ = [
     "Channel",
     "ChannelClosedError",
     "ChannelError",
+    "ChannelLike",
+    "ChannelListener",
+    "ChannelOptions",
     "CommandRegistry",
     "ConnectError",
     "ErrorClass",
@@ -85,9 +96,11 @@ __all__ = [
     "clear_context",
     "configure_logging",
     "configure_stream_socket",
+    "connect_channel",
     "listen",
     "open_connection",
     "parse_migration_uri",
     "parse_qmp_address",
+    "read_file",
     "run",
 ]

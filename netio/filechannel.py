@@ -179,8 +179,11 @@ class FileChannel:
             if now >= deadline:
                 self._conn.handle_timer(now)
 
-    async def flush(self) -> None:
-        """Write everything the connection has queued, yielding between chunks.
+    async def flush(self, *, keep_bytes: int = 0) -> None:
+        """Write what the connection has queued, yielding between chunks.
+
+        Args:
+            keep_bytes: Return once at most this many bytes are still queued (as `Channel`).
 
         Raises:
             ChannelClosedError: The channel is closed or writing failed (``ENOSPC``, ``EIO``);
@@ -190,7 +193,7 @@ class FileChannel:
             while True:
                 self._check_open()
                 buffers = self._conn.data_to_send()
-                if not buffers:
+                if not buffers or (keep_bytes and self._conn.pending_send_bytes <= keep_bytes):
                     return
                 self._write_chunk(buffers)
                 self._poll_timer()

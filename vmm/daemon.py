@@ -3,24 +3,32 @@
 Both entry points (`source-daemon`, `dest-daemon`) run this; they differ only in whether they boot
 a VM or wait for one. A destination that received a VM can migrate it onward, and a source whose
 VM left can receive one back (A→B→A), as QEMU is one binary with or without `-incoming`.
+
+The migration logic is in the sans-IO machines of `migration`; this class is the host their
+runners call for what touches the daemon (`vmm.runner.RunnerHost`): the VM's run state, building
+and installing a migrated machine, QMP events and the ownership decision.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import structlog
 
+from migration import (
+    CommandRefusedError,
+    IncomingLedger,
+    MigrationCapabilities,
+    MigrationParameters,
+    MigrationStatus,
+    is_active,
+)
 from netio import FileAddress, QMPServer, VersionInfo, bind_context, parse_migration_uri
-from vmm.errors import CommandRefusedError
-from vmm.incoming import IncomingService
+from vmm.incoming import IncomingRouter
 from vmm.outgoing import OutgoingMigration
-from vmm.params import MigrationCapabilities, MigrationParameters
-from vmm.status import MigrationStatus, is_active
 from vmm.vm import VirtualMachine
 from vmsim import Machine, MachineConfig, RunState
 
@@ -48,7 +56,7 @@ class DaemonOptions:
 
 
 class Vmm:
-    """The state behind one daemon's QMP commands."""
+    """The state behind one daemon's QMP commands, and the host of its migrations."""
 
     def __init__(self, options: DaemonOptions) -> None:
         loop = asyncio.get_running_loop()
@@ -58,10 +66,10 @@ class Vmm:
         self.params = MigrationParameters()
         self.caps = MigrationCapabilities()
         self.vm: VirtualMachine | None = None
-        self.migrated_away = False
         self.autostart = not options.start_paused
         self.outgoing: OutgoingMigration | None = None
-        self.incoming: IncomingService | None = None
+        self.ledger = IncomingLedger(expected_uuid=options.expected_uuid)
+        self.incoming: IncomingRouter | None = None
         self.quit_requested = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._serial_file = (
@@ -95,8 +103,7 @@ class Vmm:
             await self.incoming.close()
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await asyncio.gather(self._runner, return_exceptions=True)
         if self._serial_file is not None:
             self._serial_file.close()
 
@@ -107,124 +114,183 @@ class Vmm:
             machine, emit_event=self.emit_event, clock=self.clock, serial_sink=self._serial
         )
         self.vm = vm
-        self.migrated_away = False
         self._runner = asyncio.create_task(vm.run(), name="vcpu")
         return vm
 
-    # -- the IncomingHost protocol -------------------------------------------------------
+    @property
+    def migrated_away(self) -> bool:
+        """The VM was handed over to another daemon and runs there (postmigrate here)."""
+        outgoing = self.outgoing
+        return outgoing is not None and outgoing.vm is self.vm and outgoing.migrated_away
 
-    def busy_reason(self) -> str | None:
-        """Why no VM can be received now, or None."""
-        if self.outgoing is not None and is_active(self.outgoing.status.status):
-            return "this daemon is migrating its VM out"
-        if self.vm is not None and not self.migrated_away:
-            return f"a VM is already on this daemon (runstate {self.vm.runstate})"
-        return None
+    # -- the host of the migration machines (vmm.runner.RunnerHost) -----------------------
 
-    def adopt(self, machine: Machine) -> str:
-        """Run a VM that was handed over to us (or keep it paused, as the source had it)."""
+    def stop_vm_for_migration(self) -> RunState:
+        """QEMU `migration_stop_vm` (raises `ChangeStateError` if a handler refused)."""
+        return self._require_vm().stop_for_migration()
+
+    def restore_vm(self, runstate: RunState) -> None:
+        """Put the VM back as it was before the migration stopped it (QEMU: vm_start if live)."""
+        vm = self._require_vm()
+        if runstate is RunState.RUNNING:
+            vm.start()
+        else:
+            vm.stop(runstate)
+
+    def set_vm_runstate(self, runstate: RunState) -> None:
+        """Leave the stopped VM in `runstate` (postmigrate after a completed migration)."""
+        self._require_vm().stop(runstate)
+
+    async def build_machine(self, config: MachineConfig) -> Machine:
+        """An empty machine for an incoming VM; its RAM is pre-faulted in a thread."""
+        return await asyncio.to_thread(Machine.for_incoming, config)
+
+    def run_migrated_vm(self, machine: Machine) -> str:
+        """Install a VM handed over to us and give it the run state QEMU would.
+
+        QEMU (`process_incoming_migration_bh`): a VM that ran on the source runs here too,
+        unless this daemon was started with -S (then paused); a VM that was not running keeps
+        the run state the source stored in its globalstate section.
+        """
         vm = self._install(machine)
-        if machine.migrated_runstate() is RunState.RUNNING and self.autostart:
+        migrated = machine.migrated_runstate()
+        if migrated is not RunState.RUNNING:
+            vm.stop(migrated)
+        elif self.autostart:
             vm.start()
         else:
             vm.stop(RunState.PAUSED)
         return str(vm.runstate)
 
-    # -- migrations ----------------------------------------------------------------------
+    def decide_handover(self, migration_id: str) -> tuple[bool, str]:
+        """The ownership arbiter. Local: the checks passed, so the VM may pass.
 
-    def start_outgoing(self, address: MigrationAddress) -> OutgoingMigration:
-        """`migrate`: refuse when QEMU would, else start one."""
-        self._check_can_migrate(address)
-        vm = self.vm
-        assert vm is not None  # noqa: S101 - checked above
-        migration = OutgoingMigration(
-            vm=vm,
-            address=address,
-            migration_id=uuid.uuid4().hex,
-            params=lambda: self.params,
-            caps=self.caps,
-            emit_event=self.emit_event,
-            clock=self.clock,
-            on_completed=self._outgoing_completed,
-        )
-        self.outgoing = migration
-        bind_context(role=self.options.role)
-        migration.start()
-        return migration
-
-    def _check_can_migrate(self, address: MigrationAddress) -> None:
-        if self.outgoing is not None and is_active(self.outgoing.status.status):
-            raise CommandRefusedError("There's a migration process in progress")
-        if self.vm is None:
-            raise CommandRefusedError("Guest is waiting for an incoming migration")
-        if self.vm.runstate is RunState.POSTMIGRATE:
-            raise CommandRefusedError(
-                "Can't migrate the vm that was paused due to previous migration"
-            )
-        if not self.caps.return_path and not isinstance(address, FileAddress):
-            raise CommandRefusedError(
-                "capability return-path is off, but a tcp/unix migration needs the return path "
-                "for its ownership handover (docs/handover.md); only a file: migration has none"
-            )
-
-    def _outgoing_completed(self, migration: OutgoingMigration) -> None:
-        if migration.uses_return_path:
-            self.migrated_away = True
-
-    async def start_incoming(self, address: MigrationAddress) -> None:
-        """`migrate-incoming` (or `--incoming`): listen, or load a file (checked right away)."""
-        incoming = self._incoming_service()
-        if isinstance(address, FileAddress):
-            reason = self.busy_reason()
-            if reason is not None:
-                raise CommandRefusedError(f"cannot load {address}: {reason}")
-            incoming.load_file(address)
-            return
-        if incoming.address is not None:
-            raise CommandRefusedError("The incoming migration has already been started")
-        # A daemon with a VM may listen: each arriving stream is refused (BUSY) while its VM is
-        # here, and the listener answers RESOLVE for migrations it took part in.
-        incoming.listen(address)
-
-    def _incoming_service(self) -> IncomingService:
-        if self.incoming is None:
-            self.incoming = IncomingService(
-                host=self,
-                params=lambda: self.params,
-                events_enabled=lambda: self.caps.events,
-                emit_event=self.emit_event,
-                clock=self.clock,
-                expected_uuid=self.options.expected_uuid,
-            )
-        return self.incoming
-
-    def query_migrate(self) -> dict[str, object]:
-        """`query-migrate`: the newest migration, in or out (QEMU shows one at a time)."""
-        outgoing, incoming = self.outgoing, self.incoming
-        current_in = incoming.current if incoming is not None else None
-        info: dict[str, object] = {}
-        if outgoing is not None and (
-            current_in is None or outgoing.stats.started_at >= current_in.started_at
-        ):
-            info = outgoing.info()
-        elif incoming is not None:
-            info = incoming.info()
-        if incoming is not None and incoming.address is not None:
-            # Where this daemon listens, whichever migration is shown (QEMU's socket-address).
-            info.setdefault("socket-address", incoming.info()["socket-address"])
-        return info
-
-    def migration_status(self) -> MigrationStatus:
-        """The status `query-migrate` reports."""
-        return MigrationStatus(str(self.query_migrate().get("status", "none")))
-
-    # -- events and serial ---------------------------------------------------------------
+        With several hosts this becomes one compare-and-swap in an external store (etcd)
+        that either side may write (docs/architecture.md).
+        """
+        del migration_id
+        return True, ""
 
     def emit_event(self, name: str, data: Mapping[str, object] | None = None) -> None:
         """Send a QMP event to every connected client, and log it."""
         log.info("qmp_event", qmp_event=name, data=dict(data) if data else {})
         if self.qmp is not None:
             self.qmp.emit_event(name, data)
+
+    def busy_reason(self) -> str | None:
+        """Why no VM can be received now, or None."""
+        if self.outgoing is not None and is_active(self.outgoing.status):
+            return "this daemon is migrating its VM out"
+        if self.vm is not None and not self.migrated_away:
+            return f"a VM is already on this daemon (runstate {self.vm.runstate})"
+        return None
+
+    # -- migrations ----------------------------------------------------------------------
+
+    def start_outgoing(self, address: MigrationAddress) -> OutgoingMigration:
+        """`migrate`: refuse when QEMU would, else start one."""
+        vm = self._check_can_migrate(address)
+        migration = OutgoingMigration(
+            vm=vm,
+            address=address,
+            migration_id=uuid.uuid4().hex,
+            params=lambda: self.params,
+            caps=self.caps,
+            host=self,
+            clock=self.clock,
+        )
+        self.outgoing = migration
+        bind_context(role=self.options.role)
+        migration.start()
+        return migration
+
+    def _check_can_migrate(self, address: MigrationAddress) -> VirtualMachine:
+        if self.outgoing is not None and is_active(self.outgoing.status):
+            msg = "There's a migration process in progress"
+            raise CommandRefusedError(msg)
+        if self.vm is None:
+            msg = "Guest is waiting for an incoming migration"
+            raise CommandRefusedError(msg)
+        if self.vm.runstate is RunState.POSTMIGRATE:
+            msg = "Can't migrate the vm that was paused due to previous migration"
+            raise CommandRefusedError(msg)
+        if not self.caps.return_path and not isinstance(address, FileAddress):
+            msg = (
+                "capability return-path is off, but a tcp/unix migration needs the return path "
+                "for its ownership handover (docs/handover.md); only a file: migration has none"
+            )
+            raise CommandRefusedError(msg)
+        return self.vm
+
+    async def start_incoming(self, address: MigrationAddress) -> None:
+        """`migrate-incoming` (or `--incoming`): listen, or load a file (checked right away)."""
+        router = self._router()
+        if isinstance(address, FileAddress):
+            self._check_can_load_file(address)
+            router.load_file(address)
+            return
+        if router.address is not None:
+            msg = "The incoming migration has already been started"
+            raise CommandRefusedError(msg)
+        # A daemon with a VM may listen: each arriving stream is refused (BUSY) while its VM is
+        # here, and the listener answers RESOLVE for migrations it took part in.
+        router.listen(address)
+
+    def _check_can_load_file(self, address: FileAddress) -> None:
+        reason = self.busy_reason()
+        if reason is not None:
+            msg = f"cannot load {address}: {reason}"
+            raise CommandRefusedError(msg)
+        held = self.ledger.held
+        if held is not None:
+            msg = (
+                f"VM {held.uuid} from migration {held.migration_id} is held in doubt here; "
+                "resolve it first (livemig resolve)"
+            )
+            raise CommandRefusedError(msg)
+
+    def _router(self) -> IncomingRouter:
+        if self.incoming is None:
+            self.incoming = IncomingRouter(
+                ledger=self.ledger,
+                host=self,
+                busy_reason=self.busy_reason,
+                params=lambda: self.params,
+                clock=self.clock,
+            )
+        return self.incoming
+
+    def set_capabilities(self, caps: MigrationCapabilities) -> None:
+        """`migrate-set-capabilities` (the caller checked no migration runs)."""
+        self.caps = caps
+        self.ledger.events_enabled = caps.events
+
+    def set_parameters(self, params: MigrationParameters) -> None:
+        """`migrate-set-parameters`: also applies to a running migration, as in QEMU."""
+        self.params = params
+        if self.outgoing is not None:
+            self.outgoing.parameters_changed()
+
+    def query_migrate(self) -> dict[str, object]:
+        """`query-migrate`: the newest migration, in or out (QEMU shows one at a time)."""
+        outgoing, current_in = self.outgoing, self.ledger.current
+        info: dict[str, object] = {}
+        if outgoing is not None and (
+            current_in is None or outgoing.started_at >= current_in.metrics.started_at
+        ):
+            info = outgoing.info()
+        elif self.incoming is not None:
+            info = self.incoming.info()
+        if self.incoming is not None and self.incoming.address is not None:
+            # Where this daemon listens, whichever migration is shown (QEMU's socket-address).
+            info.setdefault("socket-address", self.incoming.info()["socket-address"])
+        return info
+
+    def migration_status(self) -> MigrationStatus:
+        """The status `query-migrate` reports."""
+        return MigrationStatus(str(self.query_migrate().get("status", "none")))
+
+    # -- serial ---------------------------------------------------------------------------
 
     def _serial(self, output: bytes) -> None:
         if self._serial_file is not None:
@@ -237,6 +303,12 @@ class Vmm:
             line = bytes(self._serial_line[:cut])
             del self._serial_line[: cut + 1 if cut < len(self._serial_line) else cut]
             log.debug("serial", text=line.decode("latin-1"))
+
+    def _require_vm(self) -> VirtualMachine:
+        if self.vm is None:
+            msg = "there is no VM on this daemon"
+            raise CommandRefusedError(msg)
+        return self.vm
 
 
 def version_info() -> VersionInfo:

@@ -11,10 +11,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from netio import Args, CommandRegistry, QMPError, UriError, parse_migration_uri
-from vmm.errors import CommandRefusedError, ParameterError, VmmError
-from vmm.params import capability_names
-from vmm.status import MigrationStatus, is_active
+from migration import (
+    CommandRefusedError,
+    EngineError,
+    Install,
+    MigrationStatus,
+    ParameterError,
+    capability_names,
+    is_active,
+)
+from migration.outbox import Outbox
+from netio import Args, CommandRegistry, NetIOError, QMPError, UriError, parse_migration_uri
+from vmm.runner import execute_reports
 from vmsim import RunState, WorkloadKind
 
 if TYPE_CHECKING:
@@ -56,8 +64,10 @@ def _guarded(handler: Handler) -> Handler:
     async def run(args: Args) -> object:
         try:
             return await handler(args)
-        except VmmError as exc:
+        except EngineError as exc:
             raise QMPError.generic(exc.message) from exc
+        except NetIOError as exc:
+            raise QMPError.generic(str(exc)) from exc
 
     return run
 
@@ -103,9 +113,9 @@ class _Commands:
                 "running this copy too would run it twice"
             )
         outgoing = vmm.outgoing
-        if outgoing is not None and is_active(outgoing.status.status):
+        if outgoing is not None and is_active(outgoing.status):
             raise CommandRefusedError(
-                f"the VM is being migrated (status {outgoing.status.status}); "
+                f"the VM is being migrated (status {outgoing.status}); "
                 "use migrate_cancel or, when in doubt, livemig resolve"
             )
         vm.start()
@@ -160,24 +170,17 @@ class _Commands:
     async def migrate_cancel(self, args: Args) -> object:
         args.finish()
         outgoing = self._vmm.outgoing
-        if outgoing is None or not is_active(outgoing.status.status):
-            return {}  # QEMU: a no-op when nothing runs
-        if outgoing.handed_over:
-            raise CommandRefusedError(
-                "the VM is being handed over to the destination, migrate_cancel is not "
-                "possible now (the handover is in doubt until the destination's outcome is known)"
-            )
-        outgoing.cancel()
+        if outgoing is not None:
+            outgoing.cancel()  # QEMU: a no-op when nothing runs; refused after HANDOVER
         return {}
 
     async def migrate_continue(self, args: Args) -> object:
         state = args.enum("state", [str(status) for status in MigrationStatus])
         args.finish()
         outgoing = self._vmm.outgoing
-        current = outgoing.status.status if outgoing is not None else MigrationStatus.NONE
-        if outgoing is None or str(current) != state:
-            raise CommandRefusedError(f"Migration not in expected state: {current}")
-        outgoing.continue_switchover()
+        if outgoing is None:
+            raise CommandRefusedError(f"Migration not in expected state: {MigrationStatus.NONE}")
+        outgoing.continue_switchover(state)
         return {}
 
     async def query_migrate(self, args: Args) -> object:
@@ -188,7 +191,7 @@ class _Commands:
         changes = {name: args.value(name) for name in list(args.unconsumed())}
         args.finish()
         try:
-            self._vmm.params = self._vmm.params.updated(changes)
+            self._vmm.set_parameters(self._vmm.params.updated(changes))
         except ParameterError as exc:
             raise QMPError.generic(exc.message) from exc
         return {}
@@ -210,7 +213,7 @@ class _Commands:
             MigrationStatus.CANCELLED,
         ):
             raise CommandRefusedError("There's a migration process in progress")
-        self._vmm.caps = self._vmm.caps.updated(changes)
+        self._vmm.set_capabilities(self._vmm.caps.updated(changes))
         return {}
 
     async def query_capabilities(self, args: Args) -> object:
@@ -223,38 +226,35 @@ class _Commands:
         action = args.enum("action", ["complete", "resume"])
         args.finish()
         outgoing = self._vmm.outgoing
-        if outgoing is None or outgoing.status.status is not MigrationStatus.IN_DOUBT:
+        if outgoing is None:
             raise CommandRefusedError("no outgoing migration is in doubt")
-        if action == "complete":
-            outgoing.complete_from_resolution()
-        else:
-            outgoing.resume_from_resolution(
-                "resolved by the operator: the destination does not run the VM; resumed here"
-            )
+        outgoing.resolve(destination_runs=action == "complete")
         return {}
 
     async def migrate_incoming_resolve(self, args: Args) -> object:
         action = args.enum("action", ["commit", "discard"])
         args.finish()
-        incoming = self._vmm.incoming
-        held = incoming.held if incoming is not None else None
-        if incoming is None or held is None:
+        vmm = self._vmm
+        ledger = vmm.ledger
+        held = ledger.held
+        if held is None:
             raise CommandRefusedError("no incoming migration is in doubt")
+        out = Outbox(vmm.clock())
         if action == "commit":
-            incoming.commit(held.migration_id)
+            install: Install = ledger.operator_commit(held.migration_id, out)
+            ledger.adopted(held.migration_id, vmm.run_migrated_vm(install.machine), out)
         else:
-            incoming.discard(held.migration_id, "discarded by the operator (livemig resolve)")
+            ledger.discard(held.migration_id, "discarded by the operator (livemig resolve)", out)
+        execute_reports(out.take(), vmm, context={"role": "destination"})
         return {}
 
     async def query_migration_outcome(self, args: Args) -> object:
         """What this destination did with a migration id (no side effect)."""
         migration_id = args.string("migration-id")
         args.finish()
-        incoming = self._vmm.incoming
-        if incoming is None:
-            return {"outcome": "unknown"}
-        outcome = incoming.outcome_of(migration_id)
-        record = incoming.records.get(migration_id)
+        ledger = self._vmm.ledger
+        outcome = ledger.outcome_of(migration_id)
+        record = ledger.records.get(migration_id)
         reply: dict[str, object] = {"outcome": str(outcome) if outcome else "loading"}
         if record is not None:
             reply["vm-uuid"] = record.uuid

@@ -75,19 +75,32 @@ class VirtualMachine:
         self._wakeup.set()
 
     def stop(self, state: RunState = RunState.PAUSED) -> None:
-        """QEMU `vm_stop`: stop the machine (handlers in reverse), emit STOP if it was running."""
+        """QEMU `vm_stop`: stop the machine (handlers in reverse), emit STOP if it was running.
+
+        Raises:
+            ChangeStateError: a change-state handler failed; the VM is stopped all the same
+                (and STOP was emitted), as in QEMU.
+        """
         was_running = self.is_running
-        self.machine.vm_stop(state)
-        if was_running:
-            self._emit_event("STOP")
+        try:
+            self.machine.vm_stop(state)
+        finally:
+            if was_running and not self.is_running:
+                self._emit_event("STOP")
 
     def stop_for_migration(self) -> RunState:
-        """QEMU `migration_stop_vm`: store the run state, stop to finish-migrate."""
+        """QEMU `migration_stop_vm`: store the run state, stop to finish-migrate.
+
+        Raises:
+            ChangeStateError: a change-state handler failed (the VM is stopped; its previous
+                run state is the error's `from_state`).
+        """
         was_running = self.is_running
-        old_state = self.machine.stop_for_migration()
-        if was_running:
-            self._emit_event("STOP")
-        return old_state
+        try:
+            return self.machine.stop_for_migration()
+        finally:
+            if was_running and not self.is_running:
+                self._emit_event("STOP")
 
     async def run(self) -> None:
         """Execute ticks for ever, at `tick_hz` of real time, whenever the machine runs."""

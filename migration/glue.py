@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from protocol import DeviceRef, MigrationConfiguration
-from vmm.errors import MigrationError
+from migration.errors import LoadError
+from protocol import DeviceRef, ErrorCode, MigrationConfiguration
 from vmsim import PAGE_SIZE, ConfigError, MachineConfig
 
 if TYPE_CHECKING:
@@ -46,33 +46,37 @@ def machine_config_from(
     *,
     expected_uuid: str | None,
 ) -> MachineConfig:
-    """The machine a received configuration describes, or a CONFIG_MISMATCH reason.
+    """The machine a received configuration describes, or a CONFIG_MISMATCH load error.
 
     As in QEMU, the UUID is checked only when the source asked for it (`validate-uuid`) and the
     destination knows which VM it expects; a destination without one accepts any.
 
     Raises:
-        MigrationError: the machine type, page size, RAM size or UUID differ, or the VM
+        LoadError: CONFIG_MISMATCH: the machine type, page size, RAM size or UUID differ, or the VM
             configuration is invalid.
     """
     if configuration.machine != MACHINE_TYPE:
-        raise MigrationError(
+        raise _mismatch(
             f"Machine type received is '{configuration.machine}' and local is '{MACHINE_TYPE}'"
         )
     if configuration.page_size != PAGE_SIZE:
-        raise MigrationError(
+        raise _mismatch(
             f"Received page size {configuration.page_size} but the local page size is {PAGE_SIZE}"
         )
     validate_uuid = VALIDATE_UUID in configuration.capabilities
     if validate_uuid and expected_uuid is not None and configuration.uuid != expected_uuid:
-        raise MigrationError(f"UUID received is {configuration.uuid} and local is {expected_uuid}")
+        raise _mismatch(f"UUID received is {configuration.uuid} and local is {expected_uuid}")
     try:
         config = MachineConfig.from_dict(configuration.vm)
     except ConfigError as exc:
-        raise MigrationError(f"invalid VM configuration in the stream: {exc}") from exc
+        raise _mismatch(f"invalid VM configuration in the stream: {exc}") from exc
     if config.ram_bytes != configuration.ram_size:
-        raise MigrationError(
+        raise _mismatch(
             f"RAM size {configuration.ram_size} does not match the VM configuration's "
             f"{config.ram_bytes}"
         )
     return config
+
+
+def _mismatch(message: str) -> LoadError:
+    return LoadError(message, ErrorCode.CONFIG_MISMATCH)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vmm.errors import ParameterError
-from vmm.params import MigrationCapabilities, MigrationParameters, parameter_names
+from migration.errors import ParameterError
+from migration.params import MigrationCapabilities, MigrationParameters, parameter_names
 
 
 def test_defaults_follow_qemu_except_bandwidth() -> None:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from vmm.errors import MigrationError
-from vmm.glue import configuration_for, machine_config_from
+from migration.errors import LoadError
+from migration.glue import configuration_for, machine_config_from
 from vmsim import Machine, MachineConfig
 
 if TYPE_CHECKING:
@@ -43,12 +43,12 @@ def test_round_trip(configuration: MigrationConfiguration) -> None:
 def test_mismatches_are_named(
     configuration: MigrationConfiguration, change: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(MigrationError, match=message):
+    with pytest.raises(LoadError, match=message):
         machine_config_from(dataclasses.replace(configuration, **change), expected_uuid=None)
 
 
 def test_uuid_checked_only_under_validate_uuid(configuration: MigrationConfiguration) -> None:
-    with pytest.raises(MigrationError, match=r"UUID received is 1111.* and local is 2222"):
+    with pytest.raises(LoadError, match=r"UUID received is 1111.* and local is 2222"):
         machine_config_from(configuration, expected_uuid=VM_2)
 
     unvalidated = dataclasses.replace(configuration, capabilities=())

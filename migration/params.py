@@ -17,7 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from vmm.errors import ParameterError
+from migration.errors import ParameterError
+from protocol import Timeouts
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -65,6 +66,19 @@ class MigrationParameters:
     peer_timeout_ms: int = 10_000
     connect_timeout_ms: int = 5000
     resolve_interval_ms: int = 1000
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """The protocol's liveness timers for this migration's channels."""
+        return Timeouts(
+            ping_interval_s=self.ping_interval_ms / 1000,
+            peer_timeout_s=self.peer_timeout_ms / 1000,
+        )
+
+    @property
+    def resolve_interval_s(self) -> float:
+        """Seconds between two resolve attempts (`x-resolve-interval-ms`)."""
+        return self.resolve_interval_ms / 1000
 
     def updated(self, changes: Mapping[str, object]) -> MigrationParameters:
         """Return a copy with `changes` (QMP names) applied, or raise naming the bad parameter."""

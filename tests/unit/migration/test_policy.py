@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmm.precopy import ConvergencePolicy, DirtyRateMeter, RateLimiter, WindowSample
+from migration.policy import ConvergencePolicy, DirtyRateMeter, RateLimiter, WindowSample
 
 
 def _sample(now: float, sent: int, dirty: int = 0, rate: float = 0.0) -> WindowSample:

@@ -1,0 +1,447 @@
+"""The destination's migration state machine: one incoming stream, to handover or failure.
+
+For each main channel (or file) the router hands over, a `DestMigration` checks the
+configuration, asks for an empty machine (RAM allocated and pre-faulted in a thread while PINGs
+are still answered), attaches that machine's RAM loader as the protocol's page sink (page data
+goes from the kernel straight into guest RAM), loads START/FULL sections through the savevm
+framework, checks that every device arrived, reports LOADED (with the digest under
+x-digest-check) and waits for HANDOVER or ABORT (docs/handover.md). What the migration *is*
+(loading, loaded, held, committed, discarded) lives in the ledger's record, which outlives the
+connection; this machine drives one connection's part of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from migration import actions as act
+from migration import inputs as inp
+from migration.errors import LoadError
+from migration.glue import DIGEST_CHECK, machine_config_from
+from migration.ledger import Install, Loaded, Loading, Preparing
+from migration.outbox import Outbox
+from migration.table import DestTrigger
+from protocol import (
+    AbortReceived,
+    ConfigurationReceived,
+    ConnectionClosed,
+    DescriptionReceived,
+    DeviceStateReceived,
+    ErrorCode,
+    HandoverReceived,
+    LocalProtocolError,
+    PeerTimedOut,
+    PingReceived,
+    RamPagesReceived,
+    ReturnPathRequested,
+    SectionStarted,
+    StreamEnded,
+)
+from vmsim import (
+    SectionFull,
+    SectionStart,
+    VMSimError,
+    load_check_complete,
+    load_cleanup,
+    load_section_full,
+    load_section_start,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from migration.ledger import IncomingLedger, IncomingRecord
+    from protocol import DestConnection, MigrationConfiguration
+    from vmsim import Machine
+
+
+_LOAD_EVENTS = (
+    SectionStarted,
+    RamPagesReceived,
+    DeviceStateReceived,
+    StreamEnded,
+    DescriptionReceived,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingConfiguration:
+    """The channel is ours; its CONFIGURATION has not arrived yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingRam:
+    """Guest RAM is being allocated; OPEN_ACK goes out once it is ready (if asked for)."""
+
+    record: IncomingRecord
+    config: MigrationConfiguration
+    ack_requested: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Receiving:
+    """Sections arrive and load; `ended` once EOF arrived."""
+
+    record: IncomingRecord
+    config: MigrationConfiguration
+    ended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Adopting:
+    """Committed: the daemon installs the VM; RESUMED follows."""
+
+    record: IncomingRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """The last reply is on its way; the channel closes once it left."""
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Nothing left to do."""
+
+
+Phase = AwaitingConfiguration | AwaitingRam | Receiving | Adopting | Closing | Done
+
+
+class DestMigration:
+    """One incoming stream, as a sans-IO state machine.
+
+    Args:
+        ledger: the daemon's ledger of incoming migrations.
+        conn: the main channel's (or file's) protocol connection.
+        channel: its key.
+        from_file: a `file:` stream: no return path, committed once loaded (a snapshot).
+        busy_reason: why this daemon cannot take a VM now (a VM runs here), or None; asked
+            when the configuration arrives.
+        now: the current time (the runner's clock, seconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        ledger: IncomingLedger,
+        conn: DestConnection,
+        channel: inp.ChannelKey,
+        from_file: bool,
+        busy_reason: Callable[[], str | None],
+        now: float,
+    ) -> None:
+        self.ledger = ledger
+        self.conn = conn
+        self.channel = channel
+        self.from_file = from_file
+        self._busy_reason = busy_reason
+        self._out = Outbox(now)
+        self.phase: Phase = AwaitingConfiguration()
+
+    def next_deadline(self) -> float | None:
+        """Never: the connection's own timer watches the peer."""
+        return None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the machine has nothing left to do."""
+        return isinstance(self.phase, Done)
+
+    @property
+    def record(self) -> IncomingRecord | None:
+        """The ledger record of this stream, once its configuration was accepted."""
+        phase = self.phase
+        return phase.record if isinstance(phase, AwaitingRam | Receiving | Adopting) else None
+
+    def start(self, now: float, first: ConfigurationReceived | None = None) -> list[act.Action]:
+        """Begin with the configuration the router already read, or read until it arrives."""
+        self._out.begin(now)
+        if first is None or not self.from_file:
+            self._out.do(act.Receive(channel=self.channel))  # PINGs are answered meanwhile
+        if first is not None:
+            self._guarded(lambda: self._on_configuration(first.config))
+        return self._out.take()
+
+    def handle(self, event: inp.Input, now: float) -> list[act.Action]:
+        """Take one input; return the actions to execute, in order."""
+        self._out.begin(now)
+        self._guarded(lambda: self._dispatch(event))
+        return self._out.take()
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        try:
+            self._refresh()
+            if self._decided_elsewhere():
+                self._close()  # a RESOLVE connection or an operator settled it
+                return
+            step()
+        except LoadError as exc:
+            self._refuse(exc.code, exc.message)
+
+    def _dispatch(self, event: inp.Input) -> None:
+        match event:
+            case inp.PeerEventReceived(channel=channel, event=received) if channel == self.channel:
+                self._on_event(received)
+            case inp.ChannelFailed(channel=channel, reason=reason, code=code):
+                if channel != self.channel:
+                    return
+                if code is None:
+                    self._lost(f"connection lost: {reason}")
+                else:
+                    self._refuse(code, f"bad migration stream: {reason}")
+            case inp.MachinePrepared(machine=machine):
+                self._on_prepared(machine)
+            case inp.MachinePrepareFailed(reason=reason):
+                self._refuse(ErrorCode.INTERNAL, f"cannot build the VM here: {reason}")
+            case inp.VmAdopted(runstate=runstate):
+                self._on_adopted(runstate)
+            case inp.SendDone(channel=channel) if isinstance(self.phase, Closing):
+                self._close()
+            case inp.ShutdownRequested():
+                self._close()
+            case _:
+                pass
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, _LOAD_EVENTS):
+            self._on_load_event(event)
+            return
+        match event:
+            case ConfigurationReceived(config=config):
+                self._on_configuration(config)
+            case ReturnPathRequested():
+                self._on_ack_request()
+            case PingReceived():
+                self._out.flush(self.channel)  # the PONG the protocol queued
+            case HandoverReceived():
+                self._commit()
+            case AbortReceived(reason=reason):
+                if (record := self.record) is not None:
+                    self.ledger.discard(record.migration_id, f"source aborted: {reason}", self._out)
+                self._close()
+            case ConnectionClosed() | PeerTimedOut():
+                self._on_close(event)
+            case _:
+                pass
+
+    def _on_load_event(self, event: object) -> None:
+        match event:
+            case SectionStarted():
+                self._load(lambda m: load_section_start(m.savevm, _start_record(event)))
+            case RamPagesReceived():
+                self._on_pages(event)
+            case DeviceStateReceived():
+                self._load(lambda m: load_section_full(m.savevm, _full_record(event)))
+                self._require_receiving().record.metrics.devices.add(
+                    (event.idstr, event.instance_id)
+                )
+            case StreamEnded():
+                self._on_stream_ended()
+            case DescriptionReceived():
+                self._loaded()
+            case _:
+                pass
+
+    # ------------------------------------------------------------------ setup
+
+    def _on_configuration(self, config: MigrationConfiguration) -> None:
+        if not isinstance(self.phase, AwaitingConfiguration):
+            return
+        machine_config = machine_config_from(config, expected_uuid=self.ledger.expected_uuid)
+        record = self.ledger.begin(
+            config, from_file=self.from_file, busy_reason=self._busy_reason(), out=self._out
+        )
+        self.phase = AwaitingRam(record=record, config=config)
+        self._out.log("incoming_setup", ram_bytes=machine_config.ram_bytes)
+        self._out.do(act.PrepareMachine(config=machine_config))
+
+    def _on_ack_request(self) -> None:
+        phase = self.phase
+        if isinstance(phase, AwaitingRam):
+            self.phase = AwaitingRam(record=phase.record, config=phase.config, ack_requested=True)
+        else:
+            self.conn.send_open_ack()
+            self._out.flush(self.channel)
+
+    def _on_prepared(self, machine: Machine) -> None:
+        phase = self.phase
+        if not isinstance(phase, AwaitingRam):
+            return  # refused or lost meanwhile: the machine is dropped
+        record = phase.record
+        self.ledger.advance(record, DestTrigger.RAM_READY, Loading(machine=machine), self._out)
+        record.metrics.ram_ready_at = self._out.now
+        self.conn.attach_sink(machine.ram_handler.loader)
+        self.phase = Receiving(record=record, config=phase.config)
+        if phase.ack_requested:
+            self.conn.send_open_ack()
+            self._out.flush(self.channel)
+        if self.from_file:
+            self._out.do(act.Receive(channel=self.channel))  # a file is read once RAM is ready
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self, step: Callable[[Machine], None]) -> None:
+        machine = self._require_receiving().record.machine
+        if machine is None:
+            msg = "no guest to load into"
+            raise LoadError(msg, ErrorCode.INTERNAL)
+        try:
+            step(machine)
+        except VMSimError as exc:
+            raise LoadError(str(exc), ErrorCode.LOAD_FAILED) from exc
+
+    def _on_pages(self, event: RamPagesReceived) -> None:
+        phase = self._require_receiving()
+        if event.data is not None:
+            msg = "page data arrived without guest RAM"
+            raise LoadError(msg, ErrorCode.INTERNAL)
+        phase.record.metrics.normal_pages += event.normal_pages
+        phase.record.metrics.zero_pages += event.zero_pages
+
+    def _on_stream_ended(self) -> None:
+        phase = self._require_receiving()
+        self._load(lambda m: load_check_complete(m.savevm, phase.record.metrics.devices))
+        self.phase = Receiving(record=phase.record, config=phase.config, ended=True)
+
+    def _loaded(self) -> None:
+        phase = self._require_receiving()
+        record, machine = phase.record, phase.record.machine
+        if machine is None or not phase.ended:
+            msg = "the stream ended before its end of stream"
+            raise LoadError(msg, ErrorCode.UNEXPECTED_SECTION)
+        load_cleanup(machine.savevm)
+        digest = machine.digest() if DIGEST_CHECK in phase.config.capabilities else None
+        self.ledger.advance(record, DestTrigger.STREAM_LOADED, Loaded(machine=machine), self._out)
+        record.metrics.loaded_at = self._out.now
+        self._out.log_figures("incoming_loaded", record.metrics.summary())
+        if self.from_file:
+            # A file has no handover: it is a snapshot, nothing else can run this copy.
+            self._commit()
+            return
+        metrics = record.metrics
+        self.conn.send_loaded(
+            digest=digest,
+            normal_pages=metrics.normal_pages,
+            zero_pages=metrics.zero_pages,
+            devices=len(metrics.devices),
+        )
+        self._out.flush(self.channel)
+
+    # ------------------------------------------------------------------ handover
+
+    def _commit(self) -> None:
+        record = self._require_receiving().record
+        decision = self.ledger.commit(record.migration_id, self._out, from_file=self.from_file)
+        if isinstance(decision, Install):
+            self.phase = Adopting(record=record)
+            self._out.do(act.RunMigratedVm(machine=decision.machine))
+        else:
+            self._on_adopted(decision)
+
+    def _on_adopted(self, runstate: str) -> None:
+        phase = self.phase
+        if isinstance(phase, Adopting):
+            self.ledger.adopted(phase.record.migration_id, runstate, self._out)
+        if self.from_file:
+            self._close()
+            return
+        self.conn.send_resumed(runstate)
+        self.phase = Closing()
+        self._out.flush(self.channel)
+
+    # ------------------------------------------------------------------ endings
+
+    def _on_close(self, event: ConnectionClosed | PeerTimedOut) -> None:
+        phase = self.phase
+        if (
+            self.from_file
+            and isinstance(event, ConnectionClosed)
+            and event.clean
+            and isinstance(phase, Receiving)
+            and phase.ended
+        ):
+            self._loaded()  # VMDESCRIPTION is optional in a file (QEMU reads it only if there)
+            return
+        self._lost(_describe_loss(event))
+
+    def _lost(self, reason: str) -> None:
+        """The source is gone: hold the VM in doubt if it was loaded, else discard it."""
+        record = self.record
+        if record is not None:
+            if isinstance(record.state, Loaded):
+                self.ledger.hold(record.migration_id, reason, self._out)
+            elif isinstance(record.state, Preparing | Loading):
+                self.ledger.discard(
+                    record.migration_id, f"incomplete migration: {reason}", self._out
+                )
+        self._close()
+
+    def _refuse(self, code: ErrorCode, reason: str) -> None:
+        record = self.record
+        if record is not None:
+            self.ledger.discard(record.migration_id, reason, self._out)
+        else:
+            self._out.log("incoming_refused", level=act.Level.WARNING, reason=reason)
+        if not self.from_file:
+            with contextlib.suppress(LocalProtocolError):  # a final reply went out already
+                self.conn.send_failed(code, reason[:400])
+        self.phase = Done()
+        self._out.do(act.CloseChannel(channel=self.channel, linger_s=1.0))
+        self._out.do(act.Finished())
+
+    def _close(self) -> None:
+        if isinstance(self.phase, Done):
+            return
+        self.phase = Done()
+        self._out.do(act.CloseChannel(channel=self.channel))
+        self._out.do(act.Finished())
+
+    # ------------------------------------------------------------------ helpers
+
+    def _refresh(self) -> None:
+        record = self.record
+        if record is not None:
+            record.metrics.received_bytes = self.conn.received_bytes
+
+    def _decided_elsewhere(self) -> bool:
+        phase = self.phase
+        if not isinstance(phase, Receiving):
+            return False
+        return not isinstance(phase.record.state, Loading | Loaded)
+
+    def _require_receiving(self) -> Receiving:
+        phase = self.phase
+        if not isinstance(phase, Receiving):
+            msg = f"a section arrived before the destination acknowledged ({type(phase).__name__})"
+            raise LoadError(msg, ErrorCode.UNEXPECTED_SECTION)
+        return phase
+
+
+def _start_record(event: SectionStarted) -> SectionStart:
+    return SectionStart(
+        section_id=event.section_id,
+        idstr=event.idstr,
+        instance_id=event.instance_id,
+        version_id=event.version_id,
+        setup=dict(event.setup),
+    )
+
+
+def _full_record(event: DeviceStateReceived) -> SectionFull:
+    return SectionFull(
+        section_id=event.section_id,
+        idstr=event.idstr,
+        instance_id=event.instance_id,
+        version_id=event.version_id,
+        state=dict(event.state),
+    )
+
+
+def _describe_loss(event: ConnectionClosed | PeerTimedOut) -> str:
+    if isinstance(event, PeerTimedOut):
+        return f"the source went silent for {event.idle_s:.1f} s"
+    return "the source closed the connection" if event.clean else "the connection was cut"

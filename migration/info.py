@@ -1,0 +1,91 @@
+"""The `query-migrate` reply, built from one side's metrics.
+
+Field names and meanings follow QEMU's `MigrationInfo` and `MigrationStats` (qapi/migration.json)
+and its rules for which members appear in which status (`fill_source_migration_info`,
+`populate_time_info`, `populate_ram_info`). livemig's own extras start with `x-`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from migration.status import MigrationStatus
+
+if TYPE_CHECKING:
+    from migration.ledger import IncomingRecord
+    from migration.metrics import SourceMetrics
+
+S = MigrationStatus
+_RAM_STATUSES: Final = frozenset(
+    {S.ACTIVE, S.PRE_SWITCHOVER, S.DEVICE, S.CANCELLING, S.IN_DOUBT, S.COMPLETED}
+)
+_ERROR_STATUSES: Final = frozenset({S.FAILED, S.IN_DOUBT, S.CANCELLED})
+
+
+def source_info(
+    status: MigrationStatus, metrics: SourceMetrics, *, now: float
+) -> dict[str, object]:
+    """The `query-migrate` reply of a source, member by member as QEMU decides."""
+    if status is S.NONE:
+        return {}
+    info: dict[str, object] = {"status": str(status)}
+    if status in _RAM_STATUSES:
+        info.update(_time_info(status, metrics, now=now))
+        info["ram"] = _ram_info(status, metrics)
+    if status is S.COMPLETED:
+        info["x-downtime-breakdown"] = metrics.downtime.breakdown_ms()
+        info["x-iterations"] = metrics.dirty_sync_count
+    if metrics.error_desc is not None and status in _ERROR_STATUSES:
+        info["error-desc"] = metrics.error_desc
+    return info
+
+
+def _time_info(status: MigrationStatus, metrics: SourceMetrics, *, now: float) -> dict[str, object]:
+    info: dict[str, object] = {"total-time": metrics.total_ms(now)}
+    if metrics.setup_done_at is not None:
+        info["setup-time"] = round((metrics.setup_done_at - metrics.started_at) * 1000)
+    downtime = metrics.downtime_ms()
+    if status is S.COMPLETED and downtime is not None:
+        info["downtime"] = downtime
+    else:
+        info["expected-downtime"] = metrics.expected_downtime_ms
+    return info
+
+
+def _ram_info(status: MigrationStatus, metrics: SourceMetrics) -> dict[str, object]:
+    ram: dict[str, object] = {
+        "transferred": metrics.transferred_bytes,
+        "total": metrics.total_bytes,
+        "duplicate": metrics.zero_pages,
+        "normal": metrics.normal_pages,
+        "normal-bytes": metrics.normal_pages * metrics.page_size,
+        "dirty-sync-count": metrics.dirty_sync_count,
+        "page-size": metrics.page_size,
+        "mbps": round(metrics.mbps, 3),
+        "pages-per-second": round(metrics.pages_per_second),
+        "precopy-bytes": metrics.precopy_bytes,
+        "downtime-bytes": metrics.downtime_bytes,
+        "postcopy-bytes": 0,
+    }
+    if status is not S.COMPLETED:
+        ram["remaining"] = metrics.remaining_bytes
+        ram["dirty-pages-rate"] = round(metrics.dirty_pages_rate)
+    return ram
+
+
+def dest_info(record: IncomingRecord | None) -> dict[str, object]:
+    """The `query-migrate` reply of a destination: its newest incoming migration.
+
+    QEMU shows a destination's status and `error-desc`; livemig adds the migration id and the
+    VM's UUID (what `livemig resolve` matches).
+    """
+    if record is None:
+        return {}
+    info: dict[str, object] = {
+        "status": str(record.status),
+        "x-migration-id": record.migration_id,
+        "x-vm-uuid": record.uuid,
+    }
+    if record.reason is not None:
+        info["error-desc"] = record.reason
+    return info

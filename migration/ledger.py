@@ -1,0 +1,338 @@
+"""The destination's ledger: every incoming migration it has seen, and what became of it.
+
+Each migration has one `IncomingRecord`. Its state is a value that carries what that state needs
+(the loaded machine while it may still run here, the reason once discarded), so nothing is
+cleared by hand, and it changes only along the destination's status table
+(`migration.table.DEST_ROWS`):
+
+    Preparing -> Loading -> Loaded -> Committed        (HANDOVER on the live connection)
+                                   +-> Held -> Committed (HANDOVER after a RESOLVE, or operator)
+    any state but Committed -> Discarded                (ABORT, a failed load, an operator)
+
+A decision (committed or discarded) is final, and a record is only ever changed by its own id, so
+an old connection cannot touch a newer migration (docs/handover.md, rule 5). `query-migrate`
+shows the newest record. The ledger refuses a second stream while one is loading, a VM runs here,
+or one is held in doubt (BUSY), and lets a validated stream of the same VM supersede a held copy
+(only the VM's owner can start migrating it). It answers RESOLVE for every migration it has seen;
+a restarted destination knows none of them (`unknown`), which is safe: it holds no copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from migration import actions as act
+from migration.errors import LoadError, TransitionError
+from migration.metrics import DestMetrics
+from migration.status import MigrationStatus
+from migration.table import DestTrigger, Side, StatusMachine
+from protocol import ErrorCode, Outcome
+
+if TYPE_CHECKING:
+    from migration.outbox import Outbox
+    from protocol import MigrationConfiguration
+    from vmsim import Machine
+
+D = DestTrigger
+S = MigrationStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Preparing:
+    """Configuration accepted; guest RAM is being allocated and pre-faulted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Loading:
+    """Sections arrive and load into `machine`."""
+
+    machine: Machine
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Everything loaded and checked, LOADED sent; waiting for HANDOVER or ABORT."""
+
+    machine: Machine
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Loaded, then the source went away: paused, in doubt (docs/handover.md rule 4)."""
+
+    machine: Machine
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The VM runs here (or keeps the source's run state); `runstate` once it is installed."""
+
+    runstate: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Discarded:
+    """Never to run here."""
+
+    reason: str
+
+
+RecordState = Preparing | Loading | Loaded | Held | Committed | Discarded
+_RECEIVING: Final = (Preparing, Loading, Loaded)
+
+STATUS_OF: Final[dict[type[RecordState], MigrationStatus]] = {
+    Preparing: S.SETUP,
+    Loading: S.ACTIVE,
+    Loaded: S.ACTIVE,
+    Held: S.IN_DOUBT,
+    Committed: S.COMPLETED,
+    Discarded: S.FAILED,
+}
+OUTCOME_OF: Final[dict[type[RecordState], Outcome]] = {
+    Loaded: Outcome.IN_DOUBT,
+    Held: Outcome.IN_DOUBT,
+    Committed: Outcome.COMMITTED,
+    Discarded: Outcome.DISCARDED,
+}
+
+
+class IncomingRecord:
+    """One incoming migration: its identity, state, metrics and fate."""
+
+    def __init__(self, *, migration_id: str, uuid: str | None, from_file: bool, now: float) -> None:
+        self.migration_id = migration_id
+        self.uuid = uuid
+        self.from_file = from_file
+        self.metrics = DestMetrics(started_at=now)
+        self.state: RecordState = Preparing()
+        self._status = StatusMachine(Side.DESTINATION)
+        self._status.fire(D.STREAM_ACCEPTED)
+
+    @property
+    def status(self) -> MigrationStatus:
+        """The QEMU status this record shows as."""
+        return self._status.status
+
+    @property
+    def machine(self) -> Machine | None:
+        """The received machine, while it may still run here."""
+        state = self.state
+        return state.machine if isinstance(state, Loading | Loaded | Held) else None
+
+    @property
+    def reason(self) -> str | None:
+        """Why it was discarded or is held, if so."""
+        state = self.state
+        return state.reason if isinstance(state, Discarded | Held) else None
+
+    def move(self, trigger: DestTrigger, state: RecordState) -> None:
+        """Fire `trigger` and take `state`, which must show as the status the table gives.
+
+        Raises:
+            TransitionError: the table has no such row, or `state` does not fit it (a bug).
+        """
+        if not self._status.can_fire(trigger):
+            msg = (
+                f"incoming migration {self.migration_id} in status '{self.status}' "
+                f"({type(self.state).__name__}) cannot take '{trigger}'"
+            )
+            raise TransitionError(msg)
+        before = self._status.status
+        after = self._status.fire(trigger)
+        if STATUS_OF[type(state)] is not after:
+            self._status.status = before
+            msg = f"{type(state).__name__} does not show as '{after}'"
+            raise TransitionError(msg)
+        self.state = state
+
+
+@dataclass(frozen=True, slots=True)
+class Install:
+    """HANDOVER decided: install `machine` as this daemon's VM, then call `adopted`."""
+
+    machine: Machine
+
+
+class IncomingLedger:
+    """Every incoming migration this daemon has seen, by id; the newest is `current`."""
+
+    def __init__(self, *, expected_uuid: str | None = None) -> None:
+        self.expected_uuid = expected_uuid
+        self.records: dict[str, IncomingRecord] = {}
+        self.current: IncomingRecord | None = None
+        self.events_enabled = False
+
+    @property
+    def held(self) -> IncomingRecord | None:
+        """The loaded VM held in doubt, if any."""
+        return next((r for r in self.records.values() if isinstance(r.state, Held)), None)
+
+    def outcome_of(self, migration_id: str) -> Outcome | None:
+        """What became of a migration (no side effect); None while it is still loading."""
+        record = self.records.get(migration_id)
+        if record is None:
+            return Outcome.UNKNOWN
+        return OUTCOME_OF.get(type(record.state))
+
+    # ------------------------------------------------------------------ decisions
+
+    def begin(
+        self,
+        config: MigrationConfiguration,
+        *,
+        from_file: bool,
+        busy_reason: str | None,
+        out: Outbox,
+    ) -> IncomingRecord:
+        """Accept a checked configuration as a new migration.
+
+        Raises:
+            LoadError: BUSY: another stream loads, a VM runs here, one is held, or the id was
+                already received.
+        """
+        refusal = self._refusal(config, from_file=from_file, busy_reason=busy_reason)
+        if refusal is not None:
+            raise LoadError(refusal, ErrorCode.BUSY)
+        held = self.held
+        if held is not None:  # the same VM over the network: only its owner can migrate it
+            self.discard(held.migration_id, f"superseded by migration {config.migration_id}", out)
+        record = IncomingRecord(
+            migration_id=config.migration_id, uuid=config.uuid, from_file=from_file, now=out.now
+        )
+        self.records[record.migration_id] = record
+        self.current = record
+        self._announce(record, out)
+        return record
+
+    def advance(
+        self, record: IncomingRecord, trigger: DestTrigger, state: RecordState, out: Outbox
+    ) -> None:
+        """Move a record (and emit MIGRATION when it is the current one)."""
+        before = record.status
+        record.move(trigger, state)
+        if record.status is not before:
+            self._announce(record, out)
+
+    def commit(self, migration_id: str, out: Outbox, *, from_file: bool = False) -> Install | str:
+        """HANDOVER (or a loaded file): decide that the VM runs here (idempotent).
+
+        Returns:
+            `Install` the first time (the caller installs the machine, then calls `adopted`),
+            the run state when it was committed before.
+
+        Raises:
+            LoadError: the migration is not loaded here (nothing to run).
+        """
+        record = self._record(migration_id)
+        state = record.state
+        if isinstance(state, Committed):
+            return state.runstate or "running"
+        machine = record.machine
+        if not isinstance(state, Loaded | Held) or machine is None:
+            why = f": {record.reason}" if record.reason else ""
+            what = type(state).__name__.lower()
+            msg = f"migration {migration_id} is {what}{why}; it cannot run here"
+            raise LoadError(msg, ErrorCode.PROTOCOL_ERROR)
+        trigger = D.FILE_LOADED if from_file else D.HANDOVER
+        self.advance(record, trigger, Committed(), out)  # decided before the VM starts (rule 5)
+        record.metrics.ended_at = out.now
+        return Install(machine=machine)
+
+    def adopted(self, migration_id: str, runstate: str, out: Outbox) -> None:
+        """The committed VM was installed and runs as `runstate`."""
+        record = self._record(migration_id)
+        record.state = Committed(runstate=runstate)
+        out.log("handover_committed", migration_id=migration_id, runstate=runstate)
+
+    def operator_commit(self, migration_id: str, out: Outbox) -> Install:
+        """`x-migrate-incoming-resolve commit` of a held VM."""
+        record = self._record(migration_id)
+        state = record.state
+        if not isinstance(state, Held):
+            msg = f"migration {migration_id} is not held in doubt here"
+            raise LoadError(msg, ErrorCode.PROTOCOL_ERROR)
+        self.advance(record, D.OPERATOR_COMMIT, Committed(), out)
+        record.metrics.ended_at = out.now
+        return Install(machine=state.machine)
+
+    def discard(self, migration_id: str, reason: str, out: Outbox) -> None:
+        """Never run this migration's VM here (a committed one cannot be discarded)."""
+        record = self._record(migration_id)
+        if isinstance(record.state, Committed):
+            out.log(
+                "discard_after_commit_refused",
+                level=act.Level.ERROR,
+                migration_id=migration_id,
+                reason=reason,
+            )
+            return
+        if isinstance(record.state, Discarded):
+            return
+        self.advance(record, D.DISCARDED, Discarded(reason=reason), out)
+        record.metrics.ended_at = out.now
+        out.log(
+            "incoming_discarded", level=act.Level.WARNING, migration_id=migration_id, reason=reason
+        )
+
+    def hold(self, migration_id: str, reason: str, out: Outbox) -> None:
+        """Keep a loaded VM paused in doubt (rule 4 of docs/handover.md)."""
+        record = self._record(migration_id)
+        state = record.state
+        if not isinstance(state, Loaded):
+            return
+        why = (
+            f"handover in doubt: {reason}; the loaded VM is held paused until the source's "
+            "decision is known (livemig resolve)"
+        )
+        self.advance(record, D.SOURCE_LOST, Held(machine=state.machine, reason=why), out)
+        out.log(
+            "incoming_in_doubt", level=act.Level.WARNING, migration_id=migration_id, reason=reason
+        )
+
+    def answer_resolve(self, migration_id: str, out: Outbox) -> Outcome:
+        """RESOLVE from a source: the outcome, deciding `discarded` for an unfinished load."""
+        record = self.records.get(migration_id)
+        if record is not None and isinstance(record.state, Preparing | Loading):
+            # The source gave this stream up (it asks from a new connection): never run it.
+            self.discard(
+                migration_id, "the source abandoned the migration before it was loaded", out
+            )
+        return self.outcome_of(migration_id) or Outcome.DISCARDED
+
+    # ------------------------------------------------------------------ helpers
+
+    def _refusal(
+        self, config: MigrationConfiguration, *, from_file: bool, busy_reason: str | None
+    ) -> str | None:
+        if config.migration_id in self.records:
+            return f"migration {config.migration_id} was already received here"
+        busy = [
+            r for r in self.records.values() if isinstance(r.state, Preparing | Loading | Loaded)
+        ]
+        if busy:
+            return (
+                f"the destination is already receiving migration {busy[0].migration_id}; "
+                "a second concurrent stream is refused"
+            )
+        if busy_reason is not None:
+            return busy_reason
+        held = self.held
+        if held is not None and (from_file or held.uuid is None or held.uuid != config.uuid):
+            return (
+                f"VM {held.uuid} from migration {held.migration_id} is held in doubt here; "
+                "resolve it first (livemig resolve)"
+            )
+        return None
+
+    def _announce(self, record: IncomingRecord, out: Outbox) -> None:
+        if record is self.current and self.events_enabled:
+            out.do(act.EmitEvent(name="MIGRATION", data={"status": str(record.status)}))
+
+    def _record(self, migration_id: str) -> IncomingRecord:
+        record = self.records.get(migration_id)
+        if record is None:
+            msg = f"no incoming migration {migration_id} here"
+            raise LoadError(msg, ErrorCode.PROTOCOL_ERROR)
+        return record

@@ -1,0 +1,160 @@
+"""Typed metrics of one migration, one object per side (cloud-hypervisor's MigrationContext).
+
+The state machines update them; `query-migrate` (`migration.info`), the progress bar, the logs
+and the benchmarks read them, and nothing else keeps counters. A destination's metrics live in
+its ledger record, so they outlive the connection that produced them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def elapsed_ms(seconds: float) -> int:
+    """A non-negative duration in whole milliseconds."""
+    return max(0, round(seconds * 1000.0))
+
+
+@dataclass(kw_only=True, slots=True)
+class DowntimeMarks:
+    """Instants of the switchover, on the source's clock (seconds), to split the downtime."""
+
+    stopped_at: float | None = None
+    final_ram_sent_at: float | None = None
+    devices_sent_at: float | None = None
+    loaded_at: float | None = None
+    resumed_at: float | None = None
+
+    def breakdown_ms(self) -> dict[str, int]:
+        """Downtime phases: final RAM, device state, destination load+check, handover+resume."""
+        marks = [
+            ("final-ram", self.final_ram_sent_at),
+            ("device-state", self.devices_sent_at),
+            ("load-and-check", self.loaded_at),
+            ("handover", self.resumed_at),
+        ]
+        phases: dict[str, int] = {}
+        previous = self.stopped_at
+        for name, at in marks:
+            if previous is None or at is None:
+                break
+            phases[name] = elapsed_ms(at - previous)
+            previous = at
+        return phases
+
+
+@dataclass(kw_only=True, slots=True)
+class SourceMetrics:
+    """Everything an outgoing migration counts and measures.
+
+    Attributes:
+        page_size: bytes per page.
+        total_bytes: guest RAM size.
+        started_at: when `migrate` started it (the source's clock, seconds).
+        setup_done_at: when setup ended (status active).
+        ended_at: when it completed, failed or was cancelled.
+        transferred_bytes: bytes the kernel took on every channel of the migration.
+        bytes_at_stop: `transferred_bytes` when the VM stopped.
+        normal_pages: pages sent as data.
+        zero_pages: pages sent as zero pages (QEMU's `duplicate`).
+        remaining_bytes: bytes still to send, as of the last estimate or sync.
+        dirty_sync_count: dirty-log syncs (passes), the setup sync included.
+        dirty_pages_rate: pages the guest dirties per second (QEMU, updated once a second).
+        mbps: bandwidth of the last closed 100 ms window, megabits per second.
+        pages_per_second: pages sent per second in the last closed window.
+        threshold_bytes: what fits the downtime limit at the planning bandwidth.
+        expected_downtime_ms: QEMU's expected downtime.
+        downtime: the switchover's instants.
+        error_desc: why it failed (or is in doubt); None when cancelled (as QEMU).
+    """
+
+    page_size: int
+    total_bytes: int
+    started_at: float
+    setup_done_at: float | None = None
+    ended_at: float | None = None
+    transferred_bytes: int = 0
+    bytes_at_stop: int | None = None
+    normal_pages: int = 0
+    zero_pages: int = 0
+    remaining_bytes: int = 0
+    dirty_sync_count: int = 0
+    dirty_pages_rate: float = 0.0
+    mbps: float = 0.0
+    pages_per_second: float = 0.0
+    threshold_bytes: int = 0
+    expected_downtime_ms: int = 0
+    downtime: DowntimeMarks = field(default_factory=DowntimeMarks)
+    error_desc: str | None = None
+
+    @property
+    def transferred_pages(self) -> int:
+        """Pages sent, of any kind."""
+        return self.normal_pages + self.zero_pages
+
+    @property
+    def precopy_bytes(self) -> int:
+        """Bytes sent while the VM ran."""
+        return self.transferred_bytes if self.bytes_at_stop is None else self.bytes_at_stop
+
+    @property
+    def downtime_bytes(self) -> int:
+        """Bytes sent while the VM was stopped."""
+        return 0 if self.bytes_at_stop is None else self.transferred_bytes - self.bytes_at_stop
+
+    def downtime_ms(self) -> int | None:
+        """Stop to the destination's RESUMED (or, without a handover, to the end), once known."""
+        marks = self.downtime
+        if marks.stopped_at is None or marks.resumed_at is None:
+            return None
+        return elapsed_ms(marks.resumed_at - marks.stopped_at)
+
+    def total_ms(self, now: float) -> int:
+        """From `migrate` to the end, or to `now` while it runs."""
+        return elapsed_ms((self.ended_at if self.ended_at is not None else now) - self.started_at)
+
+    def summary(self, now: float) -> dict[str, object]:
+        """The canonical figures of a finished migration, for its summary log line."""
+        return {
+            "total_ms": self.total_ms(now),
+            "downtime_ms": self.downtime_ms(),
+            "downtime_breakdown_ms": self.downtime.breakdown_ms(),
+            "transferred_bytes": self.transferred_bytes,
+            "normal_pages": self.normal_pages,
+            "zero_pages": self.zero_pages,
+            "dirty_syncs": self.dirty_sync_count,
+        }
+
+
+@dataclass(kw_only=True, slots=True)
+class DestMetrics:
+    """Everything an incoming migration counts.
+
+    Attributes:
+        started_at: when its configuration was accepted (the destination's clock, seconds).
+        ram_ready_at: when guest RAM was allocated and pre-faulted (OPEN_ACK).
+        loaded_at: when the whole stream was loaded and checked (LOADED).
+        ended_at: when it was committed or discarded.
+        received_bytes: bytes received on its channels.
+        normal_pages: pages received as data.
+        zero_pages: pages received as zero pages.
+        devices: devices whose state was loaded, by (idstr, instance_id).
+    """
+
+    started_at: float
+    ram_ready_at: float | None = None
+    loaded_at: float | None = None
+    ended_at: float | None = None
+    received_bytes: int = 0
+    normal_pages: int = 0
+    zero_pages: int = 0
+    devices: set[tuple[str, int]] = field(default_factory=set)
+
+    def summary(self) -> dict[str, object]:
+        """The canonical figures of a load, for its log line."""
+        return {
+            "received_bytes": self.received_bytes,
+            "normal_pages": self.normal_pages,
+            "zero_pages": self.zero_pages,
+            "devices": len(self.devices),
+        }

@@ -1,0 +1,304 @@
+"""The source's main stream, from the channel handshake to VMDESCRIPTION.
+
+`StreamSender` puts every frame of the main stream on the main channel and says when a milestone
+of the migration is reached (`SetupDone`, `SwitchoverDue`, `StreamSent`); the source machine
+(`migration.source`) owns the status and the decisions. Within the stream, `phase` says what the
+sender waits for; each phase is a small value carrying what it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from migration.actions import Level
+from migration.errors import TransitionError
+from migration.glue import configuration_for
+from migration.inputs import ChannelKey
+from migration.precopy import (
+    MAX_BATCH_PAGES,
+    QUEUE_AHEAD_BYTES,
+    Batch,
+    Precopy,
+    Switchover,
+    Throttled,
+)
+from protocol import ChannelRole, SourceConnection
+from vmsim import SectionFull, SectionPart, SectionStart, state_complete, state_setup
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from migration.metrics import SourceMetrics
+    from migration.outbox import Outbox
+    from migration.params import MigrationCapabilities, MigrationParameters
+    from protocol import Timeouts
+    from vmsim import Machine
+
+MAIN = ChannelKey(ChannelRole.MAIN)
+
+
+# --------------------------------------------------------------------------- phases
+
+
+@dataclass(frozen=True, slots=True)
+class Connecting:
+    """Waiting for the main channel to connect."""
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingAck:
+    """CONFIGURATION and OPEN_RETURN_PATH sent; waiting for OPEN_ACK (RAM ready there)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendingSetup:
+    """START sections queued; waiting for them to leave."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sending:
+    """Precopy: a batch is queued; the next one is built when the kernel took the one before."""
+
+
+@dataclass(frozen=True, slots=True)
+class Draining:
+    """Precopy: the round is over; the channel drains before the next decision."""
+
+    resume_at: float | None = None  # throttled: the next round starts when the slot does
+
+
+@dataclass(frozen=True, slots=True)
+class Sleeping:
+    """Precopy: the slot's byte budget is spent; the next round starts at `until`."""
+
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing to send now (the VM is being stopped, or the switchover waits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completing:
+    """Switchover: END and FULL sections go out one by one."""
+
+    records: Iterator[SectionPart | SectionFull]
+
+
+@dataclass(frozen=True, slots=True)
+class SendingEnd:
+    """EOF and VMDESCRIPTION queued; waiting for the stream's last bytes to leave."""
+
+
+Phase = (
+    Connecting
+    | AwaitingAck
+    | SendingSetup
+    | Sending
+    | Draining
+    | Sleeping
+    | Idle
+    | Completing
+    | SendingEnd
+)
+
+
+# --------------------------------------------------------------------------- milestones
+
+
+@dataclass(frozen=True, slots=True)
+class SetupDone:
+    """The START sections left: precopy may begin."""
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchoverDue:
+    """A round decided to switch over: stop the VM."""
+
+    pending_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSent:
+    """The whole stream left (EOF and VMDESCRIPTION included)."""
+
+
+Milestone = SetupDone | SwitchoverDue | StreamSent
+
+
+class StreamSender:
+    """Frames of one migration's main stream, paced by the channel and the precopy policies."""
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        machine: Machine,
+        metrics: SourceMetrics,
+        migration_id: str,
+        caps: MigrationCapabilities,
+        timeouts: Timeouts | None,
+    ) -> None:
+        self._out = outbox
+        self._machine = machine
+        self._metrics = metrics
+        self._migration_id = migration_id
+        self._caps = caps
+        self.conn = SourceConnection(
+            return_path=timeouts is not None, timeouts=timeouts, now=outbox.now
+        )
+        self.phase: Phase = Connecting()
+        self.precopy: Precopy | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def opened(self, *, return_path: bool) -> None:
+        """The main channel is up: CONFIGURATION, and OPEN_RETURN_PATH or the setup sections."""
+        config = configuration_for(
+            self._machine, migration_id=self._migration_id, capabilities=self._caps.wire_names()
+        )
+        self.conn.send_configuration(config)
+        if return_path:
+            self.conn.send_open_return_path()
+            self.phase = AwaitingAck()
+            self._out.flush(MAIN)
+        else:
+            self.send_setup()
+
+    def send_setup(self) -> None:
+        """OPEN_ACK arrived (or there is no return path): the START sections."""
+        if not isinstance(self.phase, Connecting | AwaitingAck):
+            return
+        for record in state_setup(self._machine.savevm):
+            self._send_record(record)
+        self.phase = SendingSetup()
+        self._out.flush(MAIN)
+
+    def start_precopy(self) -> Precopy:
+        """Setup is done: the precopy policies start now."""
+        self.precopy = Precopy(machine=self._machine, metrics=self._metrics, now=self._out.now)
+        return self.precopy
+
+    # ------------------------------------------------------------------ precopy
+
+    def start_round(self, params: MigrationParameters) -> SwitchoverDue | None:
+        """Decide: switch over (the sender then idles), or send the round's first batch."""
+        precopy = self._require_precopy()
+        decision = precopy.start_round(self._out.now, params)
+        if isinstance(decision, Switchover):
+            self._out.log(
+                "switchover_decided",
+                pending_bytes=decision.pending_bytes,
+                threshold_bytes=precopy.policy.threshold_bytes,
+                bandwidth_mbps=round(precopy.policy.mbps),
+                dirty_syncs=self._metrics.dirty_sync_count,
+            )
+            self.phase = Idle()
+            return SwitchoverDue(pending_bytes=decision.pending_bytes)
+        self._next_batch(params)
+        return None
+
+    def _next_batch(self, params: MigrationParameters) -> None:
+        precopy = self._require_precopy()
+        step = precopy.next_step(self._out.now, params)
+        if isinstance(step, Batch):
+            before = self.conn.pending_send_bytes
+            self._send_part(step.part, end=False)
+            precopy.sent(self.conn.pending_send_bytes - before)
+            self.phase = Sending()
+            self._out.flush(MAIN, keep_bytes=QUEUE_AHEAD_BYTES)
+            return
+        resume_at = step.until if isinstance(step, Throttled) else None
+        self.phase = Draining(resume_at=resume_at)
+        self._out.flush(MAIN)
+
+    def sent(self, params: MigrationParameters) -> Milestone | None:
+        """The last flush on the main channel finished: go on; maybe a milestone."""
+        phase = self.phase
+        if isinstance(phase, SendingSetup):
+            return SetupDone()
+        if isinstance(phase, Sending):
+            self._close_window()
+            self._next_batch(params)
+        elif isinstance(phase, Draining):
+            if phase.resume_at is not None and self._out.now < phase.resume_at:
+                self.phase = Sleeping(until=phase.resume_at)
+            else:
+                return self.start_round(params)
+        elif isinstance(phase, Completing):
+            self._next_record(phase)
+        elif isinstance(phase, SendingEnd):
+            self.phase = Idle()
+            return StreamSent()
+        return None
+
+    def timer(self, params: MigrationParameters) -> SwitchoverDue | None:
+        """A deadline passed: a throttled round may start."""
+        phase = self.phase
+        if isinstance(phase, Sleeping) and self._out.now >= phase.until:
+            return self.start_round(params)
+        return None
+
+    def next_deadline(self) -> float | None:
+        """When the sender waits for time (a throttled round)."""
+        return self.phase.until if isinstance(self.phase, Sleeping) else None
+
+    def _close_window(self) -> None:
+        metrics = self._metrics
+        if self._require_precopy().close_window(self._out.now):
+            self._out.log(
+                "bandwidth_window",
+                level=Level.DEBUG,
+                mbps=round(metrics.mbps),
+                threshold_bytes=metrics.threshold_bytes,
+                expected_downtime_ms=metrics.expected_downtime_ms,
+                transferred_bytes=metrics.transferred_bytes,
+            )
+
+    # ------------------------------------------------------------------ switchover
+
+    def start_completion(self) -> None:
+        """The VM is stopped (device): SWITCHOVER_START, then END and FULL sections."""
+        self.conn.send_switchover_start()
+        self._next_record(Completing(records=state_complete(self._machine.savevm, MAX_BATCH_PAGES)))
+
+    def _next_record(self, phase: Completing) -> None:
+        self.phase = phase
+        record = next(phase.records, None)
+        if record is None:
+            self.conn.send_eof()
+            self.conn.send_vmdesc(self._machine.savevm.describe())
+            self.phase = SendingEnd()
+        elif isinstance(record, SectionPart):
+            self._send_part(record, end=True)
+        else:
+            marks = self._metrics.downtime
+            if marks.final_ram_sent_at is None:
+                marks.final_ram_sent_at = self._out.now
+            self._send_record(record)
+        self._out.flush(MAIN)
+
+    # ------------------------------------------------------------------ frames
+
+    def _send_record(self, record: SectionStart | SectionFull) -> None:
+        if isinstance(record, SectionStart):
+            self.conn.send_section_start(
+                record.section_id, record.idstr, record.instance_id, record.version_id, record.setup
+            )
+        else:
+            self.conn.send_section_full(
+                record.section_id, record.idstr, record.instance_id, record.version_id, record.state
+            )
+
+    def _send_part(self, part: SectionPart, *, end: bool) -> None:
+        self.conn.send_ram(part.section_id, part.batch, end=end)
+        self._metrics.normal_pages += part.batch.normal_pages
+        self._metrics.zero_pages += part.batch.zero_pages
+
+    def _require_precopy(self) -> Precopy:
+        if self.precopy is None:
+            msg = "precopy used before setup was done"
+            raise TransitionError(msg)
+        return self.precopy

@@ -1,0 +1,499 @@
+"""The source's migration state machine: setup, precopy, switchover, handover, endings.
+
+The algorithm is QEMU's (`migration_thread`, `migration_iteration_run`, `migration_completion`;
+../shared/reference/qemu-migration.md §3) and the handover is docs/handover.md's, written as a
+sans-IO machine: ``handle(input, now)`` returns the actions the runner executes, and the status
+changes only along `migration.table.SOURCE_ROWS`.
+
+1. setup: open the main channel; CONFIGURATION (after the CHANNEL handshake) and
+   OPEN_RETURN_PATH; the destination allocates and pre-faults its RAM before OPEN_ACK; then the
+   START sections (the RAM bitmap starts all dirty);
+2. active: precopy rounds while the guest runs (`migration.sender`, `migration.precopy`);
+3. switchover once the first full pass is done and what is pending fits the threshold: stop the
+   VM (finish-migrate: change-state handlers in reverse), [pre-switchover], device:
+   SWITCHOVER_START, the last dirty pages (END), every needed device (FULL), EOF, VMDESCRIPTION;
+4. handover: wait for LOADED (and compare digests under x-digest-check), ask the ownership
+   arbiter, send HANDOVER, wait for RESUMED: completed, postmigrate. Before HANDOVER any failure
+   resumes the VM here (failed, or cancelled); after it, the migration is in doubt until a
+   resolve session (`migration.resolve`) or the operator learns the destination's outcome.
+
+The stream sender puts frames on the main channel; this machine owns the status, the VM's run
+state and every decision. `phase` says what it waits for beyond the sender's own steps.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from migration import actions as act
+from migration import inputs as inp
+from migration.errors import CommandRefusedError
+from migration.metrics import SourceMetrics
+from migration.outbox import Outbox
+from migration.resolve import Purpose, Resolver, Result, SessionOutcome
+from migration.sender import MAIN, SetupDone, StreamSender, StreamSent, SwitchoverDue
+from migration.source_phases import (
+    AwaitingLoaded,
+    AwaitingResumed,
+    Deciding,
+    Done,
+    Paused,
+    Phase,
+    Resolving,
+    Stopping,
+    Streaming,
+)
+from migration.source_replies import FailureNote, describe_reply
+from migration.status import MigrationStatus, is_terminal
+from migration.table import Side, SourceTrigger, StatusMachine
+from protocol import ErrorCode, LoadCompleted, ProtocolError, ReturnPathAcked
+from vmsim import PAGE_SIZE, RunState, VMSimError, state_cleanup
+
+if TYPE_CHECKING:
+    from migration.params import MigrationCapabilities, MigrationParameters
+    from vmsim import Machine
+
+T = SourceTrigger
+_CHANNEL_INPUTS = (
+    inp.ChannelOpened,
+    inp.ChannelOpenFailed,
+    inp.PeerEventReceived,
+    inp.ChannelFailed,
+    inp.SendDone,
+    inp.TimerFired,
+)
+
+
+class SourceMigration:
+    """One migration of a VM to a destination, as a sans-IO state machine.
+
+    Args:
+        machine: the VM's machine (its savevm registry is read; its run state is changed only
+            through `StopVm`/`ResumeVm`/`SetVmRunState` actions).
+        migration_id: this migration's id (named in every channel's handshake).
+        params: the migration parameters when it starts (`ParametersChanged` updates them).
+        caps: the capabilities, fixed for the migration.
+        to_file: a `file:` migration: no return path, no handover.
+        now: the current time (the runner's clock, seconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        machine: Machine,
+        migration_id: str,
+        params: MigrationParameters,
+        caps: MigrationCapabilities,
+        to_file: bool,
+        now: float,
+    ) -> None:
+        self.machine = machine
+        self.migration_id = migration_id
+        self.params = params
+        self.caps = caps
+        self.uses_return_path = caps.return_path and not to_file
+        self.status = StatusMachine(Side.SOURCE)
+        self.metrics = SourceMetrics(
+            page_size=PAGE_SIZE,
+            total_bytes=machine.config.ram_bytes,
+            started_at=now,
+            expected_downtime_ms=params.downtime_limit_ms,
+        )
+        self.phase: Phase = Streaming()
+        self.handed_over = False
+        self._out = Outbox(now)
+        self.sender = StreamSender(
+            outbox=self._out,
+            machine=machine,
+            metrics=self.metrics,
+            migration_id=migration_id,
+            caps=caps,
+            timeouts=self.params.timeouts if self.uses_return_path else None,
+        )
+        self._previous_runstate: RunState | None = None
+        self._loaded: LoadCompleted | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def start(self, now: float) -> list[act.Action]:
+        """`migrate`: status setup, connect the main channel."""
+        self._out.begin(now)
+        self._fire(T.MIGRATE)
+        self._out.log("migration_setup", ram_bytes=self.metrics.total_bytes)
+        self._out.do(act.OpenChannel(channel=MAIN, conn=self.sender.conn))
+        return self._out.take()
+
+    def handle(self, event: inp.Input, now: float) -> list[act.Action]:
+        """Take one input; return the actions to execute, in order."""
+        self._out.begin(now)
+        self.refresh()
+        try:
+            self._dispatch(event)
+        except (ProtocolError, VMSimError) as exc:
+            # A refused send (a bug) or a device that cannot be saved: fail like any error.
+            code = exc.code if isinstance(exc, ProtocolError) else ErrorCode.INTERNAL
+            self._fail(str(exc), code)
+        return self._out.take()
+
+    def next_deadline(self) -> float | None:
+        """When `TimerFired` is due, if the machine waits for time."""
+        if isinstance(self.phase, Resolving):
+            return self.phase.resolver.next_deadline()
+        return self.sender.next_deadline() if isinstance(self.phase, Streaming) else None
+
+    def refresh(self) -> None:
+        """Bring the byte counters up to date (before reading the metrics)."""
+        self.metrics.transferred_bytes = self.sender.conn.sent_bytes
+
+    def check_cancel(self) -> None:
+        """Raise if `migrate_cancel` is refused now (after HANDOVER: docs/handover.md row 17).
+
+        Raises:
+            CommandRefusedError: the VM is being handed over.
+        """
+        if self.handed_over and not is_terminal(self.status.status):
+            msg = (
+                "the VM is being handed over to the destination, migrate_cancel is not possible "
+                "now (the handover is in doubt until the destination's outcome is known)"
+            )
+            raise CommandRefusedError(msg)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the machine has nothing left to do."""
+        return isinstance(self.phase, Done)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self, event: inp.Input) -> None:
+        if isinstance(event, _CHANNEL_INPUTS):
+            self._on_channel_input(event)
+        else:
+            self._on_control_input(event)
+
+    def _on_channel_input(self, event: inp.Input) -> None:
+        match event:
+            case inp.ChannelOpened(channel=channel):
+                self._on_opened(channel)
+            case inp.ChannelOpenFailed(channel=channel, reason=reason):
+                self._on_channel_failure(channel, f"cannot connect: {reason}", ErrorCode.INTERNAL)
+            case inp.PeerEventReceived(channel=channel, event=reply, io_error=io_error):
+                self._on_reply(channel, reply, io_error)
+            case inp.ChannelFailed(channel=channel, reason=reason, code=code):
+                self._on_channel_failure(channel, reason, code or ErrorCode.PROTOCOL_ERROR)
+            case inp.SendDone(channel=channel) if channel == MAIN:
+                self._on_sent()
+            case inp.TimerFired():
+                self._on_timer()
+            case _:
+                pass
+
+    def _on_control_input(self, event: inp.Input) -> None:
+        match event:
+            case inp.VmStopped(previous=previous):
+                self._on_stopped(previous)
+            case inp.VmStopFailed(previous=previous, reason=reason):
+                self._previous_runstate = previous
+                self._fail(f"stopping the VM failed: {reason}", ErrorCode.INTERNAL)
+            case inp.ContinueRequested() if isinstance(self.phase, Paused):
+                self._fire(T.CONTINUED)
+                self._start_completion()
+            case inp.CancelRequested():
+                self._on_cancel()
+            case inp.ParametersChanged(params=params):
+                self.params = params
+            case inp.HandoverDecided(commit=commit, reason=reason):
+                self._on_decided(commit=commit, reason=reason)
+            case inp.OperatorResolved(destination_runs=runs):
+                self._on_operator(destination_runs=runs)
+            case inp.ShutdownRequested():
+                self._on_shutdown()
+            case _:
+                pass
+
+    def _on_opened(self, channel: inp.ChannelKey) -> None:
+        if channel == MAIN:
+            if isinstance(self.phase, Streaming):
+                if self.uses_return_path:
+                    self._out.do(act.Receive(channel=MAIN))  # the return path
+                self.sender.opened(return_path=self.uses_return_path)
+        elif isinstance(self.phase, Resolving):
+            self.phase.resolver.opened(channel)
+
+    def _on_sent(self) -> None:
+        phase = self.phase
+        if isinstance(phase, Streaming):
+            self._milestone(self.sender.sent(self.params))
+        elif isinstance(phase, AwaitingLoaded) and self._loaded is not None:
+            self._on_loaded(self._loaded)
+
+    def _on_timer(self) -> None:
+        phase = self.phase
+        if isinstance(phase, Streaming):
+            self._milestone(self.sender.timer(self.params))
+        elif isinstance(phase, Resolving):
+            self._settle(phase.resolver.timer())
+
+    def _milestone(self, milestone: SetupDone | SwitchoverDue | StreamSent | None) -> None:
+        if isinstance(milestone, SetupDone):
+            self.sender.start_precopy()
+            self._report_passes()  # pass 1: the bitmap starts all dirty (QEMU's setup sync)
+            self.metrics.setup_done_at = self._out.now
+            self._fire(T.SETUP_DONE)
+            milestone = self.sender.start_round(self.params)
+        self._report_passes()
+        if isinstance(milestone, SwitchoverDue):
+            self._switch_over()
+        elif isinstance(milestone, StreamSent):
+            self._stream_sent()
+
+    # ------------------------------------------------------------------ switchover
+
+    def _switch_over(self) -> None:
+        self.metrics.downtime.stopped_at = self._out.now
+        self.metrics.bytes_at_stop = self.metrics.transferred_bytes
+        self.phase = Stopping()
+        self._out.do(act.StopVm())
+
+    def _on_stopped(self, previous: RunState) -> None:
+        self._previous_runstate = previous
+        if not isinstance(self.phase, Stopping):
+            return
+        if self.caps.pause_before_switchover:
+            self._fire(T.CONVERGED_PAUSED)
+            self.phase = Paused()
+        else:
+            self._fire(T.CONVERGED)
+            self._start_completion()
+
+    def _start_completion(self) -> None:
+        self.phase = Streaming()
+        self.sender.start_completion()
+
+    def _stream_sent(self) -> None:
+        self.metrics.downtime.devices_sent_at = self._out.now
+        self.metrics.remaining_bytes = 0
+        if not self.uses_return_path:
+            self._complete(T.STREAM_SENT)  # QEMU without a return path: done once sent
+            return
+        own = self.machine.digest() if self.caps.digest_check else None
+        self.phase = AwaitingLoaded(own_digest=own)
+        if self._loaded is not None:
+            self._on_loaded(self._loaded)
+
+    # ------------------------------------------------------------------ handover
+
+    def _on_reply(self, channel: inp.ChannelKey, reply: object, io_error: str | None) -> None:
+        phase = self.phase
+        if channel != MAIN:
+            if isinstance(phase, Resolving):
+                self._settle(phase.resolver.reply(channel, reply))  # type: ignore[arg-type]
+            return
+        if isinstance(reply, ReturnPathAcked):
+            if isinstance(phase, Streaming):
+                self.sender.send_setup()
+        elif isinstance(reply, LoadCompleted):
+            self._loaded = reply
+            self._on_loaded(reply)
+        else:
+            note = describe_reply(reply, io_error)
+            if isinstance(note, FailureNote):
+                self._fail(note.reason, note.code)
+            elif note is not None and isinstance(phase, AwaitingResumed):
+                self.metrics.downtime.resumed_at = self._out.now
+                self._out.log("destination_resumed", runstate=note)
+                self._complete(T.RESUMED)
+
+    def _on_loaded(self, loaded: LoadCompleted) -> None:
+        phase = self.phase
+        if not isinstance(phase, AwaitingLoaded):
+            return
+        self.metrics.downtime.loaded_at = self._out.now
+        if phase.own_digest is not None and loaded.digest != phase.own_digest:
+            self._fail(
+                f"state digest mismatch at handover: destination {loaded.digest}, "
+                f"source {phase.own_digest}",
+                ErrorCode.DIGEST_MISMATCH,
+            )
+            return
+        self.phase = Deciding()
+        self._out.do(act.DecideHandover(migration_id=self.migration_id))
+
+    def _on_decided(self, *, commit: bool, reason: str) -> None:
+        if not isinstance(self.phase, Deciding):
+            return
+        if not commit:
+            self._fail(f"the ownership arbiter refused the handover: {reason}", ErrorCode.INTERNAL)
+            return
+        # Rule 5 of docs/handover.md: decide before the decision can reach the destination.
+        self.handed_over = True
+        self.sender.conn.send_handover()
+        self.phase = AwaitingResumed()
+        self._out.flush(MAIN)
+
+    # ------------------------------------------------------------------ endings
+
+    def _complete(self, trigger: SourceTrigger) -> None:
+        metrics = self.metrics
+        metrics.ended_at = self._out.now
+        self._previous_runstate = None  # handed over (or written out): never resumed here again
+        if metrics.downtime.resumed_at is None:  # no handover (file, QEMU): down until sent
+            metrics.downtime.resumed_at = metrics.downtime.devices_sent_at or metrics.ended_at
+        self._out.do(act.SetVmRunState(runstate=RunState.POSTMIGRATE))
+        state_cleanup(self.machine.savevm)
+        self._fire(trigger)
+        self._out.log_figures("migration_completed", metrics.summary(self._out.now))
+        self._out.do(act.CloseChannel(channel=MAIN))
+        self._finish()
+
+    def _fail(self, reason: str, code: ErrorCode) -> None:
+        """A failure or a cancel: in doubt after HANDOVER, otherwise resume the VM here."""
+        status = self.status.status
+        if is_terminal(status) or status is MigrationStatus.IN_DOUBT:
+            return
+        if self.handed_over:
+            self._enter_in_doubt(reason)
+            return
+        cancelled = status is MigrationStatus.CANCELLING
+        code = ErrorCode.CANCELLED if cancelled else code
+        stopped = self._previous_runstate is not None
+        self._send_abort_nowait(code, reason)
+        self.metrics.error_desc = None if cancelled else reason  # QEMU: no error on cancel
+        self._resume_vm()
+        self.metrics.ended_at = self._out.now
+        self._fire(T.CANCELLED if cancelled else T.FAILED)
+        self._out.log(
+            "migration_failed", level=act.Level.WARNING, error=reason, cancelled=cancelled
+        )
+        self._out.do(act.CloseChannel(channel=MAIN))
+        if stopped and self.uses_return_path:
+            # The destination may hold a loaded copy in doubt: tell it, best effort.
+            self._resolve(Purpose.NOTIFY_ABORT, first_at=self._out.now, abort=(code, reason))
+        else:
+            self._finish()
+
+    def _send_abort_nowait(self, code: ErrorCode, reason: str) -> None:
+        if not self.uses_return_path:
+            return
+        try:
+            self.sender.conn.send_abort(code, reason[:200])
+        except ProtocolError:
+            return  # not connected yet, or the stream is over: nothing to abort on it
+        self._out.do(act.FlushNowait(channel=MAIN))
+
+    def _resume_vm(self) -> None:
+        state_cleanup(self.machine.savevm)
+        previous, self._previous_runstate = self._previous_runstate, None
+        if previous is not None:
+            self._out.do(act.ResumeVm(runstate=previous))
+
+    def _enter_in_doubt(self, reason: str) -> None:
+        self.metrics.error_desc = (
+            f"handover in doubt: {reason}; the VM stays paused here until the destination's "
+            "outcome is known (livemig resolve)"
+        )
+        self._fire(T.LOST_AFTER_HANDOVER)
+        self._out.log("migration_in_doubt", level=act.Level.WARNING, error=reason)
+        self._out.do(act.CloseChannel(channel=MAIN))
+        first_at = self._out.now + self.params.resolve_interval_s
+        self._resolve(Purpose.SETTLE, first_at=first_at, abort=(ErrorCode.INTERNAL, ""))
+
+    def _on_cancel(self) -> None:
+        status = self.status.status
+        if is_terminal(status) or self.handed_over or status is MigrationStatus.CANCELLING:
+            return
+        self._fire(T.CANCEL)
+        self._fail("migration cancelled by the user", ErrorCode.CANCELLED)
+
+    def _on_shutdown(self) -> None:
+        """Decide nothing: drop the connections as if the process had died (rows 6-7)."""
+        if not is_terminal(self.status.status):
+            self.metrics.error_desc = "the daemon shut down during the migration"
+            self.metrics.ended_at = self._out.now
+            self._fire(T.SHUTDOWN)
+        if isinstance(self.phase, Resolving):
+            self.phase.resolver.close()
+        self._out.do(act.CloseChannel(channel=MAIN))
+        self._finish()
+
+    def _finish(self) -> None:
+        self.phase = Done()
+        self._out.do(act.Finished())
+
+    # ------------------------------------------------------------------ in doubt
+
+    def _resolve(self, purpose: Purpose, *, first_at: float, abort: tuple[ErrorCode, str]) -> None:
+        resolver = Resolver(
+            outbox=self._out,
+            migration_id=self.migration_id,
+            purpose=purpose,
+            timeouts=self.params.timeouts,
+            interval_s=self.params.resolve_interval_s,
+            abort=(abort[0], abort[1][:200]),
+            first_at=first_at,
+        )
+        self.phase = Resolving(resolver=resolver)
+        resolver.timer()  # opens the first session now if it is due now
+
+    def _settle(self, outcome: SessionOutcome | None) -> None:
+        phase = self.phase
+        if outcome is None or not isinstance(phase, Resolving):
+            return
+        if phase.resolver.purpose is Purpose.NOTIFY_ABORT:
+            self._finish()  # ABORT sent, nothing held, or gave up: best effort ends here
+            return
+        if outcome.result is Result.COMMITTED:
+            self._out.log("in_doubt_resolved", outcome="the destination runs the VM")
+            self.metrics.downtime.resumed_at = self._out.now
+            self._complete(T.OUTCOME_COMMITTED)
+        elif outcome.result is Result.DISCARDED:
+            self._resume_from_doubt(
+                f"the destination reports the migration {outcome.detail.removeprefix('outcome ')}:"
+                " it will never run the VM, so it was resumed here",
+                T.OUTCOME_DISCARDED,
+            )
+
+    def _on_operator(self, *, destination_runs: bool) -> None:
+        phase = self.phase
+        if self.status.status is not MigrationStatus.IN_DOUBT:
+            return
+        if isinstance(phase, Resolving):
+            phase.resolver.close()
+        if destination_runs:
+            self._out.log("in_doubt_resolved", outcome="the destination runs the VM (operator)")
+            self.metrics.downtime.resumed_at = self._out.now
+            self._complete(T.OPERATOR_COMPLETE)
+        else:
+            self._resume_from_doubt(
+                "resolved by the operator: the destination does not run the VM; resumed here",
+                T.OPERATOR_RESUME,
+            )
+
+    def _resume_from_doubt(self, reason: str, trigger: SourceTrigger) -> None:
+        self._out.log("migration_failed", level=act.Level.WARNING, error=reason, resolved=True)
+        self.metrics.error_desc = reason
+        self._resume_vm()
+        self.metrics.ended_at = self._out.now
+        self._fire(trigger)
+        self._finish()
+
+    def _on_channel_failure(self, channel: inp.ChannelKey, reason: str, code: ErrorCode) -> None:
+        if channel == MAIN:
+            self._fail(reason, code)
+        elif isinstance(self.phase, Resolving):
+            self._settle(self.phase.resolver.failed(channel, reason))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _report_passes(self) -> None:
+        precopy = self.sender.precopy
+        if precopy is None:
+            return
+        for sync in precopy.new_syncs(self._out.now):
+            if self.caps.events:
+                self._out.do(act.EmitEvent(name="MIGRATION_PASS", data={"pass": sync}))
+
+    def _fire(self, trigger: SourceTrigger) -> None:
+        status = self.status.fire(trigger)
+        if self.caps.events:
+            self._out.do(act.EmitEvent(name="MIGRATION", data={"status": str(status)}))

@@ -1,0 +1,61 @@
+"""The phases of the source machine beyond its stream sender's steps (`migration.source`).
+
+Each is a small value carrying what the machine waits with, so nothing is cleared by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from migration.resolve import Resolver
+
+
+@dataclass(frozen=True, slots=True)
+class Streaming:
+    """The stream sender is at work (setup, precopy, or the switchover's sections)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stopping:
+    """Switchover: the VM is being stopped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """pre-switchover: the VM is stopped; waiting for migrate-continue."""
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingLoaded:
+    """The stream is out; waiting for LOADED (with our own digest under x-digest-check)."""
+
+    own_digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Deciding:
+    """LOADED checked; waiting for the ownership arbiter's decision."""
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingResumed:
+    """HANDOVER sent (the decision is taken); waiting for RESUMED."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resolving:
+    """In doubt, or notifying an abort: resolve sessions until one settles."""
+
+    resolver: Resolver
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Nothing left to do."""
+
+
+Phase = (
+    Streaming | Stopping | Paused | AwaitingLoaded | Deciding | AwaitingResumed | Resolving | Done
+)

@@ -1,0 +1,44 @@
+"""What the destination's replies on the main channel mean to the source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol import (
+    ConnectionClosed,
+    DestinationFailed,
+    DestinationResumed,
+    ErrorCode,
+    PeerTimedOut,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FailureNote:
+    """The reply ends the migration here: why, and the code sent back in ABORT."""
+
+    reason: str
+    code: ErrorCode
+
+
+def describe_reply(reply: object, io_error: str | None = None) -> FailureNote | str | None:
+    """A failure, the destination's run state (RESUMED), or None for a reply that changes nothing.
+
+    OPEN_ACK and LOADED are handled by the machine itself; PONG changes nothing.
+    """
+    match reply:
+        case DestinationResumed(runstate=runstate):
+            return runstate
+        case DestinationFailed(code=code, reason=reason):
+            return FailureNote(f"destination failed: {reason}", code)
+        case PeerTimedOut(idle_s=idle_s):
+            return FailureNote(
+                f"destination timed out: nothing received for {idle_s:.1f} s", ErrorCode.TIMEOUT
+            )
+        case ConnectionClosed():
+            why = f" ({io_error})" if io_error else ""
+            return FailureNote(
+                f"connection to the destination closed{why}", ErrorCode.PROTOCOL_ERROR
+            )
+        case _:
+            return None

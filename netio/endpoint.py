@@ -1,0 +1,155 @@
+"""The one place migration channels are made: connect, listen and accept, or open a file.
+
+A migration URI names a transport (``tcp:``, ``unix:``, ``file:``; TLS later wraps the socket
+here too); whatever it is, the caller gets a `ChannelLike` that drives a sans-IO connection over
+it with the same API. Every socket gets the same liveness options (`ChannelOptions`: keepalive
+probes and ``TCP_USER_TIMEOUT`` derived from the peer timeout), so a silent peer surfaces as an
+error everywhere, not only where someone remembered to set them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from netio.channel import Channel
+from netio.filechannel import FileChannel
+from netio.sockopts import accept, bound_address, configure_stream_socket, listen, open_connection
+from netio.uri import FileAddress
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable
+
+    from netio.channel import SansIOConnection
+    from netio.uri import MigrationAddress, SocketAddress
+
+C = TypeVar("C", bound="SansIOConnection")
+
+__all__ = ["ChannelLike", "ChannelListener", "ChannelOptions", "connect_channel", "read_file"]
+
+
+class ChannelLike(Protocol):
+    """What `Channel` (a socket) and `FileChannel` (a file) both offer."""
+
+    bytes_sent: int
+    bytes_received: int
+    last_error: OSError | None
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        ...
+
+    async def next_event(self) -> object:
+        """The connection's next event, reading as needed."""
+        ...
+
+    async def flush(self, *, keep_bytes: int = 0) -> None:
+        """Send what is queued until at most `keep_bytes` remain."""
+        ...
+
+    def flush_nowait(self, max_bytes: int = ...) -> int:
+        """Send what can go now, without waiting."""
+        ...
+
+    def close(self) -> None:
+        """Close the transport (idempotent)."""
+        ...
+
+    def abort(self) -> None:
+        """Close abruptly (a TCP reset where there is one)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChannelOptions:
+    """How a migration socket is connected and watched.
+
+    Attributes:
+        connect_timeout_s: give up connecting after this long.
+        peer_timeout_ms: `TCP_USER_TIMEOUT`, and keepalive probes tuned to find a dead peer
+            within about this long.
+        keepalive_idle_s: seconds of silence before the first keepalive probe; by default half
+            the peer timeout (at least one second).
+    """
+
+    connect_timeout_s: float = 5.0
+    peer_timeout_ms: int = 10_000
+    keepalive_idle_s: int | None = None
+
+    def tune(self, sock: socket.socket) -> None:
+        """Keepalives and `TCP_USER_TIMEOUT` on a connected socket (skipped for unix ones)."""
+        configure_stream_socket(
+            sock,
+            keepalive_idle_s=self.keepalive_idle_s or max(1, self.peer_timeout_ms // 2000),
+            keepalive_interval_s=1,
+            keepalive_count=3,
+            user_timeout_ms=self.peer_timeout_ms,
+        )
+
+
+async def connect_channel(
+    address: MigrationAddress,
+    conn: SansIOConnection,
+    options: ChannelOptions,
+    *,
+    clock: Callable[[], float] | None = None,
+) -> ChannelLike:
+    """Open a channel to `address` (a file is created for writing) and drive `conn` over it.
+
+    Raises:
+        ConnectError: the peer cannot be reached (refused, unreachable, timed out).
+        ChannelError: the file cannot be opened.
+    """
+    if isinstance(address, FileAddress):
+        return FileChannel.for_writing(address, conn, clock=clock)
+    sock = await open_connection(address, timeout_s=options.connect_timeout_s)
+    try:
+        options.tune(sock)
+        return Channel(sock, conn, clock=clock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def read_file(
+    address: FileAddress, conn: SansIOConnection, *, clock: Callable[[], float] | None = None
+) -> ChannelLike:
+    """Open a stream file for reading and drive `conn` over it.
+
+    Raises:
+        ChannelError: the file cannot be opened.
+    """
+    return FileChannel.for_reading(address, conn, clock=clock)
+
+
+class ChannelListener:
+    """A listening socket whose accepted connections become channels.
+
+    Raises:
+        ListenError: the address is in use, not permitted, or does not resolve.
+    """
+
+    def __init__(self, address: SocketAddress) -> None:
+        self._sock = listen(address)
+        self.address = bound_address(self._sock)
+
+    async def accept(self, conn_for: Callable[[], C], options: ChannelOptions) -> tuple[Channel, C]:
+        """Wait for a connection; return a channel driving a fresh `conn_for()`, and that conn.
+
+        Raises:
+            OSError: accepting failed (e.g. EMFILE); the listener goes on.
+        """
+        sock = await accept(self._sock)
+        try:
+            options.tune(sock)
+            conn = conn_for()
+            return Channel(sock, conn), conn
+        except BaseException:
+            sock.close()
+            raise
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._sock.close()
