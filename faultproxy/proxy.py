@@ -78,6 +78,7 @@ class FaultProxy:
         self._accept_task: asyncio.Task[None] | None = None
         self._random = random.Random(seed)
         self._lingering: list[socket.socket] = []
+        self._serving: set[asyncio.Task[None]] = set()
         self.address: SocketAddress | None = None
 
     # -- control -------------------------------------------------------------------------
@@ -161,6 +162,9 @@ class FaultProxy:
         for link in list(self._links):
             link.close(reset=False)
             await link.wait_closed()
+        for task in list(self._serving):  # a connection being set up, or a stalled pipe
+            task.cancel()
+        await asyncio.gather(*self._serving, return_exceptions=True)
         for sock in self._lingering:
             sock.close()
         self._lingering.clear()
@@ -172,7 +176,9 @@ class FaultProxy:
                 self.stats.refused += 1
                 client.close()
                 continue
-            asyncio.create_task(self._serve(client))  # noqa: RUF006 - kept in self._links
+            task = asyncio.create_task(self._serve(client))
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
 
     async def _serve(self, client: socket.socket) -> None:
         try:
@@ -209,13 +215,21 @@ class FaultProxy:
 
 
 class _Link:
-    """One proxied connection: two pipes, closed together."""
+    """One proxied connection: two pipes, closed together.
+
+    Closing only decides what to drop; `run` drops it once both pipes stopped, so that no
+    socket is closed while the event loop still watches its file descriptor (a new socket
+    reusing the number would then find a stale registration).
+    """
 
     def __init__(self, proxy: FaultProxy, client: socket.socket, upstream: socket.socket) -> None:
         self.proxy = proxy
         self.client = client
         self.upstream = upstream
         self.closed = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._drop: tuple[socket.socket, ...] = (client, upstream)
+        self._reset = False
         self._pipes = [
             _Pipe(self, client, upstream, Direction.MAIN),
             _Pipe(self, upstream, client, Direction.RETURN),
@@ -223,19 +237,26 @@ class _Link:
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(pipe.run()) for pipe in self._pipes]
-        await self.closed.wait()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.closed.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._drop_sockets()
+
+    def _drop_sockets(self) -> None:
+        for sock in self._drop:
+            if self._reset:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        self._finished.set()
 
     def close(self, *, reset: bool) -> None:
         if self.closed.is_set():
             return
-        for sock in (self.client, self.upstream):
-            if reset:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
+        self._reset = reset
         self.closed.set()
 
     def cut(self, fault: Fault) -> None:
@@ -246,10 +267,7 @@ class _Link:
         dropped, kept = (
             (self.client, self.upstream) if fault.side == "client" else (self.upstream, self.client)
         )
-        if fault.reset:
-            with contextlib.suppress(OSError):
-                dropped.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        dropped.close()
+        self._drop, self._reset = (dropped,), fault.reset
         self.proxy.linger(kept)  # open, but nothing more passes: the peer must notice by itself
         self.closed.set()
 
@@ -258,7 +276,7 @@ class _Link:
             self.close(reset=False)
 
     async def wait_closed(self) -> None:
-        await self.closed.wait()
+        await self._finished.wait()
 
 
 class _Pipe:
@@ -283,8 +301,11 @@ class _Pipe:
             await self._read()
         except OSError:
             self._enqueue_cut(None)
-        finally:
-            await writer if not writer.done() else None
+        except asyncio.CancelledError:
+            writer.cancel()  # the link closes: the writer may wait for a chunk that never comes
+            await asyncio.gather(writer, return_exceptions=True)
+            raise
+        await writer  # deliver what was read (a cancel now reaches the writer too)
 
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()

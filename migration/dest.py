@@ -181,6 +181,9 @@ class DestMigration:
             step()
         except LoadError as exc:
             self._refuse(exc.code, exc.message)
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the stream hanging
+            self._out.log("incoming_internal_error", level=act.Level.ERROR, error=repr(exc))
+            self._refuse(ErrorCode.INTERNAL, f"internal error: {exc!r}")
 
     def _dispatch(self, event: inp.Input) -> None:
         match event:

@@ -26,7 +26,7 @@ from migration import actions as act
 from migration.errors import LoadError, TransitionError
 from migration.metrics import DestMetrics
 from migration.status import MigrationStatus
-from migration.table import DestTrigger, Side, StatusMachine
+from migration.table import DEST_TABLE, DestTrigger, Row, Side, StatusMachine
 from protocol import ErrorCode, Outcome
 
 if TYPE_CHECKING:
@@ -139,13 +139,17 @@ class IncomingRecord:
                 f"({type(self.state).__name__}) cannot take '{trigger}'"
             )
             raise TransitionError(msg)
-        before = self._status.status
-        after = self._status.fire(trigger)
-        if STATUS_OF[type(state)] is not after:
-            self._status.status = before
-            msg = f"{type(state).__name__} does not show as '{after}'"
+        expected = DEST_TABLE[self.status][trigger]
+        if STATUS_OF[type(state)] is not expected:
+            msg = f"{type(state).__name__} does not show as '{expected}'"
             raise TransitionError(msg)
+        self._status.fire(trigger)
         self.state = state
+
+    @property
+    def history(self) -> list[Row]:
+        """Every status change so far, as the rows of the destination's table."""
+        return self._status.history
 
 
 @dataclass(frozen=True, slots=True)

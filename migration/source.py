@@ -17,8 +17,7 @@ changes only along `migration.table.SOURCE_ROWS`.
    resumes the VM here (failed, or cancelled); after it, the migration is in doubt until a
    resolve session (`migration.resolve`) or the operator learns the destination's outcome.
 
-The stream sender puts frames on the main channel; this machine owns the status, the VM's run
-state and every decision. `phase` says what it waits for beyond the sender's own steps.
+The stream sender puts frames on the main channel; this machine owns the status and decisions.
 """
 
 from __future__ import annotations
@@ -54,14 +53,8 @@ if TYPE_CHECKING:
     from vmsim import Machine
 
 T = SourceTrigger
-_CHANNEL_INPUTS = (
-    inp.ChannelOpened,
-    inp.ChannelOpenFailed,
-    inp.PeerEventReceived,
-    inp.ChannelFailed,
-    inp.SendDone,
-    inp.TimerFired,
-)
+_CHANNEL_INPUTS: tuple[type[inp.Input], ...] = (inp.ChannelOpened, inp.ChannelOpenFailed)
+_CHANNEL_INPUTS += (inp.PeerEventReceived, inp.ChannelFailed, inp.SendDone, inp.TimerFired)
 
 
 class SourceMigration:
@@ -133,6 +126,9 @@ class SourceMigration:
             # A refused send (a bug) or a device that cannot be saved: fail like any error.
             code = exc.code if isinstance(exc, ProtocolError) else ErrorCode.INTERNAL
             self._fail(str(exc), code)
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the VM stopped
+            self._out.log("migration_internal_error", level=act.Level.ERROR, error=repr(exc))
+            self._fail(f"internal error: {exc!r}", ErrorCode.INTERNAL)
         return self._out.take()
 
     def next_deadline(self) -> float | None:

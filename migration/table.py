@@ -83,9 +83,6 @@ _BEFORE_HANDOVER: Final = (S.SETUP, S.ACTIVE, S.PRE_SWITCHOVER, S.DEVICE)
 
 SOURCE_ROWS: Final[tuple[Row, ...]] = (
     Row(S.NONE, _T.MIGRATE, S.SETUP),
-    Row(S.COMPLETED, _T.MIGRATE, S.SETUP),
-    Row(S.FAILED, _T.MIGRATE, S.SETUP),
-    Row(S.CANCELLED, _T.MIGRATE, S.SETUP),
     Row(S.SETUP, _T.SETUP_DONE, S.ACTIVE),
     Row(S.ACTIVE, _T.THROTTLE, S.ACTIVE, reserved=True),
     Row(S.ACTIVE, _T.CONVERGED, S.DEVICE),
@@ -101,10 +98,7 @@ SOURCE_ROWS: Final[tuple[Row, ...]] = (
     Row(S.IN_DOUBT, _T.OUTCOME_DISCARDED, S.FAILED),
     Row(S.IN_DOUBT, _T.OPERATOR_COMPLETE, S.COMPLETED),
     Row(S.IN_DOUBT, _T.OPERATOR_RESUME, S.FAILED),
-    *(
-        Row(status, _T.SHUTDOWN, S.FAILED)
-        for status in (*_BEFORE_HANDOVER, S.IN_DOUBT, S.CANCELLING)
-    ),
+    *(Row(status, _T.SHUTDOWN, S.FAILED) for status in (*_BEFORE_HANDOVER, S.IN_DOUBT)),
     Row(S.ACTIVE, _T.START_POSTCOPY, S.POSTCOPY_ACTIVE, reserved=True),
     Row(S.POSTCOPY_ACTIVE, _T.RESUMED, S.COMPLETED, reserved=True),
     Row(S.POSTCOPY_ACTIVE, _T.CHANNEL_LOST, S.POSTCOPY_PAUSED, reserved=True),
@@ -114,7 +108,11 @@ SOURCE_ROWS: Final[tuple[Row, ...]] = (
     Row(S.POSTCOPY_RECOVER, _T.CHANNEL_LOST, S.POSTCOPY_PAUSED, reserved=True),
     Row(S.POSTCOPY_RECOVER, _T.RECOVERED, S.POSTCOPY_ACTIVE, reserved=True),
 )
-"""The source's table: QEMU's precopy and postcopy statuses, plus in-doubt (docs/handover.md)."""
+"""The source's table: QEMU's precopy and postcopy statuses, plus in-doubt (docs/handover.md).
+
+Each migration is its own machine starting at `none` (QEMU reuses one global state, so its
+table also has completed/failed/cancelled -> setup); `query-migrate` shows the newest.
+"""
 
 _D = DestTrigger
 DEST_ROWS: Final[tuple[Row, ...]] = (
@@ -165,12 +163,17 @@ _TABLES: Final = {Side.SOURCE: SOURCE_TABLE, Side.DESTINATION: DEST_TABLE}
 
 
 class StatusMachine:
-    """The status of one migration, changed only by firing triggers its side's table lists."""
+    """The status of one migration, changed only by firing triggers its side's table lists.
+
+    Attributes:
+        history: every change so far, as the rows of the table it took.
+    """
 
     def __init__(self, side: Side, status: MigrationStatus = MigrationStatus.NONE) -> None:
         self.side = side
         self._table = _TABLES[side]
         self.status = status
+        self.history: list[Row] = []
 
     def can_fire(self, trigger: SourceTrigger | DestTrigger) -> bool:
         """Whether the table lists `trigger` for the current status."""
@@ -186,6 +189,7 @@ class StatusMachine:
         if after is None:
             msg = f"{self.side} migration in status '{self.status}' cannot take '{trigger}'"
             raise TransitionError(msg)
+        self.history.append(Row(self.status, trigger, after))
         self.status = after
         return after
 

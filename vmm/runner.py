@@ -120,6 +120,7 @@ class MachineRunner:
         self.channels: dict[inp.ChannelKey, ChannelLike] = {}
         self._writers: dict[inp.ChannelKey, _Writer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lingering: set[asyncio.Task[None]] = set()
         self._pending: deque[inp.Input] = deque()
         self._feeding = False
         self._timer: asyncio.TimerHandle | None = None
@@ -231,6 +232,8 @@ class MachineRunner:
         for key in list(self.channels):
             writer = self._writers.get(key)
             self._close_channel(key, 0.0 if writer is None or writer.idle else _LINGER_S)
+        for task in self._tasks - self._lingering:
+            task.cancel()  # readers, connects, a machine still being built: nobody waits now
 
     # ------------------------------------------------------------------ channels
 
@@ -277,7 +280,7 @@ class MachineRunner:
         if channel is None:
             return
         if linger_s > 0:
-            self._spawn(_linger(channel, linger_s, writer))
+            self._lingering.add(self._spawn(_linger(channel, linger_s, writer)))
             return
         if writer is not None:
             writer.cancel()
@@ -309,13 +312,15 @@ class MachineRunner:
             delay_s = max(0.0, deadline - self._clock())
             self._timer = self._loop.call_later(delay_s, self.feed, inp.TimerFired())
 
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._lingering.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("migration_task_crashed", exc_info=task.exception(), **self._context())
 

@@ -7,8 +7,6 @@ task exception, a callback error, a task destroyed while pending) or if tasks ar
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import shutil
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator
@@ -16,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 
-LOOP_KINDS = ["asyncio", "uvloop"]
+from tests.helpers.loops import LOOP_KINDS, run_strictly
 
 
 @pytest.fixture(params=LOOP_KINDS)
@@ -36,26 +33,7 @@ def run(loop_kind: str) -> Runner:
     def run_on_loop(
         main: Callable[[], Coroutine[Any, Any, Any]], *, timeout_s: float = 10.0
     ) -> Any:
-        errors: list[dict[str, Any]] = []
-        factory = uvloop.new_event_loop if loop_kind == "uvloop" else asyncio.new_event_loop
-
-        async def guarded() -> Any:
-            async with asyncio.timeout(timeout_s):
-                result = await main()
-            current = asyncio.current_task()
-            leftover = [task for task in asyncio.all_tasks() if task is not current]
-            for task in leftover:
-                task.cancel()
-            await asyncio.gather(*leftover, return_exceptions=True)
-            assert leftover == [], f"tasks left running: {leftover}"
-            return result
-
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.get_loop().set_exception_handler(lambda _loop, context: errors.append(context))
-            result = runner.run(guarded())
-            gc.collect()
-        assert errors == [], f"the {loop_kind} loop's exception handler was called: {errors}"
-        return result
+        return run_strictly(loop_kind, main, timeout_s=timeout_s)
 
     return run_on_loop
 

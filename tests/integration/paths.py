@@ -1,0 +1,86 @@
+"""The paths through the status tables that the integration tests expect, row by row.
+
+Each test asserts that a migration took exactly one of these paths (`Daemon.source_path()`,
+`Daemon.dest_path()`), and `test_table_coverage.py` checks that together they take every row
+of both tables that is not reserved for later work, and that each path is used by a test.
+"""
+
+from __future__ import annotations
+
+from migration.status import MigrationStatus as S
+from migration.table import DestTrigger as D
+from migration.table import Row
+from migration.table import SourceTrigger as T
+
+# --------------------------------------------------------------------------- source
+
+_SETUP = [Row(S.NONE, T.MIGRATE, S.SETUP)]
+_ACTIVE = [*_SETUP, Row(S.SETUP, T.SETUP_DONE, S.ACTIVE)]
+_DEVICE = [*_ACTIVE, Row(S.ACTIVE, T.CONVERGED, S.DEVICE)]
+_PAUSED = [*_ACTIVE, Row(S.ACTIVE, T.CONVERGED_PAUSED, S.PRE_SWITCHOVER)]
+_CONTINUED = [*_PAUSED, Row(S.PRE_SWITCHOVER, T.CONTINUED, S.DEVICE)]
+_IN_DOUBT = [*_DEVICE, Row(S.DEVICE, T.LOST_AFTER_HANDOVER, S.IN_DOUBT)]
+
+SRC_COMPLETED = [*_DEVICE, Row(S.DEVICE, T.RESUMED, S.COMPLETED)]
+SRC_COMPLETED_AFTER_CONTINUE = [*_CONTINUED, Row(S.DEVICE, T.RESUMED, S.COMPLETED)]
+SRC_FILE_COMPLETED = [*_DEVICE, Row(S.DEVICE, T.STREAM_SENT, S.COMPLETED)]
+
+SRC_FAILED_IN_SETUP = [*_SETUP, Row(S.SETUP, T.FAILED, S.FAILED)]
+SRC_FAILED_ACTIVE = [*_ACTIVE, Row(S.ACTIVE, T.FAILED, S.FAILED)]
+SRC_FAILED_PAUSED = [*_PAUSED, Row(S.PRE_SWITCHOVER, T.FAILED, S.FAILED)]
+SRC_FAILED_DEVICE = [*_DEVICE, Row(S.DEVICE, T.FAILED, S.FAILED)]
+
+
+def cancelled(path: list[Row]) -> list[Row]:
+    """`path`, then migrate_cancel in its last status: cancelling, cancelled."""
+    status = path[-1].after
+    return [*path, Row(status, T.CANCEL, S.CANCELLING), Row(S.CANCELLING, T.CANCELLED, S.CANCELLED)]
+
+
+SRC_CANCELLED_IN_SETUP = cancelled(_SETUP)
+SRC_CANCELLED_ACTIVE = cancelled(_ACTIVE)
+SRC_CANCELLED_PAUSED = cancelled(_PAUSED)
+SRC_CANCELLED_DEVICE = cancelled(_DEVICE)
+
+SRC_IN_DOUBT_COMMITTED = [*_IN_DOUBT, Row(S.IN_DOUBT, T.OUTCOME_COMMITTED, S.COMPLETED)]
+SRC_IN_DOUBT_DISCARDED = [*_IN_DOUBT, Row(S.IN_DOUBT, T.OUTCOME_DISCARDED, S.FAILED)]
+SRC_IN_DOUBT_OPERATOR_COMPLETE = [*_IN_DOUBT, Row(S.IN_DOUBT, T.OPERATOR_COMPLETE, S.COMPLETED)]
+SRC_IN_DOUBT_OPERATOR_RESUME = [*_IN_DOUBT, Row(S.IN_DOUBT, T.OPERATOR_RESUME, S.FAILED)]
+
+
+def shut_down(path: list[Row]) -> list[Row]:
+    """`path`, then the daemon shut down in its last status."""
+    return [*path, Row(path[-1].after, T.SHUTDOWN, S.FAILED)]
+
+
+SRC_SHUTDOWN_IN_SETUP = shut_down(_SETUP)
+SRC_SHUTDOWN_ACTIVE = shut_down(_ACTIVE)
+SRC_SHUTDOWN_PAUSED = shut_down(_PAUSED)
+SRC_SHUTDOWN_DEVICE = shut_down(_DEVICE)
+SRC_SHUTDOWN_IN_DOUBT = shut_down(_IN_DOUBT)
+
+# --------------------------------------------------------------------------- destination
+
+_D_SETUP = [Row(S.NONE, D.STREAM_ACCEPTED, S.SETUP)]
+_D_ACTIVE = [*_D_SETUP, Row(S.SETUP, D.RAM_READY, S.ACTIVE)]
+_D_LOADED = [*_D_ACTIVE, Row(S.ACTIVE, D.STREAM_LOADED, S.ACTIVE)]
+_D_HELD = [*_D_LOADED, Row(S.ACTIVE, D.SOURCE_LOST, S.IN_DOUBT)]
+
+DST_COMMITTED = [*_D_LOADED, Row(S.ACTIVE, D.HANDOVER, S.COMPLETED)]
+DST_FILE_COMMITTED = [*_D_LOADED, Row(S.ACTIVE, D.FILE_LOADED, S.COMPLETED)]
+DST_DISCARDED_IN_SETUP = [*_D_SETUP, Row(S.SETUP, D.DISCARDED, S.FAILED)]
+DST_DISCARDED_ACTIVE = [*_D_ACTIVE, Row(S.ACTIVE, D.DISCARDED, S.FAILED)]
+DST_DISCARDED_LOADED = [*_D_LOADED, Row(S.ACTIVE, D.DISCARDED, S.FAILED)]
+DST_HELD = _D_HELD
+DST_HELD_COMMITTED = [*_D_HELD, Row(S.IN_DOUBT, D.HANDOVER, S.COMPLETED)]
+DST_HELD_OPERATOR_COMMIT = [*_D_HELD, Row(S.IN_DOUBT, D.OPERATOR_COMMIT, S.COMPLETED)]
+DST_HELD_DISCARDED = [*_D_HELD, Row(S.IN_DOUBT, D.DISCARDED, S.FAILED)]
+
+
+def all_paths() -> dict[str, list[Row]]:
+    """Every path above by name."""
+    return {
+        name: value
+        for name, value in globals().items()
+        if name.startswith(("SRC_", "DST_")) and isinstance(value, list)
+    }
