@@ -29,8 +29,9 @@ from migration import (
 from netio import FileAddress, QMPServer, VersionInfo, bind_context, parse_migration_uri
 from vmm.incoming import IncomingRouter
 from vmm.outgoing import OutgoingMigration
+from vmm.runner import VmStopError
 from vmm.vm import VirtualMachine
-from vmsim import Machine, MachineConfig, RunState
+from vmsim import ChangeStateError, Machine, MachineConfig, RunState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -126,8 +127,21 @@ class Vmm:
     # -- the host of the migration machines (vmm.runner.RunnerHost) -----------------------
 
     def stop_vm_for_migration(self) -> RunState:
-        """QEMU `migration_stop_vm` (raises `ChangeStateError` if a handler refused)."""
-        return self._require_vm().stop_for_migration()
+        """QEMU `migration_stop_vm`.
+
+        Raises:
+            VmStopError: a change-state handler refused (or failed); the VM is stopped, and the
+                error names the run state to return to.
+        """
+        vm = self._require_vm()
+        previous = vm.runstate
+        try:
+            return vm.stop_for_migration()
+        except ChangeStateError as exc:
+            raise VmStopError(RunState(exc.from_state), str(exc)) from exc
+        except Exception as exc:
+            log.exception("vm_stop_crashed")
+            raise VmStopError(previous, f"stopping the VM crashed: {exc!r}") from exc
 
     def restore_vm(self, runstate: RunState) -> None:
         """Put the VM back as it was before the migration stopped it (QEMU: vm_start if live)."""

@@ -25,7 +25,6 @@ from migration import actions as act
 from migration import inputs as inp
 from netio import NetIOError, connect_channel
 from protocol import ConnectionClosed, PeerTimedOut, ProtocolError
-from vmsim import ChangeStateError, RunState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
@@ -33,10 +32,24 @@ if TYPE_CHECKING:
     from netio import ChannelLike, ChannelOptions, MigrationAddress
     from protocol import Event as ProtocolEvent
     from protocol import SourceConnection
-    from vmsim import Machine, MachineConfig
+    from vmsim import Machine, MachineConfig, RunState
 
 log = structlog.get_logger("vmm.migration")
 _LINGER_S: Final = 1.0  # a channel closed while a last reply is still queued gets this long
+
+
+class VmStopError(Exception):
+    """Stopping the VM for the switchover failed; it is stopped all the same (QEMU).
+
+    Attributes:
+        previous: the run state before the stop (the one to return to).
+        reason: why, for the migration's error-desc.
+    """
+
+    def __init__(self, previous: RunState, reason: str) -> None:
+        super().__init__(reason)
+        self.previous = previous
+        self.reason = reason
 
 
 class SansIOMachine(Protocol):
@@ -60,7 +73,7 @@ class RunnerHost(Protocol):
     """What the daemon does for a migration: the VM, events, the ownership decision."""
 
     def stop_vm_for_migration(self) -> RunState:
-        """Stop the VM to finish-migrate; return its previous run state."""
+        """Stop the VM to finish-migrate; return its previous run state (or raise VmStopError)."""
         ...
 
     def restore_vm(self, runstate: RunState) -> None:
@@ -214,9 +227,8 @@ class MachineRunner:
     def _stop_vm(self) -> None:
         try:
             previous = self._host.stop_vm_for_migration()
-        except ChangeStateError as exc:
-            previous = RunState(exc.from_state)
-            self._pending.append(inp.VmStopFailed(previous=previous, reason=str(exc)))
+        except VmStopError as exc:
+            self._pending.append(inp.VmStopFailed(previous=exc.previous, reason=exc.reason))
             return
         self._pending.append(inp.VmStopped(previous=previous))
 

@@ -1,0 +1,178 @@
+"""The destination: what it refuses, what supersedes a held copy, and QEMU's rules for loading.
+
+- BUSY: a VM runs here, another stream loads, or a different VM is held in doubt;
+- a new migration of the VM held in doubt supersedes the held copy (only its owner can start it);
+- a device the source did not send because its `needed` was false loads as its reset state;
+- a VM that was not running on the source keeps its run state here (QEMU's globalstate);
+- a file stream may end without VMDESCRIPTION.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tests.helpers.inproc import FINAL, make_pair, small_vm, start_daemon
+from tests.integration import paths
+from vmsim import RunState, VMStateDescription, field_uint
+
+
+def test_a_destination_with_a_vm_refuses_busy(run, tmp):
+    async def main() -> None:
+        source = await start_daemon(tmp, vm=small_vm(), incoming=None)
+        busy = await start_daemon(tmp, vm=small_vm(seed=9))
+        try:
+            await source.execute("migrate", {"uri": busy.incoming_uri})
+            assert "failed" == await source.wait(FINAL)
+            info = await source.execute("query-migrate")
+            assert "a VM is already on this daemon" in info["error-desc"]
+            assert busy.vmm.ledger.current is None  # refused before it was a migration
+            assert await source.runs()
+            assert await busy.runs()
+        finally:
+            await source.close()
+            await busy.close()
+
+    run(main)
+
+
+def test_a_second_concurrent_stream_is_refused(run, tmp):
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        other = await start_daemon(tmp, vm=small_vm(seed=3), incoming=None)
+        pair.others.append(other)
+        try:
+            await pair.source.execute("migrate-set-parameters", {"max-bandwidth": 2 << 20})
+            await pair.migrate()
+            await pair.dest.wait({"active"})
+            await other.execute("migrate", {"uri": pair.dest.incoming_uri})
+            assert "failed" == await other.wait(FINAL)
+            info = await other.execute("query-migrate")
+            assert "already receiving" in info["error-desc"]
+            assert "active" == await pair.source.status()  # the first one goes on
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_new_migration_of_the_held_vm_supersedes_the_held_copy(run, tmp):
+    async def main() -> None:
+        vm = small_vm(uuid="33333333-3333-3333-3333-333333333333")
+        pair = await make_pair(tmp, proxy=True, vm=vm)
+        try:
+            fault = pair.fault(type="stall", direction="return", before_frame="LOADED")
+            await pair.migrate()
+            await pair.proxy.wait_fired(fault, 10)
+            await pair.source.close()  # its host died after the destination loaded the VM
+            assert "in-doubt" == await pair.dest.wait({"in-doubt"})
+            held = pair.dest.record
+
+            # A different VM is refused while one is held ...
+            stranger = await start_daemon(tmp, vm=small_vm(seed=5), incoming=None)
+            pair.others.append(stranger)
+            await stranger.execute("migrate", {"uri": pair.dest.incoming_uri})
+            assert "failed" == await stranger.wait(FINAL)
+            assert "held in doubt" in (await stranger.execute("query-migrate"))["error-desc"]
+
+            # ... the same VM, from wherever its owner runs it now, supersedes the held copy.
+            owner = await start_daemon(tmp, vm=vm, incoming=None)
+            pair.others.append(owner)
+            await owner.execute("migrate", {"uri": pair.dest.incoming_uri})
+            assert "completed" == await owner.wait(FINAL)
+            assert paths.DST_HELD_DISCARDED == held.history
+            assert "superseded by migration" in (held.reason or "")
+            assert paths.DST_COMMITTED == pair.dest.dest_path()
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+@dataclass
+class Extra:
+    """A device whose state is only sent when it has something to say (QEMU's `needed`)."""
+
+    value: int = 0
+
+
+EXTRA_VMSD = VMStateDescription(
+    name="extra",
+    version_id=1,
+    fields=(field_uint("value", 32),),
+    needed=lambda device: device.value != 0,
+)
+
+
+def test_a_device_that_is_not_needed_is_not_sent_and_keeps_its_reset_state(run, tmp):
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            source_machine = pair.source.vmm.vm.machine
+            source_machine.savevm.register("extra", 0, vmsd=EXTRA_VMSD, opaque=Extra(0))
+            original = pair.dest.vmm.build_machine
+            loaded: list[Extra] = []
+
+            async def with_extra(config):
+                machine = await original(config)
+                loaded.append(Extra(0))
+                machine.savevm.register("extra", 0, vmsd=EXTRA_VMSD, opaque=loaded[-1])
+                return machine
+
+            pair.dest.vmm.build_machine = with_extra
+            await pair.migrate(x_digest_check=False)  # vmsim's digest knows its own devices
+            assert "completed" == await pair.source.wait(FINAL)
+            assert paths.DST_COMMITTED == pair.dest.dest_path()
+            assert [Extra(0)] == loaded
+            assert ("extra", 0) not in pair.dest.record.metrics.devices  # never sent
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_vm_that_was_not_running_keeps_its_run_state_at_the_destination(run, tmp):
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            pair.source.vmm.vm.stop(RunState.SUSPENDED)  # QEMU: e.g. a guest in S3
+            await pair.migrate()
+            assert "completed" == await pair.source.wait(FINAL)
+            status = await pair.dest.execute("query-status")
+            assert {"status": "suspended", "running": False} == status
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_file_stream_without_vmdescription_loads(run, tmp):
+    async def main() -> None:
+        source = await start_daemon(tmp, vm=small_vm(), incoming=None)
+        dest = await start_daemon(tmp, incoming=None)
+        try:
+            path = tmp / "vm.stream"
+            await source.execute("migrate", {"uri": f"file:{path}"})
+            assert "completed" == await source.wait(FINAL)
+            stream = path.read_bytes()
+            vmdesc = _last_frame_offset(stream)
+            path.write_bytes(stream[:vmdesc])  # VMDESCRIPTION is optional in a file (QEMU)
+
+            await dest.execute("migrate-incoming", {"uri": f"file:{path}"})
+            assert "completed" == await dest.wait({"completed", "failed"})
+            assert paths.DST_FILE_COMMITTED == dest.dest_path()
+            await dest.assert_matches_replay()
+        finally:
+            await source.close()
+            await dest.close()
+
+    run(main)
+
+
+def _last_frame_offset(stream: bytes) -> int:
+    """Where the stream's last frame (VMDESCRIPTION) starts."""
+    from protocol import analyze_stream  # noqa: PLC0415
+
+    frames = analyze_stream([stream])["frames"]
+    assert "VMDESCRIPTION" == frames[-1]["kind"]
+    return int(frames[-1]["offset"])
