@@ -183,6 +183,9 @@ class FaultProxy:
     async def _serve(self, client: socket.socket) -> None:
         try:
             upstream = await open_connection(self.upstream, timeout_s=5.0)
+        except asyncio.CancelledError:
+            client.close()  # the proxy closes while this connection is being set up
+            raise
         except OSError as exc:
             log.info("upstream_unreachable", error=str(exc))
             client.close()

@@ -129,6 +129,9 @@ class IncomingRouter:
             log.info("incoming_connection_error", error=str(exc))
             channel.close()
             return
+        except asyncio.CancelledError:
+            channel.close()  # the daemon shuts down before the channel said what it is for
+            raise
         if first is None:
             channel.close()
             return
