@@ -246,8 +246,9 @@ EXPECTED: dict[tuple[str, str], Expected] = {
         "(tcp_rmem up to 32 MiB at the proxy and at the destination) plus the proxy's 16 MiB "
         "queue take its 40 MB/s stream for up to about 2 s after the destination stops, while "
         "the stop lasts 2.5 s plus the time `livemig fault clear` takes: the source usually "
-        "times out first (row 14), but when it has not, the woken destination reads on before "
-        "its own overdue timer and the migration simply resumes",
+        "times out first (row 14); when it has not, and the destination was stopped in the "
+        "middle of reading (it then reads on before its overdue timer runs), the migration "
+        "simply resumes",
     ),
     ("pause-dest", "switchover"): only(SOURCE_KEEPS),
     # HANDOVER lands in the stopped destination's socket; in doubt, then committed (row 15).
