@@ -11,6 +11,7 @@ import sys
 import pytest
 from qemu.qmp import QMPClient as QemuQMPClient
 
+from netio import QMPTimeoutError
 from tests.e2e.conftest import (
     FINAL,
     assert_matches_replay,
@@ -139,42 +140,119 @@ async def test_second_concurrent_stream_is_refused(daemons, loop_kind) -> None:
         assert (await client.execute("query-status"))["running"]
 
 
-@pytest.mark.parametrize(
-    "state", ["setup", "active", "pre-switchover", "cancelling", "cancelled", "completed"]
-)
+async def next_migration_status(client, timeout_s: float = 60.0) -> str:
+    """The status of the next MIGRATION event (consumed)."""
+    event = await client.wait_event("MIGRATION", timeout_s)
+    return str(event.data["status"])
+
+
+async def migration_statuses_until(client, last: str, statuses: list[str]) -> None:
+    """Append MIGRATION statuses to ``statuses`` until ``last`` (or a final status) arrives."""
+    while not statuses or statuses[-1] != last:
+        statuses.append(await next_migration_status(client))
+        if statuses[-1] in FINAL:
+            break
+
+
+# QEMU's /migration/cancel/src/after/<state>. The MIGRATION events a source emits, in order:
+# "cancelling" is set by migrate_cancel itself and lasts until the migration task has resumed
+# the VM (one turn of the event loop here), so it is reached, as in QEMU's test, by waiting for
+# its event; the second migrate_cancel then finds "cancelling" or "cancelled" and must change
+# nothing (no error, no further event).
+CANCEL_CASES = {
+    "setup": ("setup", ["setup", "cancelling", "cancelled"]),
+    "active": ("active", ["setup", "active", "cancelling", "cancelled"]),
+    "pre-switchover": (
+        "pre-switchover",
+        ["setup", "active", "pre-switchover", "cancelling", "cancelled"],
+    ),
+    "cancelling": ("cancelling", ["setup", "active", "cancelling", "cancelled"]),
+    "cancelled": ("cancelled", ["setup", "active", "cancelling", "cancelled"]),
+    "completed": ("completed", ["setup", "active", "device", "completed"]),
+}
+
+
+@pytest.mark.parametrize("state", list(CANCEL_CASES))
 async def test_cancel_in_each_state(daemons, loop_kind, state) -> None:
-    """QEMU's /migration/cancel/src/after/<state>: the source keeps (or gets back) its VM."""
+    """migrate_cancel in (or after) each state: cancelled, the VM runs on the source, unchanged.
+
+    Before the handover the source resumes its VM (digest = replay) and the destination
+    discards; after completion migrate_cancel is a no-op. Each state is reached by waiting for
+    its MIGRATION event: setup by a stopped destination (the kernel accepts, OPEN_ACK never
+    comes), active by 3 MB/s and a 1 ms downtime limit (it cannot converge), pre-switchover by
+    the capability of that name (the VM is stopped, waiting for migrate-continue).
+    """
+    reach, expected_events = CANCEL_CASES[state]
+    first_cancel_at = state if state in ("setup", "pre-switchover") else "active"
     source = daemons("source_daemon", *source_args(loop_kind, ram_mib=32))
     dest = daemons("dest_daemon", *dest_args(loop_kind))
-    caps = {"pause-before-switchover": state == "pre-switchover"}
-    slow = {"max-bandwidth": 3_000_000, "downtime-limit": 1}
+    caps = {
+        "events": True,
+        "x-digest-check": True,
+        "pause-before-switchover": state == "pre-switchover",
+    }
+    params: dict[str, object] = {"max-bandwidth": 3_000_000, "downtime-limit": 1}
+    if state in ("pre-switchover", "completed"):
+        params = {}
     if state == "setup":
-        dest.signal(19)  # SIGSTOP: the kernel accepts, the daemon never acknowledges
-        wait_for = frozenset({"setup"})
-    elif state == "completed":
-        wait_for, slow = FINAL, {}
-    elif state == "pre-switchover":
-        wait_for, slow = frozenset({"pre-switchover"}), {}
-    else:
-        wait_for = frozenset({"active"})
-    await migrate(source, dest, capabilities=caps, parameters=slow, wait_for=wait_for)
+        params["x-peer-timeout-ms"] = 120_000  # the stopped destination must not time out
+        dest.signal(19)  # SIGSTOP
+    statuses: list[str] = []
+    try:
+        async with qmp(source) as src:
+            await src.execute(
+                "migrate-set-capabilities",
+                {"capabilities": [{"capability": n, "state": v} for n, v in caps.items()]},
+            )
+            if params:
+                await src.execute("migrate-set-parameters", params)
+            await src.execute("migrate", {"uri": dest.incoming_uri})
 
-    async with qmp(source) as src:
-        await src.execute("migrate_cancel")
-        if state in ("cancelling", "cancelled"):
-            await src.execute("migrate_cancel")  # repeated: harmless
-        info = await wait_status(src, FINAL)
-        status = await src.execute("query-status")
-    dest.signal(18)  # SIGCONT
+            if state == "completed":
+                await migration_statuses_until(src, "completed", statuses)
+                assert {} == await src.execute("migrate_cancel")
+            else:
+                await migration_statuses_until(src, first_cancel_at, statuses)
+                before = await src.execute("query-migrate")
+                assert first_cancel_at == before["status"], before
+                if state == "pre-switchover":
+                    assert not (await src.execute("query-status"))["running"]
+                assert {} == await src.execute("migrate_cancel")
+                await migration_statuses_until(src, reach, statuses)
+                if state in ("cancelling", "cancelled"):
+                    assert {} == await src.execute("migrate_cancel")  # again: changes nothing
+                await migration_statuses_until(src, "cancelled", statuses)
+            with pytest.raises(QMPTimeoutError):  # nothing more happens
+                await src.wait_event("MIGRATION", 0.5)
+            info = await src.execute("query-migrate")
+            status = await src.execute("query-status")
+            if state != "completed":
+                await asyncio.sleep(0.3)  # the resumed VM keeps running
+                vm = await stopped_vm(src)
+    finally:
+        if state == "setup":
+            dest.signal(18)  # SIGCONT
 
+    assert expected_events == statuses
     if state == "completed":
-        assert "completed" == info["status"]
-        assert "postmigrate" == status["status"]
+        assert "completed" == info["status"], info
+        assert {"status": "postmigrate", "running": False} == status
+        async with qmp(dest) as dst:
+            assert (await dst.execute("query-status"))["running"]
+            assert_matches_replay(await stopped_vm(dst))
         return
     assert "cancelled" == info["status"], info
+    assert "error-desc" not in info, info  # QEMU: a cancel is not an error
     assert {"status": "running", "running": True} == status
+    assert_matches_replay(vm)
     async with qmp(dest) as dst:
-        info = await wait_status(dst, frozenset({"failed", "none"}), timeout_s=20)
+        outcome = {"migration-id": info["x-migration-id"]}
+        async with asyncio.timeout(20):
+            while (
+                "discarded" != (await dst.execute("x-query-migration-outcome", outcome))["outcome"]
+            ):
+                await asyncio.sleep(0.05)
+        assert "failed" == (await dst.execute("query-migrate"))["status"]
         assert not (await dst.execute("query-status"))["running"]
 
 

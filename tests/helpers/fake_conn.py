@@ -8,8 +8,9 @@
   one batch of page data gathered straight from "guest RAM" (a memoryview, never copied) and a
   16-byte footer queued after the body went out; the receiver scatters the data straight into
   its own RAM.
-- `measure_channel_throughput` / `measure_raw_throughput`: move the same bytes between two
-  processes over loopback, through `netio.Channel` or with blocking ``sendall``/``recv_into``.
+- `measure_throughput`: move the same bytes between two processes over loopback, through
+  `netio.Channel` or with blocking ``sendall``/``recv_into``; each side reports what it counted
+  and a digest of the RAM it sent from or received into.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import uvloop
+import xxhash
 
 from netio import Channel, TcpAddress, accept, open_connection
 
@@ -156,7 +159,19 @@ class FakeConnection:
 # --------------------------------------------------------------------------- bulk data path
 
 HEADER = struct.Struct(">4sIQ")  # magic, frame index, data length
-FOOTER = struct.Struct(">4sIQ")  # magic, frame index, checksum stand-in
+FOOTER = struct.Struct(">4sIQ")  # magic, frame index, offset of the data in RAM
+
+
+def frame_offset(index: int, batch_bytes: int, ram_bytes: int) -> int:
+    """Where frame ``index``'s data lies in RAM, on both sides (batches wrap around RAM)."""
+    per_ram = ram_bytes // batch_bytes
+    return (index % per_ram) * batch_bytes
+
+
+def ram_digest(ram: memoryview, frames: int, batch_bytes: int) -> str:
+    """xxh3-128 of the part of RAM that ``frames`` batches cover (from offset 0)."""
+    covered = min(frames, ram.nbytes // batch_bytes) * batch_bytes
+    return xxhash.xxh3_128_hexdigest(ram[:covered])
 
 
 class BulkSender:
@@ -165,18 +180,16 @@ class BulkSender:
     def __init__(self, ram: memoryview) -> None:
         self._conn = FakeConnection()
         self._ram = ram
-        self._frames = 0
+        self.frames_queued = 0
 
     @property
     def conn(self) -> FakeConnection:
         return self._conn
 
     def queue_frame(self, batch_bytes: int) -> None:
-        offset = (self._frames * batch_bytes) % self._ram.nbytes
-        if offset + batch_bytes > self._ram.nbytes:
-            offset = 0
-        index = self._frames
-        self._frames += 1
+        index = self.frames_queued
+        offset = frame_offset(index, batch_bytes, self._ram.nbytes)
+        self.frames_queued += 1
         self._conn.send(HEADER.pack(b"HDR!", index, batch_bytes))
         self._conn.send(
             self._ram[offset : offset + batch_bytes],
@@ -185,17 +198,23 @@ class BulkSender:
 
 
 class BulkReceiver:
-    """Scatters frames straight into ``ram``; one `FrameReceived` event per frame."""
+    """Scatters frames straight into ``ram`` until the stream ends; one `FrameReceived` each.
 
-    def __init__(self, ram: memoryview, *, batch_bytes: int, frames: int) -> None:
+    It takes any number of frames: how many arrived (``frames_received``), how many page bytes
+    they carried (``page_bytes``) and how many bytes of an incomplete frame the stream ended in
+    (``truncated_bytes``) are what it counted, not what it was told to expect.
+    """
+
+    def __init__(self, ram: memoryview, *, batch_bytes: int) -> None:
         self._ram = ram
         self._batch_bytes = batch_bytes
-        self._frames = frames
-        self._index = 0  # frame being received
-        self._offset = 0  # bytes of it received
+        self._offset = 0  # bytes of the current frame received
         self._header = memoryview(bytearray(HEADER.size))
         self._footer = memoryview(bytearray(FOOTER.size))
         self._frame_bytes = HEADER.size + batch_bytes + FOOTER.size
+        self.frames_received = 0
+        self.page_bytes = 0
+        self.truncated_bytes = 0
         self.events: collections.deque[object] = collections.deque()
 
     @property
@@ -208,16 +227,12 @@ class BulkReceiver:
     def data_sent(self, nbytes: int, now: float) -> None:
         raise AssertionError("the receiver sends nothing")
 
-    def _data_view(self, index: int) -> memoryview:
-        offset = (index * self._batch_bytes) % self._ram.nbytes
-        if offset + self._batch_bytes > self._ram.nbytes:
-            offset = 0
-        return self._ram[offset : offset + self._batch_bytes]
+    def _data_offset(self) -> int:
+        return frame_offset(self.frames_received, self._batch_bytes, self._ram.nbytes)
 
     def get_buffers(self) -> list[memoryview]:
-        if self._index >= self._frames:
-            return []
-        parts = [self._header, self._data_view(self._index), self._footer]
+        offset = self._data_offset()
+        parts = [self._header, self._ram[offset : offset + self._batch_bytes], self._footer]
         skip = self._offset
         buffers = []
         for part in parts:
@@ -231,20 +246,25 @@ class BulkReceiver:
     def buffers_filled(self, nbytes: int, now: float) -> None:
         self._offset += nbytes
         if self._offset == self._frame_bytes:
-            magic, index, _ = HEADER.unpack(self._header)
-            footer_magic, footer_index, _ = FOOTER.unpack(self._footer)
-            if (magic, index, footer_magic, footer_index) != (  # pragma: no cover - a bug
+            index = self.frames_received
+            magic, header_index, data_len = HEADER.unpack(self._header)
+            footer_magic, footer_index, offset = FOOTER.unpack(self._footer)
+            if (magic, header_index, data_len, footer_magic, footer_index, offset) != (
                 b"HDR!",
-                self._index,
+                index,
+                self._batch_bytes,
                 b"FTR!",
-                self._index,
+                index,
+                self._data_offset(),
             ):
                 raise AssertionError(f"bad frame {bytes(self._header)!r} {bytes(self._footer)!r}")
-            self.events.append(FrameReceived(index=self._index))
-            self._index += 1
+            self.events.append(FrameReceived(index=index))
+            self.frames_received += 1
+            self.page_bytes += self._batch_bytes
             self._offset = 0
 
     def receive_eof(self, now: float) -> None:
+        self.truncated_bytes = self._offset
         self.events.append(StreamEnded())
 
     def next_event(self) -> object | None:
@@ -261,6 +281,7 @@ class BulkReceiver:
 
 LoopName = Literal["asyncio", "uvloop"]
 _RAM_BYTES = 64 << 20
+_RAM_SEED = 20240611
 
 
 def _new_loop(loop_name: LoopName) -> asyncio.AbstractEventLoop:
@@ -269,43 +290,79 @@ def _new_loop(loop_name: LoopName) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def _prefaulted_ram(size_bytes: int) -> memoryview:
-    ram = bytearray(size_bytes)
-    pattern = bytes(range(256)) * 4096
-    for offset in range(0, size_bytes, len(pattern)):
-        ram[offset : offset + len(pattern)] = pattern
-    return memoryview(ram)
+def _sender_ram(size_bytes: int) -> memoryview:
+    """Seeded random bytes: misplaced, reordered or lost data changes the receiver's digest."""
+    return memoryview(bytearray(np.random.default_rng(_RAM_SEED).bytes(size_bytes)))
 
 
-async def _channel_send(port: int, batch_bytes: int, frames: int, window: int) -> None:
-    sender = BulkSender(_prefaulted_ram(_RAM_BYTES))
+def _receiver_ram(size_bytes: int) -> memoryview:
+    """Pre-faulted with a fill the sender's random data differs from in every batch."""
+    return memoryview(bytearray(b"\xa5") * size_bytes)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SenderReport:
+    """What the sending side counted: from its channel (or socket) and its own RAM."""
+
+    frames: int
+    bytes_sent: int
+    digest: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReceiverReport:
+    """What the receiving side counted and what landed in its RAM."""
+
+    frames: int
+    page_bytes: int
+    bytes_received: int
+    truncated_bytes: int
+    digest: str
+    elapsed_s: float
+
+
+async def _channel_send(port: int, batch_bytes: int, frames: int, window: int) -> SenderReport:
+    ram = _sender_ram(_RAM_BYTES)
+    sender = BulkSender(ram)
     sock = await open_connection(TcpAddress(host="127.0.0.1", port=port), 5.0)
     channel = Channel(sock, sender.conn)
-    queued = 0
-    while queued < frames:
-        while queued < frames and sender.conn.pending_send_bytes < window * batch_bytes:
+    while sender.frames_queued < frames:
+        while (
+            sender.frames_queued < frames and sender.conn.pending_send_bytes < window * batch_bytes
+        ):
             sender.queue_frame(batch_bytes)
-            queued += 1
         await channel.flush()
     channel.sock.shutdown(socket.SHUT_WR)
     with contextlib.suppress(OSError):
         channel.sock.recv(1)
     channel.close()
+    return SenderReport(
+        frames=sender.frames_queued,
+        bytes_sent=channel.bytes_sent,
+        digest=ram_digest(ram, sender.frames_queued, batch_bytes),
+    )
 
 
-async def _channel_receive(listener: socket.socket, batch_bytes: int, frames: int) -> float:
-    receiver = BulkReceiver(_prefaulted_ram(_RAM_BYTES), batch_bytes=batch_bytes, frames=frames)
+async def _channel_receive(listener: socket.socket, batch_bytes: int) -> ReceiverReport:
+    ram = _receiver_ram(_RAM_BYTES)
+    receiver = BulkReceiver(ram, batch_bytes=batch_bytes)
     sock = await accept(listener)
     channel = Channel(sock, receiver)
-    first = await channel.next_event()
-    started = time.perf_counter()
-    assert isinstance(first, FrameReceived)
-    for _ in range(frames - 1):
-        event = await channel.next_event()
+    started = ended = None
+    while not isinstance(event := await channel.next_event(), StreamEnded):
         assert isinstance(event, FrameReceived), event
-    elapsed_s = time.perf_counter() - started
+        ended = time.perf_counter()
+        if started is None:
+            started = ended
     channel.close()
-    return elapsed_s
+    return ReceiverReport(
+        frames=receiver.frames_received,
+        page_bytes=receiver.page_bytes,
+        bytes_received=channel.bytes_received,
+        truncated_bytes=receiver.truncated_bytes,
+        digest=ram_digest(ram, receiver.frames_received, batch_bytes),
+        elapsed_s=0.0 if started is None or ended is None else ended - started,
+    )
 
 
 def _run_in_loop(loop_name: LoopName, coro_factory: Callable[[], object]) -> object:
@@ -316,77 +373,124 @@ def _run_in_loop(loop_name: LoopName, coro_factory: Callable[[], object]) -> obj
         loop.close()
 
 
-def _sender_process(kind: str, loop_name: LoopName, port: int, batch: int, frames: int) -> None:
-    if kind == "raw":
-        ram = _prefaulted_ram(_RAM_BYTES)
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            for index in range(frames):
-                offset = (index * batch) % _RAM_BYTES
-                sock.sendall(ram[offset : offset + batch])
-            sock.shutdown(socket.SHUT_WR)
-            sock.recv(1)
-        return
-    _run_in_loop(loop_name, lambda: _channel_send(port, batch, frames, window=4))
+def _raw_send(port: int, batch: int, frames: int) -> SenderReport:
+    ram = _sender_ram(_RAM_BYTES)
+    bytes_sent = 0
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        for index in range(frames):
+            offset = frame_offset(index, batch, _RAM_BYTES)
+            sock.sendall(ram[offset : offset + batch])
+            bytes_sent += batch  # sendall sends all or raises
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)
+    return SenderReport(frames=frames, bytes_sent=bytes_sent, digest=ram_digest(ram, frames, batch))
+
+
+def _sender_process(
+    kind: str,
+    loop_name: LoopName,
+    port: int,
+    batch: int,
+    frames: int,
+    result: multiprocessing.connection.Connection,
+) -> None:
+    try:
+        if kind == "raw":
+            report: object = _raw_send(port, batch, frames)
+        else:
+            report = _run_in_loop(loop_name, lambda: _channel_send(port, batch, frames, window=4))
+        result.send(report)
+    except BaseException as exc:
+        result.send(f"sender failed: {exc!r}")
+        raise
 
 
 def _receiver_process(
     kind: str,
     loop_name: LoopName,
     batch: int,
-    frames: int,
     result: multiprocessing.connection.Connection,
 ) -> None:
-    """Listen on 127.0.0.1, report the port, receive, report the elapsed time (or the error)."""
+    """Listen on 127.0.0.1, report the port, receive, report what arrived (or the error)."""
     try:
         with socket.create_server(("127.0.0.1", 0)) as listener:
             result.send(listener.getsockname()[1])
-            result.send(_receive(kind, loop_name, listener, batch, frames))
+            result.send(_receive(kind, loop_name, listener, batch))
     except BaseException as exc:
         result.send(f"receiver failed: {exc!r}")
         raise
 
 
-def _receive(
-    kind: str, loop_name: LoopName, listener: socket.socket, batch: int, frames: int
-) -> float:
+def _raw_receive(listener: socket.socket, batch: int) -> ReceiverReport:
+    """Receive batches into RAM until the sender closes; each batch lands at its frame offset."""
+    ram = _receiver_ram(_RAM_BYTES)
+    conn, _ = listener.accept()
+    received = 0
+    started = ended = None
+    while True:
+        index, within = divmod(received, batch)
+        offset = frame_offset(index, batch, _RAM_BYTES)
+        nbytes = conn.recv_into(ram[offset + within : offset + batch])
+        if nbytes == 0:
+            break
+        ended = time.perf_counter()
+        if started is None:
+            started = ended
+        received += nbytes
+    conn.close()
+    frames, truncated = divmod(received, batch)
+    return ReceiverReport(
+        frames=frames,
+        page_bytes=frames * batch,
+        bytes_received=received,
+        truncated_bytes=truncated,
+        digest=ram_digest(ram, frames, batch),
+        elapsed_s=0.0 if started is None or ended is None else ended - started,
+    )
+
+
+def _receive(kind: str, loop_name: LoopName, listener: socket.socket, batch: int) -> ReceiverReport:
     if kind == "raw":
-        ram = _prefaulted_ram(_RAM_BYTES)
-        conn, _ = listener.accept()
-        total = batch * frames
-        received = conn.recv_into(ram[:batch])
-        started = time.perf_counter()
-        while received < total:
-            offset = (received % _RAM_BYTES) // batch * batch
-            received += conn.recv_into(ram[offset : offset + batch])
-        elapsed_s = time.perf_counter() - started
-        conn.close()
-        return elapsed_s
+        return _raw_receive(listener, batch)
     listener.setblocking(False)
-    elapsed_s = _run_in_loop(loop_name, lambda: _channel_receive(listener, batch, frames))
-    assert isinstance(elapsed_s, float)
-    return elapsed_s
+    report = _run_in_loop(loop_name, lambda: _channel_receive(listener, batch))
+    assert isinstance(report, ReceiverReport)
+    return report
 
 
 def _result(
     pipe: multiprocessing.connection.Connection,
-    sender: multiprocessing.process.BaseProcess | None,
+    process: multiprocessing.process.BaseProcess | None,
     deadline: float,
 ) -> object:
     while not pipe.poll(0.2):
-        if (sender is not None and sender.exitcode) or time.monotonic() > deadline:
+        if (process is not None and process.exitcode) or time.monotonic() > deadline:
             raise RuntimeError("the throughput measurement failed or hung")
     result = pipe.recv()
     if isinstance(result, str):
-        raise RuntimeError(result)  # noqa: TRY004 - the receiver's error report
+        raise RuntimeError(result)  # noqa: TRY004 - the other process's error report
     return result
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Throughput:
+    """One measurement: what each side counted, and the digests of what it sent and received.
+
+    ``total_bytes`` is the page data the receiver took in whole frames; ``bytes_sent`` and
+    ``bytes_received`` are the channels' (or sockets') own counts, framing included.
+    """
+
     kind: str
     loop: str
     total_bytes: int
     elapsed_s: float
+    frames_sent: int
+    frames_received: int
+    bytes_sent: int
+    bytes_received: int
+    truncated_bytes: int
+    sent_digest: str
+    received_digest: str
 
     @property
     def gb_per_s(self) -> float:
@@ -405,27 +509,33 @@ def measure_throughput(
     ``kind="channel"`` uses `netio.Channel` on both sides (frames of header + gathered page data
     + footer, scattered straight into the receiver's RAM); ``kind="raw"`` is the baseline:
     blocking ``sendall``/``recv_into`` of the bare data. Time is measured at the receiver, from
-    the first received frame to the last.
+    the first received frame to the last. The sender's RAM is seeded random bytes and the
+    receiver's starts with a different fill; both digest the RAM the batches covered after the
+    transfer (outside the timed part), so `Throughput` says whether the bytes arrived intact.
     """
     frames = total_bytes // batch_bytes
     # spawn, not fork: pytest-xdist workers run threads, and a forked child could inherit a
     # lock one of them held.
     context = multiprocessing.get_context("spawn")
-    parent_end, child_end = context.Pipe(duplex=False)
+    receiver_end, receiver_child_end = context.Pipe(duplex=False)
+    sender_end, sender_child_end = context.Pipe(duplex=False)
     receiver = context.Process(
-        target=_receiver_process, args=(kind, loop_name, batch_bytes, frames, child_end)
+        target=_receiver_process, args=(kind, loop_name, batch_bytes, receiver_child_end)
     )
     receiver.start()
     sender = None
     deadline = time.monotonic() + 120
     try:
-        port = _result(parent_end, None, deadline)
+        port = _result(receiver_end, None, deadline)
         sender = context.Process(
-            target=_sender_process, args=(kind, loop_name, port, batch_bytes, frames)
+            target=_sender_process,
+            args=(kind, loop_name, port, batch_bytes, frames, sender_child_end),
         )
         sender.start()
-        elapsed_s = _result(parent_end, sender, deadline)
-        assert isinstance(elapsed_s, float)
+        received = _result(receiver_end, sender, deadline)
+        sent = _result(sender_end, receiver, deadline)
+        assert isinstance(received, ReceiverReport)
+        assert isinstance(sent, SenderReport)
     finally:
         for process in (sender, receiver):
             if process is not None:
@@ -435,8 +545,15 @@ def measure_throughput(
     return Throughput(
         kind=kind,
         loop=loop_name if kind == "channel" else "blocking",
-        total_bytes=frames * batch_bytes,
-        elapsed_s=elapsed_s,
+        total_bytes=received.page_bytes,
+        elapsed_s=received.elapsed_s,
+        frames_sent=sent.frames,
+        frames_received=received.frames,
+        bytes_sent=sent.bytes_sent,
+        bytes_received=received.bytes_received,
+        truncated_bytes=received.truncated_bytes,
+        sent_digest=sent.digest,
+        received_digest=received.digest,
     )
 
 

@@ -31,6 +31,13 @@ class OutcomeLog:
                 f"{suite}: VM lost by the migration {runs_on['nowhere']},"
                 f" run twice {runs_on['both']}"
             )
+            for case in cases:
+                where = " ".join(
+                    f"{key}={value}"
+                    for key, value in case.items()
+                    if key not in ("outcome", "vm_runs_on")
+                )
+                lines.append(f"{suite}:   {where}: {case['outcome']}")
         return lines
 
 

@@ -4,6 +4,9 @@ For every case the rule of docs/handover.md is checked: the migration ends withi
 then runs on exactly one side (after `livemig resolve` where a side was left in doubt), or on none
 only when the source was killed while it held the only complete copy; the running VM equals a
 replay; a failure is reported in error-desc and in the logs; and a retry after healing succeeds.
+Each case must also end the way `EXPECTED` says for its fault and phase (where the VM runs, the
+source's final status, whether `livemig resolve` was needed), derived from handover.md's failure
+table; the few rows whose outcome depends on timing list the outcomes they allow, and why.
 
 Network faults are applied with `livemig fault` (iptables/tc in the destination's or source's
 namespace, on the migration port only, so QMP keeps working); latency, stalls and cuts come from a
@@ -60,6 +63,199 @@ FAULTS = (
 )
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a case ended: where the VM runs, the source's final status, who settled it."""
+
+    vm_runs_on: str  # "source", "dest" or "nowhere"
+    source_status: str  # query-migrate status once settled, or "killed"
+    operator_resolved: bool = False  # `livemig resolve` had to settle an in-doubt side
+
+    def __str__(self) -> str:
+        resolved = ", after livemig resolve" if self.operator_resolved else ""
+        return f"VM on {self.vm_runs_on}, source {self.source_status}{resolved}"
+
+
+# The outcomes of docs/handover.md's failure table, as this matrix can observe them.
+SOURCE_KEEPS = Outcome("source", "failed")  # no HANDOVER sent: the source resumed (rows 1, 2, 4,
+# 5, 8, 13, 14); the destination discarded by itself, on ABORT or on RESOLVE
+DEST_RUNS = Outcome("dest", "completed")  # HANDOVER arrived, directly or by RESOLVE (rows 9, 10,
+# 15), or the fault did not break the migration at all
+LOST_WITH_SOURCE = Outcome("nowhere", "killed")  # rows 3 and 6: the source's host died holding
+# the only complete copy
+DEST_AFTER_RESOLVE = Outcome("dest", "killed", operator_resolved=True)  # row 7: the destination
+# held the loaded copy in doubt; `livemig resolve --source-dead` committed it
+SOURCE_AFTER_RESOLVE = Outcome("source", "failed", operator_resolved=True)  # row 11 with no
+# restarted destination: `resolve --dest-dead` resumed the source; row 8 when every ABORT try fell
+# within the fault: `resolve` discarded the destination's held copy
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The outcome a case must have; alternatives only where timing decides, with the reason."""
+
+    outcome: Outcome
+    alternatives: tuple[Outcome, ...] = ()
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        assert bool(self.alternatives) == bool(self.why), (
+            "alternatives need a reason, and only they"
+        )
+
+    @property
+    def allowed(self) -> tuple[Outcome, ...]:
+        return (self.outcome, *self.alternatives)
+
+
+def only(outcome: Outcome) -> Expected:
+    return Expected(outcome)
+
+
+def either(outcome: Outcome, *alternatives: Outcome, why: str) -> Expected:
+    return Expected(outcome, alternatives, why)
+
+
+# Timings the reasons below rely on: peer timeout 2 s (FAST_TIMEOUTS), faults held HOLD_S = 2.5 s.
+# "setup" faults land on an established migration connection (process faults and cuts) or are in
+# place before it is made (network faults); "iterating" after 8 MiB of precopy at 40 MB/s;
+# "switchover" at pre-switchover (VM stopped, final pages and devices not sent yet); "handshake"
+# with LOADED sent by the destination and held by the proxy until the fault is in place.
+EXPECTED: dict[tuple[str, str], Expected] = {
+    # partition: the destination hears nothing for 2 s, times out and drops the connection
+    # before the partition heals; the source times out too (or sees the reset after healing).
+    ("partition", "setup"): only(SOURCE_KEEPS),
+    ("partition", "iterating"): only(SOURCE_KEEPS),
+    ("partition", "switchover"): only(SOURCE_KEEPS),
+    # LOADED was already in the proxy: released, it reaches the source, which sends HANDOVER into
+    # the partition and goes in doubt; its RESOLVE after healing finds the destination holding
+    # the copy in doubt and hands it over (row 9).
+    ("partition", "handshake"): only(DEST_RUNS),
+    # reset: every packet of the migration connection is answered with a reset.
+    ("reset", "setup"): only(SOURCE_KEEPS),
+    ("reset", "iterating"): only(SOURCE_KEEPS),
+    ("reset", "switchover"): only(SOURCE_KEEPS),
+    ("reset", "handshake"): either(
+        DEST_RUNS,
+        SOURCE_KEEPS,
+        SOURCE_AFTER_RESOLVE,
+        why="LOADED is released into a connection the reset is tearing down: if the source acts "
+        "on LOADED before it sees the connection end, it sends HANDOVER into the reset and goes "
+        "in doubt (row 9: its RESOLVE hands over after healing); if it sees the end first, it "
+        "resumes without HANDOVER (row 8) and the destination's held copy is discarded by the "
+        "source's ABORT, or by livemig resolve when all five ABORT tries fall within the 2.5 s "
+        "of resets",
+    ),
+    # loss: 30 % of the migration port's packets dropped for 2.5 s; TCP retransmits.
+    ("loss", "setup"): either(
+        DEST_RUNS,
+        SOURCE_KEEPS,
+        why="with 30 % of data and ACKs lost, TCP's retransmission timeouts back off (SYN: 1 s, "
+        "3 s; data: 0.2, 0.4, 0.8, 1.6 s...), so the connection, OPEN_ACK or the first pages "
+        "are often held up past a side's 2 s peer timeout and the migration fails before "
+        "anything was stopped (row 1); when they get through, it completes after healing",
+    ),
+    ("loss", "iterating"): either(
+        DEST_RUNS,
+        SOURCE_KEEPS,
+        why="a segment (or its ACK) lost several times in a row backs its retransmission off "
+        "past the 2 s peer timeout: precopy fails (row 1); otherwise it slows down and "
+        "completes after healing",
+    ),
+    ("loss", "switchover"): either(
+        DEST_RUNS,
+        SOURCE_KEEPS,
+        why="the last pages and devices go out through the loss: a retransmission backed off past "
+        "2 s times the migration out before LOADED reaches the source (row 4); once LOADED is "
+        "there the source hands over and a timeout only delays the outcome (rows 9-10)",
+    ),
+    # LOADED crosses no lossy link (it is in the proxy); once sent, HANDOVER decides: delivered
+    # late, or again on RESOLVE, the destination runs the VM.
+    ("loss", "handshake"): only(DEST_RUNS),
+    # bandwidth: 1 MB/s out of the source (tc tbf: 64 KB burst, 400 ms queue, tail drop). A
+    # sender faster than that overflows the queue and loses a burst of segments; when TCP's
+    # recovery falls back on backed-off retransmission timeouts, data stays unacknowledged past
+    # the 2 s peer timeout (which is also the sockets' TCP_USER_TIMEOUT) and the source gives up.
+    ("bandwidth", "setup"): either(
+        DEST_RUNS,
+        SOURCE_KEEPS,
+        why="the migration starts unthrottled into the cap: usually slow start settles at "
+        "1 MB/s and the migration completes after the cap is lifted, but an overshoot whose "
+        "recovery stalls past 2 s fails it before anything was stopped (row 1; seen 1 in 6)",
+    ),
+    ("bandwidth", "iterating"): either(
+        SOURCE_KEEPS,
+        DEST_RUNS,
+        why="the cap falls on a connection with megabytes in flight at 40 MB/s: the queue drops "
+        "most of the window and the recovery usually stalls past 2 s, so precopy fails (row 1); "
+        "when it recovers quicker the migration goes on and completes",
+    ),
+    ("bandwidth", "switchover"): either(
+        SOURCE_KEEPS,
+        DEST_RUNS,
+        why="the final pass goes out unthrottled into the cap at once: a recovery stalled past "
+        "2 s times the source out before LOADED (row 4); a quicker one completes",
+    ),
+    # HANDOVER alone cannot overflow the queue.
+    ("bandwidth", "handshake"): only(DEST_RUNS),
+    # latency: 40 +- 20 ms each way through the proxy slows, never stops, the stream.
+    ("latency", "setup"): only(DEST_RUNS),
+    ("latency", "iterating"): only(DEST_RUNS),
+    ("latency", "switchover"): only(DEST_RUNS),
+    ("latency", "handshake"): only(DEST_RUNS),
+    # stall: nothing moves either way for 2.5 s; both sides time out at 2 s, before HANDOVER
+    # (in the handshake LOADED is stalled too: row 8, the source's ABORT releases the copy).
+    ("stall", "setup"): only(SOURCE_KEEPS),
+    ("stall", "iterating"): only(SOURCE_KEEPS),
+    ("stall", "switchover"): only(SOURCE_KEEPS),
+    ("stall", "handshake"): only(SOURCE_KEEPS),
+    # cut: both sides of the connection reset; in the handshake LOADED dies in the proxy (row 8).
+    ("cut", "setup"): only(SOURCE_KEEPS),
+    ("cut", "iterating"): only(SOURCE_KEEPS),
+    ("cut", "switchover"): only(SOURCE_KEEPS),
+    ("cut", "handshake"): only(SOURCE_KEEPS),
+    # kill -9 of the source: before the destination has the whole stream the VM dies with it
+    # (rows 3, 6); after LOADED the destination holds it and resolve --source-dead runs it (row 7).
+    ("kill-source", "setup"): only(LOST_WITH_SOURCE),
+    ("kill-source", "iterating"): only(LOST_WITH_SOURCE),
+    ("kill-source", "switchover"): only(LOST_WITH_SOURCE),
+    ("kill-source", "handshake"): only(DEST_AFTER_RESOLVE),
+    # kill -9 of the destination before HANDOVER: the source resumes (rows 2, 5).
+    ("kill-dest", "setup"): only(SOURCE_KEEPS),
+    ("kill-dest", "iterating"): only(SOURCE_KEEPS),
+    ("kill-dest", "switchover"): only(SOURCE_KEEPS),
+    ("kill-dest", "handshake"): either(
+        SOURCE_AFTER_RESOLVE,
+        SOURCE_KEEPS,
+        why="LOADED is released into a connection the kill is ending: if the source acts on "
+        "LOADED before it sees the connection end, it sends HANDOVER and stays in doubt, with no "
+        "destination to answer RESOLVE, until resolve --dest-dead resumes it (row 11); if it "
+        "sees the end first, it resumes by itself (row 5); both are seen",
+    ),
+    # SIGSTOP for 2.5 s: the stopped side's peer times out at 2 s (rows 13, 14).
+    ("pause-source", "setup"): only(SOURCE_KEEPS),
+    ("pause-source", "iterating"): only(SOURCE_KEEPS),
+    ("pause-source", "switchover"): only(SOURCE_KEEPS),
+    # the source wakes with LOADED unread and its peer timeout overdue: it resumes, no HANDOVER.
+    ("pause-source", "handshake"): only(SOURCE_KEEPS),
+    ("pause-dest", "setup"): only(SOURCE_KEEPS),
+    ("pause-dest", "iterating"): either(
+        SOURCE_KEEPS,
+        DEST_RUNS,
+        why="the source's peer timeout counts from its last send progress, and socket buffers "
+        "(tcp_rmem up to 32 MiB at the proxy and at the destination) plus the proxy's 16 MiB "
+        "queue take its 40 MB/s stream for up to about 2 s after the destination stops, while "
+        "the stop lasts 2.5 s plus the time `livemig fault clear` takes: the source usually "
+        "times out first (row 14); when it has not, and the destination was stopped in the "
+        "middle of reading (it then reads on before its overdue timer runs), the migration "
+        "simply resumes",
+    ),
+    ("pause-dest", "switchover"): only(SOURCE_KEEPS),
+    # HANDOVER lands in the stopped destination's socket; in doubt, then committed (row 15).
+    ("pause-dest", "handshake"): only(DEST_RUNS),
+}
+
+
 @dataclass
 class Case:
     """One fault at one phase, and what happened."""
@@ -72,7 +268,7 @@ class Case:
     proxy: FaultProxy
     proxy_uri: str
     killed: set[str] = field(default_factory=set)
-    outcome: str = ""
+    operator_resolved: bool = False
 
     @property
     def network_target(self) -> list[str]:
@@ -149,6 +345,11 @@ async def _reach_phase(case: Case) -> None:
             await _inject(case)
         await _start_migration(case)
         if case.fault.startswith(("kill", "pause", "cut")):
+            # On the migration connection, not before it exists: a cut with nothing to cut, or
+            # a source stopped before it connected, would test nothing (or another row).
+            async with asyncio.timeout(10):
+                while case.proxy.stats.connections_total < 1:
+                    await asyncio.sleep(0.001)
             await _inject(case)
         return
     if case.phase == "handshake":
@@ -217,14 +418,10 @@ async def _settle(case: Case) -> None:
             await asyncio.sleep(0.1)
     for _ in range(40):  # automatic resolution: RESOLVE from the source, ABORT notifications
         if "in-doubt" not in {await _status(case.source), await _status(case.dest)}:
-            break
+            return
         await asyncio.sleep(0.25)
-    else:
-        await _operator_resolves(case)
-        case.outcome = "in-doubt, settled by livemig resolve"
-        return
-    source_status = await _status(case.source)
-    case.outcome = source_status or f"source killed, dest {await _status(case.dest)}"
+    await _operator_resolves(case)
+    case.operator_resolved = True
 
 
 async def _operator_resolves(case: Case) -> None:
@@ -282,9 +479,27 @@ async def _retry_after_healing(case: Case) -> None:
         assert_matches_replay(await stopped_vm(client))
 
 
+async def _describe(case: Case) -> str:
+    """Both sides' query-migrate, for a failure message."""
+    views = []
+    for side, daemon in (("source", case.source), ("dest", case.dest)):
+        info: object = "killed" if side in case.killed else "unreachable"
+        if side not in case.killed:
+            with contextlib.suppress(QMPClientError):
+                async with qmp(daemon) as client:
+                    info = await client.execute("query-migrate", timeout_s=5)
+        views.append(f"{side}: {info}")
+    return "; ".join(views)
+
+
+def test_every_case_has_an_expected_outcome() -> None:
+    assert {(f, p) for f in FAULTS for p in PHASES} == set(EXPECTED)
+
+
 @pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("fault", FAULTS)
 async def test_fault_matrix(two_hosts: Hosts, fault: str, phase: str) -> None:
+    expected = EXPECTED[fault, phase]
     case = await _prepare(two_hosts, fault, phase)
     try:
         await _reach_phase(case)
@@ -292,10 +507,42 @@ async def test_fault_matrix(two_hosts: Hosts, fault: str, phase: str) -> None:
         await _settle(case)
         runs_on = await _check_the_rule(case)
         await _check_reported(case)
-        OUTCOMES.record(
-            "fault matrix", fault=fault, phase=phase, outcome=case.outcome, vm_runs_on=runs_on
+        outcome = Outcome(
+            vm_runs_on=runs_on.split(":", 1)[0],
+            source_status="killed" if "source" in case.killed else str(await _status(case.source)),
+            operator_resolved=case.operator_resolved,
         )
+        OUTCOMES.record(
+            "fault matrix", fault=fault, phase=phase, outcome=str(outcome), vm_runs_on=runs_on
+        )
+        if expected.alternatives:
+            assert outcome in expected.allowed, (
+                f"{fault} x {phase}: {outcome}; allowed: "
+                f"{' | '.join(map(str, expected.allowed))} ({expected.why}); "
+                f"{await _describe(case)}"
+            )
+        else:
+            assert expected.outcome == outcome, f"{fault} x {phase}: {await _describe(case)}"
         await _retry_after_healing(case)
     finally:
-        case.proxy.clear()
-        await case.proxy.close()
+        await _close_proxy(case.proxy)
+
+
+async def _close_proxy(proxy: FaultProxy) -> None:
+    """Close the proxy once no accepted connection is still waiting for its upstream.
+
+    Works around a FaultProxy bug: `close` leaves a connection it accepted but has not linked to
+    the destination yet (an upstream connect in progress, up to 5 s) open, and that socket is
+    garbage-collected in a later test, failing it with a ResourceWarning. Refusing new
+    connections and letting the in-flight ones link (or fail) first leaves nothing behind.
+    """
+    proxy.clear()
+    proxy.add(parse_fault({"type": "refuse"}))
+    async with asyncio.timeout(10):
+        while sum(_is_serving(task) for task in asyncio.all_tasks()) > len(proxy._links):
+            await asyncio.sleep(0.05)
+    await proxy.close()
+
+
+def _is_serving(task: asyncio.Task[object]) -> bool:
+    return getattr(task.get_coro(), "__qualname__", "") == "FaultProxy._serve"
