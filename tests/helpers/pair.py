@@ -511,6 +511,26 @@ def sent_bytes(conn: SourceConnection | DestConnection) -> bytes:
     return bytes(out)
 
 
+def received_ram(events: Sequence[Event], *, ram_size: int, page_size: int) -> bytearray:
+    """Guest RAM rebuilt from the page data the events carry (no page sink attached).
+
+    A naive oracle for vmsim's RamLoader: one page run at a time, in stream order.
+    """
+    out = bytearray(ram_size)
+    for event in events:
+        if not isinstance(event, RamPagesReceived):
+            continue
+        data = memoryview(event.data or b"")
+        for record in event.runs:
+            first, count = int(record["first_pfn"]), int(record["n_pages"])
+            span = slice(first * page_size, (first + count) * page_size)
+            if record["kind"] == PageKind.NORMAL:
+                out[span], data = data[: count * page_size], data[count * page_size :]
+            else:
+                out[span] = bytes(count * page_size)
+    return out
+
+
 def normalize(events: Sequence[Event]) -> list[tuple[object, ...]]:
     """Events as comparable tuples: frames dropped, run tables and scratch data as lists/bytes."""
     out: list[tuple[object, ...]] = []
