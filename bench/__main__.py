@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from bench import busy, charts, convergence, downtime, micro, qemu, throughput, wire
+from bench import busy, charts, convergence, downtime, engine, micro, qemu, throughput, wire
 from bench.common import DEFAULT_OUT, Run, Settings, header, say, to_json, write_json
 
 Figure = Callable[[Run], dict[str, object]]
@@ -31,6 +31,7 @@ FIGURES: Final[dict[str, Figure]] = {
     "convergence": convergence.convergence,
     "busy": busy.busy,
     "qemu": qemu.qemu,
+    "engine": engine.engine,
 }
 ALIASES: Final = {"zero": "zero_pages"}
 
@@ -40,10 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("figure", choices=["all", *FIGURES, *ALIASES], help="what to measure")
     parser.add_argument("--quick", action="store_true", help="small sizes, few runs (CI)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another checkout (e.g. a git worktree) that the engine figure compares with",
+    )
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every daemon and QEMU started is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-    run = Run(settings=Settings(out=args.out, quick=args.quick))
+    settings = Settings(out=args.out, quick=args.quick, baseline_tree=args.baseline)
+    run = Run(settings=settings)
     name = ALIASES.get(args.figure, args.figure)
     names = list(FIGURES) if name == "all" else [name]
     started = time.perf_counter()

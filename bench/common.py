@@ -30,6 +30,7 @@ class Settings:
 
     out: Path = DEFAULT_OUT
     quick: bool = False
+    baseline_tree: Path | None = None  # another checkout to compare with (`engine` figure)
 
     def json_path(self, name: str) -> Path:
         return self.out / f"{name}.json"

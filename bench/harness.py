@@ -105,9 +105,13 @@ class Migration:
 class Pair:
     """A source and a destination daemon; the VM migrates between them."""
 
-    def __init__(self, vm: VmSpec, *, log_dir: Path | None = None) -> None:
+    def __init__(
+        self, vm: VmSpec, *, log_dir: Path | None = None, code_tree: Path | None = None
+    ) -> None:
+        """Daemons of `vm`; `code_tree` runs them from another checkout (its packages first)."""
         self.vm = vm
         self._log_dir = log_dir
+        self._env = {"PYTHONPATH": str(code_tree)} if code_tree is not None else None
         self.daemons: list[DaemonProcess] = []
         self.holder = 0  # index of the daemon that runs the VM
 
@@ -137,7 +141,7 @@ class Pair:
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self._log_dir / f"{name}-{time.strftime('%H%M%S')}-{id(self):x}.log"
-        return start_daemon(module, args, name=name, log_path=log_path)
+        return start_daemon(module, args, name=name, log_path=log_path, env=self._env)
 
     @property
     def source(self) -> DaemonProcess:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import socket
 import struct
@@ -178,7 +179,13 @@ class FaultProxy:
                 continue
             task = asyncio.create_task(self._serve(client))
             self._serving.add(task)
-            task.add_done_callback(self._serving.discard)
+            task.add_done_callback(functools.partial(self._served, client))
+
+    def _served(self, client: socket.socket, task: asyncio.Task[None]) -> None:
+        """A connection task ended: if it was cancelled before it even ran, close its socket."""
+        self._serving.discard(task)
+        if task.cancelled() and not any(client is link.client for link in self._links):
+            client.close()  # idempotent: _serve may have closed it already
 
     async def _serve(self, client: socket.socket) -> None:
         try:
