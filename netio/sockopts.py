@@ -238,13 +238,61 @@ def bound_address(sock: socket.socket) -> SocketAddress:
 async def accept(listener: socket.socket) -> socket.socket:
     """Accept one connection on a listening socket.
 
+    Cancelling never loses a connection: it is accepted here, in the caller's task, once the
+    listener is readable, so it is either returned or left in the backlog for the next call.
+    (``loop.sock_accept`` accepts in a loop callback: a cancellation landing in the same loop
+    iteration drops the accepted socket unclosed, and CPython 3.11 even accepts into an already
+    cancelled future.) Nothing stays registered on the listener once this returns or is
+    cancelled, so the listener may be closed at once.
+
     Args:
         listener: A non-blocking listening socket from `listen`.
 
     Returns:
         The accepted connection, non-blocking.
+
+    Raises:
+        OSError: ``accept`` failed (e.g. ``EMFILE``, ``ECONNABORTED``).
     """
-    loop = asyncio.get_running_loop()
-    sock, _peer = await loop.sock_accept(listener)
-    sock.setblocking(False)
-    return sock
+    while True:
+        try:
+            sock, _peer = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            await _ReadableWaiter(listener)
+            continue
+        sock.setblocking(False)
+        return sock
+
+
+class _ReadableWaiter(asyncio.Future[None]):
+    """Done once the running loop reports a socket readable; never leaves the reader behind.
+
+    The reader is removed synchronously when it fires and when the waiter is cancelled, not in a
+    later loop iteration (as the stdlib loop's ``sock_*`` done callbacks do), so no moment exists
+    where the loop watches an fd its owner may already have closed. uvloop's socket futures do
+    the same.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        """Register the reader; must be called with the loop running."""
+        super().__init__(loop=asyncio.get_running_loop())
+        self._sock = sock
+        self._fd = sock.fileno()
+        self.get_loop().add_reader(self._fd, self._on_readable)
+
+    def cancel(self, msg: object = None) -> bool:
+        """Remove the reader, then cancel."""
+        if not self.done():
+            self._remove_reader()
+        return super().cancel(msg)
+
+    def _on_readable(self) -> None:
+        self._remove_reader()
+        if not self.done():
+            self.set_result(None)
+
+    def _remove_reader(self) -> None:
+        # A socket closed meanwhile (fileno -1) may have had its number reused by now: the
+        # number is no longer ours to unregister (whoever closes a watched socket must do it).
+        if self._sock.fileno() == self._fd:
+            self.get_loop().remove_reader(self._fd)
