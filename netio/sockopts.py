@@ -1,4 +1,4 @@
-"""Stream sockets: options for liveness, connecting with a timeout, listening, accepting.
+"""Stream sockets: options for liveness, connecting with a timeout, listening, accepting, closing.
 
 The migration channel is a plain non-blocking socket driven by `netio.channel.Channel`, so these
 helpers return `socket.socket` objects rather than asyncio transports.
@@ -25,6 +25,7 @@ from netio.uri import SocketAddress, TcpAddress, UnixAddress
 __all__ = [
     "accept",
     "bound_address",
+    "close_socket",
     "configure_stream_socket",
     "listen",
     "open_connection",
@@ -296,3 +297,32 @@ class _ReadableWaiter(asyncio.Future[None]):
         # number is no longer ours to unregister (whoever closes a watched socket must do it).
         if self._sock.fileno() == self._fd:
             self.get_loop().remove_reader(self._fd)
+
+
+def close_socket(sock: socket.socket) -> None:
+    """Close a socket the running event loop may still be watching; idempotent.
+
+    A reader or writer still registered on it (a pending ``loop.sock_recv``/``sock_sendall``, an
+    ``add_reader``) is removed first. Closing with it registered leaves the stdlib loop's selector
+    a stale key for the fd number, which the next socket usually gets: registering that socket
+    then fails with ``FileNotFoundError`` (epoll MOD on an fd the kernel dropped) or silently
+    never watches it. (uvloop keeps the fd open while one of its own ``sock_*`` operations waits,
+    and aborts in libuv for a plain ``add_reader``/``add_writer``.) A task still waiting on the
+    socket keeps waiting until it is cancelled.
+
+    Args:
+        sock: A socket that no asyncio transport owns (close those with the transport).
+    """
+    fd = sock.fileno()
+    loop = _running_loop()
+    if fd != -1 and loop is not None:
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
+    sock.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

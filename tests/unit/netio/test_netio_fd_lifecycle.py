@@ -1,58 +1,24 @@
 """File descriptors and the event loop: no socket is lost, no closed fd stays watched.
 
-The kernel hands out the lowest free fd number, so a socket opened right after another was closed
-usually gets its number. If the loop still watches the closed fd, the stdlib loop's selector keeps
-a stale key for that number: registering the new socket then fails with ``FileNotFoundError``
-(epoll MOD on an fd the kernel dropped) or silently never watches it. Each test closes or cancels,
-then at once (same loop iteration) opens sockets until one reuses the number and checks the loop
-reports it readable. Every test runs on the stdlib loop and on uvloop.
+Each test closes or cancels, then at once (same loop iteration) opens sockets until they reuse the
+closed numbers and checks the loop watches them (`tests.helpers.fds`). Every test runs on the
+stdlib loop and on uvloop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import pytest
 
-from netio import TcpAddress, accept, listen
+from netio import Channel, ChannelClosedError, TcpAddress, accept, close_socket, listen
 from netio.sockopts import _connect_one
+from tests.helpers.fake_conn import FakeConnection
+from tests.helpers.fds import ReusedFds
 
 LOOPBACK = "127.0.0.1"
-MAX_PAIRS = 64
-
-
-class _ReusedFd:
-    """Socket pairs opened until one end has a given fd number, that end watched for reading."""
-
-    def __init__(self, fd: int) -> None:
-        """Open the pairs and register the reader; call with the loop running, without awaiting."""
-        self.fd = fd
-        self.pairs: list[tuple[socket.socket, socket.socket]] = []
-        while not any(fd in (a.fileno(), b.fileno()) for a, b in self.pairs):
-            assert len(self.pairs) < MAX_PAIRS, f"fd {fd} was not reused"
-            self.pairs.append(socket.socketpair())
-        a, b = self.pairs[-1]
-        peer = b if a.fileno() == fd else a
-        peer.send(b"x")
-        self.loop = asyncio.get_running_loop()
-        self.readable = self.loop.create_future()
-        self.loop.add_reader(fd, self._on_readable)
-
-    def _on_readable(self) -> None:
-        if not self.readable.done():
-            self.readable.set_result(None)
-
-    async def check(self) -> None:
-        """The loop reports the reused fd readable (a stale key would hide it); then clean up."""
-        try:
-            async with asyncio.timeout(1.0):
-                await self.readable
-        finally:
-            self.loop.remove_reader(self.fd)
-            for a, b in self.pairs:
-                a.close()
-                b.close()
 
 
 def _full_listener() -> tuple[socket.socket, list[socket.socket]]:
@@ -107,7 +73,7 @@ def test_a_listener_may_be_closed_as_soon_as_its_accept_is_cancelled(run):
         await asyncio.sleep(0)  # accept() now waits for the listener to become readable
         accepting.cancel()
         listener.close()
-        reused = _ReusedFd(fd)
+        reused = ReusedFds([fd])
         with pytest.raises(asyncio.CancelledError):
             await accepting
         await reused.check()
@@ -121,7 +87,7 @@ def test_a_cancelled_connect_leaves_its_fd_unwatched(run):
     async def main():
         listener, fillers = _full_listener()
         address = TcpAddress(host=LOOPBACK, port=listener.getsockname()[1])
-        reused: list[_ReusedFd] = []
+        reused: list[ReusedFds] = []
         with listener:
             probe = socket.socket()
             fd = probe.fileno()
@@ -129,7 +95,7 @@ def test_a_cancelled_connect_leaves_its_fd_unwatched(run):
             connecting = asyncio.ensure_future(
                 _connect_one(socket.AF_INET, 0, listener.getsockname(), address)
             )
-            connecting.add_done_callback(lambda _task: reused.append(_ReusedFd(fd)))
+            connecting.add_done_callback(lambda _task: reused.append(ReusedFds([fd])))
             await asyncio.sleep(0.05)  # the SYN was dropped: the connect is pending
             connecting.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -139,3 +105,78 @@ def test_a_cancelled_connect_leaves_its_fd_unwatched(run):
             filler.close()
 
     run(main)
+
+
+def test_a_closed_channel_leaves_its_fd_unwatched(run):
+    """A guard: `Channel.close` while a reader and a writer wait unregisters both first."""
+
+    async def main():
+        a_sock, b_sock = socket.socketpair()
+        with b_sock:
+            conn = FakeConnection()
+            channel = Channel(a_sock, conn)
+            conn.send(bytes(16 << 20))  # more than the socket buffers take: flush() waits
+            reading = asyncio.ensure_future(channel.next_event())
+            writing = asyncio.ensure_future(channel.flush())
+            await asyncio.sleep(0.02)
+            assert not reading.done()
+            assert not writing.done()
+            fd = a_sock.fileno()
+            channel.close()
+            reused = ReusedFds([fd])
+            for waiting in (reading, writing):
+                with pytest.raises(ChannelClosedError):
+                    await waiting
+            await reused.check()
+
+    run(main)
+
+
+def test_close_socket_unregisters_a_pending_receive(run):
+    """Another task waits in ``loop.sock_recv`` when the socket is closed, as the fault proxy
+    closes a connection: the fd may be reused at once, and the waiting task ends when cancelled.
+    (A plain close leaves the stdlib loop a stale key; uvloop keeps the fd open meanwhile.)"""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        client, server = socket.socketpair()
+        with client:
+            server.setblocking(False)
+            receiving = asyncio.ensure_future(loop.sock_recv(server, 1024))
+            await asyncio.sleep(0)  # sock_recv now waits for the socket to become readable
+            fd = server.fileno()
+            close_socket(server)
+            reused = ReusedFds([fd])
+            receiving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await receiving
+            await reused.check()
+
+    run(main)
+
+
+def test_close_socket_unregisters_a_writer(run):
+    """A writer registered with ``add_writer`` (as `netio.Channel` does) on a socket that is not
+    writable. (A plain close leaves the stdlib loop a stale key, and makes libuv abort.)"""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        client, server = socket.socketpair()
+        with client:
+            server.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    server.send(bytes(64 << 10))
+            loop.add_writer(server.fileno(), lambda: None)
+            fd = server.fileno()
+            close_socket(server)
+            await ReusedFds([fd]).check()
+
+    run(main)
+
+
+def test_close_socket_is_idempotent_and_works_without_a_loop():
+    sock = socket.socket()
+    close_socket(sock)
+    close_socket(sock)
+    assert -1 == sock.fileno()
