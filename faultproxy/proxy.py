@@ -21,7 +21,7 @@ import structlog
 
 from faultproxy.faults import Direction, Fault, FaultKind
 from faultproxy.scanner import FrameStart, StreamScanner
-from netio import TcpAddress, accept, bound_address, listen, open_connection
+from netio import TcpAddress, accept, bound_address, close_socket, listen, open_connection
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -162,7 +162,7 @@ class FaultProxy:
             link.close(reset=False)
             await link.wait_closed()
         for sock in self._lingering:
-            sock.close()
+            close_socket(sock)
         self._lingering.clear()
 
     async def _accept_loop(self, listener: socket.socket) -> None:
@@ -229,13 +229,19 @@ class _Link:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def close(self, *, reset: bool) -> None:
+        """Close both sockets at once; the pipes, which may be waiting on them, are cancelled next.
+
+        `close_socket` unregisters the pipes' pending ``sock_recv``/``sock_sendall`` first: a
+        plain close would leave the loop watching fd numbers that the next socket opened in this
+        process reuses (epoll MOD fails with ``FileNotFoundError`` on the stdlib loop).
+        """
         if self.closed.is_set():
             return
         for sock in (self.client, self.upstream):
             if reset:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
+            close_socket(sock)
         self.closed.set()
 
     def cut(self, fault: Fault) -> None:
@@ -249,7 +255,7 @@ class _Link:
         if fault.reset:
             with contextlib.suppress(OSError):
                 dropped.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        dropped.close()
+        close_socket(dropped)
         self.proxy.linger(kept)  # open, but nothing more passes: the peer must notice by itself
         self.closed.set()
 
