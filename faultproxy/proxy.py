@@ -76,6 +76,7 @@ class FaultProxy:
         self._links: set[_Link] = set()
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
+        self._connecting: dict[socket.socket, asyncio.Task[None]] = {}  # client: its _serve
         self._random = random.Random(seed)
         self._lingering: list[socket.socket] = []
         self.address: SocketAddress | None = None
@@ -156,6 +157,10 @@ class FaultProxy:
             self._accept_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._accept_task
+        connecting = list(self._connecting.values())
+        for task in connecting:
+            task.cancel()
+        await asyncio.gather(*connecting, return_exceptions=True)
         if self._listener is not None:
             self._listener.close()
         for link in list(self._links):
@@ -172,17 +177,11 @@ class FaultProxy:
                 self.stats.refused += 1
                 client.close()
                 continue
-            asyncio.create_task(self._serve(client))  # noqa: RUF006 - kept in self._links
+            self._connecting[client] = asyncio.create_task(self._serve(client))
 
     async def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = await open_connection(self.upstream, timeout_s=5.0)
-        except OSError as exc:
-            log.info("upstream_unreachable", error=str(exc))
-            client.close()
-            return
-        except Exception:  # noqa: BLE001 - netio ConnectError and friends: drop the client
-            client.close()
+        upstream = await self._connect_upstream(client)
+        if upstream is None:
             return
         link = _Link(self, client, upstream)
         self._links.add(link)
@@ -193,6 +192,23 @@ class FaultProxy:
         finally:
             self._links.discard(link)
             self.stats.connections_open -= 1
+
+    async def _connect_upstream(self, client: socket.socket) -> socket.socket | None:
+        """Connect upstream for a client; None (the client closed) if that fails.
+
+        `close` cancels the clients still connecting, so a cancellation closes the client too.
+        """
+        try:
+            return await open_connection(self.upstream, timeout_s=5.0)
+        except Exception as exc:  # noqa: BLE001 - netio ConnectError and friends: drop the client
+            log.info("upstream_unreachable", error=str(exc))
+            client.close()
+            return None
+        except BaseException:
+            client.close()
+            raise
+        finally:
+            self._connecting.pop(client, None)
 
     def linger(self, sock: socket.socket) -> None:
         """Keep a half-cut connection's other socket open until the proxy closes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -212,6 +213,30 @@ async def test_stall_now_holds_both_directions_until_released(proxied) -> None:
     await asyncio.wait_for(echo.eof.wait(), 5)
     writer.close()
     assert 1000 == len(echo.received)
+
+
+async def test_close_drops_a_client_whose_upstream_does_not_answer() -> None:
+    """Closing the proxy while it still connects upstream for a client closes that client (it
+    was left to the loop's teardown, which dropped it unclosed: a ResourceWarning)."""
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen(0)
+    fillers = [socket.socket() for _ in range(2)]
+    for filler in fillers:  # a full backlog: the kernel drops further SYNs
+        filler.setblocking(False)
+        filler.connect_ex(upstream.getsockname())
+    proxy = FaultProxy(upstream=TcpAddress(host="127.0.0.1", port=upstream.getsockname()[1]))
+    address = await proxy.start(TcpAddress(host="127.0.0.1", port=0))
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    try:
+        await asyncio.sleep(0.1)  # the proxy accepted the client and now connects upstream
+        await proxy.close()
+
+        assert b"" == await asyncio.wait_for(reader.read(10), 1)
+    finally:
+        writer.close()
+        for sock in (upstream, *fillers):
+            sock.close()
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
