@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 import socket
 import struct
@@ -22,7 +21,7 @@ import structlog
 
 from faultproxy.faults import Direction, Fault, FaultKind
 from faultproxy.scanner import FrameStart, StreamScanner
-from netio import TcpAddress, accept, bound_address, listen, open_connection
+from netio import TcpAddress, accept, bound_address, close_socket, listen, open_connection
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -77,9 +76,10 @@ class FaultProxy:
         self._links: set[_Link] = set()
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
+        self._connecting: dict[socket.socket, asyncio.Task[None]] = {}  # client: its _serve
+        self._serving: set[asyncio.Task[None]] = set()  # every connection's task
         self._random = random.Random(seed)
         self._lingering: list[socket.socket] = []
-        self._serving: set[asyncio.Task[None]] = set()
         self.address: SocketAddress | None = None
 
     # -- control -------------------------------------------------------------------------
@@ -158,16 +158,21 @@ class FaultProxy:
             self._accept_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._accept_task
+        connecting = list(self._connecting.values())
+        for task in connecting:
+            task.cancel()
+        await asyncio.gather(*connecting, return_exceptions=True)
+        for client in list(self._connecting):  # tasks cancelled before they ever ran
+            client.close()
+        self._connecting.clear()
         if self._listener is not None:
             self._listener.close()
         for link in list(self._links):
             link.close(reset=False)
             await link.wait_closed()
-        for task in list(self._serving):  # a connection being set up, or a stalled pipe
-            task.cancel()
-        await asyncio.gather(*self._serving, return_exceptions=True)
+        await asyncio.gather(*self._serving, return_exceptions=True)  # the pipes wind down
         for sock in self._lingering:
-            sock.close()
+            close_socket(sock)
         self._lingering.clear()
 
     async def _accept_loop(self, listener: socket.socket) -> None:
@@ -178,27 +183,13 @@ class FaultProxy:
                 client.close()
                 continue
             task = asyncio.create_task(self._serve(client))
+            self._connecting[client] = task
             self._serving.add(task)
-            task.add_done_callback(functools.partial(self._served, client))
-
-    def _served(self, client: socket.socket, task: asyncio.Task[None]) -> None:
-        """A connection task ended: if it was cancelled before it even ran, close its socket."""
-        self._serving.discard(task)
-        if task.cancelled() and not any(client is link.client for link in self._links):
-            client.close()  # idempotent: _serve may have closed it already
+            task.add_done_callback(self._serving.discard)
 
     async def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = await open_connection(self.upstream, timeout_s=5.0)
-        except asyncio.CancelledError:
-            client.close()  # the proxy closes while this connection is being set up
-            raise
-        except OSError as exc:
-            log.info("upstream_unreachable", error=str(exc))
-            client.close()
-            return
-        except Exception:  # noqa: BLE001 - netio ConnectError and friends: drop the client
-            client.close()
+        upstream = await self._connect_upstream(client)
+        if upstream is None:
             return
         link = _Link(self, client, upstream)
         self._links.add(link)
@@ -209,6 +200,23 @@ class FaultProxy:
         finally:
             self._links.discard(link)
             self.stats.connections_open -= 1
+
+    async def _connect_upstream(self, client: socket.socket) -> socket.socket | None:
+        """Connect upstream for a client; None (the client closed) if that fails.
+
+        `close` cancels the clients still connecting, so a cancellation closes the client too.
+        """
+        try:
+            return await open_connection(self.upstream, timeout_s=5.0)
+        except Exception as exc:  # noqa: BLE001 - netio ConnectError and friends: drop the client
+            log.info("upstream_unreachable", error=str(exc))
+            client.close()
+            return None
+        except BaseException:
+            client.close()
+            raise
+        finally:
+            self._connecting.pop(client, None)
 
     def linger(self, sock: socket.socket) -> None:
         """Keep a half-cut connection's other socket open until the proxy closes."""
@@ -225,21 +233,13 @@ class FaultProxy:
 
 
 class _Link:
-    """One proxied connection: two pipes, closed together.
-
-    Closing only decides what to drop; `run` drops it once both pipes stopped, so that no
-    socket is closed while the event loop still watches its file descriptor (a new socket
-    reusing the number would then find a stale registration).
-    """
+    """One proxied connection: two pipes, closed together."""
 
     def __init__(self, proxy: FaultProxy, client: socket.socket, upstream: socket.socket) -> None:
         self.proxy = proxy
         self.client = client
         self.upstream = upstream
         self.closed = asyncio.Event()
-        self._finished = asyncio.Event()
-        self._drop: tuple[socket.socket, ...] = (client, upstream)
-        self._reset = False
         self._pipes = [
             _Pipe(self, client, upstream, Direction.MAIN),
             _Pipe(self, upstream, client, Direction.RETURN),
@@ -247,26 +247,25 @@ class _Link:
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(pipe.run()) for pipe in self._pipes]
-        try:
-            await self.closed.wait()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._drop_sockets()
-
-    def _drop_sockets(self) -> None:
-        for sock in self._drop:
-            if self._reset:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
-        self._finished.set()
+        await self.closed.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def close(self, *, reset: bool) -> None:
+        """Close both sockets at once; the pipes, which may be waiting on them, are cancelled next.
+
+        `close_socket` unregisters the pipes' pending ``sock_recv``/``sock_sendall`` first: a
+        plain close would leave the loop watching fd numbers that the next socket opened in this
+        process reuses (epoll MOD fails with ``FileNotFoundError`` on the stdlib loop).
+        """
         if self.closed.is_set():
             return
-        self._reset = reset
+        for sock in (self.client, self.upstream):
+            if reset:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            close_socket(sock)
         self.closed.set()
 
     def cut(self, fault: Fault) -> None:
@@ -277,7 +276,10 @@ class _Link:
         dropped, kept = (
             (self.client, self.upstream) if fault.side == "client" else (self.upstream, self.client)
         )
-        self._drop, self._reset = (dropped,), fault.reset
+        if fault.reset:
+            with contextlib.suppress(OSError):
+                dropped.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        close_socket(dropped)
         self.proxy.linger(kept)  # open, but nothing more passes: the peer must notice by itself
         self.closed.set()
 
@@ -286,7 +288,7 @@ class _Link:
             self.close(reset=False)
 
     async def wait_closed(self) -> None:
-        await self._finished.wait()
+        await self.closed.wait()
 
 
 class _Pipe:

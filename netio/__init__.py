@@ -1,7 +1,7 @@
 """netio: the asyncio glue both livemig daemons share.
 
 - `netio.uri`: migration URIs (``tcp:``, ``unix:``, ``file:``) and QMP addresses.
-- `netio.sockopts`: connecting, listening, accepting; keepalive and ``TCP_USER_TIMEOUT``.
+- `netio.sockopts`: connecting, listening, accepting, closing; keepalive and ``TCP_USER_TIMEOUT``.
 - `netio.channel` / `netio.filechannel`: drive a sans-IO connection over a socket or a file
   with scatter/gather I/O and one protocol timer.
 - `netio.endpoint`: the one factory of migration channels (connect, listen/accept, files).
@@ -47,7 +47,14 @@ from netio.qmp import (
     QMPTimeoutError,
     VersionInfo,
 )
-from netio.sockopts import accept, bound_address, configure_stream_socket, listen, open_connection
+from netio.sockopts import (
+    accept,
+    bound_address,
+    close_socket,
+    configure_stream_socket,
+    listen,
+    open_connection,
+)
 from netio.uri import (
     FileAddress,
     MigrationAddress,
@@ -94,6 +101,7 @@ __all__ = [
     "bind_context",
     "bound_address",
     "clear_context",
+    "close_socket",
     "configure_logging",
     "configure_stream_socket",
     "connect_channel",

@@ -1,4 +1,4 @@
-"""Stream sockets: options for liveness, connecting with a timeout, listening, accepting.
+"""Stream sockets: options for liveness, connecting with a timeout, listening, accepting, closing.
 
 The migration channel is a plain non-blocking socket driven by `netio.channel.Channel`, so these
 helpers return `socket.socket` objects rather than asyncio transports.
@@ -25,6 +25,7 @@ from netio.uri import SocketAddress, TcpAddress, UnixAddress
 __all__ = [
     "accept",
     "bound_address",
+    "close_socket",
     "configure_stream_socket",
     "listen",
     "open_connection",
@@ -238,13 +239,90 @@ def bound_address(sock: socket.socket) -> SocketAddress:
 async def accept(listener: socket.socket) -> socket.socket:
     """Accept one connection on a listening socket.
 
+    Cancelling never loses a connection: it is accepted here, in the caller's task, once the
+    listener is readable, so it is either returned or left in the backlog for the next call.
+    (``loop.sock_accept`` accepts in a loop callback: a cancellation landing in the same loop
+    iteration drops the accepted socket unclosed, and CPython 3.11 even accepts into an already
+    cancelled future.) Nothing stays registered on the listener once this returns or is
+    cancelled, so the listener may be closed at once.
+
     Args:
         listener: A non-blocking listening socket from `listen`.
 
     Returns:
         The accepted connection, non-blocking.
+
+    Raises:
+        OSError: ``accept`` failed (e.g. ``EMFILE``, ``ECONNABORTED``).
     """
-    loop = asyncio.get_running_loop()
-    sock, _peer = await loop.sock_accept(listener)
-    sock.setblocking(False)
-    return sock
+    while True:
+        try:
+            sock, _peer = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            await _ReadableWaiter(listener)
+            continue
+        sock.setblocking(False)
+        return sock
+
+
+class _ReadableWaiter(asyncio.Future[None]):
+    """Done once the running loop reports a socket readable; never leaves the reader behind.
+
+    The reader is removed synchronously when it fires and when the waiter is cancelled, not in a
+    later loop iteration (as the stdlib loop's ``sock_*`` done callbacks do), so no moment exists
+    where the loop watches an fd its owner may already have closed. uvloop's socket futures do
+    the same.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        """Register the reader; must be called with the loop running."""
+        super().__init__(loop=asyncio.get_running_loop())
+        self._sock = sock
+        self._fd = sock.fileno()
+        self.get_loop().add_reader(self._fd, self._on_readable)
+
+    def cancel(self, msg: object = None) -> bool:
+        """Remove the reader, then cancel."""
+        if not self.done():
+            self._remove_reader()
+        return super().cancel(msg)
+
+    def _on_readable(self) -> None:
+        self._remove_reader()
+        if not self.done():
+            self.set_result(None)
+
+    def _remove_reader(self) -> None:
+        # A socket closed meanwhile (fileno -1) may have had its number reused by now: the
+        # number is no longer ours to unregister (whoever closes a watched socket must do it).
+        if self._sock.fileno() == self._fd:
+            self.get_loop().remove_reader(self._fd)
+
+
+def close_socket(sock: socket.socket) -> None:
+    """Close a socket the running event loop may still be watching; idempotent.
+
+    A reader or writer still registered on it (a pending ``loop.sock_recv``/``sock_sendall``, an
+    ``add_reader``) is removed first. Closing with it registered leaves the stdlib loop's selector
+    a stale key for the fd number, which the next socket usually gets: registering that socket
+    then fails with ``FileNotFoundError`` (epoll MOD on an fd the kernel dropped) or silently
+    never watches it. (uvloop keeps the fd open while one of its own ``sock_*`` operations waits,
+    and aborts in libuv for a plain ``add_reader``/``add_writer``.) A task still waiting on the
+    socket keeps waiting until it is cancelled.
+
+    Args:
+        sock: A socket that no asyncio transport owns (close those with the transport).
+    """
+    fd = sock.fileno()
+    loop = _running_loop()
+    if fd != -1 and loop is not None:
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
+    sock.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

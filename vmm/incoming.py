@@ -67,6 +67,7 @@ class IncomingRouter:
         self._listener: ChannelListener | None = None
         self._runners: set[MachineRunner] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unrouted: dict[ChannelLike, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -85,13 +86,16 @@ class IncomingRouter:
         """
         conn = DestConnection(return_path=False, timeouts=None, now=self._clock())
         channel = read_file(address, conn, clock=self._clock)
-        self._spawn(self._route(channel, conn, from_file=True))
+        self._unrouted[channel] = self._spawn(self._route(channel, conn, from_file=True))
 
     async def close(self) -> None:
         """Stop accepting, then shut every machine down (they decide nothing)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in list(self._unrouted):  # accepted, then cancelled before it was routed
+            channel.close()
+        self._unrouted.clear()
         for runner in list(self._runners):
             await runner.close()
         if self._listener is not None:
@@ -117,12 +121,20 @@ class IncomingRouter:
                 log.warning("incoming_accept_failed", error=str(exc))
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
-            self._spawn(self._route(channel, conn, from_file=False))
+            self._unrouted[channel] = self._spawn(self._route(channel, conn, from_file=False))
 
     def _dest_conn(self, timeouts: Timeouts) -> DestConnection:
         return DestConnection(timeouts=timeouts, now=self._clock())
 
     async def _route(self, channel: ChannelLike, conn: DestConnection, *, from_file: bool) -> None:
+        try:
+            await self._route_first(channel, conn, from_file=from_file)
+        finally:
+            self._unrouted.pop(channel, None)
+
+    async def _route_first(
+        self, channel: ChannelLike, conn: DestConnection, *, from_file: bool
+    ) -> None:
         try:
             first = await _first_request(channel)
         except (ProtocolError, NetIOError, OSError) as exc:
@@ -195,10 +207,11 @@ class IncomingRouter:
         await runner.done.wait()
         self._runners.discard(runner)
 
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ------------------------------------------------------------------ operator
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
+import uvloop
 
 from faultproxy import FaultProxy, parse_fault
 from faultproxy.faults import FaultError
@@ -13,6 +15,7 @@ from faultproxy.proxy import delivery_time
 from faultproxy.scanner import StreamScanner
 from netio import TcpAddress
 from protocol import Command, FrameKind, SourceConnection
+from tests.helpers.fds import ReusedFds
 from tests.helpers.pair import PAGE_SIZE, make_batch, make_config, pattern_ram, sent_bytes
 
 pytestmark = pytest.mark.timeout(30)
@@ -210,6 +213,68 @@ async def test_stall_now_holds_both_directions_until_released(proxied) -> None:
     await asyncio.wait_for(echo.eof.wait(), 5)
     writer.close()
     assert 1000 == len(echo.received)
+
+
+async def test_close_drops_a_client_whose_upstream_does_not_answer() -> None:
+    """Closing the proxy while it still connects upstream for a client closes that client (it
+    was left to the loop's teardown, which dropped it unclosed: a ResourceWarning)."""
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen(0)
+    fillers = [socket.socket() for _ in range(2)]
+    for filler in fillers:  # a full backlog: the kernel drops further SYNs
+        filler.setblocking(False)
+        filler.connect_ex(upstream.getsockname())
+    proxy = FaultProxy(upstream=TcpAddress(host="127.0.0.1", port=upstream.getsockname()[1]))
+    address = await proxy.start(TcpAddress(host="127.0.0.1", port=0))
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    try:
+        await asyncio.sleep(0.1)  # the proxy accepted the client and now connects upstream
+        await proxy.close()
+
+        assert b"" == await asyncio.wait_for(reader.read(10), 1)
+    finally:
+        writer.close()
+        for sock in (upstream, *fillers):
+            sock.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("close", ["reset_connections", "cut_one_side"])
+def test_a_closed_connection_leaves_no_fd_watched(loop_kind: str, close: str) -> None:
+    """The proxy closes a connection while both its pipes wait in ``sock_recv``: sockets opened
+    at once reuse the fd numbers and must be watchable (the e2e failure: a QMP connect right after
+    a proxied connection ended died in epoll MOD with FileNotFoundError)."""
+
+    async def main() -> None:
+        echo = _Echo()
+        server = await asyncio.start_server(echo.handle, "127.0.0.1", 0)
+        proxy = FaultProxy(
+            upstream=TcpAddress(host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+        )
+        address = await proxy.start(TcpAddress(host="127.0.0.1", port=0))
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        try:
+            assert b"hello from upstream" == await reader.readexactly(19)
+            await asyncio.sleep(0.05)  # both pipes now wait in sock_recv
+            (link,) = proxy._links
+            if close == "reset_connections":
+                fds = [link.client.fileno(), link.upstream.fileno()]
+                proxy.reset_connections()
+            else:
+                fds = [link.client.fileno()]
+                link.cut(parse_fault({"type": "cut", "after_bytes": 0, "side": "client"}))
+            await ReusedFds(fds).check()
+        finally:
+            writer.close()
+            await proxy.close()
+            await asyncio.wait_for(echo.eof.wait(), 5)  # the upstream side saw the close
+            server.close()
+            await server.wait_closed()
+
+    factory = uvloop.new_event_loop if loop_kind == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
 
 
 @pytest.mark.parametrize("offset", [0, 5, 8, 9, 20, 24, 31, 100])
