@@ -7,7 +7,8 @@ conditions of the moment (loopback swings by tens of percent within seconds here
 - throughput: an idle VM with random RAM migrated between fresh daemons (bytes sent / (total -
   setup)), the figure `python -m bench throughput` reports;
 - downtime: a busy VM (random writes at a share of the measured bandwidth) migrated back and
-  forth with a 300 ms and a 50 ms limit, as `python -m bench downtime` does.
+  forth with a 300 ms and a 50 ms limit, as `python -m bench downtime` does, in rounds of fresh
+  daemons that take turns too.
 
 It prints each side's median and range and the ratio of the medians (new / baseline).
 """
@@ -46,7 +47,14 @@ def engine(run: Run) -> dict[str, object]:
     bandwidth = Spread.of(throughput["new"] + throughput["baseline"]).median * 1e9
     rate = int(BUSY_SHARE * bandwidth / PAGE)
     busy = VmSpec(ram_mib=run.pick(256, 64), workload="random", dirty_rate=rate)
-    downtime = {side: _downtimes(run, busy, trees[side], run.pick(10, 2)) for side in SIDES}
+    downtime: dict[str, dict[int, list[float]]] = {s: {lim: [] for lim in LIMITS_MS} for s in SIDES}
+    rounds = run.pick(3, 1)
+    for index in range(rounds):  # fresh daemons per round, the two codes taking turns
+        for side in SIDES if index % 2 == 0 else reversed(SIDES):
+            for limit, values in _downtimes(run, busy, trees[side], run.pick(8, 2)).items():
+                downtime[side][limit] += values
+            done = len(downtime[side][LIMITS_MS[0]])
+            say(f"  downtime round {index + 1}/{rounds} {side:>8}: {done} migrations so far")
     result = {
         "ram_mib": ram_mib,
         "baseline_tree": str(baseline),
