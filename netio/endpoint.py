@@ -135,15 +135,20 @@ class ChannelListener:
         self._sock = listen(address)
         self.address = bound_address(self._sock)
 
-    async def accept(self, conn_for: Callable[[], C], options: ChannelOptions) -> tuple[Channel, C]:
+    async def accept(
+        self, conn_for: Callable[[], C], options_for: Callable[[], ChannelOptions]
+    ) -> tuple[Channel, C]:
         """Wait for a connection; return a channel driving a fresh `conn_for()`, and that conn.
+
+        Both factories are called once the connection arrived, so they see the settings of that
+        moment (parameters changed while the listener waited apply).
 
         Raises:
             OSError: accepting failed (e.g. EMFILE); the listener goes on.
         """
         sock = await accept(self._sock)
         try:
-            options.tune(sock)
+            options_for().tune(sock)
             conn = conn_for()
             return Channel(sock, conn), conn
         except BaseException:

@@ -11,7 +11,6 @@ machine of that role: a `DestMigration` for a `main` channel, a `ResolveResponde
 from __future__ import annotations
 
 import asyncio
-import functools
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -28,7 +27,6 @@ from protocol import (
     PeerTimedOut,
     ProtocolError,
     ResolveRequested,
-    Timeouts,
 )
 from vmm.outgoing import channel_options
 from vmm.runner import MachineRunner
@@ -112,10 +110,9 @@ class IncomingRouter:
 
     async def _accept_loop(self, listener: ChannelListener) -> None:
         while True:
-            params = self._params()
             try:
                 channel, conn = await listener.accept(
-                    functools.partial(self._dest_conn, params.timeouts), channel_options(params)
+                    self._dest_conn, lambda: channel_options(self._params())
                 )
             except OSError as exc:  # e.g. EMFILE: keep listening, RESOLVE must stay answerable
                 log.warning("incoming_accept_failed", error=str(exc))
@@ -123,8 +120,9 @@ class IncomingRouter:
                 continue
             self._unrouted[channel] = self._spawn(self._route(channel, conn, from_file=False))
 
-    def _dest_conn(self, timeouts: Timeouts) -> DestConnection:
-        return DestConnection(timeouts=timeouts, now=self._clock())
+    def _dest_conn(self) -> DestConnection:
+        """The protocol connection of an accepted channel, with the parameters of now."""
+        return DestConnection(timeouts=self._params().timeouts, now=self._clock())
 
     async def _route(self, channel: ChannelLike, conn: DestConnection, *, from_file: bool) -> None:
         try:

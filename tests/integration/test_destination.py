@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
+from migration.glue import configuration_for
+from protocol import SourceConnection
 from tests.helpers.inproc import FINAL, make_pair, small_vm, start_daemon
 from tests.integration import paths
-from vmsim import RunState, VMStateDescription, field_uint
+from vmsim import Machine, RunState, VMStateDescription, field_uint
 
 
 def test_a_destination_with_a_vm_refuses_busy(run, tmp):
@@ -176,3 +179,29 @@ def _last_frame_offset(stream: bytes) -> int:
     frames = analyze_stream([stream])["frames"]
     assert "VMDESCRIPTION" == frames[-1]["kind"]
     return int(frames[-1]["offset"])
+
+
+def test_a_silent_source_times_out_with_the_parameters_set_after_listening(run, tmp):
+    """The destination applies `x-peer-timeout-ms` set while it was already listening."""
+
+    async def main() -> None:
+        dest = await start_daemon(tmp)  # FAST_PARAMETERS are set after it started listening
+        try:
+            conn = SourceConnection(timeouts=None, now=0.0)  # a source that will go silent
+            machine = Machine.boot(small_vm())
+            conn.send_configuration(configuration_for(machine, migration_id="m", capabilities=()))
+            conn.send_open_return_path()
+            host, port = dest.incoming_uri.removeprefix("tcp:").rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"".join(bytes(buffer) for buffer in conn.data_to_send()))
+            await writer.drain()
+
+            assert "failed" == await dest.wait({"failed"}, timeout_s=3.0)  # 600 ms, not 10 s
+            assert "the source went silent" in (dest.record.reason or "")
+            writer.close()
+            await writer.wait_closed()
+            del reader
+        finally:
+            await dest.close()
+
+    run(main)

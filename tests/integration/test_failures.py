@@ -92,10 +92,12 @@ def test_a_cut_after_loaded_fails_and_the_abort_releases_the_held_copy(run, tmp)
             pair.fault(type="cut", before_frame="LOADED")
             await pair.migrate()
             await _source_resumed(pair, paths.SRC_FAILED_DEVICE)
-            # The destination held its complete copy in doubt; the source's ABORT (on a resolve
-            # connection) makes it discard it.
+            # The destination discards its complete copy on the source's ABORT, sent on a resolve
+            # connection. Whether it noticed the cut main connection first (and held the copy in
+            # doubt meanwhile) depends on which connection its loop reads first: both paths end
+            # with the copy discarded, never run.
             assert "failed" == await pair.dest.wait({"failed"})
-            assert paths.DST_HELD_DISCARDED == pair.dest.dest_path()
+            assert pair.dest.dest_path() in (paths.DST_HELD_DISCARDED, paths.DST_DISCARDED_LOADED)
         finally:
             await pair.close()
 
