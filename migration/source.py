@@ -217,11 +217,8 @@ class SourceMigration:
             self.phase.resolver.opened(channel)
 
     def _on_sent(self) -> None:
-        phase = self.phase
-        if isinstance(phase, Streaming):
+        if isinstance(self.phase, Streaming):
             self._milestone(self.sender.sent(self.params))
-        elif isinstance(phase, AwaitingLoaded) and self._loaded is not None:
-            self._on_loaded(self._loaded)
 
     def _on_timer(self) -> None:
         phase = self.phase
