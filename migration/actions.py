@@ -94,6 +94,19 @@ class SetVmRunState(Action):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ThrottleVm(Action):
+    """Slow the running guest down (auto-converge, dirty-limit), or lift it (0 and None).
+
+    Attributes:
+        cpu_percent: the share of the time the vCPUs sleep (QEMU `cpu_throttle_set`).
+        dirty_limit_mb_per_s: each vCPU's page-write cap (QEMU's migration dirty limit).
+    """
+
+    cpu_percent: int = 0
+    dirty_limit_mb_per_s: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class PrepareMachine(Action):
     """Build an empty machine for `config` and pre-fault its RAM (in a thread)."""
 

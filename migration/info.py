@@ -14,6 +14,7 @@ from migration.status import MigrationStatus
 if TYPE_CHECKING:
     from migration.ledger import IncomingRecord
     from migration.metrics import SourceMetrics
+    from migration.params import MigrationCapabilities
 
 S = MigrationStatus
 _RAM_STATUSES: Final = frozenset(
@@ -23,15 +24,33 @@ _ERROR_STATUSES: Final = frozenset({S.FAILED, S.IN_DOUBT, S.CANCELLED})
 
 
 def source_info(
-    status: MigrationStatus, metrics: SourceMetrics, *, now: float
+    status: MigrationStatus,
+    metrics: SourceMetrics,
+    *,
+    now: float,
+    caps: MigrationCapabilities | None = None,
 ) -> dict[str, object]:
-    """The `query-migrate` reply of a source, member by member as QEMU decides."""
+    """The `query-migrate` reply of a source, member by member as QEMU decides.
+
+    `cpu-throttle-percentage` appears when auto-converge is on (QEMU `populate_ram_info`), or
+    when `x-timeout-action throttle` turned it on; the dirty-limit figures come from the VM, so
+    the daemon adds them.
+    """
     if status is S.NONE:
         return {}
     info: dict[str, object] = {"status": str(status)}
     if status in _RAM_STATUSES:
         info.update(_time_info(status, metrics, now=now))
         info["ram"] = _ram_info(status, metrics)
+        cpu_throttled = metrics.throttle_started_at_pass is not None and not (
+            caps is not None and caps.dirty_limit
+        )
+        if (caps is not None and caps.auto_converge) or cpu_throttled:
+            info["cpu-throttle-percentage"] = metrics.cpu_throttle_percent
+    if metrics.throttle_started_at_pass is not None:
+        info["x-throttle-started-at-pass"] = metrics.throttle_started_at_pass
+    if metrics.timeout_actions:
+        info["x-timeout-actions"] = [action.to_qmp() for action in metrics.timeout_actions]
     if status is S.COMPLETED:
         info["x-downtime-breakdown"] = metrics.downtime.breakdown_ms()
         info["x-iterations"] = metrics.dirty_sync_count

@@ -43,6 +43,19 @@ class DowntimeMarks:
         return phases
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TimeoutAction:
+    """A timeout policy acted: which one, what it did, when (ms after `migrate`)."""
+
+    policy: str
+    action: str
+    at_ms: int
+
+    def to_qmp(self) -> dict[str, object]:
+        """As shown in `query-migrate` (`x-timeout-actions`) and the summary log line."""
+        return {"policy": self.policy, "action": self.action, "at-ms": self.at_ms}
+
+
 @dataclass(kw_only=True, slots=True)
 class SourceMetrics:
     """Everything an outgoing migration counts and measures.
@@ -65,6 +78,12 @@ class SourceMetrics:
         threshold_bytes: what fits the downtime limit at the planning bandwidth.
         expected_downtime_ms: QEMU's expected downtime.
         downtime: the switchover's instants.
+        cpu_throttle_percent: auto-converge's current throttle (0: the vCPUs run freely).
+        dirty_limit_mb_per_s: the dirty-limit cap on every vCPU now (None: no cap).
+        throttle_started_at_pass: the pass (dirty sync) at which throttling began.
+        throttle_changes: how many times the throttle was set (lifting not counted).
+        timeout_actions: the timeout policies that acted, in order, and what they did.
+        ended_by: the timeout policy that ended it (x-timeout-action cancel), if one did.
         error_desc: why it failed (or is in doubt); None when cancelled (as QEMU).
     """
 
@@ -85,6 +104,12 @@ class SourceMetrics:
     threshold_bytes: int = 0
     expected_downtime_ms: int = 0
     downtime: DowntimeMarks = field(default_factory=DowntimeMarks)
+    cpu_throttle_percent: int = 0
+    dirty_limit_mb_per_s: int | None = None
+    throttle_started_at_pass: int | None = None
+    throttle_changes: int = 0
+    timeout_actions: list[TimeoutAction] = field(default_factory=list)
+    ended_by: str | None = None
     error_desc: str | None = None
 
     @property
@@ -123,6 +148,10 @@ class SourceMetrics:
             "normal_pages": self.normal_pages,
             "zero_pages": self.zero_pages,
             "dirty_syncs": self.dirty_sync_count,
+            "throttle_started_at_pass": self.throttle_started_at_pass,
+            "throttle_changes": self.throttle_changes,
+            "timeout_actions": [action.to_qmp() for action in self.timeout_actions],
+            "ended_by": self.ended_by,
         }
 
 

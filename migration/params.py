@@ -8,7 +8,9 @@ Deliberate differences from QEMU (documented in README):
 - `max-bandwidth` defaults to 0, which means unlimited (QEMU's 128 MiB/s default is a known user
   complaint; in QEMU too, 0 disables the rate limit).
 - `return-path` defaults to true: the ownership handover (docs/handover.md) needs it.
-- Parameters prefixed `x-` are livemig's own (liveness and in-doubt resolution).
+- Parameters prefixed `x-` are livemig's own (liveness, in-doubt resolution, the timeout
+  policies KubeVirt users know as `completionTimeoutPerGiB` and `progressTimeout`), except
+  `x-vcpu-dirty-limit-period`, which is QEMU's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
 MAX_DOWNTIME_LIMIT_MS: Final = 2_000_000
 MAX_BANDWIDTH_BYTES_PER_S: Final = 2**64 - 1
 MAX_TIMEOUT_MS: Final = 3_600_000
+MAX_DIRTY_LIMIT_MB_S: Final = 2**32 - 1
+MAX_DIRTY_LIMIT_PERIOD_MS: Final = 1000  # QEMU: 1 to 1000 ms
+MAX_POLICY_TIMEOUT_S: Final = 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +41,56 @@ class _IntRange:
     high: int
     unit: str
 
+    def check(self, name: str, value: object) -> int:
+        """The value, or raise naming the parameter and the range."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParameterError(f"Invalid parameter type for '{name}', expected: integer")
+        if not self.low <= value <= self.high:
+            raise ParameterError(
+                f"Parameter '{name}' expects an integer in the range of "
+                f"{self.low} to {self.high} {self.unit}"
+            )
+        return value
 
-# QMP name -> (attribute, range). The attribute names carry the unit.
-_PARAMETERS: Final[dict[str, tuple[str, _IntRange]]] = {
+
+@dataclass(frozen=True, slots=True)
+class _Boolean:
+    """A boolean parameter."""
+
+    def check(self, name: str, value: object) -> bool:
+        """The value, or raise naming the parameter."""
+        if not isinstance(value, bool):
+            raise ParameterError(f"Invalid parameter type for '{name}', expected: boolean")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """A parameter taking one of a few names; `unavailable` ones are refused with a reason."""
+
+    values: tuple[str, ...]
+    unavailable: tuple[tuple[str, str], ...] = ()
+
+    def check(self, name: str, value: object) -> str:
+        """The value, or raise naming the parameter and what it accepts."""
+        if not isinstance(value, str):
+            raise ParameterError(f"Invalid parameter type for '{name}', expected: string")
+        why = dict(self.unavailable).get(value)
+        if why is not None:
+            raise ParameterError(f"Parameter '{name}' cannot be '{value}' yet: {why}")
+        if value not in self.values:
+            raise ParameterError(
+                f"Parameter '{name}' does not accept value '{value}' "
+                f"(expected one of {', '.join(self.values)})"
+            )
+        return value
+
+
+_Spec = _IntRange | _Boolean | _Choice
+TIMEOUT_ACTIONS: Final = ("cancel", "throttle")
+
+# QMP name -> (attribute, what it takes). The attribute names carry the unit.
+_PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
     "downtime-limit": ("downtime_limit_ms", _IntRange(0, MAX_DOWNTIME_LIMIT_MS, "ms")),
     "max-bandwidth": (
         "max_bandwidth_bytes_per_s",
@@ -47,6 +99,25 @@ _PARAMETERS: Final[dict[str, tuple[str, _IntRange]]] = {
     "avail-switchover-bandwidth": (
         "avail_switchover_bandwidth_bytes_per_s",
         _IntRange(0, MAX_BANDWIDTH_BYTES_PER_S, "bytes/second"),
+    ),
+    "throttle-trigger-threshold": ("throttle_trigger_threshold_percent", _IntRange(1, 100, "%")),
+    "cpu-throttle-initial": ("cpu_throttle_initial_percent", _IntRange(1, 99, "%")),
+    "cpu-throttle-increment": ("cpu_throttle_increment_percent", _IntRange(1, 99, "%")),
+    "cpu-throttle-tailslow": ("cpu_throttle_tailslow", _Boolean()),
+    "max-cpu-throttle": ("max_cpu_throttle_percent", _IntRange(1, 99, "%")),
+    "vcpu-dirty-limit": ("vcpu_dirty_limit_mb_per_s", _IntRange(1, MAX_DIRTY_LIMIT_MB_S, "MB/s")),
+    "x-vcpu-dirty-limit-period": (
+        "vcpu_dirty_limit_period_ms",
+        _IntRange(1, MAX_DIRTY_LIMIT_PERIOD_MS, "ms"),
+    ),
+    "x-completion-timeout-per-gib": (
+        "completion_timeout_per_gib_s",
+        _IntRange(0, MAX_POLICY_TIMEOUT_S, "seconds"),
+    ),
+    "x-progress-timeout": ("progress_timeout_s", _IntRange(0, MAX_POLICY_TIMEOUT_S, "seconds")),
+    "x-timeout-action": (
+        "timeout_action",
+        _Choice(TIMEOUT_ACTIONS, unavailable=(("postcopy", "livemig has no postcopy yet"),)),
     ),
     "x-ping-interval-ms": ("ping_interval_ms", _IntRange(10, MAX_TIMEOUT_MS, "ms")),
     "x-peer-timeout-ms": ("peer_timeout_ms", _IntRange(100, MAX_TIMEOUT_MS, "ms")),
@@ -62,6 +133,16 @@ class MigrationParameters:
     downtime_limit_ms: int = 300
     max_bandwidth_bytes_per_s: int = 0  # 0: unlimited
     avail_switchover_bandwidth_bytes_per_s: int = 0  # 0: use the measured bandwidth
+    throttle_trigger_threshold_percent: int = 50
+    cpu_throttle_initial_percent: int = 20
+    cpu_throttle_increment_percent: int = 10
+    cpu_throttle_tailslow: bool = False
+    max_cpu_throttle_percent: int = 99
+    vcpu_dirty_limit_mb_per_s: int = 1
+    vcpu_dirty_limit_period_ms: int = 1000
+    completion_timeout_per_gib_s: int = 0  # 0: off
+    progress_timeout_s: int = 0  # 0: off
+    timeout_action: str = "cancel"
     ping_interval_ms: int = 1000
     peer_timeout_ms: int = 10_000
     connect_timeout_ms: int = 5000
@@ -82,37 +163,28 @@ class MigrationParameters:
 
     def updated(self, changes: Mapping[str, object]) -> MigrationParameters:
         """Return a copy with `changes` (QMP names) applied, or raise naming the bad parameter."""
-        values: dict[str, int] = {}
+        values: dict[str, object] = {}
         for name, value in changes.items():
             spec = _PARAMETERS.get(name)
             if spec is None:
                 raise ParameterError(f"Parameter '{name}' is unexpected")
             attribute, allowed = spec
-            values[attribute] = _checked_int(name, value, allowed)
-        return dataclasses.replace(self, **values)
+            values[attribute] = allowed.check(name, value)
+        return dataclasses.replace(self, **values)  # type: ignore[arg-type]
 
-    def to_qmp(self) -> dict[str, int]:
+    def to_qmp(self) -> dict[str, object]:
         """Return the `query-migrate-parameters` reply."""
         return {name: getattr(self, attribute) for name, (attribute, _) in _PARAMETERS.items()}
 
 
-def _checked_int(name: str, value: object, allowed: _IntRange) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ParameterError(f"Invalid parameter type for '{name}', expected: integer")
-    if not allowed.low <= value <= allowed.high:
-        raise ParameterError(
-            f"Parameter '{name}' expects an integer in the range of "
-            f"{allowed.low} to {allowed.high} {allowed.unit}"
-        )
-    return value
-
-
 # QMP name -> (attribute, default). QEMU's defaults, except return-path (see module docstring).
 _CAPABILITIES: Final[dict[str, str]] = {
+    "auto-converge": "auto_converge",
     "events": "events",
     "return-path": "return_path",
     "validate-uuid": "validate_uuid",
     "pause-before-switchover": "pause_before_switchover",
+    "dirty-limit": "dirty_limit",
     "x-digest-check": "digest_check",
 }
 
@@ -121,10 +193,12 @@ _CAPABILITIES: Final[dict[str, str]] = {
 class MigrationCapabilities:
     """Migration capabilities (QEMU `MigrationCapability`), all off but return-path."""
 
+    auto_converge: bool = False
     events: bool = False
     return_path: bool = True
     validate_uuid: bool = False
     pause_before_switchover: bool = False
+    dirty_limit: bool = False
     digest_check: bool = False
 
     def updated(self, changes: Mapping[str, bool]) -> MigrationCapabilities:
@@ -135,7 +209,11 @@ class MigrationCapabilities:
             if attribute is None:
                 raise ParameterError(f"Parameter 'capability' does not accept value '{name}'")
             values[attribute] = state
-        return dataclasses.replace(self, **values)
+        caps = dataclasses.replace(self, **values)
+        if caps.auto_converge and caps.dirty_limit:  # QEMU's migrate_caps_check
+            msg = "dirty-limit conflicts with auto-converge: enable one of them"
+            raise ParameterError(msg)
+        return caps
 
     def to_qmp(self) -> list[dict[str, object]]:
         """Return the `query-migrate-capabilities` reply."""

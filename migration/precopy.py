@@ -8,7 +8,11 @@ QEMU's `migration_iteration_run` and `ram_save_iterate` (../shared/reference/qem
   and switch over when what is pending fits it (`ConvergencePolicy`);
 - otherwise the round sends batches of dirty pages for at most `ITERATE_MAX_S` (QEMU's MAX_WAIT),
   within the `max-bandwidth` budget of the current 100 ms slot (`RateLimiter`); when the budget
-  is spent the round ends and the next one starts when the slot does.
+  is spent the round ends and the next one starts when the slot does;
+- each dirty sync feeds the dirty-rate meter and the throttle (`migration.throttle`); while a
+  throttle may act, a sync is forced when none happened for `THROTTLE_SYNC_S` (QEMU 9.2's
+  `cpu_throttle_dirty_sync_timer`: on a slow link one pass can take minutes, and the throttle
+  decides only at syncs).
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from migration.policy import ConvergencePolicy, DirtyRateMeter, RateLimiter, WindowSample
+from migration.throttle import ThrottlePolicy, ThrottleSetting
 from vmsim import PAGE_SIZE, state_iterate, state_pending_estimate, state_pending_exact
 
 if TYPE_CHECKING:
     from migration.metrics import SourceMetrics
-    from migration.params import MigrationParameters
+    from migration.params import MigrationCapabilities, MigrationParameters
     from vmsim import Machine, SectionPart
 
 MAX_BATCH_PAGES: Final = 4096
@@ -32,6 +37,8 @@ ITERATE_MAX_S: Final = 0.05
 QUEUE_AHEAD_BYTES: Final = MAX_BATCH_PAGES * PAGE_SIZE
 """While sending, keep one batch queued ahead of the kernel: it always has bytes to move while
 the next batch is built (a flush to empty left it idle)."""
+THROTTLE_SYNC_S: Final = 5.0
+"""QEMU's CPU_THROTTLE_DIRTY_SYNC_TIMESLICE_MS: the longest a throttle waits for a sync."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,17 +70,35 @@ class Throttled:
 Step = Batch | RoundOver | Throttled
 
 
+@dataclass(frozen=True, slots=True)
+class Passes:
+    """What the dirty syncs since the last look did: their numbers, and a new throttle."""
+
+    syncs: list[int]
+    throttle: ThrottleSetting | None = None
+
+
 class Precopy:
     """The precopy policies of one migration: convergence, dirty rate and the rate limit."""
 
-    def __init__(self, *, machine: Machine, metrics: SourceMetrics, now: float) -> None:
+    def __init__(
+        self,
+        *,
+        machine: Machine,
+        metrics: SourceMetrics,
+        caps: MigrationCapabilities,
+        now: float,
+    ) -> None:
         self._machine = machine
         self._metrics = metrics
+        self._caps = caps
         self.policy = ConvergencePolicy(now=now, downtime_limit_ms=metrics.expected_downtime_ms)
         self.dirty_rate = DirtyRateMeter(now=now)
         self.limiter = RateLimiter(now=now)
+        self.throttle = ThrottlePolicy(now=now, transferred_bytes=metrics.transferred_bytes)
         self._round_ends_at = now
         self._reported_syncs = 0
+        self._last_sync_at = now
 
     def start_round(self, now: float, params: MigrationParameters) -> Switchover | None:
         """Decide at the start of a round: switch over now, or send (None)."""
@@ -85,7 +110,7 @@ class Precopy:
         self.close_window(now)
         registry = self._machine.savevm
         pending = state_pending_estimate(registry)
-        if policy.needs_exact(pending):
+        if policy.needs_exact(pending) or self._throttle_sync_due(now):
             pending = state_pending_exact(registry)
         self._metrics.remaining_bytes = pending
         if self._machine.ram_handler.stats().complete_rounds > 0:
@@ -111,20 +136,39 @@ class Precopy:
         """Account bytes queued for a batch against the current slot's budget."""
         self.limiter.consume(nbytes)
 
-    def new_syncs(self, now: float) -> list[int]:
+    def new_syncs(self, now: float, params: MigrationParameters) -> Passes:
         """The dirty syncs (passes) the RAM handler did since the last call, for MIGRATION_PASS.
 
-        Each one after the setup sync also feeds the dirty-rate meter.
+        Each one after the setup sync also feeds the dirty-rate meter and the throttle, which
+        may decide to slow the guest down (or further).
         """
         ram = self._machine.ram_handler.stats()
         syncs = list(range(self._reported_syncs + 1, ram.dirty_sync_count + 1))
+        throttle = None
         for sync in syncs:
-            if sync > 1:  # pass 1 (setup) found the whole RAM: no guest writes to count
-                self.dirty_rate.record_sync(now=now, dirtied_pages=ram.logged_pages_last_sync)
+            if sync == 1:  # pass 1 (setup) found the whole RAM: no guest writes to count
+                continue
+            self._last_sync_at = now
+            self.dirty_rate.record_sync(now=now, dirtied_pages=ram.logged_pages_last_sync)
+            changed = self.throttle.on_sync(
+                now=now,
+                new_dirty_pages=ram.logged_pages_last_sync,
+                transferred_bytes=self._metrics.transferred_bytes,
+                sync=sync,
+                params=params,
+                caps=self._caps,
+            )
+            throttle = changed or throttle
         self._reported_syncs = ram.dirty_sync_count
         self._metrics.dirty_sync_count = ram.dirty_sync_count
         self._metrics.dirty_pages_rate = self.dirty_rate.pages_per_second
-        return syncs
+        return Passes(syncs=syncs, throttle=throttle)
+
+    def _throttle_sync_due(self, now: float) -> bool:
+        """Whether a throttle may act but has not seen a sync for `THROTTLE_SYNC_S`."""
+        caps = self._caps
+        may_throttle = caps.auto_converge or caps.dirty_limit or self.throttle.forced
+        return may_throttle and now - self._last_sync_at >= THROTTLE_SYNC_S
 
     def close_window(self, now: float) -> bool:
         """Close the bandwidth window if it is old enough; copy the figures into the metrics."""

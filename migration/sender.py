@@ -178,7 +178,9 @@ class StreamSender:
 
     def start_precopy(self) -> Precopy:
         """Setup is done: the precopy policies start now."""
-        self.precopy = Precopy(machine=self._machine, metrics=self._metrics, now=self._out.now)
+        self.precopy = Precopy(
+            machine=self._machine, metrics=self._metrics, caps=self._caps, now=self._out.now
+        )
         return self.precopy
 
     # ------------------------------------------------------------------ precopy

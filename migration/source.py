@@ -9,6 +9,10 @@ changes only along `migration.table.SOURCE_ROWS`.
    OPEN_RETURN_PATH; the destination allocates and pre-faults its RAM before OPEN_ACK; then the
    START sections (the RAM bitmap starts all dirty);
 2. active: precopy rounds while the guest runs (`migration.sender`, `migration.precopy`);
+   auto-converge or dirty-limit slow the guest down when it dirties memory faster than the
+   link carries it (`migration.throttle`), and the timeout policies may give up or throttle
+   (`migration.timeouts`); the throttle is lifted when the migration ends, whichever way,
+   or goes in doubt (the VM is stopped from the switchover on, as in QEMU);
 3. switchover once the first full pass is done and what is pending fits the threshold: stop the
    VM (finish-migrate: change-state handlers in reverse), [pre-switchover], device:
    SWITCHOVER_START, the last dirty pages (END), every needed device (FULL), EOF, VMDESCRIPTION;
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from migration import actions as act
 from migration import inputs as inp
+from migration.convergence import Convergence, GiveUp, Throttle
 from migration.errors import CommandRefusedError
 from migration.metrics import SourceMetrics
 from migration.outbox import Outbox
@@ -103,6 +108,7 @@ class SourceMigration:
             caps=caps,
             timeouts=self.params.timeouts if self.uses_return_path else None,
         )
+        self.convergence = Convergence(outbox=self._out, metrics=self.metrics, caps=caps, now=now)
         self._previous_runstate: RunState | None = None
         self._loaded: LoadCompleted | None = None
 
@@ -135,7 +141,12 @@ class SourceMigration:
         """When `TimerFired` is due, if the machine waits for time."""
         if isinstance(self.phase, Resolving):
             return self.phase.resolver.next_deadline()
-        return self.sender.next_deadline() if isinstance(self.phase, Streaming) else None
+        if not isinstance(self.phase, Streaming):
+            return None
+        deadlines = [self.sender.next_deadline()]
+        if self.status.status is MigrationStatus.ACTIVE:
+            deadlines.append(self.convergence.next_deadline(self.params))
+        return min((d for d in deadlines if d is not None), default=None)
 
     def refresh(self) -> None:
         """Bring the byte counters up to date (before reading the metrics)."""
@@ -223,6 +234,8 @@ class SourceMigration:
     def _on_timer(self) -> None:
         phase = self.phase
         if isinstance(phase, Streaming):
+            if self._check_timeouts():
+                return
             self._milestone(self.sender.timer(self.params))
         elif isinstance(phase, Resolving):
             self._settle(phase.resolver.timer())
@@ -235,6 +248,8 @@ class SourceMigration:
             self._fire(T.SETUP_DONE)
             milestone = self.sender.start_round(self.params)
         self._report_passes()
+        if self._check_timeouts():
+            return
         if isinstance(milestone, SwitchoverDue):
             self._switch_over()
         elif isinstance(milestone, StreamSent):
@@ -329,6 +344,7 @@ class SourceMigration:
     def _complete(self, trigger: SourceTrigger) -> None:
         metrics = self.metrics
         metrics.ended_at = self._out.now
+        self._lift_throttle()
         self._previous_runstate = None  # handed over (or written out): never resumed here again
         if metrics.downtime.resumed_at is None:  # no handover (file, QEMU): down until sent
             metrics.downtime.resumed_at = metrics.downtime.devices_sent_at or metrics.ended_at
@@ -339,7 +355,9 @@ class SourceMigration:
         self._out.do(act.CloseChannel(channel=MAIN))
         self._finish()
 
-    def _fail(self, reason: str, code: ErrorCode) -> None:
+    def _fail(
+        self, reason: str, code: ErrorCode, trigger: SourceTrigger = SourceTrigger.FAILED
+    ) -> None:
         """A failure or a cancel: in doubt after HANDOVER, otherwise resume the VM here."""
         status = self.status.status
         if is_terminal(status) or status is MigrationStatus.IN_DOUBT:
@@ -352,9 +370,10 @@ class SourceMigration:
         stopped = self._previous_runstate is not None
         self._send_abort_nowait(code, reason)
         self.metrics.error_desc = None if cancelled else reason  # QEMU: no error on cancel
+        self._lift_throttle()
         self._resume_vm()
         self.metrics.ended_at = self._out.now
-        self._fire(T.CANCELLED if cancelled else T.FAILED)
+        self._fire(T.CANCELLED if cancelled else trigger)
         self._out.log(
             "migration_failed", level=act.Level.WARNING, error=reason, cancelled=cancelled
         )
@@ -381,6 +400,7 @@ class SourceMigration:
             self._out.do(act.ResumeVm(runstate=previous))
 
     def _enter_in_doubt(self, reason: str) -> None:
+        self._lift_throttle()
         self.metrics.error_desc = (
             f"handover in doubt: {reason}; the VM stays paused here until the destination's "
             "outcome is known (livemig resolve)"
@@ -403,6 +423,7 @@ class SourceMigration:
         if not is_terminal(self.status.status):
             self.metrics.error_desc = "the daemon shut down during the migration"
             self.metrics.ended_at = self._out.now
+            self._lift_throttle()
             self._fire(T.SHUTDOWN)
         if isinstance(self.phase, Resolving):
             self.phase.resolver.close()
@@ -482,11 +503,40 @@ class SourceMigration:
         precopy = self.sender.precopy
         if precopy is None:
             return
-        for sync in precopy.new_syncs(self._out.now):
+        passes = precopy.new_syncs(self._out.now, self.params)
+        for sync in passes.syncs:
             if self.caps.events:
                 self._out.do(act.EmitEvent(name="MIGRATION_PASS", data={"pass": sync}))
+        if passes.throttle is not None:
+            why = "the guest dirtied more than the threshold share of what was sent, twice"
+            self._throttle(Throttle(setting=passes.throttle, why=why))
+
+    # ------------------------------------------------------------------ throttle, policies
+
+    def _throttle(self, throttle: Throttle) -> None:
+        self._fire(T.THROTTLE)
+        self.convergence.throttle(self.sender.precopy, throttle)
+
+    def _lift_throttle(self) -> None:
+        self.convergence.lift(self.sender.precopy)
+
+    def _check_timeouts(self) -> bool:
+        """Consult the timeout policies while active; whether one ended the migration."""
+        if self.status.status is not MigrationStatus.ACTIVE:
+            return False
+        verdict = self.convergence.check(self.sender.precopy, self.params)
+        if isinstance(verdict, Throttle):
+            self._throttle(verdict)
+        elif isinstance(verdict, GiveUp):
+            self._fail(verdict.reason, ErrorCode.TIMEOUT, trigger=T.TIMED_OUT)
+            return True
+        return False
 
     def _fire(self, trigger: SourceTrigger) -> None:
+        before = self.status.status
         status = self.status.fire(trigger)
-        if self.caps.events:
-            self._out.do(act.EmitEvent(name="MIGRATION", data={"status": str(status)}))
+        if self.caps.events and status is not before:
+            data: dict[str, object] = {"status": str(status)}
+            if trigger is T.TIMED_OUT:
+                data["x-ended-by"] = self.metrics.ended_by
+            self._out.do(act.EmitEvent(name="MIGRATION", data=data))

@@ -7,7 +7,7 @@ status is a bug and raises `TransitionError`. The docs render these tables
 (`render_markdown`, checked by a test), and the in-process tests drive every row.
 
 Rows marked *reserved* belong to capabilities that later work fills in (postcopy and its
-recovery, throttling); they are in the table so that a capability is a row, not a new flag.
+recovery); they are in the table so that a capability is a row, not a new flag.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class SourceTrigger(enum.StrEnum):
     STREAM_SENT = "whole stream written (no return path)"
     RESUMED = "RESUMED: the destination runs the VM"
     FAILED = "failure before HANDOVER: VM resumed here"
+    TIMED_OUT = "a timeout policy gives up (x-timeout-action cancel): VM resumed here"
     LOST_AFTER_HANDOVER = "failure after HANDOVER"
     CANCEL = "migrate_cancel"
     CANCELLED = "VM resumed after the cancel"
@@ -84,13 +85,14 @@ _BEFORE_HANDOVER: Final = (S.SETUP, S.ACTIVE, S.PRE_SWITCHOVER, S.DEVICE)
 SOURCE_ROWS: Final[tuple[Row, ...]] = (
     Row(S.NONE, _T.MIGRATE, S.SETUP),
     Row(S.SETUP, _T.SETUP_DONE, S.ACTIVE),
-    Row(S.ACTIVE, _T.THROTTLE, S.ACTIVE, reserved=True),
+    Row(S.ACTIVE, _T.THROTTLE, S.ACTIVE),
     Row(S.ACTIVE, _T.CONVERGED, S.DEVICE),
     Row(S.ACTIVE, _T.CONVERGED_PAUSED, S.PRE_SWITCHOVER),
     Row(S.PRE_SWITCHOVER, _T.CONTINUED, S.DEVICE),
     Row(S.DEVICE, _T.STREAM_SENT, S.COMPLETED),
     Row(S.DEVICE, _T.RESUMED, S.COMPLETED),
     *(Row(status, _T.FAILED, S.FAILED) for status in _BEFORE_HANDOVER),
+    Row(S.ACTIVE, _T.TIMED_OUT, S.FAILED),
     *(Row(status, _T.CANCEL, S.CANCELLING) for status in _BEFORE_HANDOVER),
     Row(S.DEVICE, _T.LOST_AFTER_HANDOVER, S.IN_DOUBT),
     Row(S.CANCELLING, _T.CANCELLED, S.CANCELLED),

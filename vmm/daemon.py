@@ -155,6 +155,12 @@ class Vmm:
         """Leave the stopped VM in `runstate` (postmigrate after a completed migration)."""
         self._require_vm().stop(runstate)
 
+    def throttle_vm(self, *, cpu_percent: int, dirty_limit_mb_per_s: int | None) -> None:
+        """The migration's auto-converge or dirty-limit throttle (0 and None lift it)."""
+        vm = self._require_vm()
+        vm.set_cpu_throttle(cpu_percent)
+        vm.set_migration_dirty_limit(dirty_limit_mb_per_s)
+
     async def build_machine(self, config: MachineConfig) -> Machine:
         """An empty machine for an incoming VM; its RAM is pre-faulted in a thread."""
         return await asyncio.to_thread(Machine.for_incoming, config)

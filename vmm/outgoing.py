@@ -53,6 +53,7 @@ class OutgoingMigration:
     ) -> None:
         self.vm = vm
         self.address = address
+        self._throttled_ticks_before = vm.throttled_ticks()
         self._params = params
         self._clock = clock
         self.source = SourceMigration(
@@ -100,14 +101,25 @@ class OutgoingMigration:
         """The `query-migrate` reply."""
         source = self.source
         source.refresh()
-        info = source_info(self.status, source.metrics, now=self._clock())
+        info = source_info(self.status, source.metrics, now=self._clock(), caps=source.caps)
         if info:
             info["x-migration-id"] = self.migration_id
         ram = info.get("ram")
         if isinstance(ram, dict) and "dirty-pages-rate" in ram:
             # QEMU's dirty-pages-rate counts distinct pages; this is the guest's write rate.
             ram["x-page-writes-per-second"] = round(self.vm.page_writes_per_second())
+        if "ram" in info and source.metrics.throttle_started_at_pass is not None:
+            info["x-guest-ticks-throttled"] = self.guest_ticks_throttled()
+        pacer = self.vm.pacer
+        if source.caps.dirty_limit and pacer.migration_limit_mib_per_s is not None:
+            # QEMU shows them while its dirty limit is in service (populate_ram_info).
+            info["dirty-limit-throttle-time-per-round"] = pacer.throttle_time_per_round_us()
+            info["dirty-limit-ring-full-time"] = pacer.ring_full_time_us()
         return info
+
+    def guest_ticks_throttled(self) -> int:
+        """The guest work this migration's throttle cost: ticks an unthrottled guest had run."""
+        return self.vm.throttled_ticks() - self._throttled_ticks_before
 
     def cancel(self) -> None:
         """`migrate_cancel`: refused once HANDOVER was sent, a no-op when nothing runs.

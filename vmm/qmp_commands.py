@@ -2,7 +2,8 @@
 
 QEMU commands: query-status, stop, cont, quit, migrate, migrate-incoming, migrate_cancel,
 migrate-continue, query-migrate, migrate-set-parameters, query-migrate-parameters,
-migrate-set-capabilities, query-migrate-capabilities. livemig's own (x- prefixed): x-query-vm
+migrate-set-capabilities, query-migrate-capabilities, set-vcpu-dirty-limit,
+cancel-vcpu-dirty-limit, query-vcpu-dirty-limit. livemig's own (x- prefixed): x-query-vm
 (ticks, digest, config, for `livemig replay`), x-migrate-resolve and x-migrate-incoming-resolve
 (docs/handover.md).
 """
@@ -23,6 +24,7 @@ from migration import (
     is_active,
 )
 from migration.outbox import Outbox
+from migration.params import MAX_DIRTY_LIMIT_MB_S
 from netio import Args, CommandRegistry, NetIOError, QMPError, UriError, parse_migration_uri
 from vmm.runner import execute_reports
 from vmsim import ChangeStateError, RunState, WorkloadKind
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from netio import MigrationAddress
     from netio.qmp.commands import Handler
     from vmm.daemon import Vmm
+    from vmm.vm import VirtualMachine
 
 
 def build_registry(vmm: Vmm) -> CommandRegistry:
@@ -53,6 +56,9 @@ def build_registry(vmm: Vmm) -> CommandRegistry:
         ("query-migrate-parameters", commands.query_parameters),
         ("migrate-set-capabilities", commands.set_capabilities),
         ("query-migrate-capabilities", commands.query_capabilities),
+        ("set-vcpu-dirty-limit", commands.set_vcpu_dirty_limit),
+        ("cancel-vcpu-dirty-limit", commands.cancel_vcpu_dirty_limit),
+        ("query-vcpu-dirty-limit", commands.query_vcpu_dirty_limit),
         ("x-query-vm", commands.query_vm),
         ("x-migrate-resolve", commands.migrate_resolve),
         ("x-query-migration-outcome", commands.query_migration_outcome),
@@ -148,12 +154,64 @@ class _Commands:
             "digest": None if vm.is_running else machine.digest(),
             "config": machine.config.to_dict(),
             "lost-ticks": vm.lost_ticks,
+            "throttled-ticks": vm.throttled_ticks(),
+            "cpu-throttle-percentage": vm.pacer.cpu_throttle_percent,
             "ticks-per-second": round(vm.ticks_per_second(), 1),
             "page-writes-per-second": round(vm.page_writes_per_second()),
         }
         if machine.config.workload is WorkloadKind.AB and not vm.is_running:
             reply["ab-check"] = machine.check_ab_ram()  # QEMU's check_guests_ram
         return reply
+
+    # -- dirty limits (QEMU 7.1+: the KVM dirty ring; here the simulated vCPU's pacing) ---
+
+    async def set_vcpu_dirty_limit(self, args: Args) -> object:
+        cpu_index = self._cpu_index(args)
+        rate = args.integer("dirty-rate", min_value=0, max_value=MAX_DIRTY_LIMIT_MB_S, unit="MB/s")
+        args.finish()
+        vm = self._vm_for_dirty_limit("set")
+        # QEMU: a rate of 0 cancels the limit.
+        vm.set_vcpu_dirty_limit(cpu_index, rate or None)
+        return {}
+
+    async def cancel_vcpu_dirty_limit(self, args: Args) -> object:
+        cpu_index = self._cpu_index(args)
+        args.finish()
+        self._vm_for_dirty_limit("cancel").set_vcpu_dirty_limit(cpu_index, None)
+        return {}
+
+    async def query_vcpu_dirty_limit(self, args: Args) -> object:
+        args.finish()
+        vm = self._vmm.vm
+        if vm is None:
+            return []
+        return [
+            {
+                "cpu-index": row.cpu_index,
+                "limit-rate": row.limit_rate,
+                "current-rate": row.current_rate,
+            }
+            for row in vm.pacer.vcpu_limits(vm.ticks_per_second())
+        ]
+
+    def _cpu_index(self, args: Args) -> int | None:
+        vm = self._vmm.vm
+        vcpus = vm.machine.config.vcpus if vm is not None else 1
+        index = args.integer("cpu-index", None)
+        if index is not None and not 0 <= index < vcpus:
+            raise QMPError.generic("incorrect cpu index specified")
+        return index
+
+    def _vm_for_dirty_limit(self, verb: str) -> VirtualMachine:
+        vm = self._vmm.vm
+        if vm is None:
+            raise CommandRefusedError("there is no VM on this daemon")
+        outgoing = self._vmm.outgoing
+        if outgoing is not None and is_active(outgoing.status) and outgoing.source.caps.dirty_limit:
+            raise CommandRefusedError(
+                f"can't {verb} dirty page rate limit while migration is running"
+            )
+        return vm
 
     # -- migration -----------------------------------------------------------------------
 

@@ -84,6 +84,10 @@ class RunnerHost(Protocol):
         """Leave the stopped VM in `runstate`."""
         ...
 
+    def throttle_vm(self, *, cpu_percent: int, dirty_limit_mb_per_s: int | None) -> None:
+        """Slow the guest down for the migration (0 and None: lift it)."""
+        ...
+
     async def build_machine(self, config: MachineConfig) -> Machine:
         """An empty machine for an incoming VM, RAM pre-faulted (in a thread)."""
         ...
@@ -210,6 +214,8 @@ class MachineRunner:
                 self._host.restore_vm(runstate)
             case act.SetVmRunState(runstate=runstate):
                 self._host.set_vm_runstate(runstate)
+            case act.ThrottleVm(cpu_percent=percent, dirty_limit_mb_per_s=limit):
+                self._host.throttle_vm(cpu_percent=percent, dirty_limit_mb_per_s=limit)
             case act.PrepareMachine(config=config):
                 self._spawn(self._build(config))
             case act.RunMigratedVm(machine=machine):

@@ -1,7 +1,8 @@
 """A machine running in real time: vCPU pacing, run-state events, serial output.
 
 The machine (`vmsim.Machine`) only counts ticks; here they are paced to the machine's `tick_hz`
-against the event loop's clock. The vCPU runs in short slices (a few milliseconds of work at most)
+against the event loop's clock, slowed down by auto-converge and dirty limits (`vmm.pacing`).
+The vCPU runs in short slices (a few milliseconds of work at most)
 and yields between them, so migration I/O and QMP run in between on the same thread. That also
 makes every dirty-log sync atomic with respect to the vCPU: no guest write can happen while one
 runs.
@@ -10,11 +11,13 @@ runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
 
+from vmm.pacing import Pacer
 from vmsim import Machine, RunState
 
 if TYPE_CHECKING:
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
 SLICE_BUDGET_S: Final = 0.002  # target CPU time of one vCPU slice
 RATE_WINDOW_S: Final = 1.0  # the measured tick rate covers the last second
 MIN_SLEEP_S: Final = 0.002  # do not wake up more often than this when ahead of time
-MAX_LAG_S: Final = 0.1  # beyond this much backlog the vCPU drops time (steal) instead of racing
+MAX_SLEEP_S: Final = 0.05  # a throttled vCPU still looks at its limits this often
 
 log = structlog.get_logger("vmm.vm")
 
@@ -51,16 +54,47 @@ class VirtualMachine:
         self._clock = clock
         self._serial_sink = serial_sink
         self._wakeup = asyncio.Event()
-        self._anchor_at = clock()
-        self._anchor_ticks = machine.ticks
+        self.pacer = Pacer(
+            tick_hz=machine.config.tick_hz,
+            writes_per_s=[p.writes_per_s for p in machine.layout.partitions],
+            now=clock(),
+            ticks=machine.ticks,
+        )
+        if machine.is_running:
+            self.pacer.started(now=clock(), ticks=machine.ticks)
         self._slice_ticks = 1
-        self.lost_ticks = 0
         self._rate_samples: deque[tuple[float, int]] = deque()
 
     @property
     def runstate(self) -> RunState:
         """The machine's run state."""
         return self.machine.runstate.state
+
+    @property
+    def lost_ticks(self) -> int:
+        """Ticks dropped because the host could not keep up (steal time)."""
+        return self.pacer.lost_ticks
+
+    def throttled_ticks(self) -> int:
+        """Ticks lost to auto-converge and dirty limits: the work throttling cost the guest."""
+        return self.pacer.throttled_ticks(now=self._clock())
+
+    def set_cpu_throttle(self, percent: int) -> None:
+        """Auto-converge: the vCPUs sleep `percent` % of the time (0 lifts it)."""
+        self.pacer.set_cpu_throttle(percent, now=self._clock(), ticks=self.machine.ticks)
+        self._wakeup.set()
+
+    def set_migration_dirty_limit(self, limit_mib_per_s: int | None) -> None:
+        """The migration's dirty-limit throttle on every vCPU (None lifts it)."""
+        self.pacer.set_migration_limit(limit_mib_per_s, now=self._clock(), ticks=self.machine.ticks)
+        self._wakeup.set()
+
+    def set_vcpu_dirty_limit(self, cpu_index: int | None, limit_mib_per_s: int | None) -> None:
+        """`set-vcpu-dirty-limit` / `cancel-vcpu-dirty-limit` (cpu_index None: every vCPU)."""
+        self.pacer.set_vcpu_limit(
+            cpu_index, limit_mib_per_s, now=self._clock(), ticks=self.machine.ticks
+        )
+        self._wakeup.set()
 
     @property
     def is_running(self) -> bool:
@@ -70,7 +104,8 @@ class VirtualMachine:
     def start(self) -> None:
         """QEMU `vm_start`: run the machine (handlers forward), emit RESUME."""
         self.machine.vm_start()
-        self._reanchor()
+        self.pacer.started(now=self._clock(), ticks=self.machine.ticks)
+        self._rate_samples.clear()
         self._emit_event("RESUME")
         self._wakeup.set()
 
@@ -85,8 +120,7 @@ class VirtualMachine:
         try:
             self.machine.vm_stop(state)
         finally:
-            if was_running and not self.is_running:
-                self._emit_event("STOP")
+            self._after_stop(was_running=was_running)
 
     def stop_for_migration(self) -> RunState:
         """QEMU `migration_stop_vm`: store the run state, stop to finish-migrate.
@@ -99,8 +133,12 @@ class VirtualMachine:
         try:
             return self.machine.stop_for_migration()
         finally:
-            if was_running and not self.is_running:
-                self._emit_event("STOP")
+            self._after_stop(was_running=was_running)
+
+    def _after_stop(self, *, was_running: bool) -> None:
+        if was_running and not self.is_running:
+            self.pacer.stopped(now=self._clock(), ticks=self.machine.ticks)
+            self._emit_event("STOP")
 
     async def run(self) -> None:
         """Execute ticks for ever, at `tick_hz` of real time, whenever the machine runs."""
@@ -109,12 +147,20 @@ class VirtualMachine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            due = self._due_ticks(self._clock())
+            now, ticks = self._clock(), self.machine.ticks
+            due = self.pacer.due_ticks(now=now, ticks=ticks)
             if due <= 0:
-                await asyncio.sleep(MIN_SLEEP_S)
+                wait_s = self.pacer.wait_s(now=now, ticks=ticks)
+                await self._sleep(min(max(wait_s, MIN_SLEEP_S), MAX_SLEEP_S))
                 continue
             self._run_slice(min(due, self._slice_ticks))
             await asyncio.sleep(0)
+
+    async def _sleep(self, delay_s: float) -> None:
+        """Sleep, or less if a limit changes (a throttled vCPU may sleep long)."""
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), delay_s)
 
     def ticks_per_second(self) -> float:
         """Ticks the vCPUs actually executed per second over the last second (0 when stopped)."""
@@ -152,22 +198,3 @@ class VirtualMachine:
         target = int(SLICE_BUDGET_S / per_tick_s) if per_tick_s > 0 else self._slice_ticks * 2
         # Move halfway towards the target so one noisy slice does not swing it.
         self._slice_ticks = max(1, (self._slice_ticks + max(1, target)) // 2)
-
-    def _due_ticks(self, now: float) -> int:
-        hz = self.machine.config.tick_hz
-        target = self._anchor_ticks + int((now - self._anchor_at) * hz)
-        due = target - self.machine.ticks
-        max_lag_ticks = max(1, int(MAX_LAG_S * hz))
-        if due > max_lag_ticks:
-            # The loop was busy for too long (or the process was stopped): keep real-time pacing
-            # from here on rather than racing through the backlog; report the lost time.
-            self.lost_ticks += due - max_lag_ticks
-            self._anchor_at = now
-            self._anchor_ticks = self.machine.ticks + max_lag_ticks
-            due = max_lag_ticks
-        return due
-
-    def _reanchor(self) -> None:
-        self._anchor_at = self._clock()
-        self._anchor_ticks = self.machine.ticks
-        self._rate_samples.clear()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from migration.info import dest_info, source_info
 from migration.ledger import IncomingLedger
-from migration.metrics import DowntimeMarks, SourceMetrics
+from migration.metrics import DowntimeMarks, SourceMetrics, TimeoutAction
 from migration.outbox import Outbox
+from migration.params import MigrationCapabilities
 from migration.status import MigrationStatus
 from protocol import DeviceRef, MigrationConfiguration
 
@@ -134,3 +135,37 @@ def test_destination_info_follows_its_newest_record() -> None:
     assert {"status": "failed", "error-desc": "bad stream"}.items() <= dest_info(
         ledger.current
     ).items()
+
+
+def test_cpu_throttle_percentage_appears_with_auto_converge_as_in_qemu() -> None:
+    metrics = _metrics()
+    plain = source_info(MigrationStatus.ACTIVE, metrics, now=10.5)
+    assert "cpu-throttle-percentage" not in plain
+    auto = MigrationCapabilities(auto_converge=True)
+    info = source_info(MigrationStatus.ACTIVE, metrics, now=10.5, caps=auto)
+    assert 0 == info["cpu-throttle-percentage"]
+    assert "x-throttle-started-at-pass" not in info
+
+    metrics.cpu_throttle_percent = 30
+    metrics.throttle_started_at_pass = 4
+    info = source_info(MigrationStatus.ACTIVE, metrics, now=10.5, caps=auto)
+    assert (30, 4) == (info["cpu-throttle-percentage"], info["x-throttle-started-at-pass"])
+    # Turned on by x-timeout-action throttle, without the capability: shown too.
+    assert 30 == source_info(MigrationStatus.ACTIVE, metrics, now=10.5)["cpu-throttle-percentage"]
+    limit = MigrationCapabilities(dirty_limit=True)
+    assert "cpu-throttle-percentage" not in source_info(
+        MigrationStatus.ACTIVE, metrics, now=10.5, caps=limit
+    )
+
+
+def test_timeout_actions_are_listed_in_every_status_after_they_acted() -> None:
+    metrics = _metrics()
+    metrics.timeout_actions.append(
+        TimeoutAction(policy="x-progress-timeout", action="cancel", at_ms=150_000)
+    )
+    metrics.error_desc = "migration ended by policy x-progress-timeout"
+    info = source_info(MigrationStatus.FAILED, metrics, now=11.0)
+    assert [{"policy": "x-progress-timeout", "action": "cancel", "at-ms": 150_000}] == info[
+        "x-timeout-actions"
+    ]
+    assert info["error-desc"].startswith("migration ended by policy")

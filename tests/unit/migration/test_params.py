@@ -64,12 +64,54 @@ def test_capabilities_default_off_but_return_path() -> None:
     states = {c["capability"]: c["state"] for c in MigrationCapabilities().to_qmp()}
 
     assert {
+        "auto-converge": False,
         "events": False,
         "return-path": True,
         "validate-uuid": False,
         "pause-before-switchover": False,
+        "dirty-limit": False,
         "x-digest-check": False,
     } == states
+
+
+def test_the_throttle_parameters_have_qemus_defaults() -> None:
+    qmp = MigrationParameters().to_qmp()
+
+    assert {
+        "throttle-trigger-threshold": 50,
+        "cpu-throttle-initial": 20,
+        "cpu-throttle-increment": 10,
+        "cpu-throttle-tailslow": False,
+        "max-cpu-throttle": 99,
+        "vcpu-dirty-limit": 1,
+        "x-vcpu-dirty-limit-period": 1000,
+        "x-completion-timeout-per-gib": 0,
+        "x-progress-timeout": 0,
+        "x-timeout-action": "cancel",
+    }.items() <= qmp.items()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cpu-throttle-initial": 100}, "'cpu-throttle-initial' expects an integer in the range"),
+        ({"cpu-throttle-tailslow": 1}, "'cpu-throttle-tailslow', expected: boolean"),
+        ({"x-timeout-action": "stop"}, "does not accept value 'stop'"),
+        ({"x-timeout-action": "postcopy"}, "cannot be 'postcopy' yet: livemig has no postcopy"),
+        ({"vcpu-dirty-limit": 0}, "'vcpu-dirty-limit' expects an integer in the range of 1"),
+    ],
+)
+def test_throttle_and_policy_values_are_checked(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        MigrationParameters().updated(changes)
+
+
+def test_dirty_limit_and_auto_converge_exclude_each_other() -> None:
+    caps = MigrationCapabilities().updated({"auto-converge": True})
+
+    with pytest.raises(ParameterError, match="dirty-limit conflicts with auto-converge"):
+        caps.updated({"dirty-limit": True})
+    assert caps.updated({"auto-converge": False, "dirty-limit": True}).dirty_limit
 
 
 def test_unknown_capability_is_refused() -> None:

@@ -1,0 +1,122 @@
+"""The source's convergence controls: the throttle and the timeout policies, as actions.
+
+`SourceMigration` owns the status; this object turns what the throttle policy
+(`migration.throttle`, inside the precopy rounds) and the timeout policies
+(`migration.timeouts`) decide into metrics, `ThrottleVm` actions and log lines, and tells the
+machine when a policy gives up (`GiveUp`) or throttles (`ThrottleSetting`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from migration import actions as act
+from migration.metrics import TimeoutAction, elapsed_ms
+from migration.throttle import OFF, ThrottleSetting
+from migration.timeouts import TimeoutPolicy
+
+if TYPE_CHECKING:
+    from migration.metrics import SourceMetrics
+    from migration.outbox import Outbox
+    from migration.params import MigrationCapabilities, MigrationParameters
+    from migration.precopy import Precopy
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """A timeout policy with `x-timeout-action cancel` expired: end the migration."""
+
+    policy: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Slow the guest down (or further): `setting`, because `why`."""
+
+    setting: ThrottleSetting
+    why: str
+
+
+class Convergence:
+    """The throttle and timeout policies of one outgoing migration."""
+
+    def __init__(
+        self, *, outbox: Outbox, metrics: SourceMetrics, caps: MigrationCapabilities, now: float
+    ) -> None:
+        self._out = outbox
+        self._metrics = metrics
+        self._caps = caps
+        self.timeouts = TimeoutPolicy(started_at=now)
+
+    def next_deadline(self, params: MigrationParameters) -> float | None:
+        """When a timeout policy would expire (the machine arms a timer while active)."""
+        return self.timeouts.next_deadline(params, self._metrics.total_bytes)
+
+    def check(
+        self, precopy: Precopy | None, params: MigrationParameters
+    ) -> GiveUp | Throttle | None:
+        """Consult the timeout policies (while active): give up, throttle, or go on (None)."""
+        metrics = self._metrics
+        expired = self.timeouts.check(self._out.now, params, metrics)
+        if expired is None:
+            return None
+        at_ms = elapsed_ms(self._out.now - metrics.started_at)
+        metrics.timeout_actions.append(
+            TimeoutAction(policy=expired.policy, action=expired.action, at_ms=at_ms)
+        )
+        self._out.log(
+            "timeout_policy_expired",
+            level=act.Level.WARNING,
+            policy=expired.policy,
+            action=expired.action,
+            detail=expired.detail,
+        )
+        if expired.action != "throttle":
+            metrics.ended_by = expired.policy
+            reason = (
+                f"migration ended by policy {expired.policy} ({expired.detail}; "
+                "x-timeout-action cancel): the VM keeps running here"
+            )
+            return GiveUp(policy=expired.policy, reason=reason)
+        if precopy is None:
+            return None
+        setting = precopy.throttle.force(params, self._caps, metrics.dirty_sync_count)
+        if setting is None:
+            return None
+        return Throttle(setting=setting, why=f"{expired.policy} expired: {expired.detail}")
+
+    def throttle(self, precopy: Precopy | None, throttle: Throttle) -> None:
+        """Apply a new throttle: the metrics, the VM, the log."""
+        metrics, setting = self._metrics, throttle.setting
+        metrics.cpu_throttle_percent = setting.cpu_percent
+        metrics.dirty_limit_mb_per_s = setting.dirty_limit_mb_per_s
+        metrics.throttle_changes += 1
+        if precopy is not None:
+            metrics.throttle_started_at_pass = precopy.throttle.started_at_pass
+        self._out.do(
+            act.ThrottleVm(
+                cpu_percent=setting.cpu_percent,
+                dirty_limit_mb_per_s=setting.dirty_limit_mb_per_s,
+            )
+        )
+        self._out.log(
+            "throttle_changed",
+            cpu_throttle_percent=setting.cpu_percent,
+            dirty_limit_mb_per_s=setting.dirty_limit_mb_per_s,
+            dirty_syncs=metrics.dirty_sync_count,
+            why=throttle.why,
+        )
+
+    def lift(self, precopy: Precopy | None) -> None:
+        """The migration ends or goes in doubt: the guest runs freely again.
+
+        QEMU's `cpu_throttle_stop` and `migration_cancel_dirty_limit`.
+        """
+        if precopy is None or not precopy.throttle.lift():
+            return
+        self._metrics.cpu_throttle_percent = OFF.cpu_percent
+        self._metrics.dirty_limit_mb_per_s = OFF.dirty_limit_mb_per_s
+        self._out.do(act.ThrottleVm())
+        self._out.log("throttle_lifted", dirty_syncs=self._metrics.dirty_sync_count)
