@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import matplotlib as mpl
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from bench.common import Run
 
 Json = dict[str, Any]
+BUSY_ZOOM_S: Final = 5.0  # the busy guest's goal: converged within 5 s
 
 
 def draw(run: Run) -> list[Path]:
@@ -33,6 +34,7 @@ def draw(run: Run) -> list[Path]:
         ("downtime", _downtime),
         ("convergence", _convergence),
         ("iterations", _iterations),
+        ("busy", _busy),
         ("scale", _scale),
     ):
         figure = chart(run.results)
@@ -225,7 +227,7 @@ def _iterations(results: Json) -> Figure | None:
         (f"r={point['r']:.2f}", point["iterations"])
         for point in results.get("convergence", {}).get("points", [])
     ] + [
-        (f"busy guest, limit {case['limit_ms']} ms", case["iterations"])
+        (f"busy guest, {case.get('name', str(case['limit_ms']) + ' ms')}", case["iterations"])
         for case in results.get("busy", {}).get("cases", [])
     ]
     runs = [(label, rows) for label, rows in runs if len(rows) > 1]
@@ -243,7 +245,13 @@ def _iterations(results: Json) -> Figure | None:
             marker=".",
             label=label,
         )
-    top.set_ylabel("remaining after the sync (MiB)")
+        throttled = [row for row in rows if _finite(row.get("throttle_percent")) > 0]
+        if throttled:  # where throttling began
+            first = throttled[0]
+            top.plot(
+                [first["iteration"]], [first["remaining_bytes"] / MIB], "v", color="black", ms=9
+            )
+    top.set_ylabel("remaining after the sync (MiB; \u25bc throttling began)")
     top.set_title("Remaining bytes and dirty rate per iteration (dirty sync)")
     top.set_yscale("symlog")
     bottom.set_ylabel("newly dirtied (MB/s, estimated)")
@@ -252,6 +260,56 @@ def _iterations(results: Json) -> Figure | None:
         ax.grid(visible=True, alpha=0.3)
         _legend(ax, 7, ncol=2)
     return figure
+
+
+def _busy(results: Json) -> Figure | None:
+    """The busy guest under each throttle: remaining bytes, dirty rate and throttle per pass."""
+    data: Json = results.get("busy") or {}
+    runs = _busy_runs(data) if data else []
+    if not runs:
+        return None
+    figure, grid = plt.subplots(3, 2, figsize=(14, 10), sharex="col", width_ratios=(3, 2))
+    panels: tuple[tuple[str, Callable[[Json], float]], ...] = (
+        ("remaining after the sync (MiB)", lambda row: _nan(row["remaining_bytes"]) / MIB),
+        ("newly dirtied (MB/s, estimated)", lambda row: _nan(row["dirty_bytes_per_s"]) / 1e6),
+        ("vCPU throttle (%; 100: dirty limit)", lambda row: _nan(row.get("throttle_percent"))),
+    )
+    for label, rows in runs:
+        seconds = [row["t_s"] for row in rows]
+        began = next((r["t_s"] for r in rows if _finite(r.get("throttle_percent")) > 0), None)
+        for ax, (_, value) in zip(grid.flat, [p for p in panels for _ in (0, 1)], strict=True):
+            (line,) = ax.plot(seconds, [value(row) for row in rows], marker=".", label=label)
+            if began is not None:
+                ax.axvline(began, color=line.get_color(), linestyle=":", alpha=0.7)
+    for axes_row, (ylabel, _) in zip(grid, panels, strict=True):
+        axes_row[0].set_ylabel(ylabel)
+    for ax in grid.flat:
+        ax.grid(visible=True, alpha=0.3)
+        ax.set_ylim(bottom=0)
+    for ax in grid[:, 1]:  # left: the whole migrations; right: the first seconds
+        ax.set_xlim(0, BUSY_ZOOM_S)
+    grid[0, 0].set_title(
+        f"Busy guest ({data['ram_mib']} MiB ab, {data['sweeps_per_s']} sweeps/s), at each "
+        "dirty sync; dotted: throttling began"
+    )
+    grid[0, 1].set_title(f"the first {BUSY_ZOOM_S:g} s")
+    for ax in grid[-1]:
+        ax.set_xlabel("seconds since migrate")
+    _legend(grid[0, 0], 8)
+    return figure
+
+
+def _busy_runs(data: Json) -> list[tuple[str, list[Json]]]:
+    """The throttled cases' per-pass rows, and QEMU's when it ran."""
+    runs = [
+        (case["name"], case["iterations"])
+        for case in data["cases"]
+        if case.get("capabilities") and len(case["iterations"]) > 1
+    ]
+    qemu = data.get("qemu_auto_converge")
+    if qemu is not None and len(qemu.get("iterations", [])) > 1:
+        runs.append(("QEMU 7.2 auto-converge", qemu["iterations"]))
+    return runs
 
 
 def _scale(results: Json) -> Figure | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final, Self
 from bench.common import MIB, ProcessUsage
 from livemig.daemons import DaemonProcess, start_daemon
 from netio import QMPClient, QMPCommandError, QMPTimeoutError
+from vmsim import MachineConfig, replay
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -161,6 +162,7 @@ class Pair:
         parameters: Mapping[str, object] | None = None,
         timeout_s: float = 120.0,
         sample_every_s: float | None = None,
+        capabilities: tuple[str, ...] = (),
     ) -> Migration:
         """Migrate the VM to the other daemon (and cancel it after timeout_s)."""
         source_before, dest_before = self.usage()
@@ -172,6 +174,7 @@ class Pair:
                 parameters or {},
                 timeout_s,
                 sample_every_s,
+                capabilities,
             )
         )
         result.wall_s = time.perf_counter() - started
@@ -182,6 +185,14 @@ class Pair:
         if result.completed:
             self.holder = 1 - self.holder
         return result
+
+    def replay_matches(self) -> bool:
+        """Stop the VM where it runs now; whether its digest equals a replay that never moved.
+
+        The oracle of every migration test (docs/architecture.md), for benchmarks that change
+        how the guest runs (throttling): it changes when ticks run, never what they do.
+        """
+        return asyncio.run(_replay_matches(self.source.qmp_address))
 
     def wait_vm_running(self, timeout_s: float = 10.0) -> None:
         """Wait until the VM runs where it is now (after a migration it resumes there)."""
@@ -247,6 +258,17 @@ async def _query(qmp: QMPClient) -> dict[str, object]:
     if not isinstance(info, dict):
         raise TypeError(f"query-migrate returned {info!r}")
     return info
+
+
+async def _replay_matches(qmp_address: str) -> bool:
+    async with await QMPClient.connect(qmp_address) as qmp:
+        await qmp.execute("stop")
+        vm = await qmp.execute("x-query-vm")
+    if not isinstance(vm, dict) or not isinstance(vm.get("config"), dict):
+        raise TypeError(f"x-query-vm returned {vm!r}")
+    config = MachineConfig.from_dict(vm["config"])
+    digest = await asyncio.to_thread(replay, config, int(vm["ticks"]))
+    return bool(digest == vm["digest"])
 
 
 async def _wait_running(qmp_address: str, timeout_s: float) -> None:

@@ -29,13 +29,66 @@ def _on_off(text: str) -> tuple[str, bool]:
     return name, state == "on"
 
 
-def _parameter(text: str) -> tuple[str, int]:
-    name, _, value = text.partition("=")
+def _parameter(text: str) -> tuple[str, object]:
+    """`NAME=VALUE`: an integer, true/false, or a word (x-timeout-action=throttle)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        msg = f"expected NAME=VALUE, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    if value in ("true", "false"):
+        return name, value == "true"
     try:
         return name, int(value)
     except ValueError:
-        msg = f"expected NAME=INTEGER, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
+        return name, value
+
+
+def _convergence_options(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, bool]]:
+    """The parameters and capabilities the convergence flags of `livemig migrate` stand for."""
+    parameters: dict[str, object] = {}
+    capabilities: dict[str, bool] = {}
+    if args.auto_converge:
+        capabilities["auto-converge"] = True
+    if args.dirty_limit is not None:
+        capabilities["dirty-limit"] = True
+        parameters["vcpu-dirty-limit"] = args.dirty_limit
+    for flag, name in (
+        ("completion_timeout_per_gib", "x-completion-timeout-per-gib"),
+        ("progress_timeout", "x-progress-timeout"),
+        ("timeout_action", "x-timeout-action"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            parameters[name] = value
+    return parameters, capabilities
+
+
+def _add_convergence_flags(migrate: argparse.ArgumentParser) -> None:
+    throttle = migrate.add_mutually_exclusive_group()
+    throttle.add_argument(
+        "--auto-converge", action="store_true",
+        help="throttle the vCPUs when the guest dirties memory faster than it is sent "
+        "(capability auto-converge; tune with --set cpu-throttle-initial=N ...)",
+    )  # fmt: skip
+    throttle.add_argument(
+        "--dirty-limit", type=int, metavar="MBPS",
+        help="cap each vCPU's page writes at MBPS MB/s when the guest outruns the link "
+        "(capability dirty-limit, parameter vcpu-dirty-limit)",
+    )  # fmt: skip
+    migrate.add_argument(
+        "--completion-timeout-per-gib", type=int, metavar="S",
+        help="give the migration S seconds per GiB of guest RAM (x-completion-timeout-per-gib)",
+    )  # fmt: skip
+    migrate.add_argument(
+        "--progress-timeout", type=int, metavar="S",
+        help="end it when S seconds pass without a new pass or fewer remaining bytes "
+        "(x-progress-timeout)",
+    )  # fmt: skip
+    migrate.add_argument(
+        "--timeout-action", choices=["cancel", "throttle"],
+        help="what an expired timeout does: cancel (the VM stays here) or throttle "
+        "(turn auto-converge on) (x-timeout-action)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,13 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--from", dest="source", required=True, help="source QMP address")
     migrate.add_argument("--to", dest="uri", required=True, help="destination URI")
     migrate.add_argument(
-        "--set", action="append", type=_parameter, default=[], metavar="PARAM=N",
+        "--set", action="append", type=_parameter, default=[], metavar="PARAM=VALUE",
         help="migration parameter, e.g. downtime-limit=100 (repeatable)",
     )  # fmt: skip
     migrate.add_argument(
         "--cap", action="append", type=_on_off, default=[], metavar="CAP=on|off",
         help="migration capability, e.g. x-digest-check=on (repeatable)",
     )  # fmt: skip
+    _add_convergence_flags(migrate)
 
     replay = sub.add_parser("replay", help="the digest of a VM after N ticks, without daemons")
     replay.add_argument("--config", type=Path, required=True, help="VM config JSON (x-query-vm)")
@@ -117,9 +171,13 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
         )
         return 0 if asyncio.run(run_demo(options)).ok else 1
     if args.command == "migrate":
+        parameters, capabilities = _convergence_options(args)
         info = asyncio.run(
             run_migration(
-                args.source, args.uri, parameters=dict(args.set), capabilities=dict(args.cap)
+                args.source,
+                args.uri,
+                parameters={**dict(args.set), **parameters},
+                capabilities={**dict(args.cap), **capabilities},
             )
         )
         print("\n".join(summary_lines(info)))

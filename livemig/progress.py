@@ -19,7 +19,7 @@ def _ram(info: dict[str, object]) -> dict[str, object]:
 
 
 def progress_line(info: dict[str, object]) -> str:
-    """`[#######.....]  58% remaining 107.4 MiB  2.81 GB/s  pass 2  expected downtime 38 ms`."""
+    """`[#######.....]  58% remaining 107.4 MiB  2.81 GB/s  pass 2 ... throttle 30%  active`."""
     status = str(info.get("status", "none"))
     ram = _ram(info)
     total = _int(ram, "total")
@@ -40,8 +40,21 @@ def progress_line(info: dict[str, object]) -> str:
     ]
     if "expected-downtime" in info:
         parts.append(f"expected downtime {_int(info, 'expected-downtime')} ms")
+    throttle = throttle_text(info)
+    if throttle:
+        parts.append(throttle)
     parts.append(status)
     return "  ".join(parts)
+
+
+def throttle_text(info: dict[str, object]) -> str:
+    """`throttle 40%` (auto-converge) or `dirty limit` while one slows the guest, else ``""``."""
+    percent = _int(info, "cpu-throttle-percentage")
+    if percent:
+        return f"throttle {percent}%"
+    if "dirty-limit-ring-full-time" in info:
+        return "dirty limit"
+    return ""
 
 
 def summary_lines(info: dict[str, object]) -> list[str]:
@@ -51,6 +64,14 @@ def summary_lines(info: dict[str, object]) -> list[str]:
     lines = [f"status:        {status}"]
     if "error-desc" in info:
         lines.append(f"error:         {info['error-desc']}")
+    actions = info.get("x-timeout-actions")
+    if isinstance(actions, list):
+        lines.extend(
+            f"policy:        {action.get('policy')} expired at {action.get('at-ms')} ms: "
+            f"{action.get('action')}"
+            for action in actions
+            if isinstance(action, dict)
+        )
     if status != "completed":
         return lines
     total_ms = _int(info, "total-time")
@@ -65,6 +86,11 @@ def summary_lines(info: dict[str, object]) -> list[str]:
         f"throughput:    {transferred / max(total_ms, 1) / 1e6:.2f} GB/s average",
         f"dirty syncs:   {_int(ram, 'dirty-sync-count')}",
     ]
+    if "x-throttle-started-at-pass" in info:
+        lines.append(
+            f"throttled:     from pass {_int(info, 'x-throttle-started-at-pass')}, guest work lost "
+            f"{_int(info, 'x-guest-ticks-throttled')} ticks"
+        )
     breakdown = info.get("x-downtime-breakdown")
     if isinstance(breakdown, dict) and breakdown:
         lines.append(

@@ -9,8 +9,9 @@ Deliberate differences from QEMU (documented in README):
   complaint; in QEMU too, 0 disables the rate limit).
 - `return-path` defaults to true: the ownership handover (docs/handover.md) needs it.
 - Parameters prefixed `x-` are livemig's own (liveness, in-doubt resolution, the timeout
-  policies KubeVirt users know as `completionTimeoutPerGiB` and `progressTimeout`), except
-  `x-vcpu-dirty-limit-period`, which is QEMU's.
+  policies KubeVirt users know as `completionTimeoutPerGiB` and `progressTimeout`, the length of
+  a throttle period, fixed at one second in QEMU), except `x-vcpu-dirty-limit-period`, which is
+  QEMU's.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ MAX_TIMEOUT_MS: Final = 3_600_000
 MAX_DIRTY_LIMIT_MB_S: Final = 2**32 - 1
 MAX_DIRTY_LIMIT_PERIOD_MS: Final = 1000  # QEMU: 1 to 1000 ms
 MAX_POLICY_TIMEOUT_S: Final = 86_400
+MIN_TRIGGER_PERIOD_MS: Final = 100
+MAX_TRIGGER_PERIOD_MS: Final = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,10 @@ _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
     "cpu-throttle-increment": ("cpu_throttle_increment_percent", _IntRange(1, 99, "%")),
     "cpu-throttle-tailslow": ("cpu_throttle_tailslow", _Boolean()),
     "max-cpu-throttle": ("max_cpu_throttle_percent", _IntRange(1, 99, "%")),
+    "x-throttle-trigger-period": (
+        "throttle_trigger_period_ms",
+        _IntRange(MIN_TRIGGER_PERIOD_MS, MAX_TRIGGER_PERIOD_MS, "ms"),
+    ),
     "vcpu-dirty-limit": ("vcpu_dirty_limit_mb_per_s", _IntRange(1, MAX_DIRTY_LIMIT_MB_S, "MB/s")),
     "x-vcpu-dirty-limit-period": (
         "vcpu_dirty_limit_period_ms",
@@ -138,6 +145,7 @@ class MigrationParameters:
     cpu_throttle_increment_percent: int = 10
     cpu_throttle_tailslow: bool = False
     max_cpu_throttle_percent: int = 99
+    throttle_trigger_period_ms: int = 1000  # QEMU's fixed second
     vcpu_dirty_limit_mb_per_s: int = 1
     vcpu_dirty_limit_period_ms: int = 1000
     completion_timeout_per_gib_s: int = 0  # 0: off

@@ -3,9 +3,11 @@
 QEMU (ram.c `migration_trigger_throttle`, `mig_throttle_guest_down`,
 `migration_dirty_limit_guest`), as a pure object the precopy rounds consult at each dirty sync:
 
-- a *period* closes at the first sync more than one second after the last one; it compares the
+- a *period* closes at the first sync more than one second (`x-throttle-trigger-period`, 1000 ms
+  by default: QEMU's fixed value) after the last one; it compares the
   bytes the guest newly dirtied in the period with `throttle-trigger-threshold` % of the bytes
-  sent in it;
+  sent in it (QEMU syncs only at the end of a pass, so its periods last one second plus up to a
+  pass; here the precopy rounds force a sync as soon as a period is due, see `period_due`);
 - the second time dirtying exceeds that share (not necessarily in a row, as in QEMU), the guest
   is slowed down: with auto-converge, its vCPUs first run `100 - cpu-throttle-initial` % of the
   time, then `cpu-throttle-increment` more points are taken each time (with
@@ -27,7 +29,6 @@ from vmsim import PAGE_SIZE
 if TYPE_CHECKING:
     from migration.params import MigrationCapabilities, MigrationParameters
 
-PERIOD_S: Final = 1.0  # QEMU: a throttle decision at most once a second (bitmap sync time)
 HIGH_PERIODS: Final = 2  # QEMU's dirty_rate_high_cnt: act on the second high period
 
 
@@ -64,6 +65,10 @@ class ThrottlePolicy:
         self._period_start_bytes = transferred_bytes
         self._period_dirty_pages = 0
 
+    def period_due(self, now: float, params: MigrationParameters) -> bool:
+        """Whether the current period is over: the next sync closes it and may throttle."""
+        return (now - self._period_start_at) * 1000 > params.throttle_trigger_period_ms
+
     def on_sync(
         self,
         *,
@@ -76,7 +81,7 @@ class ThrottlePolicy:
     ) -> ThrottleSetting | None:
         """A dirty sync found `new_dirty_pages`; the new setting when it changes, else None."""
         self._period_dirty_pages += new_dirty_pages
-        if now - self._period_start_at <= PERIOD_S:
+        if not self.period_due(now, params):
             return None
         dirty_bytes = self._period_dirty_pages * PAGE_SIZE
         threshold_bytes = (

@@ -27,7 +27,7 @@ FIGURES = (
     "qemu",
     "summary",
 )
-CHARTS = ("throughput", "downtime", "convergence", "iterations", "scale")
+CHARTS = ("throughput", "downtime", "convergence", "iterations", "busy", "scale")
 
 
 @pytest.mark.timeout(280)

@@ -152,3 +152,47 @@ async def test_livemig_cli_migrates_and_replay_agrees(daemons, tmp_path) -> None
     out, _ = await replay.communicate()
 
     assert {"ticks": vm["ticks"], "digest": vm["digest"]} == json.loads(out)
+
+
+async def _livemig_migrate(source, dest, *flags: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "livemig"),
+        "migrate",
+        "--from",
+        source.qmp_address,
+        "--to",
+        dest.incoming_uri,
+        *flags,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_livemig_cli_convergence_flags(daemons) -> None:
+    """A guest beyond its link: a timeout gives up on time, then --auto-converge completes."""
+    source = daemons("source_daemon", *source_args("uvloop", ram_mib=4, workload="ab"))
+    dest = daemons("dest_daemon", *dest_args("uvloop"))
+    link = ["--set", "max-bandwidth=16000000", "--set", "downtime-limit=50"]
+
+    # 4 MiB at 256 s per GiB: one second.
+    code, out, _ = await _livemig_migrate(
+        source, dest, *link, "--completion-timeout-per-gib", "256", "--timeout-action", "cancel"
+    )
+    assert 1 == code
+    assert "status:        failed" in out
+    assert "policy:        x-completion-timeout-per-gib expired at" in out
+
+    flags = ["--auto-converge", "--set", "cpu-throttle-initial=90", "--timeout-action", "throttle"]
+    code, out, err = await _livemig_migrate(
+        source, dest, *link, "--completion-timeout-per-gib", "0", *flags
+    )
+    assert 0 == code, err
+    assert "status:        completed" in out
+    assert "throttled:     from pass" in out
+    assert "throttle 9" in err  # the progress line showed the throttle (90 % and up)
+    async with qmp(source) as client:
+        parameters = await client.execute("query-migrate-parameters")
+    assert "throttle" == parameters["x-timeout-action"]

@@ -48,3 +48,29 @@ def test_summary_of_a_failure_names_the_error() -> None:
     assert ["status:        failed", "error:         refused"] == summary_lines(
         {"status": "failed", "error-desc": "refused"}
     )
+
+
+def test_progress_line_shows_the_throttle_while_one_slows_the_guest() -> None:
+    info = {"status": "active", "ram": {"total": 1, "remaining": 1}, "cpu-throttle-percentage": 40}
+    assert "throttle 40%" in progress_line(info)
+    info["cpu-throttle-percentage"] = 0
+    assert "throttle" not in progress_line(info)
+    info["dirty-limit-ring-full-time"] = 16_000_000
+    assert "dirty limit" in progress_line(info)
+
+
+def test_summary_names_the_policy_that_ended_it_and_the_throttle_cost() -> None:
+    failed = {
+        "status": "failed",
+        "error-desc": "migration ended by policy x-progress-timeout (...)",
+        "x-timeout-actions": [{"policy": "x-progress-timeout", "action": "cancel", "at-ms": 150}],
+    }
+    text = "\n".join(summary_lines(failed))
+    assert "x-progress-timeout expired at 150 ms: cancel" in text
+    completed = {
+        "status": "completed",
+        "ram": {},
+        "x-throttle-started-at-pass": 5,
+        "x-guest-ticks-throttled": 1234,
+    }
+    assert "from pass 5, guest work lost 1234 ticks" in "\n".join(summary_lines(completed))

@@ -83,6 +83,7 @@ def test_the_throttle_parameters_have_qemus_defaults() -> None:
         "cpu-throttle-increment": 10,
         "cpu-throttle-tailslow": False,
         "max-cpu-throttle": 99,
+        "x-throttle-trigger-period": 1000,
         "vcpu-dirty-limit": 1,
         "x-vcpu-dirty-limit-period": 1000,
         "x-completion-timeout-per-gib": 0,
@@ -96,6 +97,7 @@ def test_the_throttle_parameters_have_qemus_defaults() -> None:
     [
         ({"cpu-throttle-initial": 100}, "'cpu-throttle-initial' expects an integer in the range"),
         ({"cpu-throttle-tailslow": 1}, "'cpu-throttle-tailslow', expected: boolean"),
+        ({"x-throttle-trigger-period": 99}, "'x-throttle-trigger-period' expects an integer"),
         ({"x-timeout-action": "stop"}, "does not accept value 'stop'"),
         ({"x-timeout-action": "postcopy"}, "cannot be 'postcopy' yet: livemig has no postcopy"),
         ({"vcpu-dirty-limit": 0}, "'vcpu-dirty-limit' expects an integer in the range of 1"),

@@ -70,6 +70,17 @@ def test_the_second_high_period_throttles_to_the_initial_percentage():
     assert 7 == link.policy.started_at_pass
 
 
+def test_a_shorter_trigger_period_throttles_sooner():
+    link = busy()
+    params = MigrationParameters(throttle_trigger_period_ms=500)
+    # Syncs every 0.4 s: periods close at 0.8 s and 1.6 s, not 1.2 s and 2.4 s.
+    assert not link.policy.period_due(0.5, params)
+    assert link.policy.period_due(0.51, params)
+    assert [] == link.syncs(2, params=params)
+    assert [ThrottleSetting(cpu_percent=20)] == link.syncs(2, params=params)
+    assert 5 == link.policy.started_at_pass
+
+
 def test_later_triggers_add_the_increment_up_to_the_maximum():
     link = busy()
     params = MigrationParameters(max_cpu_throttle_percent=45)
