@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import TYPE_CHECKING
 
 import structlog
@@ -27,6 +28,7 @@ async def serve(options: DaemonOptions, shutdown: asyncio.Event) -> int:
         for address in options.qmp:
             await server.start(address)
         await vmm.start()
+        _freeze_startup_objects()
         log.info(
             "daemon_ready",
             qmp=[str(address) for address in server.addresses],
@@ -39,6 +41,19 @@ async def serve(options: DaemonOptions, shutdown: asyncio.Event) -> int:
         await server.close()
     log.info("daemon_stopped")
     return 0
+
+
+def _freeze_startup_objects() -> None:
+    """Keep the startup heap out of every later garbage collection (`gc.freeze`).
+
+    The modules (numpy, structlog, msgpack, ...) and the booted machine are never garbage, but
+    the cyclic collector walked them on each full collection: 15-30 ms, about once per
+    migration per daemon, which is most of a 50 ms downtime when it lands in one. Measured
+    with a gc callback during `python -m bench downtime` (random guest at 60 %, 50 ms limit);
+    after the freeze a full collection of what is left takes well under a millisecond.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _first_of(*waits: object) -> None:
