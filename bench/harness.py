@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 FINAL: Final = frozenset({"completed", "failed", "cancelled", "in-doubt"})
+SETTLED: Final = FINAL - {"in-doubt"}
+IN_DOUBT_WAIT_S: Final = 30.0  # x-resolve-interval-ms is 1 s: an in-doubt end settles in seconds
 _LISTEN: Final = ["--qmp", "tcp:127.0.0.1:0", "--incoming", "tcp:127.0.0.1:0"]
 
 
@@ -221,6 +223,9 @@ async def migrate_over_qmp(
                 await qmp.execute("migrate_cancel")
             await _follow(qmp, samples, sample_every_s, math.inf)
         info = await _query(qmp)
+        if info.get("status") == "in-doubt":  # a cancel that met the handover: wait for its end
+            await _follow(qmp, samples, None, time.monotonic() + IN_DOUBT_WAIT_S, SETTLED)
+            info = await _query(qmp)
         return Migration(info=info, wall_s=0.0, samples=samples)
 
 
@@ -229,6 +234,7 @@ async def _follow(
     samples: list[tuple[float, dict[str, object]]],
     every_s: float | None,
     deadline: float,
+    final: frozenset[str] = FINAL,
 ) -> bool:
     """Until the migration ends (True) or the deadline (False): sample, or wait for events.
 
@@ -242,14 +248,14 @@ async def _follow(
         if every_s is None:
             with contextlib.suppress(QMPTimeoutError):
                 await qmp.wait_event(
-                    "MIGRATION", min(1.0, left_s), lambda e: e.data.get("status") in FINAL
+                    "MIGRATION", min(1.0, left_s), lambda e: e.data.get("status") in final
                 )
         else:
             await asyncio.sleep(min(every_s, left_s))
         info = await _query(qmp)
         if every_s is not None:
             samples.append((time.perf_counter() - started, info))
-        if info.get("status") in FINAL:
+        if info.get("status") in final:
             return True
 
 

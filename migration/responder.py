@@ -109,7 +109,10 @@ class ResolveResponder:
                 self.ledger.adopted(self.phase.migration_id, runstate, self._out)
                 self._reply_resumed(runstate)
             case inp.SendDone() if isinstance(self.phase, Closing):
-                self._close()
+                if self.conn.pending_send_bytes == 0:  # the reply left, not just a PONG before it
+                    self._close()
+                else:
+                    self._out.flush(self.channel)
             case _:
                 pass
         return self._out.take()
