@@ -14,8 +14,8 @@ QEMU's `migration_iteration_run` and `ram_save_iterate` (../shared/reference/qem
   decides only at the end of a pass, plus a sync forced after 5 s without one (9.2's
   `cpu_throttle_dirty_sync_timer`, for slow links where a pass takes minutes); its sync costs a
   KVM ioctl per memory slot, ours swaps a bitmap. Deciding on time matters on fast links too:
-  with passes of 0.4-0.7 s the second period closed at 2.5-2.9 s instead of 2.0 s, and the
-  busy guest sent 1-1.5 GB more before the throttle began (`python -m bench busy`).
+  with passes of 0.4-0.7 s the busy guest was throttled 2.5-2.9 s after `migrate` instead of
+  2.2-2.3 s, after 4.0-4.8 GB instead of 3.2-3.4 GB (`python -m bench busy`).
 """
 
 from __future__ import annotations
