@@ -14,6 +14,7 @@ COPY pyproject.toml README.md /src/
 COPY protocol /src/protocol
 COPY vmsim /src/vmsim
 COPY netio /src/netio
+COPY migration /src/migration
 COPY vmm /src/vmm
 COPY source_daemon /src/source_daemon
 COPY dest_daemon /src/dest_daemon

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         role="destination",
         incoming=args.incoming,
         qmp=tuple(args.qmp),
+        metrics=tuple(args.metrics),
         serial_path=args.serial,
         expected_uuid=args.uuid,
         start_paused=args.paused,

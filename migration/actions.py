@@ -145,6 +145,13 @@ class EmitEvent(Action):
     data: Mapping[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StatusChanged(Action):
+    """A migration reached `status`: counted for the metrics whether or not events are on."""
+
+    status: str
+
+
 class Level(enum.StrEnum):
     """Log levels of `LogFact`."""
 

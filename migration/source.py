@@ -535,6 +535,8 @@ class SourceMigration:
     def _fire(self, trigger: SourceTrigger) -> None:
         before = self.status.status
         status = self.status.fire(trigger)
+        if status is not before:
+            self._out.do(act.StatusChanged(status=str(status)))
         if self.caps.events and status is not before:
             data: dict[str, object] = {"status": str(status)}
             if trigger is T.TIMED_OUT:

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         start_paused=args.paused,
         incoming=args.incoming,
         qmp=tuple(args.qmp),
+        metrics=tuple(args.metrics),
         serial_path=args.serial,
     )
     return run_daemon(args, options)

@@ -29,6 +29,7 @@ from migration import (
 from netio import FileAddress, QMPServer, VersionInfo, bind_context, parse_migration_uri
 from vmm.incoming import IncomingRouter
 from vmm.outgoing import OutgoingMigration
+from vmm.prometheus import MigrationCounts
 from vmm.runner import VmStopError
 from vmm.vm import VirtualMachine
 from vmsim import ChangeStateError, Machine, MachineConfig, RunState
@@ -54,6 +55,7 @@ class DaemonOptions:
     qmp: tuple[str, ...] = ()
     serial_path: Path | None = None
     expected_uuid: str | None = None
+    metrics: tuple[str, ...] = ()
 
 
 class Vmm:
@@ -70,6 +72,7 @@ class Vmm:
         self.autostart = not options.start_paused
         self.outgoing: OutgoingMigration | None = None
         self.ledger = IncomingLedger(expected_uuid=options.expected_uuid)
+        self.migration_counts = MigrationCounts()
         self.incoming: IncomingRouter | None = None
         self.quit_requested = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -197,6 +200,11 @@ class Vmm:
         if self.qmp is not None:
             self.qmp.emit_event(name, data)
 
+    def migration_status_changed(self, side: str | None, status: str) -> None:
+        """Count a migration's status change for the metrics (events on or off)."""
+        if side is not None:
+            self.migration_counts.record(side, status)
+
     def busy_reason(self) -> str | None:
         """Why no VM can be received now, or None."""
         if self.outgoing is not None and is_active(self.outgoing.status):
@@ -293,18 +301,36 @@ class Vmm:
 
     def query_migrate(self) -> dict[str, object]:
         """`query-migrate`: the newest migration, in or out (QEMU shows one at a time)."""
-        outgoing, current_in = self.outgoing, self.ledger.current
-        info: dict[str, object] = {}
-        if outgoing is not None and (
-            current_in is None or outgoing.started_at >= current_in.metrics.started_at
-        ):
-            info = outgoing.info()
-        elif self.incoming is not None:
-            info = self.incoming.info()
+        side, info = self.newest_migration()
+        if side is None and self.incoming is not None:
+            info = self.incoming.info()  # status none, with where it listens
         if self.incoming is not None and self.incoming.address is not None:
             # Where this daemon listens, whichever migration is shown (QEMU's socket-address).
             info.setdefault("socket-address", self.incoming.info()["socket-address"])
         return info
+
+    def newest_migration(self) -> tuple[str | None, dict[str, object]]:
+        """The side (source or destination) and `query-migrate` of the newest migration."""
+        outgoing, current_in = self.outgoing, self.ledger.current
+        if outgoing is not None and (
+            current_in is None or outgoing.started_at >= current_in.metrics.started_at
+        ):
+            return "source", outgoing.info()
+        record = self.ledger.current
+        if record is not None and self.incoming is not None:
+            info = self.incoming.info()  # QEMU's destination shows no RAM figures; ours counts
+            received = record.metrics
+            info["ram"] = {
+                "transferred": received.received_bytes,
+                "normal": received.normal_pages,
+                "duplicate": received.zero_pages,
+            }
+            return "destination", info
+        return None, {}
+
+    def vm_uuid(self) -> str | None:
+        """The UUID of the VM this daemon has (running or not), if any."""
+        return self.vm.machine.config.uuid if self.vm is not None else None
 
     def migration_status(self) -> MigrationStatus:
         """The status `query-migrate` reports."""

@@ -26,6 +26,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve QMP on tcp:HOST:PORT or unix:PATH (repeatable; port 0 picks a free port)",
     )
     parser.add_argument(
+        "--metrics",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="serve Prometheus metrics at /metrics on tcp:HOST:PORT (repeatable; port 0 picks)",
+    )
+    parser.add_argument(
         "--loop",
         choices=["uvloop", "asyncio"],
         default="uvloop",

@@ -10,6 +10,7 @@ import structlog
 
 from netio import QMPServer, bind_context
 from vmm.daemon import Vmm, version_info
+from vmm.prometheus import MetricsServer
 from vmm.qmp_commands import build_registry
 
 if TYPE_CHECKING:
@@ -24,20 +25,25 @@ async def serve(options: DaemonOptions, shutdown: asyncio.Event) -> int:
     vmm = Vmm(options)
     server = QMPServer(commands=build_registry(vmm), version_info=version_info())
     vmm.qmp = server
+    metrics = MetricsServer(vmm)
     try:
         for address in options.qmp:
             await server.start(address)
+        for address in options.metrics:
+            await metrics.start(address)
         await vmm.start()
         _freeze_startup_objects()
         log.info(
             "daemon_ready",
             qmp=[str(address) for address in server.addresses],
+            metrics=metrics.addresses,
             incoming=str(vmm.incoming.address) if vmm.incoming and vmm.incoming.address else None,
             vm=vmm.vm.machine.config.to_dict() if vmm.vm is not None else None,
         )
         await _first_of(shutdown.wait(), vmm.quit_requested.wait())
     finally:
         await vmm.close()
+        await metrics.close()
         await server.close()
     log.info("daemon_stopped")
     return 0

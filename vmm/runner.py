@@ -104,6 +104,10 @@ class RunnerHost(Protocol):
         """A QMP event."""
         ...
 
+    def migration_status_changed(self, side: str | None, status: str) -> None:
+        """A migration of `side` (source or destination) reached `status` (the metrics)."""
+        ...
+
 
 class MachineRunner:
     """Executes one machine's actions on the running loop and feeds it what happens.
@@ -225,6 +229,8 @@ class MachineRunner:
                 self._pending.append(inp.HandoverDecided(commit=commit, reason=reason))
             case act.EmitEvent(name=name, data=data):
                 self._host.emit_event(name, data)
+            case act.StatusChanged(status=status):
+                self._host.migration_status_changed(_side(self._context()), status)
             case act.LogFact():
                 self._log(action)
             case act.Finished():
@@ -403,6 +409,12 @@ async def _linger(channel: ChannelLike, linger_s: float, writer: _Writer | None)
     channel.close()
 
 
+def _side(context: Mapping[str, object]) -> str | None:
+    """The migration side a runner's context names (its `role`), for the metrics."""
+    role = context.get("role")
+    return role if isinstance(role, str) else None
+
+
 _LEVELS = {
     act.Level.DEBUG: 10,
     act.Level.INFO: 20,
@@ -418,6 +430,10 @@ class ReportHost(Protocol):
         """A QMP event."""
         ...
 
+    def migration_status_changed(self, side: str | None, status: str) -> None:
+        """A migration of `side` (source or destination) reached `status` (the metrics)."""
+        ...
+
 
 def execute_reports(
     actions: list[act.Action], host: ReportHost, *, context: Mapping[str, object]
@@ -430,6 +446,8 @@ def execute_reports(
     for action in actions:
         if isinstance(action, act.EmitEvent):
             host.emit_event(action.name, action.data)
+        elif isinstance(action, act.StatusChanged):
+            host.migration_status_changed(_side(context), action.status)
         elif isinstance(action, act.LogFact):
             log.log(_LEVELS[action.level], action.event, **{**context, **action.fields})
         else:

@@ -196,3 +196,39 @@ async def test_livemig_cli_convergence_flags(daemons) -> None:
     async with qmp(source) as client:
         parameters = await client.execute("query-migrate-parameters")
     assert "throttle" == parameters["x-timeout-action"]
+
+
+async def test_metrics_flag_serves_prometheus_text(daemons) -> None:
+    """`--metrics` on a real daemon: `curl`able, in the text format, with the VM's figures."""
+    source = daemons("source_daemon", *source_args("uvloop"), "--metrics", "tcp:127.0.0.1:0")
+    addresses = source.ready.get("metrics")
+    assert isinstance(addresses, list)
+    assert 1 == len(addresses)
+    host, port = str(addresses[0]).removeprefix("tcp:").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"Content-Type: text/plain; version=" in head
+    assert b'livemig_vm_running{role="source",vm_uuid="' in body
+    assert b"# TYPE livemig_migrations_started_total counter" in body
+
+
+async def test_metrics_flag_refuses_a_unix_address(daemons, tmp_path) -> None:
+    """A bad `--metrics` address is a clear start-up error, not a daemon without metrics."""
+    done = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "source_daemon",
+        *source_args("uvloop"),
+        "--metrics",
+        f"unix:{tmp_path / 'm.sock'}",
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(done.communicate(), 30)
+
+    assert 0 != done.returncode
+    assert b"--metrics takes tcp:HOST:PORT" in stderr
