@@ -46,6 +46,29 @@ async def test_migrate_between_containers_there_and_back(compose: Compose) -> No
     back = livemig("migrate", "--from", DEST_QMP, "--to", "tcp:source:7777")
     assert 0 == back.returncode, back.stderr
     await check_and_continue(SOURCE_QMP)
+    scraped = await metrics("127.0.0.1:9464")  # the source's published --metrics port
+    assert 'livemig_vm_running{role="source"' in scraped
+    ended = [
+        float(line.rsplit(" ", 1)[1])
+        for line in scraped.splitlines()
+        if line.startswith("livemig_migrations_ended_total{")
+        and 'outcome="completed"' in line
+        and 'side="source"' in line
+    ]
+    assert 1 == len(ended), scraped
+    assert ended[0] >= 1, scraped
+
+
+async def metrics(host_port: str) -> str:
+    """GET /metrics from a daemon's published metrics port."""
+    host, port = host_port.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: compose\r\n\r\n")
+    reply = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body.decode()
 
 
 async def test_partition_fails_the_migration_then_a_retry_succeeds(compose: Compose) -> None:

@@ -1,0 +1,143 @@
+"""Debian's real Prometheus scrapes both daemons; PromQL through its HTTP API agrees with QMP.
+
+Also `promtool check metrics`: the exposition follows Prometheus' naming rules. Skipped, with
+the reason, where the `prometheus` package is not installed (`.ci/run` installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import urllib.parse
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.e2e.conftest import FINAL, dest_args, qmp, source_args, wait_status
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from livemig.daemons import DaemonProcess
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        shutil.which("prometheus") is None or shutil.which("promtool") is None,
+        reason="needs Debian's prometheus package (apt-get install prometheus; .ci/run does)",
+    ),
+]
+SCRAPE_INTERVAL_S = 1
+
+
+def metrics_address(daemon: DaemonProcess) -> str:
+    addresses = daemon.ready.get("metrics")
+    assert isinstance(addresses, list)
+    assert addresses
+    return str(addresses[0]).removeprefix("tcp:")
+
+
+async def http_get(host_port: str, path: str) -> bytes:
+    host, port = host_port.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n".encode())
+    reply = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A Prometheus whose targets file the test fills; (its host:port, the targets file)."""
+    targets = tmp_path / "targets.json"
+    targets.write_text("[]")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        f"global:\n  scrape_interval: {SCRAPE_INTERVAL_S}s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: livemig\n    file_sd_configs:\n"
+        f"      - files: ['{targets}']\n        refresh_interval: 1s\n"
+    )
+    address = f"127.0.0.1:{free_port()}"
+    log = (tmp_path / "prometheus.log").open("wb")
+    server = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address={address}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield address, targets
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
+
+
+async def promql(address: str, query: str, timeout_s: float = 30.0) -> list[dict[str, object]]:
+    """The first non-empty result of an instant query, polled (Prometheus scrapes each 1 s)."""
+    path = "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                reply = json.loads(await http_get(address, path))
+            except (OSError, AssertionError):  # not listening yet, or not ready (503)
+                reply = {}
+            result = reply.get("data", {}).get("result", [])
+            if result:
+                return list(result)
+            await asyncio.sleep(0.5)
+
+
+async def test_prometheus_sees_what_query_migrate_reported(daemons, prometheus) -> None:
+    address, targets = prometheus
+    scrape = ("--metrics", "tcp:127.0.0.1:0")
+    source = daemons("source_daemon", *source_args("uvloop"), *scrape)
+    dest = daemons("dest_daemon", *dest_args("uvloop", *scrape))
+    targets.write_text(json.dumps([{"targets": [metrics_address(source), metrics_address(dest)]}]))
+    await promql(address, 'livemig_vm_running{role="source"} == 1')
+
+    async with qmp(source) as client:
+        await client.execute("migrate", {"uri": dest.incoming_uri})
+        info = await wait_status(client, FINAL)
+    assert "completed" == info["status"]
+    transferred = info["ram"]["transferred"]
+
+    query = f'livemig_migration_transferred_bytes{{side="source"}} == {transferred}'
+    [sample] = await promql(address, query)
+    assert float(sample["value"][1]) == transferred  # type: ignore[index]
+    ended = 'livemig_migrations_ended_total{side="destination",outcome="completed"} == 1'
+    assert await promql(address, ended)
+    assert await promql(address, 'livemig_vm_running{role="destination"} == 1')
+
+
+async def test_the_exposition_passes_promtool(daemons) -> None:
+    source = daemons("source_daemon", *source_args("uvloop"), "--metrics", "tcp:127.0.0.1:0")
+    body = await http_get(metrics_address(source), "/metrics")
+    check = await asyncio.create_subprocess_exec(
+        "promtool",
+        "check",
+        "metrics",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(check.communicate(body), 30)
+    assert 0 == check.returncode, out + err
+    assert b"" == out.strip(), out  # no lint warnings either
