@@ -16,7 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from bench import busy, charts, convergence, downtime, engine, micro, qemu, throughput, wire
+from bench import (
+    busy,
+    charts,
+    convergence,
+    downtime,
+    engine,
+    micro,
+    qemu,
+    scrape_cost,
+    throughput,
+    wire,
+)
 from bench.common import DEFAULT_OUT, Run, Settings, header, say, to_json, write_json
 
 Figure = Callable[[Run], dict[str, object]]
@@ -32,7 +43,10 @@ FIGURES: Final[dict[str, Figure]] = {
     "busy": busy.busy,
     "qemu": qemu.qemu,
 }
-ON_DEMAND: Final[dict[str, Figure]] = {"engine": engine.engine}  # not in `all`: needs --baseline
+ON_DEMAND: Final[dict[str, Figure]] = {
+    "engine": engine.engine,  # needs --baseline
+    "metrics": scrape_cost.scrape_cost,  # the cost of serving Prometheus scrapes
+}
 ALIASES: Final = {"zero": "zero_pages"}
 
 

@@ -109,10 +109,17 @@ class Pair:
     """A source and a destination daemon; the VM migrates between them."""
 
     def __init__(
-        self, vm: VmSpec, *, log_dir: Path | None = None, code_tree: Path | None = None
+        self,
+        vm: VmSpec,
+        *,
+        log_dir: Path | None = None,
+        code_tree: Path | None = None,
+        daemon_args: tuple[str, ...] = (),
     ) -> None:
-        """Daemons of `vm`; `code_tree` runs them from another checkout (its packages first)."""
+        """Daemons of `vm`; `code_tree` runs them from another checkout (its packages first);
+        `daemon_args` go to both daemons (`--metrics tcp:127.0.0.1:0`, say)."""
         self.vm = vm
+        self._daemon_args = list(daemon_args)
         self._log_dir = log_dir
         self._env = {"PYTHONPATH": str(code_tree)} if code_tree is not None else None
         self.daemons: list[DaemonProcess] = []
@@ -120,8 +127,11 @@ class Pair:
 
     def __enter__(self) -> Self:
         try:
-            self.daemons.append(self._start("source_daemon", [*_LISTEN, *self.vm.args()], "src"))
-            self.daemons.append(self._start("dest_daemon", _LISTEN, "dst"))
+            extra = self._daemon_args
+            self.daemons.append(
+                self._start("source_daemon", [*_LISTEN, *extra, *self.vm.args()], "src")
+            )
+            self.daemons.append(self._start("dest_daemon", [*_LISTEN, *extra], "dst"))
         except BaseException:
             self.close()
             raise

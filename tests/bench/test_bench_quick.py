@@ -48,3 +48,22 @@ def test_quick_run_writes_every_figure_and_chart(tmp_path: Path) -> None:
     assert all(r["status"] == "completed" for r in results["zero_pages"]["runs"])
     assert {"ab", "random", "hotset"} == {g["workload"] for g in results["downtime"]["groups"]}
     assert set(FIGURES) - {"summary"} == set(results["summary"]["seconds"]) - {"total"}
+
+
+@pytest.mark.timeout(120)
+def test_the_metrics_figure_runs_on_demand(tmp_path: Path) -> None:
+    """`python -m bench metrics` (not in `all`): both daemons scraped and not, in turns."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "metrics", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert {(False, "completed"), (True, "completed")} == {
+        (r["scraped"], r["status"]) for r in result["runs"]
+    }
+    assert all(r["scrapes"] > 0 for r in result["runs"] if r["scraped"])

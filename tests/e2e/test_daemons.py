@@ -192,7 +192,9 @@ async def test_livemig_cli_convergence_flags(daemons) -> None:
     assert 0 == code, err
     assert "status:        completed" in out
     assert "throttled:     from pass" in out
-    assert "throttle 9" in err  # the progress line showed the throttle (90 % and up)
+    # Not asserted: "throttle 90%" in a progress line. Piped, the CLI samples every 0.5 s,
+    # and here the throttled passes can all fall between two samples (CI, 2026-12-03);
+    # tests/unit/livemig/test_progress.py checks the line shows a throttle in force.
     async with qmp(source) as client:
         parameters = await client.execute("query-migrate-parameters")
     assert "throttle" == parameters["x-timeout-action"]
