@@ -1,9 +1,12 @@
 """The source's convergence controls: the throttle and the timeout policies, as actions.
 
-`SourceMigration` owns the status; this object turns what the throttle policy
-(`migration.throttle`, inside the precopy rounds) and the timeout policies
-(`migration.timeouts`) decide into metrics, `ThrottleVm` actions and log lines, and tells the
-machine when a policy gives up (`GiveUp`) or throttles (`ThrottleSetting`).
+`SourceMigration` owns the status; this object reports the precopy passes (MIGRATION_PASS)
+and turns what the throttle policy (`migration.throttle`, inside the precopy rounds) and the
+timeout policies (`migration.timeouts`) decide into metrics, `ThrottleVm` actions and log
+lines. A new throttle fires the machine's THROTTLE row (`on_throttle`); a policy that gives up
+is returned to the machine (`GiveUp`), which ends the migration. The machine lifts the
+throttle (`lift`) when the migration ends, whichever way, or goes in doubt (the VM is stopped
+from the switchover on, as in QEMU).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from migration.throttle import OFF, ThrottleSetting
 from migration.timeouts import TimeoutPolicy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from migration.metrics import SourceMetrics
     from migration.outbox import Outbox
     from migration.params import MigrationCapabilities, MigrationParameters
@@ -40,24 +45,49 @@ class Throttle:
 
 
 class Convergence:
-    """The throttle and timeout policies of one outgoing migration."""
+    """The throttle and timeout policies of one outgoing migration.
+
+    Args:
+        precopy: the precopy rounds of now (None before setup is done).
+        on_throttle: called before a new throttle applies (the machine fires its row).
+    """
 
     def __init__(
-        self, *, outbox: Outbox, metrics: SourceMetrics, caps: MigrationCapabilities, now: float
+        self,
+        *,
+        outbox: Outbox,
+        metrics: SourceMetrics,
+        caps: MigrationCapabilities,
+        precopy: Callable[[], Precopy | None],
+        on_throttle: Callable[[], None],
+        now: float,
     ) -> None:
         self._out = outbox
         self._metrics = metrics
         self._caps = caps
+        self._precopy = precopy
+        self._on_throttle = on_throttle
         self.timeouts = TimeoutPolicy(started_at=now)
 
     def next_deadline(self, params: MigrationParameters) -> float | None:
         """When a timeout policy would expire (the machine arms a timer while active)."""
         return self.timeouts.next_deadline(params, self._metrics.total_bytes)
 
-    def check(
-        self, precopy: Precopy | None, params: MigrationParameters
-    ) -> GiveUp | Throttle | None:
-        """Consult the timeout policies (while active): give up, throttle, or go on (None)."""
+    def report_passes(self, params: MigrationParameters) -> None:
+        """MIGRATION_PASS for each dirty sync since the last look, and the throttle they chose."""
+        precopy = self._precopy()
+        if precopy is None:
+            return
+        passes = precopy.new_syncs(self._out.now, params)
+        if self._caps.events:
+            for sync in passes.syncs:
+                self._out.do(act.EmitEvent(name="MIGRATION_PASS", data={"pass": sync}))
+        if passes.throttle is not None:
+            why = "the guest dirtied more than the threshold share of what was sent, twice"
+            self._throttle(Throttle(setting=passes.throttle, why=why))
+
+    def check(self, params: MigrationParameters) -> GiveUp | None:
+        """Consult the timeout policies (while active): give up, or go on (maybe throttled)."""
         metrics = self._metrics
         expired = self.timeouts.check(self._out.now, params, metrics)
         if expired is None:
@@ -80,16 +110,18 @@ class Convergence:
                 "x-timeout-action cancel): the VM keeps running here"
             )
             return GiveUp(policy=expired.policy, reason=reason)
-        if precopy is None:
-            return None
-        setting = precopy.throttle.force(params, self._caps, metrics.dirty_sync_count)
-        if setting is None:
-            return None
-        return Throttle(setting=setting, why=f"{expired.policy} expired: {expired.detail}")
+        precopy = self._precopy()
+        if precopy is not None:
+            setting = precopy.throttle.force(params, self._caps, metrics.dirty_sync_count)
+            if setting is not None:
+                why = f"{expired.policy} expired: {expired.detail}"
+                self._throttle(Throttle(setting=setting, why=why))
+        return None
 
-    def throttle(self, precopy: Precopy | None, throttle: Throttle) -> None:
-        """Apply a new throttle: the metrics, the VM, the log."""
-        metrics, setting = self._metrics, throttle.setting
+    def _throttle(self, throttle: Throttle) -> None:
+        """Apply a new throttle: the machine's row, the metrics, the VM, the log."""
+        self._on_throttle()
+        precopy, metrics, setting = self._precopy(), self._metrics, throttle.setting
         metrics.cpu_throttle_percent = setting.cpu_percent
         metrics.dirty_limit_mb_per_s = setting.dirty_limit_mb_per_s
         metrics.throttle_changes += 1
@@ -109,11 +141,12 @@ class Convergence:
             why=throttle.why,
         )
 
-    def lift(self, precopy: Precopy | None) -> None:
+    def lift(self) -> None:
         """The migration ends or goes in doubt: the guest runs freely again.
 
         QEMU's `cpu_throttle_stop` and `migration_cancel_dirty_limit`.
         """
+        precopy = self._precopy()
         if precopy is None or not precopy.throttle.lift():
             return
         self._metrics.cpu_throttle_percent = OFF.cpu_percent

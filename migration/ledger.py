@@ -331,9 +331,7 @@ class IncomingLedger:
         return None
 
     def _announce(self, record: IncomingRecord, out: Outbox) -> None:
-        out.do(act.StatusChanged(status=str(record.status)))
-        if record is self.current and self.events_enabled:
-            out.do(act.EmitEvent(name="MIGRATION", data={"status": str(record.status)}))
+        out.status_changed(record.status, events=record is self.current and self.events_enabled)
 
     def _record(self, migration_id: str) -> IncomingRecord:
         record = self.records.get(migration_id)

@@ -31,6 +31,14 @@ class Outbox:
         """Send what `channel` has queued; `SendDone` once at most `keep_bytes` remain."""
         self.do(act.Flush(channel=channel, keep_bytes=keep_bytes))
 
+    def status_changed(
+        self, status: str, *, events: bool, extra: Mapping[str, object] | None = None
+    ) -> None:
+        """A migration reached `status`: counted always, a MIGRATION event if `events`."""
+        self.do(act.StatusChanged(status=str(status)))
+        if events:
+            self.do(act.EmitEvent(name="MIGRATION", data={"status": str(status), **(extra or {})}))
+
     def log(self, event: str, *, level: act.Level = act.Level.INFO, **fields: object) -> None:
         """A structured log line."""
         self.do(act.LogFact(event=event, level=level, fields=fields))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from migration.actions import Level
+from migration.actions import FlushNowait, Level, Receive
 from migration.errors import TransitionError
 from migration.glue import configuration_for
 from migration.inputs import ChannelKey
@@ -23,7 +23,7 @@ from migration.precopy import (
     Switchover,
     Throttled,
 )
-from protocol import ChannelRole, SourceConnection
+from protocol import ChannelRole, ErrorCode, ProtocolError, SourceConnection
 from vmsim import SectionFull, SectionPart, SectionStart, state_complete, state_setup
 
 if TYPE_CHECKING:
@@ -160,8 +160,21 @@ class StreamSender:
 
     # ------------------------------------------------------------------ setup
 
+    def abort_nowait(self, code: ErrorCode, reason: str) -> None:
+        """Tell the destination the migration is over (ABORT), without waiting for the kernel."""
+        try:
+            self.conn.send_abort(code, reason[:200])
+        except ProtocolError:
+            return  # not connected yet, or the stream is over: nothing to abort on it
+        self._out.do(FlushNowait(channel=MAIN))
+
     def opened(self, *, return_path: bool) -> None:
-        """The main channel is up: CONFIGURATION, and OPEN_RETURN_PATH or the setup sections."""
+        """The main channel is up: CONFIGURATION, and OPEN_RETURN_PATH or the setup sections.
+
+        With a return path, the machine reads it from now on (`Receive`).
+        """
+        if return_path:
+            self._out.do(Receive(channel=MAIN))
         config = configuration_for(
             self._machine, migration_id=self._migration_id, capabilities=self._caps.wire_names()
         )

@@ -10,16 +10,14 @@ changes only along `migration.table.SOURCE_ROWS`.
    START sections (the RAM bitmap starts all dirty);
 2. active: precopy rounds while the guest runs (`migration.sender`, `migration.precopy`);
    auto-converge or dirty-limit slow the guest down when it dirties memory faster than the
-   link carries it (`migration.throttle`), and the timeout policies may give up or throttle
-   (`migration.timeouts`); the throttle is lifted when the migration ends, whichever way,
-   or goes in doubt (the VM is stopped from the switchover on, as in QEMU);
+   link carries it, and timeout policies may give up or throttle (`migration.convergence`);
 3. switchover once the first full pass is done and what is pending fits the threshold: stop the
    VM (finish-migrate: change-state handlers in reverse), [pre-switchover], device:
    SWITCHOVER_START, the last dirty pages (END), every needed device (FULL), EOF, VMDESCRIPTION;
 4. handover: wait for LOADED (and compare digests under x-digest-check), ask the ownership
    arbiter, send HANDOVER, wait for RESUMED: completed, postmigrate. Before HANDOVER any failure
    resumes the VM here (failed, or cancelled); after it, the migration is in doubt until a
-   resolve session (`migration.resolve`) or the operator learns the destination's outcome.
+   resolve session or the operator learns the destination's outcome (`migration.source_doubt`).
 
 The stream sender puts frames on the main channel; this machine owns the status and decisions.
 """
@@ -30,12 +28,19 @@ from typing import TYPE_CHECKING
 
 from migration import actions as act
 from migration import inputs as inp
-from migration.convergence import Convergence, GiveUp, Throttle
+from migration.convergence import Convergence
 from migration.errors import CommandRefusedError
 from migration.metrics import SourceMetrics
 from migration.outbox import Outbox
-from migration.resolve import Purpose, Resolver, Result, SessionOutcome
+from migration.resolve import Purpose, SessionOutcome
 from migration.sender import MAIN, SetupDone, StreamSender, StreamSent, SwitchoverDue
+from migration.source_doubt import (
+    DestinationRuns,
+    ResumeHere,
+    settled_by_operator,
+    settled_by_session,
+    start_resolver,
+)
 from migration.source_phases import (
     AwaitingLoaded,
     AwaitingResumed,
@@ -47,7 +52,7 @@ from migration.source_phases import (
     Stopping,
     Streaming,
 )
-from migration.source_replies import FailureNote, describe_reply
+from migration.source_replies import FailureNote, describe_reply, digest_mismatch
 from migration.status import MigrationStatus, is_terminal
 from migration.table import Side, SourceTrigger, StatusMachine
 from protocol import ErrorCode, LoadCompleted, ProtocolError, ReturnPathAcked
@@ -108,7 +113,14 @@ class SourceMigration:
             caps=caps,
             timeouts=self.params.timeouts if self.uses_return_path else None,
         )
-        self.convergence = Convergence(outbox=self._out, metrics=self.metrics, caps=caps, now=now)
+        self.convergence = Convergence(
+            outbox=self._out,
+            metrics=self.metrics,
+            caps=caps,
+            precopy=lambda: self.sender.precopy,
+            on_throttle=lambda: self._fire(T.THROTTLE),
+            now=now,
+        )
         self._previous_runstate: RunState | None = None
         self._loaded: LoadCompleted | None = None
 
@@ -221,8 +233,6 @@ class SourceMigration:
     def _on_opened(self, channel: inp.ChannelKey) -> None:
         if channel == MAIN:
             if isinstance(self.phase, Streaming):
-                if self.uses_return_path:
-                    self._out.do(act.Receive(channel=MAIN))  # the return path
                 self.sender.opened(return_path=self.uses_return_path)
         elif isinstance(self.phase, Resolving):
             self.phase.resolver.opened(channel)
@@ -243,11 +253,13 @@ class SourceMigration:
     def _milestone(self, milestone: SetupDone | SwitchoverDue | StreamSent | None) -> None:
         if isinstance(milestone, SetupDone):
             self.sender.start_precopy()
-            self._report_passes()  # pass 1: the bitmap starts all dirty (QEMU's setup sync)
+            self.convergence.report_passes(
+                self.params
+            )  # pass 1: the bitmap starts all dirty (QEMU's setup sync)
             self.metrics.setup_done_at = self._out.now
             self._fire(T.SETUP_DONE)
             milestone = self.sender.start_round(self.params)
-        self._report_passes()
+        self.convergence.report_passes(self.params)
         if self._check_timeouts():
             return
         if isinstance(milestone, SwitchoverDue):
@@ -317,12 +329,8 @@ class SourceMigration:
         if not isinstance(phase, AwaitingLoaded):
             return
         self.metrics.downtime.loaded_at = self._out.now
-        if phase.own_digest is not None and loaded.digest != phase.own_digest:
-            self._fail(
-                f"state digest mismatch at handover: destination {loaded.digest}, "
-                f"source {phase.own_digest}",
-                ErrorCode.DIGEST_MISMATCH,
-            )
+        if (mismatch := digest_mismatch(loaded.digest, phase.own_digest)) is not None:
+            self._fail(mismatch.reason, mismatch.code)
             return
         self.phase = Deciding()
         self._out.do(act.DecideHandover(migration_id=self.migration_id))
@@ -344,7 +352,7 @@ class SourceMigration:
     def _complete(self, trigger: SourceTrigger) -> None:
         metrics = self.metrics
         metrics.ended_at = self._out.now
-        self._lift_throttle()
+        self.convergence.lift()
         self._previous_runstate = None  # handed over (or written out): never resumed here again
         if metrics.downtime.resumed_at is None:  # no handover (file, QEMU): down until sent
             metrics.downtime.resumed_at = metrics.downtime.devices_sent_at or metrics.ended_at
@@ -368,9 +376,10 @@ class SourceMigration:
         cancelled = status is MigrationStatus.CANCELLING
         code = ErrorCode.CANCELLED if cancelled else code
         stopped = self._previous_runstate is not None
-        self._send_abort_nowait(code, reason)
+        if self.uses_return_path:
+            self.sender.abort_nowait(code, reason)
         self.metrics.error_desc = None if cancelled else reason  # QEMU: no error on cancel
-        self._lift_throttle()
+        self.convergence.lift()
         self._resume_vm()
         self.metrics.ended_at = self._out.now
         self._fire(T.CANCELLED if cancelled else trigger)
@@ -384,15 +393,6 @@ class SourceMigration:
         else:
             self._finish()
 
-    def _send_abort_nowait(self, code: ErrorCode, reason: str) -> None:
-        if not self.uses_return_path:
-            return
-        try:
-            self.sender.conn.send_abort(code, reason[:200])
-        except ProtocolError:
-            return  # not connected yet, or the stream is over: nothing to abort on it
-        self._out.do(act.FlushNowait(channel=MAIN))
-
     def _resume_vm(self) -> None:
         state_cleanup(self.machine.savevm)
         previous, self._previous_runstate = self._previous_runstate, None
@@ -400,7 +400,7 @@ class SourceMigration:
             self._out.do(act.ResumeVm(runstate=previous))
 
     def _enter_in_doubt(self, reason: str) -> None:
-        self._lift_throttle()
+        self.convergence.lift()
         self.metrics.error_desc = (
             f"handover in doubt: {reason}; the VM stays paused here until the destination's "
             "outcome is known (livemig resolve)"
@@ -423,7 +423,7 @@ class SourceMigration:
         if not is_terminal(self.status.status):
             self.metrics.error_desc = "the daemon shut down during the migration"
             self.metrics.ended_at = self._out.now
-            self._lift_throttle()
+            self.convergence.lift()
             self._fire(T.SHUTDOWN)
         if isinstance(self.phase, Resolving):
             self.phase.resolver.close()
@@ -437,17 +437,10 @@ class SourceMigration:
     # ------------------------------------------------------------------ in doubt
 
     def _resolve(self, purpose: Purpose, *, first_at: float, abort: tuple[ErrorCode, str]) -> None:
-        resolver = Resolver(
-            outbox=self._out,
-            migration_id=self.migration_id,
-            purpose=purpose,
-            timeouts=self.params.timeouts,
-            interval_s=self.params.resolve_interval_s,
-            abort=(abort[0], abort[1][:200]),
-            first_at=first_at,
+        resolver = start_resolver(
+            self._out, self.migration_id, self.params, purpose, first_at, abort
         )
         self.phase = Resolving(resolver=resolver)
-        resolver.timer()  # opens the first session now if it is due now
 
     def _settle(self, outcome: SessionOutcome | None) -> None:
         phase = self.phase
@@ -456,32 +449,22 @@ class SourceMigration:
         if phase.resolver.purpose is Purpose.NOTIFY_ABORT:
             self._finish()  # ABORT sent, nothing held, or gave up: best effort ends here
             return
-        if outcome.result is Result.COMMITTED:
-            self._out.log("in_doubt_resolved", outcome="the destination runs the VM")
-            self.metrics.downtime.resumed_at = self._out.now
-            self._complete(T.OUTCOME_COMMITTED)
-        elif outcome.result is Result.DISCARDED:
-            self._resume_from_doubt(
-                f"the destination reports the migration {outcome.detail.removeprefix('outcome ')}:"
-                " it will never run the VM, so it was resumed here",
-                T.OUTCOME_DISCARDED,
-            )
+        self._end_doubt(settled_by_session(outcome))
 
     def _on_operator(self, *, destination_runs: bool) -> None:
-        phase = self.phase
         if self.status.status is not MigrationStatus.IN_DOUBT:
             return
-        if isinstance(phase, Resolving):
-            phase.resolver.close()
-        if destination_runs:
-            self._out.log("in_doubt_resolved", outcome="the destination runs the VM (operator)")
+        if isinstance(self.phase, Resolving):
+            self.phase.resolver.close()
+        self._end_doubt(settled_by_operator(destination_runs=destination_runs))
+
+    def _end_doubt(self, verdict: DestinationRuns | ResumeHere | None) -> None:
+        if isinstance(verdict, DestinationRuns):
+            self._out.log("in_doubt_resolved", outcome=verdict.outcome)
             self.metrics.downtime.resumed_at = self._out.now
-            self._complete(T.OPERATOR_COMPLETE)
-        else:
-            self._resume_from_doubt(
-                "resolved by the operator: the destination does not run the VM; resumed here",
-                T.OPERATOR_RESUME,
-            )
+            self._complete(verdict.trigger)
+        elif isinstance(verdict, ResumeHere):
+            self._resume_from_doubt(verdict.reason, verdict.trigger)
 
     def _resume_from_doubt(self, reason: str, trigger: SourceTrigger) -> None:
         self._out.log("migration_failed", level=act.Level.WARNING, error=reason, resolved=True)
@@ -497,48 +480,20 @@ class SourceMigration:
         elif isinstance(self.phase, Resolving):
             self._settle(self.phase.resolver.failed(channel, reason))
 
-    # ------------------------------------------------------------------ helpers
-
-    def _report_passes(self) -> None:
-        precopy = self.sender.precopy
-        if precopy is None:
-            return
-        passes = precopy.new_syncs(self._out.now, self.params)
-        for sync in passes.syncs:
-            if self.caps.events:
-                self._out.do(act.EmitEvent(name="MIGRATION_PASS", data={"pass": sync}))
-        if passes.throttle is not None:
-            why = "the guest dirtied more than the threshold share of what was sent, twice"
-            self._throttle(Throttle(setting=passes.throttle, why=why))
-
-    # ------------------------------------------------------------------ throttle, policies
-
-    def _throttle(self, throttle: Throttle) -> None:
-        self._fire(T.THROTTLE)
-        self.convergence.throttle(self.sender.precopy, throttle)
-
-    def _lift_throttle(self) -> None:
-        self.convergence.lift(self.sender.precopy)
+    # ------------------------------------------------------------------ policies, status
 
     def _check_timeouts(self) -> bool:
         """Consult the timeout policies while active; whether one ended the migration."""
         if self.status.status is not MigrationStatus.ACTIVE:
             return False
-        verdict = self.convergence.check(self.sender.precopy, self.params)
-        if isinstance(verdict, Throttle):
-            self._throttle(verdict)
-        elif isinstance(verdict, GiveUp):
-            self._fail(verdict.reason, ErrorCode.TIMEOUT, trigger=T.TIMED_OUT)
-            return True
-        return False
+        give_up = self.convergence.check(self.params)
+        if give_up is not None:
+            self._fail(give_up.reason, ErrorCode.TIMEOUT, trigger=T.TIMED_OUT)
+        return give_up is not None
 
     def _fire(self, trigger: SourceTrigger) -> None:
         before = self.status.status
         status = self.status.fire(trigger)
         if status is not before:
-            self._out.do(act.StatusChanged(status=str(status)))
-        if self.caps.events and status is not before:
-            data: dict[str, object] = {"status": str(status)}
-            if trigger is T.TIMED_OUT:
-                data["x-ended-by"] = self.metrics.ended_by
-            self._out.do(act.EmitEvent(name="MIGRATION", data=data))
+            extra = {"x-ended-by": self.metrics.ended_by} if trigger is T.TIMED_OUT else {}
+            self._out.status_changed(status, events=self.caps.events, extra=extra)

@@ -42,3 +42,13 @@ def describe_reply(reply: object, io_error: str | None = None) -> FailureNote | 
             )
         case _:
             return None
+
+
+def digest_mismatch(dest_digest: str | None, own_digest: str | None) -> FailureNote | None:
+    """The failure when `x-digest-check` found the loaded state differs from the source's."""
+    if own_digest is None or dest_digest == own_digest:
+        return None
+    return FailureNote(
+        f"state digest mismatch at handover: destination {dest_digest}, source {own_digest}",
+        ErrorCode.DIGEST_MISMATCH,
+    )
