@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         incoming=args.incoming,
         qmp=tuple(args.qmp),
         metrics=tuple(args.metrics),
+        record_dir=args.record_dir,
         serial_path=args.serial,
         expected_uuid=args.uuid,
         start_paused=args.paused,

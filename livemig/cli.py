@@ -1,4 +1,4 @@
-"""The `livemig` command: demo, migrate, replay, analyze, resolve."""
+"""The `livemig` command: demo, migrate, replay, analyze, report, resolve, qmp, fault."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ from livemig.fault import FaultCommandError
 from livemig.migrate import run_migration
 from livemig.progress import summary_lines
 from livemig.replay import load_config, replay_digest
+from livemig.report import (
+    ReportError,
+    fetch_record,
+    load_record_file,
+    record_target,
+    report_lines,
+)
+from livemig.report_chart import draw_report_chart
 from livemig.resolve import ResolveError, resolve
 from netio import NetIOError, QMPClient, configure_logging
 
@@ -129,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     qmp.add_argument("name", help="the command, e.g. query-status")
     qmp.add_argument("arguments", nargs="?", help="its arguments as a JSON object")
 
+    report = sub.add_parser("report", help="what happened in one migration, pass by pass")
+    report.add_argument(
+        "target", metavar="ID|FILE", help="a migration id (or prefix), or a record file"
+    )
+    report.add_argument(
+        "--qmp", default="tcp:127.0.0.1:4444", metavar="ADDRESS",
+        help="the daemon to ask for the record of ID (default: tcp:127.0.0.1:4444)",
+    )  # fmt: skip
+    report.add_argument("--png", type=Path, metavar="OUT", help="draw the per-pass chart into OUT")
+    report.add_argument("--json", action="store_true", help="print the whole record as JSON")
+
     fault_cli.add_parser(sub)
     sub.add_parser(
         "fault-proxy",
@@ -150,7 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(json=False, level="warning")
     try:
         return _dispatch(args)
-    except (NetIOError, ResolveError, FaultCommandError, OSError, TimeoutError, ValueError) as exc:
+    except (
+        NetIOError,
+        ResolveError,
+        ReportError,
+        FaultCommandError,
+        OSError,
+        TimeoutError,
+        ValueError,
+    ) as exc:
         print(f"livemig {args.command}: {exc}", file=sys.stderr)
         return 1
 
@@ -158,6 +185,18 @@ def main(argv: list[str] | None = None) -> int:
 async def _qmp_once(address: str, name: str, arguments: dict[str, object] | None) -> object:
     async with await QMPClient.connect(address) as client:
         return await client.execute(name, arguments)
+
+
+def _report(args: argparse.Namespace) -> int:
+    path = record_target(args.target)
+    if path is not None:
+        record = load_record_file(path)
+    else:
+        record = asyncio.run(fetch_record(args.qmp, args.target))
+    print(json.dumps(record, indent=1) if args.json else "\n".join(report_lines(record)))
+    if args.png is not None:
+        print(f"chart: {draw_report_chart(record, args.png)}")
+    return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per subcommand
@@ -194,6 +233,8 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
         return 0
     if args.command == "fault-proxy":
         return faultproxy_serve(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "analyze":
         report = analyze_file(args.file)
         print(json.dumps(report, indent=2))

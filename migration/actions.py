@@ -147,9 +147,10 @@ class EmitEvent(Action):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StatusChanged(Action):
-    """A migration reached `status`: counted for the metrics whether or not events are on."""
+    """Migration `migration_id` reached `status`: counted and recorded, events on or off."""
 
     status: str
+    migration_id: str
 
 
 class Level(enum.StrEnum):

@@ -331,7 +331,8 @@ class IncomingLedger:
         return None
 
     def _announce(self, record: IncomingRecord, out: Outbox) -> None:
-        out.status_changed(record.status, events=record is self.current and self.events_enabled)
+        events = record is self.current and self.events_enabled
+        out.status_changed(record.status, migration_id=record.migration_id, events=events)
 
     def _record(self, migration_id: str) -> IncomingRecord:
         record = self.records.get(migration_id)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from migration.passes import PassLog
+
 
 def elapsed_ms(seconds: float) -> int:
     """A non-negative duration in whole milliseconds."""
@@ -85,6 +87,8 @@ class SourceMetrics:
         timeout_actions: the timeout policies that acted, in order, and what they did.
         ended_by: the timeout policy that ended it (x-timeout-action cancel), if one did.
         error_desc: why it failed (or is in doubt); None when cancelled (as QEMU).
+        passes: one sample per dirty sync (bounded), for the migration's record.
+        digest_check: `match` or `mismatch` once the destination's digest was compared.
     """
 
     page_size: int
@@ -111,6 +115,8 @@ class SourceMetrics:
     timeout_actions: list[TimeoutAction] = field(default_factory=list)
     ended_by: str | None = None
     error_desc: str | None = None
+    passes: PassLog = field(default_factory=PassLog)
+    digest_check: str | None = None
 
     @property
     def transferred_pages(self) -> int:

@@ -32,10 +32,15 @@ class Outbox:
         self.do(act.Flush(channel=channel, keep_bytes=keep_bytes))
 
     def status_changed(
-        self, status: str, *, events: bool, extra: Mapping[str, object] | None = None
+        self,
+        status: str,
+        *,
+        migration_id: str,
+        events: bool,
+        extra: Mapping[str, object] | None = None,
     ) -> None:
         """A migration reached `status`: counted always, a MIGRATION event if `events`."""
-        self.do(act.StatusChanged(status=str(status)))
+        self.do(act.StatusChanged(status=str(status), migration_id=migration_id))
         if events:
             self.do(act.EmitEvent(name="MIGRATION", data={"status": str(status), **(extra or {})}))
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from migration.metrics import elapsed_ms
+from migration.passes import PassSample
 from migration.policy import ConvergencePolicy, DirtyRateMeter, RateLimiter, WindowSample
 from migration.throttle import ThrottlePolicy, ThrottleSetting
 from vmsim import PAGE_SIZE, state_iterate, state_pending_estimate, state_pending_exact
@@ -30,7 +32,7 @@ from vmsim import PAGE_SIZE, state_iterate, state_pending_estimate, state_pendin
 if TYPE_CHECKING:
     from migration.metrics import SourceMetrics
     from migration.params import MigrationCapabilities, MigrationParameters
-    from vmsim import Machine, SectionPart
+    from vmsim import Machine, RamStats, SectionPart
 
 MAX_BATCH_PAGES: Final = 4096
 """16 MiB of page data per frame at most (protocol Limits.max_data_bytes): fewer, larger frames
@@ -150,9 +152,11 @@ class Precopy:
         syncs = list(range(self._reported_syncs + 1, ram.dirty_sync_count + 1))
         throttle = None
         for sync in syncs:
-            if sync == 1:  # pass 1 (setup) found the whole RAM: no guest writes to count
+            if sync > 1:  # pass 1 (setup) found the whole RAM: no guest writes to count
+                self.dirty_rate.record_sync(now=now, dirtied_pages=ram.logged_pages_last_sync)
+            self._sample(now, sync, ram)
+            if sync == 1:
                 continue
-            self.dirty_rate.record_sync(now=now, dirtied_pages=ram.logged_pages_last_sync)
             changed = self.throttle.on_sync(
                 now=now,
                 new_dirty_pages=ram.logged_pages_last_sync,
@@ -166,6 +170,23 @@ class Precopy:
         self._metrics.dirty_sync_count = ram.dirty_sync_count
         self._metrics.dirty_pages_rate = self.dirty_rate.pages_per_second
         return Passes(syncs=syncs, throttle=throttle)
+
+    def _sample(self, now: float, sync: int, ram: RamStats) -> None:
+        metrics = self._metrics
+        setup = sync == 1
+        metrics.passes.append(
+            PassSample(
+                sync=sync,
+                at_ms=elapsed_ms(now - metrics.started_at),
+                remaining_bytes=ram.dirty_bytes_last_sync,
+                dirtied_pages=ram.total_bytes // PAGE_SIZE if setup else ram.logged_pages_last_sync,
+                transferred_bytes=metrics.transferred_bytes,
+                dirty_pages_rate=self.dirty_rate.pages_per_second,
+                mbps=metrics.mbps,
+                cpu_throttle_percent=metrics.cpu_throttle_percent,
+                dirty_limit_mb_per_s=metrics.dirty_limit_mb_per_s,
+            )
+        )
 
     def _throttle_sync_due(self, now: float, params: MigrationParameters) -> bool:
         """Whether a throttle may act and its period is over (a sync now lets it decide)."""

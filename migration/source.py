@@ -52,7 +52,7 @@ from migration.source_phases import (
     Stopping,
     Streaming,
 )
-from migration.source_replies import FailureNote, describe_reply, digest_mismatch
+from migration.source_replies import FailureNote, check_digest, describe_reply
 from migration.status import MigrationStatus, is_terminal
 from migration.table import Side, SourceTrigger, StatusMachine
 from protocol import ErrorCode, LoadCompleted, ProtocolError, ReturnPathAcked
@@ -253,9 +253,8 @@ class SourceMigration:
     def _milestone(self, milestone: SetupDone | SwitchoverDue | StreamSent | None) -> None:
         if isinstance(milestone, SetupDone):
             self.sender.start_precopy()
-            self.convergence.report_passes(
-                self.params
-            )  # pass 1: the bitmap starts all dirty (QEMU's setup sync)
+            # pass 1: the bitmap starts all dirty (QEMU's setup sync)
+            self.convergence.report_passes(self.params)
             self.metrics.setup_done_at = self._out.now
             self._fire(T.SETUP_DONE)
             milestone = self.sender.start_round(self.params)
@@ -329,7 +328,7 @@ class SourceMigration:
         if not isinstance(phase, AwaitingLoaded):
             return
         self.metrics.downtime.loaded_at = self._out.now
-        if (mismatch := digest_mismatch(loaded.digest, phase.own_digest)) is not None:
+        if (mismatch := check_digest(self.metrics, loaded.digest, phase.own_digest)) is not None:
             self._fail(mismatch.reason, mismatch.code)
             return
         self.phase = Deciding()
@@ -359,7 +358,6 @@ class SourceMigration:
         self._out.do(act.SetVmRunState(runstate=RunState.POSTMIGRATE))
         state_cleanup(self.machine.savevm)
         self._fire(trigger)
-        self._out.log_figures("migration_completed", metrics.summary(self._out.now))
         self._out.do(act.CloseChannel(channel=MAIN))
         self._finish()
 
@@ -496,4 +494,5 @@ class SourceMigration:
         status = self.status.fire(trigger)
         if status is not before:
             extra = {"x-ended-by": self.metrics.ended_by} if trigger is T.TIMED_OUT else {}
-            self._out.status_changed(status, events=self.caps.events, extra=extra)
+            out, events = self._out, self.caps.events
+            out.status_changed(status, migration_id=self.migration_id, events=events, extra=extra)

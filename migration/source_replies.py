@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from protocol import (
     ConnectionClosed,
@@ -11,6 +12,9 @@ from protocol import (
     ErrorCode,
     PeerTimedOut,
 )
+
+if TYPE_CHECKING:
+    from migration.metrics import SourceMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +48,15 @@ def describe_reply(reply: object, io_error: str | None = None) -> FailureNote | 
             return None
 
 
-def digest_mismatch(dest_digest: str | None, own_digest: str | None) -> FailureNote | None:
-    """The failure when `x-digest-check` found the loaded state differs from the source's."""
-    if own_digest is None or dest_digest == own_digest:
+def check_digest(
+    metrics: SourceMetrics, dest_digest: str | None, own_digest: str | None
+) -> FailureNote | None:
+    """Under `x-digest-check`: note the comparison in `metrics`; the failure on a mismatch."""
+    if own_digest is None:
+        return None
+    match = dest_digest == own_digest
+    metrics.digest_check = "match" if match else "mismatch"
+    if match:
         return None
     return FailureNote(
         f"state digest mismatch at handover: destination {dest_digest}, source {own_digest}",

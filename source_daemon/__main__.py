@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         incoming=args.incoming,
         qmp=tuple(args.qmp),
         metrics=tuple(args.metrics),
+        record_dir=args.record_dir,
         serial_path=args.serial,
     )
     return run_daemon(args, options)

@@ -12,6 +12,7 @@ and installing a migrated machine, QMP events and the ownership decision.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -25,11 +26,14 @@ from migration import (
     MigrationParameters,
     MigrationStatus,
     is_active,
+    is_terminal,
 )
+from migration.record import dest_record, source_record, summary_fields
 from netio import FileAddress, QMPServer, VersionInfo, bind_context, parse_migration_uri
 from vmm.incoming import IncomingRouter
 from vmm.outgoing import OutgoingMigration
 from vmm.prometheus import MigrationCounts
+from vmm.records import RecordBook, wall_clock_iso
 from vmm.runner import VmStopError
 from vmm.vm import VirtualMachine
 from vmsim import ChangeStateError, Machine, MachineConfig, RunState
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
+    from migration.record import Record
     from netio import MigrationAddress
 
 log = structlog.get_logger("vmm.daemon")
@@ -56,6 +61,7 @@ class DaemonOptions:
     serial_path: Path | None = None
     expected_uuid: str | None = None
     metrics: tuple[str, ...] = ()
+    record_dir: Path | None = None
 
 
 class Vmm:
@@ -73,6 +79,7 @@ class Vmm:
         self.outgoing: OutgoingMigration | None = None
         self.ledger = IncomingLedger(expected_uuid=options.expected_uuid)
         self.migration_counts = MigrationCounts()
+        self.records = RecordBook(directory=options.record_dir)
         self.incoming: IncomingRouter | None = None
         self.quit_requested = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -200,10 +207,36 @@ class Vmm:
         if self.qmp is not None:
             self.qmp.emit_event(name, data)
 
-    def migration_status_changed(self, side: str | None, status: str) -> None:
-        """Count a migration's status change for the metrics (events on or off)."""
-        if side is not None:
-            self.migration_counts.record(side, status)
+    def migration_status_changed(self, side: str | None, status: str, migration_id: str) -> None:
+        """Count a migration's status change (events on or off); record it once it ends."""
+        if side is None:
+            return
+        self.migration_counts.record(side, status)
+        ended = is_terminal(MigrationStatus(status))
+        if ended or status == MigrationStatus.IN_DOUBT:
+            record = self._record_of(side, migration_id)
+            if record is not None:
+                self.records.keep(record)
+                if ended:
+                    log.info("migration_summary", **summary_fields(record))
+
+    def _record_of(self, side: str, migration_id: str) -> Record | None:
+        now = self.clock()
+        if side == "source":
+            outgoing = self.outgoing
+            if outgoing is None or outgoing.migration_id != migration_id:
+                return None
+            record = source_record(outgoing.source, info=outgoing.info(), now=now)
+            started_at, vm_uuid = outgoing.started_at, outgoing.vm.machine.config.uuid
+        else:
+            incoming = self.ledger.records.get(migration_id)
+            if incoming is None:
+                return None
+            record = dest_record(incoming, params=self.params, caps=self.caps, now=now)
+            started_at, vm_uuid = incoming.metrics.started_at, incoming.uuid
+        record["vm-uuid"] = vm_uuid
+        record["started-at"] = wall_clock_iso(time.time() - (now - started_at))
+        return record
 
     def busy_reason(self) -> str | None:
         """Why no VM can be received now, or None."""

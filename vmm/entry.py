@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,10 +12,27 @@ from netio import configure_logging, run
 from vmm.main import serve
 
 if TYPE_CHECKING:
-    import argparse
     import asyncio
 
     from vmm.daemon import DaemonOptions
+
+
+def record_dir(text: str) -> Path:
+    """`--record-dir`: created if missing; refused at start if it cannot hold records.
+
+    Raises:
+        argparse.ArgumentTypeError: it cannot be created or written to.
+    """
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"cannot create the record directory {text!r}: {exc.strerror or exc}"
+        raise argparse.ArgumentTypeError(msg) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        msg = f"the record directory {text!r} is not writable"
+        raise argparse.ArgumentTypeError(msg)
+    return path
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +50,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ADDRESS",
         help="serve Prometheus metrics at /metrics on tcp:HOST:PORT (repeatable; port 0 picks)",
+    )
+    parser.add_argument(
+        "--record-dir",
+        type=record_dir,
+        metavar="DIR",
+        help="write the record of every migration to DIR/ID-ROLE.json (livemig report reads it)",
     )
     parser.add_argument(
         "--loop",

@@ -5,7 +5,7 @@ migrate-continue, query-migrate, migrate-set-parameters, query-migrate-parameter
 migrate-set-capabilities, query-migrate-capabilities, set-vcpu-dirty-limit,
 cancel-vcpu-dirty-limit, query-vcpu-dirty-limit. livemig's own (x- prefixed): x-query-vm
 (ticks, digest, config, for `livemig replay`), x-migrate-resolve and x-migrate-incoming-resolve
-(docs/handover.md).
+(docs/handover.md), x-query-migration-records (docs/observability.md).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def build_registry(vmm: Vmm) -> CommandRegistry:
         ("x-migrate-resolve", commands.migrate_resolve),
         ("x-query-migration-outcome", commands.query_migration_outcome),
         ("x-migrate-incoming-resolve", commands.migrate_incoming_resolve),
+        ("x-query-migration-records", commands.query_migration_records),
     ):
         registry.register(name, _guarded(handler))
     return registry
@@ -325,6 +326,15 @@ class _Commands:
         if record is not None:
             reply["vm-uuid"] = record.uuid
         return reply
+
+    # -- records -------------------------------------------------------------------------
+
+    async def query_migration_records(self, args: Args) -> object:
+        """The records of the newest migrations (oldest first), optionally by id prefix/role."""
+        migration_id = args.string("id", None)
+        role = args.enum("role", ["source", "destination"], None)
+        args.finish()
+        return self._vmm.records.find(migration_id=migration_id, role=role)
 
 
 def _parse_uri(uri: str, *, listen: bool = False) -> MigrationAddress:

@@ -104,8 +104,8 @@ class RunnerHost(Protocol):
         """A QMP event."""
         ...
 
-    def migration_status_changed(self, side: str | None, status: str) -> None:
-        """A migration of `side` (source or destination) reached `status` (the metrics)."""
+    def migration_status_changed(self, side: str | None, status: str, migration_id: str) -> None:
+        """Migration `migration_id` of `side` (source or destination) reached `status`."""
         ...
 
 
@@ -153,8 +153,9 @@ class MachineRunner:
         """Execute the machine's first actions (from its ``start()``)."""
         self._feeding = True
         try:
-            self._run_actions(actions)
-            self._drain()
+            with structlog.contextvars.bound_contextvars(**self._context()):
+                self._run_actions(actions)
+                self._drain()
         finally:
             self._feeding = False
         self._after()
@@ -170,7 +171,8 @@ class MachineRunner:
             return
         self._feeding = True
         try:
-            self._drain()
+            with structlog.contextvars.bound_contextvars(**self._context()):
+                self._drain()
         finally:
             self._feeding = False
         self._after()
@@ -229,8 +231,8 @@ class MachineRunner:
                 self._pending.append(inp.HandoverDecided(commit=commit, reason=reason))
             case act.EmitEvent(name=name, data=data):
                 self._host.emit_event(name, data)
-            case act.StatusChanged(status=status):
-                self._host.migration_status_changed(_side(self._context()), status)
+            case act.StatusChanged(status=status, migration_id=migration_id):
+                self._host.migration_status_changed(_side(self._context()), status, migration_id)
             case act.LogFact():
                 self._log(action)
             case act.Finished():
@@ -245,7 +247,7 @@ class MachineRunner:
         self._pending.append(inp.VmStopped(previous=previous))
 
     def _log(self, fact: act.LogFact) -> None:
-        fields = {**self._context(), **fact.fields}
+        fields = {**self._context(), **fact.fields}  # now: a destination learns its id late
         log.log(_LEVELS[fact.level], fact.event, **fields)
 
     def _finished(self) -> None:
@@ -430,8 +432,8 @@ class ReportHost(Protocol):
         """A QMP event."""
         ...
 
-    def migration_status_changed(self, side: str | None, status: str) -> None:
-        """A migration of `side` (source or destination) reached `status` (the metrics)."""
+    def migration_status_changed(self, side: str | None, status: str, migration_id: str) -> None:
+        """Migration `migration_id` of `side` (source or destination) reached `status`."""
         ...
 
 
@@ -447,7 +449,7 @@ def execute_reports(
         if isinstance(action, act.EmitEvent):
             host.emit_event(action.name, action.data)
         elif isinstance(action, act.StatusChanged):
-            host.migration_status_changed(_side(context), action.status)
+            host.migration_status_changed(_side(context), action.status, action.migration_id)
         elif isinstance(action, act.LogFact):
             log.log(_LEVELS[action.level], action.event, **{**context, **action.fields})
         else:

@@ -7,6 +7,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,10 +40,11 @@ def docker_unavailable() -> str | None:
 
 @dataclass(frozen=True)
 class Compose:
-    """A running compose project."""
+    """A running compose project (with its `monitoring` profile when `prometheus`)."""
 
     project: str
     env: dict[str, str]
+    prometheus: bool = False
 
     def run(self, *args: str) -> str:
         """`docker compose ARGS` in this project; raises with its output on failure."""
@@ -57,6 +59,27 @@ class Compose:
         if result.returncode != 0:
             raise AssertionError(f"docker compose {' '.join(args)}:\n{result.stderr[-3000:]}")
         return result.stdout
+
+
+def _build_prometheus_image() -> str | None:
+    """The compose Prometheus, built from Debian's binary on the base image (None: no binary).
+
+    docker/prometheus/Dockerfile says how; with a registry, compose pulls prom/prometheus.
+    """
+    binary = shutil.which("prometheus")
+    if binary is None:
+        return None
+    tag = "livemig-prometheus:local"
+    with tempfile.TemporaryDirectory() as context:
+        shutil.copy2(binary, Path(context) / "prometheus")
+        subprocess.run(
+            ["docker", "build", "--quiet", "-t", tag, "-f",
+             str(ROOT / "docker" / "prometheus" / "Dockerfile"),
+             "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", context],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+    return tag
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +103,10 @@ def compose() -> Iterator[Compose]:
         "LIVEMIG_PIP_OFFLINE": "1",
         "LIVEMIG_RAM_MIB": "128",
     }
-    stack = Compose(project=project, env=env)
+    prometheus = _build_prometheus_image()
+    if prometheus is not None:
+        env |= {"COMPOSE_PROFILES": "monitoring", "LIVEMIG_PROMETHEUS_IMAGE": prometheus}
+    stack = Compose(project=project, env=env, prometheus=prometheus is not None)
     stack.run("build")
     try:
         stack.run("up", "--detach", "--wait", "--wait-timeout", "120")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -57,18 +59,65 @@ async def test_migrate_between_containers_there_and_back(compose: Compose) -> No
     ]
     assert 1 == len(ended), scraped
     assert ended[0] >= 1, scraped
+    await _records_are_kept_and_reported(compose)
 
 
-async def metrics(host_port: str) -> str:
-    """GET /metrics from a daemon's published metrics port."""
+async def _records_are_kept_and_reported(compose: Compose) -> None:
+    """Each container wrote the record of both migrations; `livemig report` reads one."""
+    async with await QMPClient.connect(SOURCE_QMP) as client:
+        records = await client.execute("x-query-migration-records")
+    there, back = records[-2:]
+    assert ("source", "completed") == (there["role"], there["status"])
+    assert ("destination", "completed") == (back["role"], back["status"])
+    files = compose.run("exec", "-T", "source", "ls", "/var/lib/livemig/records").split()
+    assert {f"{there['id']}-source.json", f"{back['id']}-destination.json"} <= set(files)
+    report = livemig("report", there["id"][:8], "--qmp", SOURCE_QMP)
+    assert 0 == report.returncode, report.stderr
+    assert "outcome:      completed" in report.stdout
+
+
+async def test_the_compose_prometheus_sees_both_daemons(compose: Compose) -> None:
+    """The `monitoring` profile's Prometheus scrapes both containers; PromQL agrees with QMP."""
+    if not compose.prometheus:
+        pytest.skip("needs Debian's prometheus binary for the offline image (.ci/run installs it)")
+    async with await QMPClient.connect(SOURCE_QMP) as client:
+        info = await client.execute("query-migrate")
+    transferred = info.get("ram", {}).get("transferred")
+    assert transferred, info  # the earlier tests migrated: the newest migration's figures
+    query = f'livemig_migration_transferred_bytes{{role="source"}} == {transferred}'
+    assert await promql("127.0.0.1:9090", query)
+    up = await promql("127.0.0.1:9090", 'count(up{job="livemig"} == 1)')
+    assert "2" == up[0]["value"][1]
+
+
+async def promql(host_port: str, query: str, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """The first non-empty result of an instant query, polled (the compose scrape is 5 s)."""
+    path = "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    async with asyncio.timeout(timeout_s):
+        while True:
+            with contextlib.suppress(OSError, AssertionError, ValueError):
+                reply = json.loads(await http_get(host_port, path))
+                result = reply.get("data", {}).get("result", [])
+                if result:
+                    return list(result)
+            await asyncio.sleep(1)
+
+
+async def http_get(host_port: str, path: str) -> bytes:
+    """GET `path`; the body of a 200 reply."""
     host, port = host_port.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: compose\r\n\r\n")
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: compose\r\nConnection: close\r\n\r\n".encode())
     reply = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
-    return body.decode()
+    return body
+
+
+async def metrics(host_port: str) -> str:
+    """GET /metrics from a daemon's published metrics port."""
+    return (await http_get(host_port, "/metrics")).decode()
 
 
 async def test_partition_fails_the_migration_then_a_retry_succeeds(compose: Compose) -> None:

@@ -138,10 +138,17 @@ async def start_daemon(
     vm: MachineConfig | None = None,
     incoming: str | None = "tcp:127.0.0.1:0",
     expected_uuid: str | None = None,
+    record_dir: Path | None = None,
 ) -> Daemon:
     """A daemon with (or without) a VM, listening for migrations, with FAST_PARAMETERS set."""
     name = f"d{next(_names)}"
-    options = DaemonOptions(role=name, vm_config=vm, incoming=incoming, expected_uuid=expected_uuid)
+    options = DaemonOptions(
+        role=name,
+        vm_config=vm,
+        incoming=incoming,
+        expected_uuid=expected_uuid,
+        record_dir=record_dir,
+    )
     vmm = SlowVmm(options)
     server = QMPServer(commands=build_registry(vmm), version_info=version_info())
     vmm.qmp = server
@@ -201,10 +208,21 @@ class Pair:
             await self.proxy.close()
 
 
-async def make_pair(tmp: Path, *, proxy: bool = False, vm: MachineConfig | None = None) -> Pair:
-    """A source (small busy VM) and a destination, with a fault proxy between them if asked."""
-    source = await start_daemon(tmp, vm=vm or small_vm(), incoming=None)
-    dest = await start_daemon(tmp)
+async def make_pair(
+    tmp: Path, *, proxy: bool = False, vm: MachineConfig | None = None, records: bool = False
+) -> Pair:
+    """A source (small busy VM) and a destination, with a fault proxy between them if asked.
+
+    With `records`, they write their migration records under tmp/records-source and
+    tmp/records-dest.
+    """
+    source_dir = dest_dir = None
+    if records:
+        source_dir, dest_dir = tmp / "records-source", tmp / "records-dest"
+        source_dir.mkdir()
+        dest_dir.mkdir()
+    source = await start_daemon(tmp, vm=vm or small_vm(), incoming=None, record_dir=source_dir)
+    dest = await start_daemon(tmp, record_dir=dest_dir)
     pair = Pair(source=source, dest=dest)
     if proxy:
         router = dest.vmm.incoming

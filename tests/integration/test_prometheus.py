@@ -113,3 +113,34 @@ def test_bad_requests_get_clear_answers_and_harm_nothing(run, tmp):
             await pair.close()
 
     run(main)
+
+
+def test_the_figures_move_during_a_migration_on_both_daemons(run, tmp):
+    """Scraped twice while a rate-limited migration runs: both sides' bytes go up."""
+
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        servers = [await metrics_of(pair.source), await metrics_of(pair.dest)]
+        try:
+            await pair.source.execute("migrate-set-parameters", {"max-bandwidth": 8 << 20})
+            await pair.migrate()
+            await pair.source.wait({"active"})
+            await asyncio.sleep(0.2)  # past the first bandwidth window
+            first = [await scrape(server) for server in servers]
+            await asyncio.sleep(0.3)
+            second = [await scrape(server) for server in servers]
+            assert "active" == await pair.source.status()  # 8 MiB at 8 MiB/s: still running
+            for side, before, after in zip(("source", "destination"), first, second, strict=True):
+                name = "livemig_migration_transferred_bytes"
+                assert value(before, name, side=side) < value(after, name, side=side), side
+            assert 1 == value(second[0], "livemig_migration_status", status="active")
+            assert 0 < value(second[0], "livemig_migration_remaining_bytes")
+            assert 0 < value(second[0], "livemig_migration_bandwidth_bytes_per_second")
+            await pair.source.execute("migrate-set-parameters", {"max-bandwidth": 0})
+            assert "completed" == await pair.source.wait(FINAL)
+        finally:
+            for server in servers:
+                await server.close()
+            await pair.close()
+
+    run(main)
