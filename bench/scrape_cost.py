@@ -6,11 +6,19 @@
   of its ``/metrics`` while its VM runs, per scrape; at a scrape interval of I seconds, a daemon
   spends (CPU per scrape / I) of one core on its metrics. The goal: at most GOAL_SHARE at
   Prometheus' most eager common interval, one second (its default is 15 s).
-- **Throughput, scraped and not**: both daemons run with ``--metrics``; an idle VM with random
+- **A migration, scraped and not**: both daemons run with ``--metrics``; an idle VM with random
   RAM migrates back and forth between them, taking turns: one migration while a scraper GETs
-  both daemons' ``/metrics`` every SCRAPE_EVERY_S, the next with none. Bytes sent / (total -
-  setup), the ratio taken round by round. On these two cores this ratio swings by +-20 % from
-  round to round (the scraper itself is a third busy process), so it is reported, not judged.
+  both daemons' ``/metrics`` every SCRAPE_EVERY_S, the next with none. A migration of 1 GiB
+  takes about a second, so the scraper runs at 20 times Prometheus' most eager interval, for
+  the cost to show at all. Two figures, both reported, neither judged: the daemons' CPU time
+  per GiB sent, summed over all rounds of each kind (CPU time is counted in 10 ms ticks, so
+  sums, not rounds, are compared), and the throughput (bytes sent / (total - setup)) ratio by
+  round. On these two cores both swing more than scraping can move them (CPU per GiB by +-7 %
+  between runs, throughput by +-20 % between rounds; the scraper is a third busy process).
+
+The goal is judged on the first, exact figure: a scrape runs on the daemon's event loop, the
+same thread that moves the pages, so the loop time a scrape takes is the most it can take
+from a migration; at one scrape a second that share must stay within GOAL_SHARE.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ if TYPE_CHECKING:
     from bench.common import Run
     from bench.harness import Migration
 
-SCRAPE_EVERY_S: Final = 1.0
+SCRAPE_EVERY_S: Final = 0.05
 SCRAPES_FOR_CPU: Final = 500
 GOAL_SHARE: Final = 0.02
 
@@ -90,19 +98,30 @@ def scrape_cost(run: Run) -> dict[str, object]:
         ]
     )
     share = cpu_ms / 1000 / 1.0  # of one core, scraped once a second
+    cpu_ratio = _cpu_per_gib(rows, scraped=True) / _cpu_per_gib(rows, scraped=False)
     met = share <= GOAL_SHARE
     say(
         f"  CPU per scrape of a daemon with a running VM: {cpu_ms:.2f} ms; scraped every second "
-        f"that is {share:.2%} of a core; goal <= {GOAL_SHARE:.0%}: {verdict(met)}"
+        f"that is {share:.2%} of its loop; goal <= {GOAL_SHARE:.0%}: {verdict(met)}"
     )
-    say(f"  throughput scraped every {SCRAPE_EVERY_S:g} s / not, by round: {ratios.text('.3f')}")
+    say(
+        f"  scraped every {SCRAPE_EVERY_S:g} s / not, reported only: daemons' CPU per GiB "
+        f"(sums over {rounds} rounds) {cpu_ratio:.3f}; throughput by round {ratios.text('.3f')}"
+    )
     return {
         "ram_mib": vm.ram_mib,
         "cpu_ms_per_scrape": cpu_ms,
         "scrape_every_s": SCRAPE_EVERY_S,
+        "cpu_per_gib_ratio": cpu_ratio,
         "ratio": ratios,
         "runs": rows,
-        "goals": {"scraping_costs_at_most_2_percent": {"met": met, "core_share": share}},
+        "goals": {
+            "scraping_costs_at_most_2_percent": {
+                "met": met,
+                "core_share": share,
+                "cpu_per_gib_ratio": cpu_ratio,
+            }
+        },
     }
 
 
@@ -131,8 +150,11 @@ def _cpu_s_during(pid: int, work: Callable[[], None]) -> float:
 
 def _one(pair: Pair, addresses: list[str], index: int, *, scraped: bool) -> dict[str, object]:
     scraper = Scraper(addresses if scraped else [])
+    pids = [daemon.process.pid for daemon in pair.daemons]
+    cpu_before_s = sum(ProcessUsage.of(pid).cpu_s for pid in pids)
     with scraper:
         migration = pair.migrate(timeout_s=120.0)
+    cpu_s = sum(ProcessUsage.of(pid).cpu_s for pid in pids) - cpu_before_s
     gbps = _throughput_gbps(migration)
     say(
         f"    round {index + 1}, {'scraped' if scraped else 'unscraped'}: {migration.status}, "
@@ -144,6 +166,8 @@ def _one(pair: Pair, addresses: list[str], index: int, *, scraped: bool) -> dict
         "status": migration.status,
         "throughput_gbps": gbps,
         "scrapes": scraper.scrapes,
+        "daemons_cpu_s": cpu_s,
+        "transferred_bytes": migration.ram("transferred"),
     }
 
 
@@ -165,3 +189,11 @@ def _rate(rows: list[dict[str, object]], index: int, *, scraped: bool) -> float:
     row = next(r for r in rows if r["round"] == index and r["scraped"] == scraped)
     value = row["throughput_gbps"]
     return float(value) if isinstance(value, int | float) else float("nan")
+
+
+def _cpu_per_gib(rows: list[dict[str, object]], *, scraped: bool) -> float:
+    """The daemons' CPU seconds per GiB sent, summed over the rounds of one kind."""
+    mine = [row for row in rows if row["scraped"] == scraped]
+    cpu_s = sum(float(str(row["daemons_cpu_s"])) for row in mine)
+    sent_gib = sum(float(str(row["transferred_bytes"])) for row in mine) / (1 << 30)
+    return cpu_s / sent_gib if sent_gib > 0 else float("nan")
