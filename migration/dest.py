@@ -21,6 +21,7 @@ from migration import inputs as inp
 from migration.errors import LoadError
 from migration.glue import DIGEST_CHECK, machine_config_from
 from migration.ledger import Install, Loaded, Loading, Preparing
+from migration.metrics import error_cause
 from migration.outbox import Outbox
 from migration.table import DestTrigger
 from protocol import (
@@ -222,9 +223,10 @@ class DestMigration:
                 self._out.flush(self.channel)  # the PONG the protocol queued
             case HandoverReceived():
                 self._commit()
-            case AbortReceived(reason=reason):
+            case AbortReceived(code=code, reason=reason):
                 if (record := self.record) is not None:
-                    self.ledger.discard(record.migration_id, f"source aborted: {reason}", self._out)
+                    aborted, cause = f"source aborted: {reason}", error_cause(code)
+                    self.ledger.discard(record.migration_id, aborted, self._out, cause=cause)
                 self._close()
             case ConnectionClosed() | PeerTimedOut():
                 self._on_close(event)
@@ -379,14 +381,17 @@ class DestMigration:
                 self.ledger.hold(record.migration_id, reason, self._out)
             elif isinstance(record.state, Preparing | Loading):
                 self.ledger.discard(
-                    record.migration_id, f"incomplete migration: {reason}", self._out
+                    record.migration_id,
+                    f"incomplete migration: {reason}",
+                    self._out,
+                    cause="connection-lost",
                 )
         self._close()
 
     def _refuse(self, code: ErrorCode, reason: str) -> None:
         record = self.record
         if record is not None:
-            self.ledger.discard(record.migration_id, reason, self._out)
+            self.ledger.discard(record.migration_id, reason, self._out, cause=error_cause(code))
         else:
             self._out.log("incoming_refused", level=act.Level.WARNING, reason=reason)
         if not self.from_file:

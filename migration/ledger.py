@@ -74,9 +74,10 @@ class Committed:
 
 @dataclass(frozen=True, slots=True)
 class Discarded:
-    """Never to run here."""
+    """Never to run here: why, and its cause as a short bounded label (the metrics')."""
 
     reason: str
+    cause: str
 
 
 RecordState = Preparing | Loading | Loaded | Held | Committed | Discarded
@@ -120,6 +121,12 @@ class IncomingRecord:
         """The received machine, while it may still run here."""
         state = self.state
         return state.machine if isinstance(state, Loading | Loaded | Held) else None
+
+    @property
+    def failure_cause(self) -> str | None:
+        """The short label of why it was discarded, if it was."""
+        state = self.state
+        return state.cause if isinstance(state, Discarded) else None
 
     @property
     def reason(self) -> str | None:
@@ -201,7 +208,8 @@ class IncomingLedger:
             raise LoadError(refusal, ErrorCode.BUSY)
         held = self.held
         if held is not None:  # the same VM over the network: only its owner can migrate it
-            self.discard(held.migration_id, f"superseded by migration {config.migration_id}", out)
+            superseded = f"superseded by migration {config.migration_id}"
+            self.discard(held.migration_id, superseded, out, cause="superseded")
         record = IncomingRecord(
             migration_id=config.migration_id, uuid=config.uuid, from_file=from_file, now=out.now
         )
@@ -261,8 +269,12 @@ class IncomingLedger:
         record.metrics.ended_at = out.now
         return Install(machine=state.machine)
 
-    def discard(self, migration_id: str, reason: str, out: Outbox) -> None:
-        """Never run this migration's VM here (a committed one cannot be discarded)."""
+    def discard(self, migration_id: str, reason: str, out: Outbox, *, cause: str) -> None:
+        """Never run this migration's VM here (a committed one cannot be discarded).
+
+        `cause` is a short label from a fixed set (an error code's name, `connection-lost`,
+        `superseded`, `operator`, `abandoned`): what the metrics count failures by.
+        """
         record = self._record(migration_id)
         if isinstance(record.state, Committed):
             out.log(
@@ -274,7 +286,7 @@ class IncomingLedger:
             return
         if isinstance(record.state, Discarded):
             return
-        self.advance(record, D.DISCARDED, Discarded(reason=reason), out)
+        self.advance(record, D.DISCARDED, Discarded(reason=reason, cause=cause), out)
         record.metrics.ended_at = out.now
         out.log(
             "incoming_discarded", level=act.Level.WARNING, migration_id=migration_id, reason=reason
@@ -301,7 +313,10 @@ class IncomingLedger:
         if record is not None and isinstance(record.state, Preparing | Loading):
             # The source gave this stream up (it asks from a new connection): never run it.
             self.discard(
-                migration_id, "the source abandoned the migration before it was loaded", out
+                migration_id,
+                "the source abandoned the migration before it was loaded",
+                out,
+                cause="abandoned",
             )
         return self.outcome_of(migration_id) or Outcome.DISCARDED
 

@@ -8,8 +8,17 @@ its ledger record, so they outlive the connection that produced them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from migration.passes import PassLog
+
+if TYPE_CHECKING:
+    from protocol import ErrorCode
+
+
+def error_cause(code: ErrorCode) -> str:
+    """A failure's cause as a short, bounded label: the wire error code's name, dashed."""
+    return code.name.lower().replace("_", "-")
 
 
 def elapsed_ms(seconds: float) -> int:
@@ -89,6 +98,7 @@ class SourceMetrics:
         error_desc: why it failed (or is in doubt); None when cancelled (as QEMU).
         passes: one sample per dirty sync (bounded), for the migration's record.
         digest_check: `match` or `mismatch` once the destination's digest was compared.
+        error_code: the code of the error that failed it (sent in ABORT), if one did.
     """
 
     page_size: int
@@ -117,6 +127,7 @@ class SourceMetrics:
     error_desc: str | None = None
     passes: PassLog = field(default_factory=PassLog)
     digest_check: str | None = None
+    error_code: ErrorCode | None = None
 
     @property
     def transferred_pages(self) -> int:

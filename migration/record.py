@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from migration.metrics import elapsed_ms
+from migration.metrics import elapsed_ms, error_cause
+from migration.status import MigrationStatus
+from migration.table import SourceTrigger
+from protocol import ErrorCode
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -35,6 +38,7 @@ def source_record(source: SourceMigration, *, info: Mapping[str, object], now: f
         "role": "source",
         "status": str(source.status.status),
         "error-desc": metrics.error_desc,
+        "failure-cause": source_failure_cause(source),
         "ended-by": metrics.ended_by,
         "statuses": [str(row.after) for row in source.status.history],
         "capabilities": _capabilities(source.caps),
@@ -69,6 +73,7 @@ def dest_record(
         "role": "destination",
         "status": str(record.status),
         "error-desc": record.reason,
+        "failure-cause": record.failure_cause,
         "statuses": [str(row.after) for row in record.history],
         "capabilities": _capabilities(caps),
         "parameters": params.to_qmp(),
@@ -76,6 +81,29 @@ def dest_record(
         "from-file": record.from_file,
         "passes": [],
     }
+
+
+def source_failure_cause(source: SourceMigration) -> str | None:
+    """Why an outgoing migration failed, as a short bounded label (None unless it failed).
+
+    The timeout policy that ended it, `shutdown` (the daemon stopped), `in-doubt-resumed` (the
+    handover was in doubt and the VM resumed here), `cannot-connect` (an internal error before
+    a byte was sent: the main channel never opened), else the error code it failed with.
+    """
+    if source.status.status is not MigrationStatus.FAILED:
+        return None
+    metrics, last = source.metrics, source.status.history[-1]
+    code = metrics.error_code
+    rules = (
+        (last.trigger is SourceTrigger.SHUTDOWN, "shutdown"),
+        (last.status is MigrationStatus.IN_DOUBT, "in-doubt-resumed"),
+        (metrics.ended_by is not None, str(metrics.ended_by)),
+        (code is ErrorCode.INTERNAL and metrics.transferred_bytes == 0, "cannot-connect"),
+    )
+    cause = next((cause for applies, cause in rules if applies), None)
+    if cause is None:
+        cause = error_cause(code) if code is not None else "unknown"
+    return cause
 
 
 def summary_fields(record: Mapping[str, object]) -> dict[str, object]:
@@ -87,6 +115,8 @@ def summary_fields(record: Mapping[str, object]) -> dict[str, object]:
         "status": record.get("status"),
         "error": record.get("error-desc"),
     }
+    if record.get("failure-cause") is not None:
+        fields["cause"] = record["failure-cause"]
     if isinstance(summary, dict):
         fields.update(summary)
     if record.get("digest-check") is not None:

@@ -16,6 +16,7 @@ from migration import actions as act
 from migration import inputs as inp
 from migration.errors import LoadError
 from migration.ledger import Install
+from migration.metrics import error_cause
 from migration.outbox import Outbox
 from protocol import (
     AbortReceived,
@@ -124,9 +125,10 @@ class ResolveResponder:
                 self._on_resolve(migration_id)
             case HandoverReceived() if isinstance(phase, Answered):
                 self._on_handover(phase.migration_id)
-            case AbortReceived(reason=reason) if isinstance(phase, Answered):
+            case AbortReceived(code=code, reason=reason) if isinstance(phase, Answered):
                 if phase.migration_id in self.ledger.records:
-                    self.ledger.discard(phase.migration_id, f"source aborted: {reason}", self._out)
+                    aborted, cause = f"source aborted: {reason}", error_cause(code)
+                    self.ledger.discard(phase.migration_id, aborted, self._out, cause=cause)
                 self._close()
             case ConnectionClosed() | PeerTimedOut():
                 self._close()

@@ -377,6 +377,7 @@ class SourceMigration:
         if self.uses_return_path:
             self.sender.abort_nowait(code, reason)
         self.metrics.error_desc = None if cancelled else reason  # QEMU: no error on cancel
+        self.metrics.error_code = code
         self.convergence.lift()
         self._resume_vm()
         self.metrics.ended_at = self._out.now

@@ -213,12 +213,16 @@ class Vmm:
             return
         self.migration_counts.record(side, status)
         ended = is_terminal(MigrationStatus(status))
-        if ended or status == MigrationStatus.IN_DOUBT:
-            record = self._record_of(side, migration_id)
-            if record is not None:
-                self.records.keep(record)
-                if ended:
-                    log.info("migration_summary", **summary_fields(record))
+        if not ended and status != MigrationStatus.IN_DOUBT:
+            return
+        record = self._record_of(side, migration_id)
+        if record is None:
+            return
+        self.records.keep(record)
+        if ended:
+            log.info("migration_summary", **summary_fields(record))
+        if (cause := record.get("failure-cause")) is not None:
+            self.migration_counts.record_failure(side, str(cause))
 
     def _record_of(self, side: str, migration_id: str) -> Record | None:
         now = self.clock()

@@ -41,11 +41,12 @@ PAGE_BYTES: Final = 4096
 
 
 class MigrationCounts:
-    """Migrations this daemon started and ended, by side and outcome (from MIGRATION events)."""
+    """Migrations this daemon started and ended, by side and outcome, and failures by cause."""
 
     def __init__(self) -> None:
         self.started: Counter[str] = Counter()
         self.ended: Counter[tuple[str, str]] = Counter()
+        self.failed: Counter[tuple[str, str]] = Counter()
 
     def record(self, side: str, status: object) -> None:
         """A MIGRATION event of `side` (source or destination) reached `status`."""
@@ -55,6 +56,11 @@ class MigrationCounts:
             self.started[side] += 1
         elif status in OUTCOMES:
             self.ended[side, str(status)] += 1
+
+    def record_failure(self, side: str, cause: str) -> None:
+        """A migration of `side` failed for `cause` (a short label from a fixed set)."""
+        if side in SIDES:
+            self.failed[side, cause] += 1
 
 
 class DaemonCollector:
@@ -91,12 +97,21 @@ def _counts(counts: MigrationCounts, base: Mapping[str, str]) -> Iterator[Metric
         "Migrations ended, by side and outcome (in-doubt counts when a migration enters it).",
         labels=[*base, "side", "outcome"],
     )
+    failed = CounterMetricFamily(
+        "livemig_migrations_failed",
+        "Failed migrations, by side and cause (an error code's name, a timeout policy, "
+        "shutdown, connection-lost, ...).",
+        labels=[*base, "side", "cause"],
+    )
     for side in SIDES:
         started.add_metric([*base.values(), side], counts.started[side])
         for outcome in OUTCOMES:
             ended.add_metric([*base.values(), side, outcome], counts.ended[side, outcome])
+    for (side, cause), count in sorted(counts.failed.items()):
+        failed.add_metric([*base.values(), side, cause], count)
     yield started
     yield ended
+    yield failed
 
 
 def _vm(vmm: Vmm, base: Mapping[str, str]) -> Iterator[Metric]:

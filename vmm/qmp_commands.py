@@ -311,7 +311,8 @@ class _Commands:
             install: Install = ledger.operator_commit(held.migration_id, out)
             ledger.adopted(held.migration_id, vmm.run_migrated_vm(install.machine), out)
         else:
-            ledger.discard(held.migration_id, "discarded by the operator (livemig resolve)", out)
+            why = "discarded by the operator (livemig resolve)"
+            ledger.discard(held.migration_id, why, out, cause="operator")
         execute_reports(out.take(), vmm, context={"role": "destination"})
         return {}
 

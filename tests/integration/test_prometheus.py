@@ -144,3 +144,26 @@ def test_the_figures_move_during_a_migration_on_both_daemons(run, tmp):
             await pair.close()
 
     run(main)
+
+
+def test_failed_migrations_are_counted_by_cause(run, tmp):
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        server = await metrics_of(pair.source)
+        try:
+            await pair.source.execute("migrate", {"uri": "tcp:127.0.0.1:1"})
+            assert "failed" == await pair.source.wait(FINAL)
+            samples = await scrape(server)
+            failed = "livemig_migrations_failed_total"
+            assert 1 == value(samples, failed, side="source", cause="cannot-connect")
+            ended = "livemig_migrations_ended_total"
+            assert 1 == value(samples, ended, side="source", outcome="failed")
+            await pair.migrate()  # then a good one: no failure is added
+            assert "completed" == await pair.source.wait(FINAL)
+            samples = await scrape(server)
+            assert [1.0] == [v for (n, _), v in samples.items() if n == failed]
+        finally:
+            await server.close()
+            await pair.close()
+
+    run(main)

@@ -62,6 +62,7 @@ def test_a_completed_migration_leaves_a_record_on_both_sides(run, tmp):
     assert RECORD_SCHEMA == source["schema"] == dest["schema"]
     assert source["id"] == dest["id"] == info["x-migration-id"]
     assert ("source", "completed") == (source["role"], source["status"])
+    assert source["failure-cause"] is None
     assert ("destination", "completed") == (dest["role"], dest["status"])
     assert source["vm-uuid"] == dest["vm-uuid"] is not None
     assert "match" == source["digest-check"]
@@ -119,6 +120,7 @@ def test_an_unreachable_destination_leaves_a_failed_record(run, tmp):
     [record] = run(main)
     assert "failed" == record["status"]
     assert "cannot connect" in str(record["error-desc"])
+    assert "cannot-connect" == record["failure-cause"]
     assert [] == record["passes"]
     assert (tmp / record_file_name(str(record["id"]), "source")).is_file()
     assert_chart(record, tmp / "failed.png")
@@ -144,8 +146,10 @@ def test_a_cut_connection_leaves_failed_records_on_both_sides(run, tmp):
     assert source["id"] == dest["id"]
     assert "failed" == source["status"] == dest["status"]
     assert source["error-desc"]
-    assert "discard" not in str(source["error-desc"])
     assert dest["error-desc"]
+    assert "protocol-error" == source["failure-cause"]  # the connection closed
+    # cut at a byte offset: inside a frame (truncated) or, rarely, between two
+    assert dest["failure-cause"] in ("truncated", "connection-lost")
     assert len(source["passes"]) >= 1
     assert source["summary"]["downtime_ms"] is None
     assert_chart(source, tmp / "cut.png")

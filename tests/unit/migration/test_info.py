@@ -131,7 +131,7 @@ def test_destination_info_follows_its_newest_record() -> None:
         "x-vm-uuid": "11111111-1111-1111-1111-111111111111",
     } == dest_info(ledger.current)
 
-    ledger.discard("m1", "bad stream", out)
+    ledger.discard("m1", "bad stream", out, cause="protocol-error")
     assert {"status": "failed", "error-desc": "bad stream"}.items() <= dest_info(
         ledger.current
     ).items()

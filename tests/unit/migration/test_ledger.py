@@ -57,7 +57,7 @@ def test_a_committed_migration_is_never_discarded(machine):
     record = loaded(ledger, "m1", machine, out)
     ledger.commit("m1", out)
 
-    ledger.discard("m1", "late abort", out)
+    ledger.discard("m1", "late abort", out, cause="cancelled")
 
     assert MigrationStatus.COMPLETED == record.status
     assert "discard_after_commit_refused" in [a.event for a in out.take() if hasattr(a, "event")]
@@ -134,3 +134,17 @@ def test_a_state_that_does_not_show_as_the_tables_status_is_a_bug(machine):
     with pytest.raises(TransitionError, match="cannot take"):
         record.move(DestTrigger.HANDOVER, Committed())
     assert MigrationStatus.SETUP == record.status
+
+
+def test_a_discarded_migration_keeps_its_reason_and_cause(machine):
+    ledger, out = IncomingLedger(), Outbox(0.0)
+    record = loaded(ledger, "m1", machine, out)
+    assert record.failure_cause is None
+
+    ledger.discard("m1", "source aborted: cancelled by the user", out, cause="cancelled")
+
+    assert MigrationStatus.FAILED == record.status
+    assert ("source aborted: cancelled by the user", "cancelled") == (
+        record.reason,
+        record.failure_cause,
+    )
