@@ -1,4 +1,4 @@
-"""The `livemig` command: demo, migrate, replay, analyze, report, resolve, qmp, fault."""
+"""The `livemig` command: demo, migrate, replay, analyze, report, certs, resolve, qmp, fault."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from faultproxy.__main__ import build_parser as faultproxy_parser
 from faultproxy.__main__ import serve_from_args as faultproxy_serve
 from livemig import fault_cli
 from livemig.analyze import analyze_file
+from livemig.certs import DEFAULT_CLIENT, DEFAULT_DAYS, client_identity, make_creds_dir
 from livemig.demo import DemoOptions, run_demo
 from livemig.fault import FaultCommandError
 from livemig.migrate import run_migration
@@ -99,6 +100,29 @@ def _add_convergence_flags(migrate: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_report_and_certs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`livemig report` and `livemig certs`."""
+    report = sub.add_parser("report", help="what happened in one migration, pass by pass")
+    report.add_argument(
+        "target", metavar="ID|FILE", help="a migration id (or prefix), or a record file"
+    )
+    report.add_argument(
+        "--qmp", default="tcp:127.0.0.1:4444", metavar="ADDRESS",
+        help="the daemon to ask for the record of ID (default: tcp:127.0.0.1:4444)",
+    )  # fmt: skip
+    report.add_argument("--png", type=Path, metavar="OUT", help="draw the per-pass chart into OUT")
+    report.add_argument("--json", action="store_true", help="print the whole record as JSON")
+
+    certs = sub.add_parser("certs", help="make a CA and TLS certificates in QEMU's layout")
+    certs.add_argument("dir", type=Path, help="the directory (QEMU's tls-creds-x509 dir=)")
+    certs.add_argument(
+        "--host", action="append", required=True, metavar="NAME",
+        help="a name or address the server certificate is valid for (repeatable)",
+    )  # fmt: skip
+    certs.add_argument("--client-name", default=DEFAULT_CLIENT, help="the client's CN")
+    certs.add_argument("--days", type=int, default=DEFAULT_DAYS, help="validity (days)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     defaults = DemoOptions()
@@ -137,17 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     qmp.add_argument("name", help="the command, e.g. query-status")
     qmp.add_argument("arguments", nargs="?", help="its arguments as a JSON object")
 
-    report = sub.add_parser("report", help="what happened in one migration, pass by pass")
-    report.add_argument(
-        "target", metavar="ID|FILE", help="a migration id (or prefix), or a record file"
-    )
-    report.add_argument(
-        "--qmp", default="tcp:127.0.0.1:4444", metavar="ADDRESS",
-        help="the daemon to ask for the record of ID (default: tcp:127.0.0.1:4444)",
-    )  # fmt: skip
-    report.add_argument("--png", type=Path, metavar="OUT", help="draw the per-pass chart into OUT")
-    report.add_argument("--json", action="store_true", help="print the whole record as JSON")
-
+    _add_report_and_certs(sub)
     fault_cli.add_parser(sub)
     sub.add_parser(
         "fault-proxy",
@@ -235,6 +249,11 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
         return faultproxy_serve(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "certs":
+        make_creds_dir(args.dir, args.host, client_name=args.client_name, days=args.days)
+        print(f"{args.dir}: ca-cert.pem, server-cert.pem/-key.pem, client-cert.pem/-key.pem")
+        print(f"client identity (for tls-authz): {client_identity(args.client_name)}")
+        return 0
     if args.command == "analyze":
         report = analyze_file(args.file)
         print(json.dumps(report, indent=2))

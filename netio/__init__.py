@@ -14,12 +14,14 @@ netio knows neither the machine (vmsim) nor the daemons.
 
 from __future__ import annotations
 
+from netio.authz import Authz, AuthzList, AuthzRule, AuthzSimple
 from netio.channel import IOV_MAX, Channel, SansIOConnection
 from netio.endpoint import (
     ChannelLike,
     ChannelListener,
     ChannelOptions,
     connect_channel,
+    open_accepted,
     read_file,
 )
 from netio.errors import (
@@ -28,6 +30,10 @@ from netio.errors import (
     ConnectError,
     ListenError,
     NetIOError,
+    TlsAuthzError,
+    TlsCredentialsError,
+    TlsError,
+    TlsHandshakeError,
     UriError,
 )
 from netio.filechannel import FileChannel
@@ -55,6 +61,7 @@ from netio.sockopts import (
     listen,
     open_connection,
 )
+from netio.tls import TlsClient, TlsCredsX509, TlsServer, TlsSession
 from netio.uri import (
     FileAddress,
     MigrationAddress,
@@ -68,6 +75,10 @@ from netio.uri import (
 __all__ = [
     "IOV_MAX",
     "Args",
+    "Authz",
+    "AuthzList",
+    "AuthzRule",
+    "AuthzSimple",
     "Channel",
     "ChannelClosedError",
     "ChannelError",
@@ -94,6 +105,14 @@ __all__ = [
     "SansIOConnection",
     "SocketAddress",
     "TcpAddress",
+    "TlsAuthzError",
+    "TlsClient",
+    "TlsCredentialsError",
+    "TlsCredsX509",
+    "TlsError",
+    "TlsHandshakeError",
+    "TlsServer",
+    "TlsSession",
     "UnixAddress",
     "UriError",
     "VersionInfo",
@@ -106,6 +125,7 @@ __all__ = [
     "configure_stream_socket",
     "connect_channel",
     "listen",
+    "open_accepted",
     "open_connection",
     "parse_migration_uri",
     "parse_qmp_address",

@@ -29,6 +29,8 @@ from netio.errors import ChannelClosedError, ChannelError
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from netio.tls import TlsSession
+
 __all__ = [
     "IOV_MAX",
     "YIELD_EVERY_BYTES",
@@ -117,6 +119,7 @@ class Channel:
         *,
         clock: Callable[[], float] | None = None,
         auto_flush: bool = True,
+        tls: TlsSession | None = None,
     ) -> None:
         """Wrap a connected socket. Must be called with an event loop running.
 
@@ -126,10 +129,13 @@ class Channel:
             clock: The connection's clock; ``loop.time`` by default.
             auto_flush: After receiving bytes or handling the timer, send what the kernel takes
                 at once (acks, PONGs), without waiting for a `flush`.
+            tls: The TLS session of a socket whose handshake is done (`netio.tls`): bytes
+                then go through it, and `bytes_sent`/`bytes_received` count plaintext.
         """
         self._loop = asyncio.get_running_loop()
         sock.setblocking(False)
         self._sock = sock
+        self._tls = tls
         self._fd = sock.fileno()
         self._conn = conn
         self._clock = clock if clock is not None else self._loop.time
@@ -222,7 +228,10 @@ class Channel:
     def _receive_into(self, buffers: Sequence[memoryview]) -> int | None:
         """Receive once; return the byte count, 0 at end of stream or paused, None if EAGAIN."""
         try:
-            nbytes = self._sock.recvmsg_into(buffers[:IOV_MAX])[0]
+            if self._tls is None:
+                nbytes = self._sock.recvmsg_into(buffers[:IOV_MAX])[0]
+            else:
+                nbytes = self._tls.recv_into(self._sock, buffers[:IOV_MAX])
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as exc:
@@ -330,17 +339,20 @@ class Channel:
 
     def _send_some(self, budget_bytes: int) -> _SendResult:
         """Send until the queue is empty, the kernel is full or the budget is spent."""
-        conn, sock = self._conn, self._sock
+        conn, sock, tls = self._conn, self._sock, self._tls
         sent = 0
         result = _SendResult.MORE
         try:
             while sent < budget_bytes:
                 buffers = conn.data_to_send()
                 if not buffers:
-                    result = _SendResult.DONE
+                    result = _SendResult.DONE if self._drained() else _SendResult.BLOCKED
                     break
                 try:
-                    nbytes = sock.sendmsg(buffers[:IOV_MAX])
+                    if tls is None:
+                        nbytes = sock.sendmsg(buffers[:IOV_MAX])
+                    else:
+                        nbytes = tls.send(sock, buffers[:IOV_MAX])
                 except (BlockingIOError, InterruptedError):
                     result = _SendResult.BLOCKED
                     break
@@ -357,9 +369,22 @@ class Channel:
                     _wake(self._read_waiter)
         return result
 
+    def _drained(self) -> bool:
+        """Whether no ciphertext waits for the kernel (always, without TLS).
+
+        Raises:
+            ChannelClosedError: sending failed.
+        """
+        if self._tls is None or not self._tls.pending_bytes:
+            return True
+        try:
+            return self._tls.drain(self._sock)
+        except OSError as exc:
+            self._fail_send(exc)
+
     def _send_quietly(self) -> None:
         """Send what the kernel takes now; a failure is kept for the next `flush`."""
-        if self._conn.pending_send_bytes:
+        if self._conn.pending_send_bytes or (self._tls is not None and self._tls.pending_bytes):
             with contextlib.suppress(ChannelClosedError):
                 self._send_some(YIELD_EVERY_BYTES)
 

@@ -1,10 +1,10 @@
 """The one place migration channels are made: connect, listen and accept, or open a file.
 
-A migration URI names a transport (``tcp:``, ``unix:``, ``file:``; TLS later wraps the socket
-here too); whatever it is, the caller gets a `ChannelLike` that drives a sans-IO connection over
-it with the same API. Every socket gets the same liveness options (`ChannelOptions`: keepalive
-probes and ``TCP_USER_TIMEOUT`` derived from the peer timeout), so a silent peer surfaces as an
-error everywhere, not only where someone remembered to set them.
+A migration URI names a transport (``tcp:``, ``unix:``, ``file:``), and TLS (`netio.tls`) may
+wrap a socket here; whatever it is, the caller gets a `ChannelLike` that drives a sans-IO
+connection over it with the same API. Every socket gets the same liveness options
+(`ChannelOptions`: keepalive probes and ``TCP_USER_TIMEOUT`` derived from the peer timeout), so a
+silent peer surfaces as an error everywhere, not only where someone remembered to set them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from netio.channel import Channel
+from netio.errors import TlsCredentialsError
 from netio.filechannel import FileChannel
 from netio.sockopts import accept, bound_address, configure_stream_socket, listen, open_connection
+from netio.tls import tls_handshake
 from netio.uri import FileAddress
 
 if TYPE_CHECKING:
@@ -22,11 +24,19 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from netio.channel import SansIOConnection
+    from netio.tls import TlsClient, TlsServer
     from netio.uri import MigrationAddress, SocketAddress
 
 C = TypeVar("C", bound="SansIOConnection")
 
-__all__ = ["ChannelLike", "ChannelListener", "ChannelOptions", "connect_channel", "read_file"]
+__all__ = [
+    "ChannelLike",
+    "ChannelListener",
+    "ChannelOptions",
+    "connect_channel",
+    "open_accepted",
+    "read_file",
+]
 
 
 class ChannelLike(Protocol):
@@ -95,19 +105,31 @@ async def connect_channel(
     options: ChannelOptions,
     *,
     clock: Callable[[], float] | None = None,
+    tls: TlsClient | None = None,
 ) -> ChannelLike:
     """Open a channel to `address` (a file is created for writing) and drive `conn` over it.
+
+    With `tls`, the TLS handshake runs first (within the connect timeout).
 
     Raises:
         ConnectError: the peer cannot be reached (refused, unreachable, timed out).
         ChannelError: the file cannot be opened.
+        TlsError: TLS was asked for and the handshake failed (`TlsHandshakeError`), or our
+            credentials are unusable (`TlsCredentialsError`); a file cannot carry TLS.
     """
     if isinstance(address, FileAddress):
+        if tls is not None:
+            msg = f"TLS cannot be used with {address}: a file has no peer to authenticate"
+            raise TlsCredentialsError(msg)
         return FileChannel.for_writing(address, conn, clock=clock)
     sock = await open_connection(address, timeout_s=options.connect_timeout_s)
     try:
         options.tune(sock)
-        return Channel(sock, conn, clock=clock)
+        session = None
+        if tls is not None:
+            timeout_s = options.connect_timeout_s
+            session = await tls_handshake(sock, tls, timeout_s=timeout_s, peer=str(address))
+        return Channel(sock, conn, clock=clock, tls=session)
     except BaseException:
         sock.close()
         raise
@@ -146,15 +168,55 @@ class ChannelListener:
         Raises:
             OSError: accepting failed (e.g. EMFILE); the listener goes on.
         """
-        sock = await accept(self._sock)
-        try:
-            options_for().tune(sock)
-            conn = conn_for()
-            return Channel(sock, conn), conn
-        except BaseException:
-            sock.close()
-            raise
+        return await open_accepted(await self.accept_socket(), conn_for, options_for())
+
+    async def accept_socket(self) -> socket.socket:
+        """Wait for a connection; the raw socket (`open_accepted` makes it a channel).
+
+        Raises:
+            OSError: accepting failed (e.g. EMFILE); the listener goes on.
+        """
+        return await accept(self._sock)
 
     def close(self) -> None:
         """Stop listening."""
         self._sock.close()
+
+
+async def open_accepted(
+    sock: socket.socket,
+    conn_for: Callable[[], C],
+    options: ChannelOptions,
+    *,
+    tls: TlsServer | None = None,
+) -> tuple[Channel, C]:
+    """An accepted socket as a channel driving a fresh `conn_for()` (TLS handshake first).
+
+    Run it in a task of the connection's own: a peer that stalls the handshake holds only its
+    task, for at most the connect timeout. The socket is closed on any failure.
+
+    Raises:
+        TlsError: the handshake failed, or `tls.authz` denies the peer's certificate.
+    """
+    try:
+        options.tune(sock)
+        session = None
+        if tls is not None:
+            peer = _peer_of(sock)
+            timeout_s = options.connect_timeout_s
+            session = await tls_handshake(sock, tls, timeout_s=timeout_s, peer=peer)
+        conn = conn_for()
+        return Channel(sock, conn, tls=session), conn
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _peer_of(sock: socket.socket) -> str:
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "the peer"
+    if isinstance(peer, tuple):
+        return f"tcp:{peer[0]}:{peer[1]}"
+    return f"unix:{peer}" if peer else "a unix peer"

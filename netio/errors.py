@@ -8,8 +8,12 @@ NetIOError
 ├── UriError             a migration URI or QMP address does not parse
 ├── ConnectError         a connection could not be opened (refused, timed out, unreachable)
 ├── ListenError          a listening socket could not be created (address in use, bad path)
-└── ChannelError         a channel could not carry on
-    └── ChannelClosedError   the channel is closed, or sending failed (EPIPE, ECONNRESET)
+├── ChannelError         a channel could not carry on
+│   └── ChannelClosedError   the channel is closed, or sending failed (EPIPE, ECONNRESET)
+└── TlsError             TLS could not be set up (netio.tls)
+    ├── TlsCredentialsError  credentials missing or unreadable (a tls-creds-x509 directory)
+    ├── TlsHandshakeError    the handshake failed: the peer's certificate, protocol or silence
+    └── TlsAuthzError        the peer's certificate is valid but its name is not allowed
 ```
 
 QMP errors live beside the QMP code and derive from the same root: `netio.qmp.QMPError` (a command
@@ -24,6 +28,10 @@ __all__ = [
     "ConnectError",
     "ListenError",
     "NetIOError",
+    "TlsAuthzError",
+    "TlsCredentialsError",
+    "TlsError",
+    "TlsHandshakeError",
     "UriError",
 ]
 
@@ -74,3 +82,23 @@ class ChannelClosedError(ChannelError):
     The `OSError` that broke the channel, if any, is the exception's ``__cause__`` and is also
     kept in the channel's ``last_error``.
     """
+
+
+class TlsError(NetIOError):
+    """TLS could not be set up on a connection or from credentials."""
+
+
+class TlsCredentialsError(TlsError):
+    """A tls-creds object's files are missing or unusable; the message names the file."""
+
+
+class TlsHandshakeError(TlsError):
+    """The TLS handshake failed; the message names the peer and the reason.
+
+    An untrusted, expired or misnamed certificate, a peer that does not speak TLS, or one that
+    went silent.
+    """
+
+
+class TlsAuthzError(TlsError):
+    """The peer's certificate is valid, but the authorization object denies its name."""
