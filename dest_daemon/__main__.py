@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from vmm.daemon import DaemonOptions
-from vmm.entry import add_common_arguments, run_daemon
+from vmm.entry import add_common_arguments, daemon_objects, run_daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,13 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `dest-daemon`."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     options = DaemonOptions(
         role="destination",
         incoming=args.incoming,
         qmp=tuple(args.qmp),
         metrics=tuple(args.metrics),
         record_dir=args.record_dir,
+        objects=daemon_objects(parser, args),
         serial_path=args.serial,
         expected_uuid=args.uuid,
         start_paused=args.paused,

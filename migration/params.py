@@ -89,7 +89,26 @@ class _Choice:
         return value
 
 
-_Spec = _IntRange | _Boolean | _Choice
+@dataclass(frozen=True, slots=True)
+class _Name:
+    """A string naming something else (an object id, a host); null resets it to "" (QEMU)."""
+
+    max_chars: int = 255
+
+    def check(self, name: str, value: object) -> str:
+        """The value, or raise naming the parameter."""
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ParameterError(f"Invalid parameter type for '{name}', expected: string")
+        if len(value) > self.max_chars or not value.isprintable():
+            raise ParameterError(
+                f"Parameter '{name}' expects printable text of at most {self.max_chars} characters"
+            )
+        return value
+
+
+_Spec = _IntRange | _Boolean | _Choice | _Name
 TIMEOUT_ACTIONS: Final = ("cancel", "throttle")
 
 # QMP name -> (attribute, what it takes). The attribute names carry the unit.
@@ -126,6 +145,9 @@ _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
         "timeout_action",
         _Choice(TIMEOUT_ACTIONS, unavailable=(("postcopy", "livemig has no postcopy yet"),)),
     ),
+    "tls-creds": ("tls_creds", _Name()),
+    "tls-hostname": ("tls_hostname", _Name()),
+    "tls-authz": ("tls_authz", _Name()),
     "x-ping-interval-ms": ("ping_interval_ms", _IntRange(10, MAX_TIMEOUT_MS, "ms")),
     "x-peer-timeout-ms": ("peer_timeout_ms", _IntRange(100, MAX_TIMEOUT_MS, "ms")),
     "x-connect-timeout-ms": ("connect_timeout_ms", _IntRange(100, MAX_TIMEOUT_MS, "ms")),
@@ -151,6 +173,9 @@ class MigrationParameters:
     completion_timeout_per_gib_s: int = 0  # 0: off
     progress_timeout_s: int = 0  # 0: off
     timeout_action: str = "cancel"
+    tls_creds: str = ""  # "": no TLS
+    tls_hostname: str = ""  # "": the host of the migration URI
+    tls_authz: str = ""  # "": any client the CA signed
     ping_interval_ms: int = 1000
     peer_timeout_ms: int = 10_000
     connect_timeout_ms: int = 5000

@@ -9,14 +9,15 @@ silent peer surfaces as an error everywhere, not only where someone remembered t
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from netio.channel import Channel
-from netio.errors import TlsCredentialsError
+from netio.errors import NetIOError, TlsAuthzError, TlsCredentialsError
 from netio.filechannel import FileChannel
 from netio.sockopts import accept, bound_address, configure_stream_socket, listen, open_connection
-from netio.tls import tls_handshake
+from netio.tls import authorization_refusal, tls_handshake
 from netio.uri import FileAddress
 
 if TYPE_CHECKING:
@@ -189,27 +190,56 @@ async def open_accepted(
     options: ChannelOptions,
     *,
     tls: TlsServer | None = None,
+    refuse: Callable[[C, str], None] | None = None,
 ) -> tuple[Channel, C]:
     """An accepted socket as a channel driving a fresh `conn_for()` (TLS handshake first).
 
     Run it in a task of the connection's own: a peer that stalls the handshake holds only its
-    task, for at most the connect timeout. The socket is closed on any failure.
+    task, for at most the connect timeout. The socket is closed on any failure. When
+    `tls.authz` denies the peer, `refuse(conn, reason)` may queue a last word for it (a
+    protocol's FAILED), which is sent over the session before the channel closes.
 
     Raises:
-        TlsError: the handshake failed, or `tls.authz` denies the peer's certificate.
+        TlsError: the handshake failed (`TlsHandshakeError`), or `tls.authz` denies the peer's
+            certificate (`TlsAuthzError`).
     """
+    peer = _peer_of(sock)
     try:
         options.tune(sock)
         session = None
         if tls is not None:
-            peer = _peer_of(sock)
             timeout_s = options.connect_timeout_s
             session = await tls_handshake(sock, tls, timeout_s=timeout_s, peer=peer)
         conn = conn_for()
-        return Channel(sock, conn, tls=session), conn
+        channel = Channel(sock, conn, tls=session)
     except BaseException:
         sock.close()
         raise
+    if tls is not None and tls.authz is not None and session is not None:
+        refusal = authorization_refusal(session, tls.authz)
+        if refusal is not None:
+            await _last_word(channel, conn, refusal, refuse, options.connect_timeout_s)
+            msg = f"{refusal} ({peer})"
+            raise TlsAuthzError(msg)
+    return channel, conn
+
+
+async def _last_word(
+    channel: Channel,
+    conn: C,
+    reason: str,
+    refuse: Callable[[C, str], None] | None,
+    timeout_s: float,
+) -> None:
+    try:
+        if refuse is not None:
+            refuse(conn, reason)
+            async with asyncio.timeout(timeout_s):
+                await channel.flush()
+    except (TimeoutError, NetIOError, OSError):
+        pass
+    finally:
+        channel.close()
 
 
 def _peer_of(sock: socket.socket) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 from netio.authz import distinguished_name
-from netio.errors import TlsAuthzError, TlsCredentialsError, TlsHandshakeError
+from netio.errors import TlsCredentialsError, TlsHandshakeError
 
 if TYPE_CHECKING:
     import socket
@@ -38,6 +38,7 @@ __all__ = [
     "TlsCredsX509",
     "TlsServer",
     "TlsSession",
+    "authorization_refusal",
     "tls_handshake",
 ]
 
@@ -143,7 +144,9 @@ async def tls_handshake(
         TlsCredentialsError: our own credentials are unusable.
         TlsHandshakeError: the peer's certificate is not trusted, expired or misnamed, the
             peer does not speak TLS, closed, or was silent for `timeout_s`.
-        TlsAuthzError: the peer's certificate is valid but `tls-authz` denies its name.
+
+    A server's `authz` is not applied here: see `authorize` (the caller may want to tell the
+    peer why over the new session first).
     """
     server = isinstance(side, TlsServer)
     context = side.creds.context()
@@ -168,10 +171,7 @@ async def tls_handshake(
     except OSError as exc:
         msg = f"TLS handshake with {peer} failed: {exc.strerror or exc}"
         raise TlsHandshakeError(msg) from exc
-    session = TlsSession(obj, incoming, outgoing)
-    if server and side.authz is not None:  # type: ignore[union-attr]
-        _authorize(session, side.authz, peer)  # type: ignore[union-attr]
-    return session
+    return TlsSession(obj, incoming, outgoing)
 
 
 async def _drive_handshake(
@@ -199,12 +199,13 @@ async def _drive_handshake(
         incoming.write(chunk)
 
 
-def _authorize(session: TlsSession, authz: Authz, peer: str) -> None:
+def authorization_refusal(session: TlsSession, authz: Authz) -> str | None:
+    """Why `authz` denies the peer of `session`, or None if it is allowed."""
     identity = session.peer_identity()
-    if identity is None or not authz.is_allowed(identity):
-        who = f"'{identity}'" if identity else "a client without a certificate"
-        msg = f"TLS authorization '{authz.id}' denies {who} ({peer})"
-        raise TlsAuthzError(msg)
+    if identity is not None and authz.is_allowed(identity):
+        return None
+    who = f"'{identity}'" if identity else "a client without a certificate"
+    return f"TLS authorization '{authz.id}' denies {who}"
 
 
 class TlsSession:

@@ -35,6 +35,7 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_COMMAND = 18
     UNSUPPORTED = 19
     BAD_METADATA = 20
+    UNAUTHORIZED = 21
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

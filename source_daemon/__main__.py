@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from vmm.daemon import DaemonOptions
-from vmm.entry import add_common_arguments, run_daemon
+from vmm.entry import add_common_arguments, daemon_objects, run_daemon
 from vmsim import ConfigError, Fill, MachineConfig, WorkloadKind
 
 # Command-line flag -> MachineConfig key.
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         qmp=tuple(args.qmp),
         metrics=tuple(args.metrics),
         record_dir=args.record_dir,
+        objects=daemon_objects(parser, args),
         serial_path=args.serial,
     )
     return run_daemon(args, options)

@@ -31,6 +31,7 @@ from migration import (
 from migration.record import dest_record, source_record, summary_fields
 from netio import FileAddress, QMPServer, VersionInfo, bind_context, parse_migration_uri
 from vmm.incoming import IncomingRouter
+from vmm.objects import ObjectRegistry, tls_client_for, tls_server_for
 from vmm.outgoing import OutgoingMigration
 from vmm.prometheus import MigrationCounts
 from vmm.records import RecordBook, wall_clock_iso
@@ -62,6 +63,7 @@ class DaemonOptions:
     expected_uuid: str | None = None
     metrics: tuple[str, ...] = ()
     record_dir: Path | None = None
+    objects: tuple[Mapping[str, object], ...] = ()  # --object, as object-add takes them
 
 
 class Vmm:
@@ -80,6 +82,9 @@ class Vmm:
         self.ledger = IncomingLedger(expected_uuid=options.expected_uuid)
         self.migration_counts = MigrationCounts()
         self.records = RecordBook(directory=options.record_dir)
+        self.objects = ObjectRegistry()
+        for props in options.objects:
+            self.objects.add(props)
         self.incoming: IncomingRouter | None = None
         self.quit_requested = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -255,6 +260,7 @@ class Vmm:
     def start_outgoing(self, address: MigrationAddress) -> OutgoingMigration:
         """`migrate`: refuse when QEMU would, else start one."""
         vm = self._check_can_migrate(address)
+        tls = tls_client_for(self.params, self.objects, address)
         migration = OutgoingMigration(
             vm=vm,
             address=address,
@@ -263,6 +269,7 @@ class Vmm:
             caps=self.caps,
             host=self,
             clock=self.clock,
+            tls=tls,
         )
         self.outgoing = migration
         bind_context(role=self.options.role)
@@ -322,6 +329,7 @@ class Vmm:
                 busy_reason=self.busy_reason,
                 params=lambda: self.params,
                 clock=self.clock,
+                tls=lambda: tls_server_for(self.params, self.objects),
             )
         return self.incoming
 

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from migration import EngineError
 from netio import configure_logging, run
 from vmm.main import serve
+from vmm.objects import ObjectRegistry, parse_object_option
 
 if TYPE_CHECKING:
     import asyncio
@@ -35,8 +37,38 @@ def record_dir(text: str) -> Path:
     return path
 
 
+def _object_option(text: str) -> dict[str, object]:
+    try:
+        return parse_object_option(text)
+    except EngineError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
+
+
+def daemon_objects(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[dict[str, object], ...]:
+    """The `--object`s, each made once to check it (a bad one is a start-up error)."""
+    registry = ObjectRegistry()
+    for props in args.object:
+        try:
+            registry.add(props)
+        except EngineError as exc:
+            parser.error(f"--object {props.get('id', '')}: {exc.message}")
+    return tuple(args.object)
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags every daemon takes: QMP addresses, event loop, logging, serial output."""
+    """Flags every daemon takes: QMP addresses, event loop, logging, serial output, objects."""
+    parser.add_argument(
+        "--object",
+        action="append",
+        default=[],
+        type=_object_option,
+        metavar="TYPE,id=ID,...",
+        help="a QEMU object: tls-creds-x509,id=tls0,dir=DIR,endpoint=server|client"
+        "[,verify-peer=on], authz-simple,id=ID,identity=DN (',,' for a comma), or a JSON "
+        "object such as an authz-list (repeatable)",
+    )
     parser.add_argument(
         "--qmp",
         action="append",

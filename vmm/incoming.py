@@ -15,15 +15,23 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from migration import ChannelKey, DestMigration, IncomingLedger, ResolveResponder, dest_info
+from migration import (
+    ChannelKey,
+    DestMigration,
+    EngineError,
+    IncomingLedger,
+    ResolveResponder,
+    dest_info,
+)
 from migration.outbox import Outbox
-from netio import ChannelListener, NetIOError, TcpAddress, read_file
+from netio import ChannelListener, NetIOError, TcpAddress, open_accepted, read_file
 from protocol import (
     ChannelAnnounced,
     ChannelRole,
     ConfigurationReceived,
     ConnectionClosed,
     DestConnection,
+    ErrorCode,
     PeerTimedOut,
     ProtocolError,
     ResolveRequested,
@@ -32,10 +40,11 @@ from vmm.outgoing import channel_options
 from vmm.runner import MachineRunner
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable, Coroutine
 
     from migration import MigrationParameters
-    from netio import ChannelLike, FileAddress, MigrationAddress, SocketAddress
+    from netio import ChannelLike, FileAddress, MigrationAddress, SocketAddress, TlsServer
     from vmm.runner import RunnerHost
 
 log = structlog.get_logger("vmm.incoming")
@@ -55,8 +64,10 @@ class IncomingRouter:
         busy_reason: Callable[[], str | None],
         params: Callable[[], MigrationParameters],
         clock: Callable[[], float],
+        tls: Callable[[], TlsServer | None] = lambda: None,
     ) -> None:
         self.ledger = ledger
+        self._tls = tls
         self._host = host
         self._busy_reason = busy_reason
         self._params = params
@@ -111,14 +122,30 @@ class IncomingRouter:
     async def _accept_loop(self, listener: ChannelListener) -> None:
         while True:
             try:
-                channel, conn = await listener.accept(
-                    self._dest_conn, lambda: channel_options(self._params())
-                )
+                sock = await listener.accept_socket()
             except OSError as exc:  # e.g. EMFILE: keep listening, RESOLVE must stay answerable
                 log.warning("incoming_accept_failed", error=str(exc))
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
-            self._unrouted[channel] = self._spawn(self._route(channel, conn, from_file=False))
+            self._spawn(self._open_and_route(sock))
+
+    async def _open_and_route(self, sock: socket.socket) -> None:
+        """Secure an accepted connection (in its own task: a stalled handshake holds only it)."""
+        try:
+            tls = self._tls()
+        except EngineError as exc:  # tls-creds names no server credentials here
+            sock.close()
+            log.warning("incoming_tls_refused", error=exc.message)
+            return
+        try:
+            channel, conn = await open_accepted(
+                sock, self._dest_conn, channel_options(self._params()), tls=tls, refuse=_refuse
+            )
+        except (NetIOError, OSError) as exc:  # closed by open_accepted
+            log.warning("incoming_connection_refused", error=str(exc), tls=tls is not None)
+            return
+        self._unrouted[channel] = asyncio.current_task()  # type: ignore[assignment]
+        await self._route(channel, conn, from_file=False)
 
     def _dest_conn(self) -> DestConnection:
         """The protocol connection of an accepted channel, with the parameters of now."""
@@ -216,6 +243,11 @@ class IncomingRouter:
     def operator_outbox(self) -> Outbox:
         """An outbox for a ledger change made by a QMP command (its actions run at once)."""
         return Outbox(self._clock())
+
+
+def _refuse(conn: DestConnection, reason: str) -> None:
+    """The last word to a source that `tls-authz` refuses: FAILED, UNAUTHORIZED."""
+    conn.send_failed(ErrorCode.UNAUTHORIZED, reason)
 
 
 async def _first_request(channel: ChannelLike) -> First | None:

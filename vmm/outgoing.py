@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from migration import MigrationCapabilities, MigrationParameters
-    from netio import MigrationAddress
+    from netio import MigrationAddress, TlsClient
     from vmm.runner import RunnerHost
     from vmm.vm import VirtualMachine
 
@@ -50,6 +50,7 @@ class OutgoingMigration:
         caps: MigrationCapabilities,
         host: RunnerHost,
         clock: Callable[[], float],
+        tls: TlsClient | None = None,
     ) -> None:
         self.vm = vm
         self.address = address
@@ -71,6 +72,7 @@ class OutgoingMigration:
             options=lambda: channel_options(params()),
             clock=clock,
             context=lambda: {"role": "source", "migration_id": migration_id},
+            tls=tls,
         )
 
     @property

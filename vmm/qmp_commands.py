@@ -5,7 +5,8 @@ migrate-continue, query-migrate, migrate-set-parameters, query-migrate-parameter
 migrate-set-capabilities, query-migrate-capabilities, set-vcpu-dirty-limit,
 cancel-vcpu-dirty-limit, query-vcpu-dirty-limit. livemig's own (x- prefixed): x-query-vm
 (ticks, digest, config, for `livemig replay`), x-migrate-resolve and x-migrate-incoming-resolve
-(docs/handover.md), x-query-migration-records (docs/observability.md).
+(docs/handover.md), x-query-migration-records (docs/observability.md); QEMU's object-add and
+object-del for TLS credentials and authorization objects (docs/security.md).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def build_registry(vmm: Vmm) -> CommandRegistry:
         ("x-query-migration-outcome", commands.query_migration_outcome),
         ("x-migrate-incoming-resolve", commands.migrate_incoming_resolve),
         ("x-query-migration-records", commands.query_migration_records),
+        ("object-add", commands.object_add),
+        ("object-del", commands.object_del),
     ):
         registry.register(name, _guarded(handler))
     return registry
@@ -327,6 +330,20 @@ class _Commands:
         if record is not None:
             reply["vm-uuid"] = record.uuid
         return reply
+
+    # -- objects (QEMU's object-add / object-del: TLS credentials, authorization) --------
+
+    async def object_add(self, args: Args) -> object:
+        props = args.rest()
+        args.finish()
+        self._vmm.objects.add(props)
+        return {}
+
+    async def object_del(self, args: Args) -> object:
+        object_id = args.string("id")
+        args.finish()
+        self._vmm.objects.delete(object_id)
+        return {}
 
     # -- records -------------------------------------------------------------------------
 

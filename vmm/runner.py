@@ -29,7 +29,7 @@ from protocol import ConnectionClosed, PeerTimedOut, ProtocolError
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
 
-    from netio import ChannelLike, ChannelOptions, MigrationAddress
+    from netio import ChannelLike, ChannelOptions, MigrationAddress, TlsClient
     from protocol import Event as ProtocolEvent
     from protocol import SourceConnection
     from vmsim import Machine, MachineConfig, RunState
@@ -119,6 +119,7 @@ class MachineRunner:
         options: socket options for channels it opens (read when one is opened).
         clock: the loop's clock.
         context: fields every log line of this machine carries (role, migration id).
+        tls: how channels it opens are secured (`tls-creds`), or None for plaintext.
     """
 
     def __init__(
@@ -130,8 +131,10 @@ class MachineRunner:
         options: Callable[[], ChannelOptions],
         clock: Callable[[], float],
         context: Callable[[], Mapping[str, object]],
+        tls: TlsClient | None = None,
     ) -> None:
         self.machine = machine
+        self._tls = tls
         self._host = host
         self._address = address
         self._options = options
@@ -268,7 +271,9 @@ class MachineRunner:
             self.feed(inp.ChannelOpenFailed(channel=key, reason="no address to connect to"))
             return
         try:
-            channel = await connect_channel(self._address, conn, self._options(), clock=self._clock)
+            channel = await connect_channel(
+                self._address, conn, self._options(), clock=self._clock, tls=self._tls
+            )
         except (NetIOError, OSError) as exc:
             self.feed(inp.ChannelOpenFailed(channel=key, reason=str(exc)))
             return

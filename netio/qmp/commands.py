@@ -112,6 +112,12 @@ class Args:
     def __repr__(self) -> str:
         return f"Args({self._members!r})"
 
+    def rest(self) -> dict[str, object]:
+        """Take every member not read yet (an open-ended command such as `object-add`)."""
+        taken = {name: self._members[name] for name in self._unconsumed}
+        self._unconsumed.clear()
+        return taken
+
     def full_name(self, name: str) -> str:
         """Return how member ``name`` is named in error messages (``a.b``, ``list[0].c``)."""
         return f"{self._path}.{name}" if self._path else name

@@ -1,0 +1,276 @@
+"""Migrations over TLS between in-process daemons: QEMU's objects and parameters, real sockets.
+
+The source holds `tls-creds-x509,endpoint=client`, the destination `endpoint=server`; with
+`tls-creds` set on both, every channel is TLS 1.3 with both peers verified. Each refusal fails
+the migration with a clear error-desc and the VM runs on at the source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+
+from livemig.certs import CertificateAuthority, client_identity, make_creds_dir
+from netio import (
+    ChannelOptions,
+    QMPCommandError,
+    TcpAddress,
+    TlsClient,
+    TlsCredsX509,
+    connect_channel,
+)
+from tests.helpers.fake_conn import FakeConnection
+from tests.helpers.inproc import FINAL, Daemon, make_pair
+from tests.integration.paths import SRC_COMPLETED
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return CertificateAuthority.create()
+
+
+def creds(tmp: Path, ca: CertificateAuthority, name: str = "tls") -> Path:
+    directory = tmp / name
+    make_creds_dir(directory, ["localhost", "127.0.0.1"], ca=ca)
+    return directory
+
+
+async def use_tls(daemon: Daemon, directory: Path, endpoint: str, **parameters: object) -> None:
+    object_id = f"tls-{endpoint}"  # a daemon may hold both ends (A -> B -> A)
+    await daemon.execute(
+        "object-add",
+        {
+            "qom-type": "tls-creds-x509",
+            "id": object_id,
+            "dir": str(directory),
+            "endpoint": endpoint,
+        },
+    )
+    await daemon.execute("migrate-set-parameters", {"tls-creds": object_id, **parameters})
+
+
+async def failed_at_source(pair) -> str:
+    assert "failed" == await pair.source.wait(FINAL)
+    info = await pair.source.execute("query-migrate")
+    assert await pair.source.runs(), "the VM must run on at the source"
+    return str(info["error-desc"])
+
+
+def test_a_migration_over_tls_completes_and_matches_the_replay(run, tmp, ca):
+    directory = creds(tmp, ca)
+
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            await use_tls(pair.source, directory, "client")
+            await use_tls(pair.dest, directory, "server")
+            await pair.migrate()
+            assert "completed" == await pair.source.wait(FINAL)
+            assert SRC_COMPLETED == pair.source.source_path()
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_plaintext_source_is_refused_by_a_tls_destination(run, tmp, ca):
+    directory = creds(tmp, ca)
+
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            await use_tls(pair.dest, directory, "server")
+            await pair.migrate()
+            error = await failed_at_source(pair)
+            assert "connection to the destination closed" in error
+            assert pair.dest.vmm.ledger.current is None  # nothing was received
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_tls_source_is_refused_by_a_plaintext_destination(run, tmp, ca):
+    directory = creds(tmp, ca)
+
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            await use_tls(pair.source, directory, "client")
+            await pair.migrate()
+            error = await failed_at_source(pair)
+            assert "cannot connect: " in error
+            assert "TLS" in error
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_destination_signed_by_another_ca_is_not_trusted(run, tmp, ca):
+    ours, theirs = creds(tmp, ca), creds(tmp, CertificateAuthority.create(), "other")
+
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            await use_tls(pair.source, ours, "client")
+            await use_tls(pair.dest, theirs, "server")
+            await pair.migrate()
+            error = await failed_at_source(pair)
+            assert "is not accepted" in error
+            assert "it is not signed by the CA in" in error
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_tls_hostname_the_certificate_does_not_name_is_refused(run, tmp, ca):
+    directory = creds(tmp, ca)
+
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            await use_tls(pair.source, directory, "client", **{"tls-hostname": "other.example"})
+            await use_tls(pair.dest, directory, "server")
+            await pair.migrate()
+            error = await failed_at_source(pair)
+            assert "Hostname mismatch" in error
+            assert "other.example" in error
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_client_the_authz_list_denies_is_told_why(run, tmp, ca):
+    directory = creds(tmp, ca)
+
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            await use_tls(pair.source, directory, "client")
+            await pair.dest.execute(
+                "object-add",
+                {
+                    "qom-type": "authz-list",
+                    "id": "auth0",
+                    "policy": "deny",
+                    "rules": [{"match": "CN=admin,O=livemig", "policy": "allow"}],
+                },
+            )
+            await use_tls(pair.dest, directory, "server", **{"tls-authz": "auth0"})
+            await pair.migrate()
+            error = await failed_at_source(pair)
+            assert f"TLS authorization 'auth0' denies '{client_identity()}'" in error
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_certificate_removed_between_migrations_is_a_clear_error(run, tmp, ca):
+    directory = creds(tmp, ca)
+
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        a, b = pair.source, pair.dest
+        try:
+            await use_tls(a, directory, "client")
+            await use_tls(b, directory, "server")
+            await b.execute(  # B will send the VM back: its client end, made while intact
+                "object-add",
+                {"qom-type": "tls-creds-x509", "id": "back", "dir": str(directory),
+                 "endpoint": "client"},
+            )  # fmt: skip
+            await pair.migrate()
+            assert "completed" == await a.wait(FINAL)
+
+            (directory / "client-key.pem").unlink()
+            await a.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+            await b.execute("migrate-set-parameters", {"tls-creds": "back"})
+            await b.execute("migrate", {"uri": a.incoming_uri})
+            assert "failed" == await b.wait(FINAL)
+            info = await b.execute("query-migrate")
+            assert f"{directory / 'client-key.pem'} is missing" in info["error-desc"]
+            assert await b.runs()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_qemu_refusals_for_tls_parameters_and_objects(run, tmp, ca):
+    directory = creds(tmp, ca)
+
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            source = pair.source
+            await source.execute("migrate-set-parameters", {"tls-creds": "nope"})
+            with pytest.raises(QMPCommandError, match="No TLS credentials with id 'nope'"):
+                await pair.migrate()
+            await use_tls(source, directory, "server")  # the wrong end for a source
+            with pytest.raises(QMPCommandError, match="Expecting TLS credentials with a client"):
+                await pair.migrate()
+            with pytest.raises(
+                QMPCommandError, match="an object with id 'tls-server' already exists"
+            ):
+                await source.execute(
+                    "object-add",
+                    {"qom-type": "tls-creds-x509", "id": "tls-server", "dir": str(directory)},
+                )
+            with pytest.raises(QMPCommandError, match=r"/missing/ca-cert\.pem is missing"):
+                await source.execute(
+                    "object-add",
+                    {"qom-type": "tls-creds-x509", "id": "t1", "dir": str(tmp / "missing")},
+                )
+            with pytest.raises(QMPCommandError, match="invalid object type: secret"):
+                await source.execute("object-add", {"qom-type": "secret", "id": "s"})
+            await source.execute("object-del", {"id": "tls-server"})
+            with pytest.raises(QMPCommandError, match="object 'tls-server' not found"):
+                await source.execute("object-del", {"id": "tls-server"})
+            params = await source.execute("query-migrate-parameters")
+            assert "tls-server" == params["tls-creds"]
+            await source.execute("migrate-set-parameters", {"tls-creds": None})
+            assert "" == (await source.execute("query-migrate-parameters"))["tls-creds"]
+            assert await source.runs()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_stalled_handshake_and_garbage_after_one_do_not_hold_up_a_migration(run, tmp, ca):
+    directory = creds(tmp, ca)
+
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            await use_tls(pair.source, directory, "client")
+            await use_tls(pair.dest, directory, "server")
+            host, port = pair.uri.removeprefix("tcp:").rsplit(":", 1)
+            _, stalled = await asyncio.open_connection(host, int(port))
+            stalled.write(b"\x16\x03\x01")  # a ClientHello that never finishes
+            client = TlsClient(
+                creds=TlsCredsX509(id="c", dir=directory, endpoint="client"), hostname=host
+            )
+            address = TcpAddress(host=host, port=int(port))
+            noisy = await connect_channel(address, FakeConnection(), ChannelOptions(), tls=client)
+            noisy.sock.sendall(os.urandom(4096))  # valid handshake, then garbage under TLS
+            await pair.migrate()
+            assert "completed" == await pair.source.wait(FINAL)
+            await pair.dest.assert_matches_replay()
+            stalled.close()
+            noisy.close()
+        finally:
+            await pair.close()
+
+    run(main)
