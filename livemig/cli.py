@@ -27,7 +27,7 @@ from livemig.report import (
 )
 from livemig.report_chart import draw_report_chart
 from livemig.resolve import ResolveError, resolve
-from netio import NetIOError, QMPClient, configure_logging
+from netio import NetIOError, QMPClient, TlsCredsX509, configure_logging
 
 
 def _on_off(text: str) -> tuple[str, bool]:
@@ -160,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     qmp.add_argument("address", help="tcp:HOST:PORT or unix:PATH")
     qmp.add_argument("name", help="the command, e.g. query-status")
     qmp.add_argument("arguments", nargs="?", help="its arguments as a JSON object")
+    qmp.add_argument(
+        "--tls-creds", type=Path, metavar="DIR",
+        help="speak TLS, with the client certificate in DIR (QEMU's layout: livemig certs)",
+    )  # fmt: skip
+    qmp.add_argument("--tls-hostname", help="the name in the server's certificate (default: HOST)")
 
     _add_report_and_certs(sub)
     fault_cli.add_parser(sub)
@@ -196,9 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-async def _qmp_once(address: str, name: str, arguments: dict[str, object] | None) -> object:
-    async with await QMPClient.connect(address) as client:
-        return await client.execute(name, arguments)
+async def _qmp_once(args: argparse.Namespace) -> object:
+    arguments = json.loads(args.arguments) if args.arguments else None
+    context = None
+    if args.tls_creds is not None:
+        context = TlsCredsX509(id="livemig", dir=args.tls_creds, endpoint="client").context()
+    async with await QMPClient.connect(
+        args.address, ssl=context, server_hostname=args.tls_hostname
+    ) as client:
+        return await client.execute(args.name, arguments)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -239,8 +250,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
         print(json.dumps(replay_digest(load_config(args.config), args.ticks)))
         return 0
     if args.command == "qmp":
-        arguments = json.loads(args.arguments) if args.arguments else None
-        print(json.dumps(asyncio.run(_qmp_once(args.address, args.name, arguments)), indent=2))
+        print(json.dumps(asyncio.run(_qmp_once(args)), indent=2))
         return 0
     if args.command == "fault":
         print(fault_cli.run(args))

@@ -70,6 +70,7 @@ from netio.uri import (
     UnixAddress,
     parse_migration_uri,
     parse_qmp_address,
+    split_qmp_tls,
 )
 
 __all__ = [
@@ -131,4 +132,5 @@ __all__ = [
     "parse_qmp_address",
     "read_file",
     "run",
+    "split_qmp_tls",
 ]

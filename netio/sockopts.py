@@ -161,7 +161,9 @@ def _reason(exc: OSError) -> str:
     return text[:1].lower() + text[1:]
 
 
-def listen(address: SocketAddress, *, backlog: int = _DEFAULT_BACKLOG) -> socket.socket:
+def listen(
+    address: SocketAddress, *, backlog: int = _DEFAULT_BACKLOG, unix_mode: int | None = None
+) -> socket.socket:
     """Create a non-blocking listening socket.
 
     TCP port 0 lets the kernel pick a port: read it back with `bound_address`. A stale unix
@@ -171,6 +173,8 @@ def listen(address: SocketAddress, *, backlog: int = _DEFAULT_BACKLOG) -> socket
     Args:
         address: Where to listen. An empty TCP host means every interface.
         backlog: The listen backlog.
+        unix_mode: The permissions of a unix socket's file, set before it listens (0o600:
+            its owner only).
 
     Returns:
         The listening socket.
@@ -180,7 +184,7 @@ def listen(address: SocketAddress, *, backlog: int = _DEFAULT_BACKLOG) -> socket
     """
     try:
         if isinstance(address, UnixAddress):
-            sock = _listen_unix(address.path, backlog)
+            sock = _listen_unix(address.path, backlog, unix_mode)
         else:
             sock = _listen_tcp(address, backlog)
     except OSError as exc:
@@ -205,7 +209,7 @@ def _listen_tcp(address: TcpAddress, backlog: int) -> socket.socket:
     return socket.create_server(sockaddr[:2], family=family, backlog=backlog)
 
 
-def _listen_unix(path: str, backlog: int) -> socket.socket:
+def _listen_unix(path: str, backlog: int, mode: int | None) -> socket.socket:
     socket_path = Path(path)
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(socket_path.stat().st_mode):
@@ -213,6 +217,8 @@ def _listen_unix(path: str, backlog: int) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        if mode is not None:
+            socket_path.chmod(mode)  # before listen: nobody connects in between
         sock.listen(backlog)
     except BaseException:
         sock.close()

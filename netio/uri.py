@@ -145,6 +145,33 @@ def parse_qmp_address(text: str, *, listen: bool = False) -> SocketAddress:
     return UnixAddress(path=_check_unix_path(target, what=what))
 
 
+def split_qmp_tls(text: str) -> tuple[str, str | None]:
+    """Take QEMU's chardev option ``tls-creds=ID`` off a QMP address: (address, ID or None).
+
+    ``tcp:0.0.0.0:4444,tls-creds=tls0`` serves QMP over TLS with the credentials object
+    ``tls0`` (QEMU's ``-chardev socket,...,tls-creds=tls0``).
+
+    Raises:
+        UriError: the option is given twice or empty, or on a unix: address.
+    """
+    parts = text.replace(",,", "\0").split(",")
+    kept, creds = [parts[0]], list[str]()
+    for option in parts[1:]:
+        name, _, value = option.partition("=")
+        if name == "tls-creds":
+            creds.append(value)
+        else:
+            kept.append(option)
+    if not creds:
+        return text, None
+    what = f"invalid QMP address {text!r}"
+    if len(creds) > 1 or not creds[0]:
+        raise UriError(f"{what}: tls-creds takes one object id")
+    if not text.startswith("tcp:"):
+        raise UriError(f"{what}: tls-creds is for tcp: addresses")
+    return ",".join(kept).replace("\0", ",,"), creds[0].replace("\0", ",")
+
+
 def _strip_chardev_options(rest: str, *, what: str) -> str:
     """Split QEMU chardev options off, check they are the tolerated ones, return the target."""
     parts = rest.replace(",,", "\0").split(",")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 from typing import TYPE_CHECKING
 
 import structlog
 
-from netio import QMPServer, bind_context
+from netio import QMPServer, TcpAddress, bind_context, split_qmp_tls
 from vmm.daemon import Vmm, version_info
 from vmm.prometheus import MetricsServer
 from vmm.qmp_commands import build_registry
@@ -28,7 +29,7 @@ async def serve(options: DaemonOptions, shutdown: asyncio.Event) -> int:
     metrics = MetricsServer(vmm)
     try:
         for address in options.qmp:
-            await server.start(address)
+            await _serve_qmp(server, vmm, address)
         for address in options.metrics:
             await metrics.start(address)
         await vmm.start()
@@ -47,6 +48,32 @@ async def serve(options: DaemonOptions, shutdown: asyncio.Event) -> int:
         await server.close()
     log.info("daemon_stopped")
     return 0
+
+
+async def _serve_qmp(server: QMPServer, vmm: Vmm, text: str) -> None:
+    """One `--qmp` address: TLS with `,tls-creds=ID`; a warning for plaintext off loopback.
+
+    Raises:
+        NetIOError: the address is malformed or cannot be listened on.
+        EngineError: `tls-creds` names no server credentials.
+    """
+    address, creds_id = split_qmp_tls(text)
+    context = vmm.objects.tls_creds(creds_id, "server").context() if creds_id else None
+    bound = await server.start(address, ssl=context)
+    if context is None and isinstance(bound, TcpAddress) and not _loopback(bound.host):
+        log.warning(
+            "qmp_without_tls",
+            address=str(bound),
+            why="anyone who can reach this port controls the VM and can migrate its memory "
+            "away; add tls-creds=ID (docs/security.md)",
+        )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _freeze_startup_objects() -> None:

@@ -32,6 +32,7 @@ from netio.sockopts import open_connection
 from netio.uri import SocketAddress, parse_qmp_address
 
 if TYPE_CHECKING:
+    import ssl as ssl_module
     from collections.abc import AsyncIterator, Callable, Mapping
     from types import TracebackType
 
@@ -139,6 +140,8 @@ class QMPClient:
         timeout_s: float = 5.0,
         *,
         negotiate: bool = True,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Self:
         """Connect, read the greeting and (by default) negotiate capabilities.
 
@@ -146,6 +149,9 @@ class QMPClient:
             address: A `TcpAddress`/`UnixAddress` or text (``tcp:HOST:PORT``, ``unix:PATH``).
             timeout_s: Limit for connecting, the greeting and negotiation together.
             negotiate: Send ``qmp_capabilities`` (False leaves the session in negotiation mode).
+            ssl: Speak TLS with this (client) context.
+            server_hostname: The name the server's certificate must have (by default the
+                address's host).
 
         Returns:
             The connected client.
@@ -159,8 +165,11 @@ class QMPClient:
         try:
             async with asyncio.timeout(timeout_s):
                 sock = await open_connection(address, timeout_s)
-                reader, writer = await asyncio.open_connection(sock=sock)
-        except (ConnectError, TimeoutError) as exc:
+                hostname = server_hostname or getattr(address, "host", None)
+                reader, writer = await asyncio.open_connection(
+                    sock=sock, ssl=ssl, server_hostname=hostname if ssl is not None else None
+                )
+        except (ConnectError, TimeoutError, OSError) as exc:
             raise QMPConnectionError(f"cannot connect to QMP at {address}: {exc}") from exc
         client = cls(reader, writer, address=str(address))
         try:

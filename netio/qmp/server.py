@@ -37,6 +37,7 @@ from netio.sockopts import bound_address, listen
 from netio.uri import SocketAddress, UnixAddress, parse_qmp_address
 
 if TYPE_CHECKING:
+    import ssl as ssl_module
     from collections.abc import Callable, Mapping
 
     from netio.qmp.jsonstream import ParsedMessage
@@ -166,12 +167,18 @@ class QMPServer:
         """Connected clients, negotiated or not."""
         return len(self._sessions)
 
-    async def start(self, address: SocketAddress | str) -> SocketAddress:
+    async def start(
+        self, address: SocketAddress | str, *, ssl: ssl_module.SSLContext | None = None
+    ) -> SocketAddress:
         """Listen on one more address.
+
+        A unix socket is made readable and writable by its owner only (0600): whoever can
+        reach QMP controls the VM.
 
         Args:
             address: A `TcpAddress`/`UnixAddress`, or text such as ``tcp:127.0.0.1:0`` or
                 ``unix:/run/vm.qmp,server=on,wait=off``.
+            ssl: Serve over TLS with this (server) context (`TlsCredsX509.context`).
 
         Returns:
             The bound address (the real port when asked for port 0).
@@ -184,16 +191,16 @@ class QMPServer:
             raise RuntimeError("the QMP server is closed")
         if isinstance(address, str):
             address = parse_qmp_address(address, listen=True)
-        sock = listen(address)
+        sock = listen(address, unix_mode=0o600)
         bound = bound_address(sock)
         try:
-            server = await asyncio.start_server(self._serve_client, sock=sock)
+            server = await asyncio.start_server(self._serve_client, sock=sock, ssl=ssl)
         except BaseException:
             sock.close()
             raise
         self._servers.append(server)
         self._addresses.append(bound)
-        _log.info("qmp_listening", address=str(bound))
+        _log.info("qmp_listening", address=str(bound), tls=ssl is not None)
         return bound
 
     def emit_event(self, name: str, data: Mapping[str, object] | None = None) -> None:
