@@ -6,7 +6,12 @@ import argparse
 import sys
 
 from vmm.daemon import DaemonOptions
-from vmm.entry import add_common_arguments, daemon_objects, run_daemon
+from vmm.entry import (
+    add_common_arguments,
+    daemon_migration_settings,
+    daemon_objects,
+    run_daemon,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `dest-daemon`."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    settings = daemon_migration_settings(parser, args)
     options = DaemonOptions(
         role="destination",
         incoming=args.incoming,
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics=tuple(args.metrics),
         record_dir=args.record_dir,
         objects=daemon_objects(parser, args),
+        parameters=settings[0],
+        capabilities=settings[1],
         serial_path=args.serial,
         expected_uuid=args.uuid,
         start_paused=args.paused,

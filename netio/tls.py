@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -42,8 +43,8 @@ __all__ = [
     "tls_handshake",
 ]
 
-Endpoint = Literal["server", "client"]
-TLS_FILES: Final = {
+Endpoint = Literal["server", "client", "x-any"]
+TLS_FILES: Final[dict[str, tuple[str, str]]] = {
     "server": ("server-cert.pem", "server-key.pem"),
     "client": ("client-cert.pem", "client-key.pem"),
 }
@@ -61,19 +62,32 @@ _NOT_TLS_REASONS: Final = frozenset(
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TlsCredsX509:
-    """QEMU's `tls-creds-x509` object: where the certificates are and which end this is."""
+    """QEMU's `tls-creds-x509` object: where the certificates are and which end this is.
+
+    `endpoint` is QEMU's `server` or `client`, or livemig's `x-any`: a directory holding both
+    ends' certificates (what `livemig certs` writes), for a daemon that sends VMs and receives
+    them back; `for_endpoint` picks the end a connection needs.
+    """
 
     id: str
     dir: Path
     endpoint: Endpoint
     verify_peer: bool = True
 
+    def for_endpoint(self, endpoint: Literal["server", "client"]) -> TlsCredsX509:
+        """These credentials for one end (itself unless `x-any`)."""
+        return self if self.endpoint == endpoint else dataclasses.replace(self, endpoint=endpoint)
+
     def context(self) -> ssl.SSLContext:
         """A TLS 1.3 context from the files as they are now.
 
         Raises:
             TlsCredentialsError: a file is missing or is not a valid PEM certificate or key.
+            ValueError: the endpoint is `x-any` (pick one with `for_endpoint`).
         """
+        if self.endpoint == "x-any":
+            msg = "x-any credentials make a context only for one end (for_endpoint)"
+            raise ValueError(msg)
         server = self.endpoint == "server"
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_3

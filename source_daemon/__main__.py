@@ -8,7 +8,12 @@ import sys
 from pathlib import Path
 
 from vmm.daemon import DaemonOptions
-from vmm.entry import add_common_arguments, daemon_objects, run_daemon
+from vmm.entry import (
+    add_common_arguments,
+    daemon_migration_settings,
+    daemon_objects,
+    run_daemon,
+)
 from vmsim import ConfigError, Fill, MachineConfig, WorkloadKind
 
 # Command-line flag -> MachineConfig key.
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         config = machine_config(args)
     except (ConfigError, OSError, ValueError) as exc:
         parser.error(str(exc))
+    settings = daemon_migration_settings(parser, args)
     options = DaemonOptions(
         role="source",
         vm_config=config,
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics=tuple(args.metrics),
         record_dir=args.record_dir,
         objects=daemon_objects(parser, args),
+        parameters=settings[0],
+        capabilities=settings[1],
         serial_path=args.serial,
     )
     return run_daemon(args, options)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -64,6 +64,8 @@ class DaemonOptions:
     metrics: tuple[str, ...] = ()
     record_dir: Path | None = None
     objects: tuple[Mapping[str, object], ...] = ()  # --object, as object-add takes them
+    parameters: Mapping[str, object] = field(default_factory=dict)  # --global migration.X=V
+    capabilities: Mapping[str, bool] = field(default_factory=dict)
 
 
 class Vmm:
@@ -74,8 +76,8 @@ class Vmm:
         self.options = options
         self.qmp: QMPServer | None = None
         self.clock: Callable[[], float] = loop.time
-        self.params = MigrationParameters()
-        self.caps = MigrationCapabilities()
+        self.params = MigrationParameters().updated(options.parameters)
+        self.caps = MigrationCapabilities().updated(options.capabilities)
         self.vm: VirtualMachine | None = None
         self.autostart = not options.start_paused
         self.outgoing: OutgoingMigration | None = None

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from migration import EngineError
+from migration import EngineError, MigrationCapabilities, MigrationParameters, capability_names
 from netio import configure_logging, run
 from vmm.main import serve
 from vmm.objects import ObjectRegistry, parse_object_option
@@ -57,8 +57,58 @@ def daemon_objects(
     return tuple(args.object)
 
 
+def _global_option(text: str) -> tuple[str, object]:
+    """QEMU's ``-global migration.NAME=VALUE``: a migration parameter or capability at start."""
+    prop, sep, value = text.partition("=")
+    owner, dot, name = prop.partition(".")
+    if not sep or owner != "migration" or not dot or not name:
+        msg = f"expected migration.NAME=VALUE, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    if value in ("on", "off", "true", "false", "yes", "no"):
+        return name, value in ("on", "true", "yes")
+    try:
+        return name, int(value)
+    except ValueError:
+        return name, value
+
+
+def daemon_migration_settings(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[dict[str, object], dict[str, bool]]:
+    """The `--global migration.X=V`s as (parameters, capabilities), checked at start."""
+    parameters: dict[str, object] = {}
+    capabilities: dict[str, bool] = {}
+    for name, value in args.globals:
+        if name in capability_names():
+            if not isinstance(value, bool):
+                parser.error(f"--global migration.{name} takes on or off")
+            capabilities[name] = value
+        else:
+            parameters[name] = value
+    try:
+        MigrationParameters().updated(parameters)
+        MigrationCapabilities().updated(capabilities)
+    except EngineError as exc:
+        parser.error(f"--global: {exc.message}")
+    ids = {props.get("id") for props in args.object}
+    for name in ("tls-creds", "tls-authz"):
+        if parameters.get(name) and parameters[name] not in ids:
+            parser.error(f"--global migration.{name}={parameters[name]}: no --object has that id")
+    return parameters, capabilities
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags every daemon takes: QMP addresses, event loop, logging, serial output, objects."""
+    parser.add_argument(
+        "--global",
+        dest="globals",
+        action="append",
+        default=[],
+        type=_global_option,
+        metavar="migration.NAME=VALUE",
+        help="a migration parameter or capability from the start, as QEMU's -global "
+        "(e.g. migration.tls-creds=tls0, migration.events=on; repeatable)",
+    )
     parser.add_argument(
         "--object",
         action="append",

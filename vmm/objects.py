@@ -5,7 +5,8 @@ endpoint=server,verify-peer=on``, a doubled comma for a literal one, or a JSON o
 accepts for `authz-list` rules), or with QMP `object-add` / `object-del`. Migrations name them
 through the parameters `tls-creds` and `tls-authz`.
 
-Types: `tls-creds-x509` (dir, endpoint server|client, verify-peer), `authz-simple` (identity),
+Types: `tls-creds-x509` (dir, endpoint server|client, or livemig's x-any for a daemon that sends
+and receives, verify-peer), `authz-simple` (identity),
 `authz-list` (policy allow|deny, rules: [{match, policy, format exact|glob}]).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from migration import CommandRefusedError, ParameterError
 from netio import (
@@ -75,7 +76,7 @@ class ObjectRegistry:
             msg = f"object '{object_id}' not found"
             raise CommandRefusedError(msg)
 
-    def tls_creds(self, object_id: str, endpoint: str) -> TlsCredsX509:
+    def tls_creds(self, object_id: str, endpoint: Literal["server", "client"]) -> TlsCredsX509:
         """The credentials `tls-creds` names, for this end (QEMU's messages).
 
         Raises:
@@ -85,10 +86,10 @@ class ObjectRegistry:
         if not isinstance(creds, TlsCredsX509):
             msg = f"No TLS credentials with id '{object_id}'"
             raise CommandRefusedError(msg)
-        if creds.endpoint != endpoint:
+        if creds.endpoint not in (endpoint, "x-any"):
             msg = f"Expecting TLS credentials with a {endpoint} endpoint ('{object_id}')"
             raise CommandRefusedError(msg)
-        return creds
+        return creds.for_endpoint(endpoint)
 
     def authz(self, object_id: str) -> Authz:
         """The authorization object `tls-authz` names.
@@ -208,8 +209,8 @@ def _make(qom_type: str, object_id: str, values: dict[str, object]) -> UserObjec
 
 def _tls_creds(object_id: str, values: Mapping[str, object]) -> TlsCredsX509:
     endpoint = _text(values, "endpoint", "client")
-    if endpoint not in ("server", "client"):
-        msg = f"Parameter 'endpoint' does not accept value '{endpoint}' (server or client)"
+    if endpoint not in ("server", "client", "x-any"):
+        msg = f"Parameter 'endpoint' does not accept value '{endpoint}' (server, client, x-any)"
         raise ParameterError(msg)
     creds = TlsCredsX509(
         id=object_id,
@@ -217,8 +218,10 @@ def _tls_creds(object_id: str, values: Mapping[str, object]) -> TlsCredsX509:
         endpoint=endpoint,  # type: ignore[arg-type]
         verify_peer=_flag(values, "verify-peer", default=True),
     )
+    ends = ("server", "client") if endpoint == "x-any" else (endpoint,)
     try:
-        creds.context()  # QEMU loads the files when the object is made
+        for end in ends:  # QEMU loads the files when the object is made
+            creds.for_endpoint(end).context()  # type: ignore[arg-type]
     except NetIOError as exc:
         raise ParameterError(str(exc)) from exc
     return creds

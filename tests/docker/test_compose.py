@@ -38,6 +38,11 @@ async def check_and_continue(qmp_address: str) -> None:
 
 
 async def test_migrate_between_containers_there_and_back(compose: Compose) -> None:
+    """Over TLS, as compose sets it up by default: both daemons verify each other."""
+    for address in (SOURCE_QMP, DEST_QMP):
+        async with await QMPClient.connect(address) as client:
+            parameters = await client.execute("query-migrate-parameters")
+        assert "tls0" == parameters["tls-creds"], address
     there = livemig(
         "migrate", "--from", SOURCE_QMP, "--to", "tcp:dest:7777", "--cap", "x-digest-check=on"
     )
