@@ -26,6 +26,7 @@ from bench import (
     qemu,
     scrape_cost,
     throughput,
+    tls,
     wire,
 )
 from bench.common import DEFAULT_OUT, Run, Settings, header, say, to_json, write_json
@@ -46,6 +47,7 @@ FIGURES: Final[dict[str, Figure]] = {
 ON_DEMAND: Final[dict[str, Figure]] = {
     "engine": engine.engine,  # needs --baseline
     "metrics": scrape_cost.scrape_cost,  # the cost of serving Prometheus scrapes
+    "tls": tls.tls,  # TLS 1.3 migrations against plaintext
 }
 ALIASES: Final = {"zero": "zero_pages"}
 
