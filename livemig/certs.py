@@ -115,6 +115,26 @@ class CertificateAuthority:
             ),
         )
 
+    def revocation_list(self, revoked: Sequence[bytes] = ()) -> bytes:
+        """A CRL (``ca-crl.pem``) revoking the given PEM certificates, valid for a day."""
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=1))
+        )
+        for pem in revoked:
+            serial = x509.load_pem_x509_certificate(pem).serial_number
+            entry = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(now - dt.timedelta(minutes=1))
+                .build()
+            )
+            builder = builder.add_revoked_certificate(entry)
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
 
 def make_creds_dir(
     directory: Path,

@@ -325,3 +325,28 @@ def test_distinguished_names_are_written_as_qemu_writes_them():
     subject = ((("countryName", "GB"),), (("organizationName", "Example, Org"),),
                (("commonName", "laptop.example.com"),))  # fmt: skip
     assert "CN=laptop.example.com,O=Example\\, Org,C=GB" == distinguished_name(subject)
+
+
+def test_a_revoked_client_certificate_is_refused_when_a_crl_is_present(run, ca, creds_dir):
+    revoked = (creds_dir / "client-cert.pem").read_bytes()
+    write_pem(creds_dir / "ca-crl.pem", ca.revocation_list([revoked]))
+
+    async def main():
+        results, _, _ = await connect_pair(server_side(creds_dir), client_side(creds_dir))
+        error = refusal(results, side=0)
+        assert isinstance(error, TlsHandshakeError)
+        assert "certificate revoked" in str(error)
+
+    run(main)
+
+
+def test_a_crl_that_revokes_nothing_lets_everyone_in(run, ca, creds_dir):
+    write_pem(creds_dir / "ca-crl.pem", ca.revocation_list())
+
+    async def main():
+        (accepted, client), _, _ = await connect_pair(
+            server_side(creds_dir), client_side(creds_dir)
+        )
+        close_all(accepted[0], client)
+
+    run(main)
