@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -14,11 +17,21 @@ from vmsim import MachineConfig, replay
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
-    from pathlib import Path
 
 pytestmark = pytest.mark.e2e
 
 FINAL = frozenset({"completed", "failed", "cancelled"})
+LIVEMIG = str(Path(sys.executable).parent / "livemig")
+
+
+async def livemig(*arguments: str) -> tuple[int, str, str]:
+    """Run the `livemig` CLI as a user would: (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        LIVEMIG, *arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])

@@ -11,14 +11,16 @@ import asyncio
 import json
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e.conftest import dest_args, migrate, qmp, source_args
+from tests.e2e.conftest import dest_args, livemig, migrate, qmp, source_args
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-LIVEMIG = str(Path(sys.executable).parent / "livemig")
 _SETUP_EVENTS = ("migration_setup", "incoming_setup")
 
 
@@ -32,15 +34,6 @@ def migration_lines(lines: list[dict[str, object]]) -> list[dict[str, object]]:
         for line, event in zip(lines[first : last + 1], events[first : last + 1], strict=True)
         if not event.startswith("qmp_client")
     ]
-
-
-async def livemig(*arguments: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        LIVEMIG, *arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    stdout, stderr = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 def assert_png(path: Path) -> None:

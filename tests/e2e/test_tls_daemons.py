@@ -9,17 +9,19 @@ import asyncio
 import ssl
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from qemu.qmp import QMPClient as QemuQMPClient
 
 from livemig.certs import make_creds_dir
 from netio import TlsCredsX509
-from tests.e2e.conftest import FINAL, dest_args, qmp, source_args, wait_status
+from tests.e2e.conftest import FINAL, dest_args, livemig, qmp, source_args, wait_status
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-LIVEMIG = str(Path(sys.executable).parent / "livemig")
 
 
 def tls_object(directory: Path, endpoint: str, object_id: str = "tls0") -> list[str]:
@@ -37,15 +39,6 @@ class TlsQemuQMPClient(QemuQMPClient):
 
     async def _bh_flush_writer(self) -> None:
         await self._outgoing.join()
-
-
-async def livemig(*arguments: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        LIVEMIG, *arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_qmp_over_tls_with_qemu_qmp_and_livemig_qmp(daemons, tmp_path) -> None:
