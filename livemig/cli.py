@@ -28,6 +28,7 @@ from livemig.report import (
 from livemig.report_chart import draw_report_chart
 from livemig.resolve import ResolveError, resolve
 from netio import NetIOError, QMPClient, TlsCredsX509, configure_logging
+from vmsim import ConfigError
 
 
 def _on_off(text: str) -> tuple[str, bool]:
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         NetIOError,
         ResolveError,
         ReportError,
+        ConfigError,
         FaultCommandError,
         OSError,
         TimeoutError,

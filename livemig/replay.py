@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from vmm.fill_content import fill_content
 from vmsim import MachineConfig, replay
 
 if TYPE_CHECKING:
@@ -12,8 +13,12 @@ if TYPE_CHECKING:
 
 
 def replay_digest(config: MachineConfig, ticks: int) -> dict[str, object]:
-    """Boot, run `ticks` ticks, stop, digest: the oracle every migration test compares with."""
-    return {"ticks": ticks, "digest": replay(config, ticks)}
+    """Boot, run `ticks` ticks, stop, digest: the oracle every migration test compares with.
+
+    An `image` or `mixed` fill's bytes are read again; if they changed since the configuration
+    was made, the boot refuses with both digests (`ConfigError`).
+    """
+    return {"ticks": ticks, "digest": replay(config, ticks, fill_content(config))}
 
 
 def load_config(path: Path) -> MachineConfig:

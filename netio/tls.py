@@ -275,13 +275,14 @@ class TlsSession:
         stage, write = self._stage_view, self._obj.write
         for buffer in buffers:
             size = len(buffer) if isinstance(buffer, bytes) else buffer.nbytes
-            if staged + size > STAGE_BYTES:  # page-sized buffers make one record per page:
-                write(stage[:staged])  # fill whole records instead (measured 1.15 -> 1.46 GB/s)
+            direct = size >= STAGE_BYTES // 2
+            if staged and (direct or staged + size > STAGE_BYTES):
+                write(stage[:staged])  # in order: what was staged goes before this buffer
                 staged = 0
-            if size >= STAGE_BYTES // 2:
+            if direct:
                 write(buffer)
-            else:
-                stage[staged : staged + size] = buffer
+            else:  # page-sized buffers would make one record per page: fill whole records
+                stage[staged : staged + size] = buffer  # (measured 1.15 -> 1.46 GB/s)
                 staged += size
             taken += size
             if taken >= SEND_BATCH_BYTES:

@@ -14,6 +14,7 @@ from vmm.entry import (
     daemon_objects,
     run_daemon,
 )
+from vmm.fill_content import IMAGE_PREFIX, resolve_fill
 from vmsim import ConfigError, Fill, MachineConfig, WorkloadKind
 
 # Command-line flag -> MachineConfig key.
@@ -32,6 +33,13 @@ _VM_FLAGS = {
 }
 
 
+def _fill(text: str) -> str:
+    if text.startswith(IMAGE_PREFIX) or text in {str(fill) for fill in Fill} - {"image"}:
+        return text
+    msg = f"expected zero, random, pattern, mixed or image:PATH, got {text!r}"
+    raise argparse.ArgumentTypeError(msg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The source daemon's command line."""
     parser = argparse.ArgumentParser(
@@ -41,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     vm = parser.add_argument_group("the VM (flags override --config)")
     vm.add_argument("--config", type=Path, help="JSON file with the VM's configuration")
     vm.add_argument("--ram-mib", type=int, help="guest RAM in MiB (default 256)")
-    vm.add_argument("--fill", choices=[f.value for f in Fill], help="initial RAM contents")
+    vm.add_argument(
+        "--fill", type=_fill, metavar="KIND",
+        help="initial RAM contents: zero, random, pattern, mixed (files every Debian machine "
+        "has, 25 %% zero pages), or image:PATH (a file or directory tree, zero-padded)",
+    )  # fmt: skip
     vm.add_argument("--workload", choices=[w.value for w in WorkloadKind], help="guest workload")
     vm.add_argument("--dirty-rate", type=int, help="guest page writes per second")
     vm.add_argument("--tick-hz", type=int, help="guest ticks per second (default 1000)")
@@ -59,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def machine_config(args: argparse.Namespace) -> MachineConfig:
-    """The VM configuration: the --config file, overridden by flags."""
+def machine_config(args: argparse.Namespace) -> tuple[MachineConfig, bytes | None]:
+    """The VM configuration (the --config file, overridden by flags) and its fill's bytes."""
     values: dict[str, object] = {}
     if args.config is not None:
         values.update(json.loads(args.config.read_text()))
@@ -68,7 +80,7 @@ def machine_config(args: argparse.Namespace) -> MachineConfig:
         value = getattr(args, flag)
         if value is not None:
             values[key] = value
-    return MachineConfig.from_dict(values)
+    return resolve_fill(values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = machine_config(args)
+        config, content = machine_config(args)
     except (ConfigError, OSError, ValueError) as exc:
         parser.error(str(exc))
     settings = daemon_migration_settings(parser, args)
     options = DaemonOptions(
         role="source",
         vm_config=config,
+        vm_content=content,
         start_paused=args.paused,
         incoming=args.incoming,
         qmp=tuple(args.qmp),

@@ -30,6 +30,7 @@ from migration import (
 )
 from migration.record import dest_record, source_record, summary_fields
 from netio import FileAddress, QMPServer, VersionInfo, bind_context, parse_migration_uri
+from vmm.fill_content import fill_content
 from vmm.incoming import IncomingRouter
 from vmm.objects import ObjectRegistry, tls_client_for, tls_server_for
 from vmm.outgoing import OutgoingMigration
@@ -56,6 +57,7 @@ class DaemonOptions:
 
     role: str
     vm_config: MachineConfig | None = None
+    vm_content: bytes | None = None  # an image/mixed fill's bytes, read with the config
     start_paused: bool = False
     incoming: str | None = None
     qmp: tuple[str, ...] = ()
@@ -100,15 +102,23 @@ class Vmm:
     async def start(self) -> None:
         """Boot the configured VM and/or start listening for an incoming one."""
         if self.options.vm_config is not None:
-            self.boot(self.options.vm_config)
+            self.boot(self.options.vm_config, self.options.vm_content)
         if self.options.incoming not in (None, "defer"):
             await self.start_incoming(parse_migration_uri(self.options.incoming or "", listen=True))
 
-    def boot(self, config: MachineConfig) -> None:
-        """Boot a new VM from its configuration (QEMU's startup, then `cont` unless -S)."""
+    def boot(self, config: MachineConfig, content: bytes | None = None) -> None:
+        """Boot a new VM from its configuration (QEMU's startup, then `cont` unless -S).
+
+        `content`: an `image` or `mixed` fill's bytes, if the caller read them already.
+
+        Raises:
+            ConfigError: the fill's bytes cannot be read, or differ from the configuration's.
+        """
         if config.uuid is None:
             config = MachineConfig.from_dict({**config.to_dict(), "uuid": str(uuid.uuid4())})
-        vm = self._install(Machine.boot(config))
+        if content is None:
+            content = fill_content(config)
+        vm = self._install(Machine.boot(config, content))
         log.info("vm_booted", config=config.to_dict())
         if self.autostart:
             vm.start()

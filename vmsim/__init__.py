@@ -6,7 +6,7 @@ so the digest at a stop after N ticks is a pure function of (config, N).
 
 from __future__ import annotations
 
-from vmsim.config import PAGE_SIZE, Fill, MachineConfig, WorkloadKind
+from vmsim.config import CONTENT_FILLS, PAGE_SIZE, Fill, MachineConfig, WorkloadKind
 from vmsim.devices import VCpu
 from vmsim.errors import (
     ChangeStateError,
@@ -32,6 +32,7 @@ from vmsim.errors import (
     VMStateDefinitionError,
     VMStateError,
 )
+from vmsim.fill import MIXED_ZERO_EVERY_PAGES, content_bytes_wanted, fill_content_digest
 from vmsim.machine import Machine, replay
 from vmsim.ram import DirtyLog, GuestRam
 from vmsim.runstate import (
@@ -85,8 +86,10 @@ from vmsim.vmstate import (
 )
 
 __all__ = [
+    "CONTENT_FILLS",
     "INSTANCE_ID_ANY",
     "MAX_RUN_PAGES",
+    "MIXED_ZERO_EVERY_PAGES",
     "PAGE_SIZE",
     "TRANSITIONS",
     "ChangeStateError",
@@ -139,6 +142,7 @@ __all__ = [
     "VersionTooNewError",
     "VersionTooOldError",
     "WorkloadKind",
+    "content_bytes_wanted",
     "field_bool",
     "field_buffer",
     "field_int",
@@ -147,6 +151,7 @@ __all__ = [
     "field_uint",
     "field_uint_array",
     "field_vbuffer",
+    "fill_content_digest",
     "load_check_complete",
     "load_cleanup",
     "load_section_full",

@@ -29,11 +29,23 @@ _E = TypeVar("_E", bound=StrEnum)
 
 
 class Fill(StrEnum):
-    """Initial contents of guest RAM at boot."""
+    """Initial contents of guest RAM at boot.
+
+    `image` and `mixed` are real bytes read by the daemon (vmsim does no I/O) and handed to
+    `Machine.boot`; the configuration names their digest, so a replay that is given other
+    bytes refuses to boot instead of disagreeing later.
+    """
 
     ZERO = "zero"
     RANDOM = "random"
     PATTERN = "pattern"
+    IMAGE = "image"  # a file or directory tree (fill_source), zero-padded to the RAM size
+    MIXED = "mixed"  # the preset: files every Debian machine has, and a share of zero pages
+
+
+CONTENT_FILLS: Final = frozenset({Fill.IMAGE, Fill.MIXED})
+_DIGEST_HEX_CHARS: Final = 32
+_SOURCE_MAX_CHARS: Final = 4096
 
 
 class WorkloadKind(StrEnum):
@@ -76,6 +88,8 @@ class MachineConfig:
         seed: the u64 every pseudo-random choice derives from.
         vcpus: number of vCPUs (1 .. 8); each gets its own partition of the working set.
         uuid: the VM's UUID (canonical form) or None.
+        fill_source: where an `image` fill's bytes come from (a path), else None.
+        fill_digest: xxh3-128 (hex) of an `image` or `mixed` fill's bytes, else None.
     """
 
     machine: str = DEFAULT_MACHINE
@@ -90,6 +104,8 @@ class MachineConfig:
     seed: int = 0
     vcpus: int = 1
     uuid: str | None = None
+    fill_source: str | None = None
+    fill_digest: str | None = None
 
     def __post_init__(self) -> None:
         _check_machine(self.machine)
@@ -101,6 +117,7 @@ class MachineConfig:
             _check_int("working_set_mib", self.working_set_mib, 1, self.ram_mib)
         if self.uuid is not None:
             _check_uuid(self.uuid)
+        _check_fill_content(self.fill, self.fill_source, self.fill_digest)
 
     @property
     def ram_bytes(self) -> int:
@@ -142,6 +159,30 @@ class MachineConfig:
         result["fill"] = str(self.fill)
         result["workload"] = str(self.workload)
         return result
+
+
+def _check_fill_content(fill: Fill, source: object, digest: object) -> None:
+    if fill not in CONTENT_FILLS:
+        if source is not None or digest is not None:
+            raise ConfigError(
+                f"fill_source and fill_digest are for image and mixed fills, not {fill}"
+            )
+        return
+    if not isinstance(digest, str) or len(digest) != _DIGEST_HEX_CHARS or not _is_hex(digest):
+        raise ConfigError(
+            f"fill_digest: a {fill} fill needs the xxh3-128 hex digest of its bytes, got {digest!r}"
+        )
+    if fill is Fill.IMAGE:
+        if not isinstance(source, str) or not source or len(source) > _SOURCE_MAX_CHARS:
+            raise ConfigError(
+                f"fill_source: an image fill needs the path it was read from, got {source!r}"
+            )
+    elif source is not None:
+        raise ConfigError("fill_source: the mixed fill names no source (it is a preset)")
+
+
+def _is_hex(text: str) -> bool:
+    return all(char in "0123456789abcdef" for char in text)
 
 
 def _check_machine(value: object) -> None:

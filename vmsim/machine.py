@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vmsim.config import WorkloadKind
+from vmsim.config import CONTENT_FILLS, WorkloadKind
 from vmsim.devices.cpu import CPU_VMSD, VCpu
 from vmsim.devices.globalstate import GLOBALSTATE_VMSD, GlobalState
 from vmsim.devices.its import ITS_VMSD, Its
 from vmsim.devices.serial import SERIAL_VMSD, Serial
 from vmsim.devices.timer import TIMER_VMSD, Timer
 from vmsim.digest import machine_digest
-from vmsim.errors import ChangeStateError, NotAllowed
-from vmsim.fill import fill_ram
+from vmsim.errors import ChangeStateError, ConfigError, NotAllowed
+from vmsim.fill import fill_content_digest, fill_ram
 from vmsim.guest import Guest
 from vmsim.layout import MachineLayout
 from vmsim.ram import GuestRam
@@ -81,10 +81,26 @@ class Machine:
         registry.register("its", 0, vmsd=ITS_VMSD, opaque=self.its)
 
     @classmethod
-    def boot(cls, config: MachineConfig) -> Machine:
-        """Build a machine, fill its RAM and boot the guest; the run state is PRELAUNCH."""
+    def boot(cls, config: MachineConfig, content: bytes | memoryview | None = None) -> Machine:
+        """Build a machine, fill its RAM and boot the guest; the run state is PRELAUNCH.
+
+        `content` is an `image` or `mixed` fill's bytes, read by the caller (vmsim does no
+        I/O); they must have the digest the configuration names.
+
+        Raises:
+            ConfigError: the content is missing, or is not what the configuration names.
+        """
+        if config.fill in CONTENT_FILLS and content is not None:
+            digest = fill_content_digest(content)
+            if digest != config.fill_digest:
+                where = f" ({config.fill_source})" if config.fill_source else ""
+                msg = (
+                    f"the {config.fill} fill's bytes{where} changed: digest {digest}, the "
+                    f"configuration names {config.fill_digest}"
+                )
+                raise ConfigError(msg)
         machine = cls(config, incoming=False)
-        fill_ram(machine.ram, config.fill, config.seed)
+        fill_ram(machine.ram, config.fill, config.seed, content)
         machine._guest.boot()
         return machine
 
@@ -211,9 +227,12 @@ class Machine:
         return check_ab_ranges(self.ram, self.layout.partitions)
 
 
-def replay(config: MachineConfig, ticks: int) -> str:
-    """Boot, start, run `ticks` ticks, pause, and return the digest (the oracle's reference)."""
-    machine = Machine.boot(config)
+def replay(config: MachineConfig, ticks: int, content: bytes | memoryview | None = None) -> str:
+    """Boot, start, run `ticks` ticks, pause, and return the digest (the oracle's reference).
+
+    `content`: an `image` or `mixed` fill's bytes (see `Machine.boot`).
+    """
+    machine = Machine.boot(config, content)
     machine.vm_start()
     machine.run(ticks)
     machine.vm_stop(RunState.PAUSED)

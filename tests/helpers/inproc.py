@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from faultproxy import FaultProxy, parse_fault
 from netio import QMPClient, QMPServer, TcpAddress
 from vmm.daemon import DaemonOptions, Vmm, version_info
+from vmm.fill_content import fill_content
 from vmm.qmp_commands import build_registry
 from vmsim import MachineConfig, replay
 
@@ -120,7 +121,9 @@ class Daemon:
         vm = await self.execute("x-query-vm")
         assert isinstance(vm, dict)
         config = MachineConfig.from_dict(vm["config"])  # type: ignore[arg-type]
-        assert replay(config, vm["ticks"]) == vm["digest"], "digest differs from the replay"  # type: ignore[arg-type]
+        ticks = vm["ticks"]
+        content = fill_content(config)  # an image or mixed fill's bytes, read again
+        assert replay(config, ticks, content) == vm["digest"], "digest differs from the replay"  # type: ignore[arg-type]
 
     async def close(self) -> None:
         """Shut it down (it decides nothing: to its peers, as if it were killed)."""

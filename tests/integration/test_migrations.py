@@ -6,8 +6,13 @@ and that its state equals a replay that never moved.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from tests.helpers.inproc import FINAL, make_pair, small_vm, start_daemon
 from tests.integration import paths
+from vmm.fill_content import resolve_fill
 
 
 def test_a_migration_completes_and_the_vm_runs_only_at_the_destination(run, tmp):
@@ -124,3 +129,26 @@ EVENTS_AND_DIGEST = {
         {"capability": "x-digest-check", "state": True},
     ]
 }
+
+
+@pytest.mark.parametrize("fill", ["mixed", "image"])
+def test_real_memory_contents_migrate_and_match_the_replay(run, tmp, fill):
+    """A guest whose RAM holds real bytes (files, zero pages) moves intact: digest = replay."""
+    if fill == "image":
+        image = tmp / "dump.bin"
+        image.write_bytes(Path("/usr/bin/python3").resolve().read_bytes()[: 3 << 20])
+        fill = f"image:{image}"
+    config, _ = resolve_fill({"ram_mib": 8, "fill": fill, "dirty_rate": 5000, "seed": 7})
+
+    async def main() -> None:
+        pair = await make_pair(tmp, vm=config)
+        try:
+            await pair.migrate()
+            assert "completed" == await pair.source.wait(FINAL)
+            info = await pair.source.execute("query-migrate")
+            assert info["ram"]["duplicate"] > 0  # the zero pages went as zero pages
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)

@@ -117,6 +117,28 @@ def test_a_tls_channel_carries_bytes_both_ways(run, creds_dir):
     run(main)
 
 
+def test_small_and_large_buffers_arrive_in_their_order(run, creds_dir):
+    """Small buffers are gathered into records, large ones written as they are: in order."""
+    sizes = [16, 40_000, 4096, 4096, 70_000, 100, 33_000, 31_000, 4096, 200_000, 8]
+    parts = [os.urandom(size) for size in sizes]
+
+    async def main():
+        (accepted, client), server_conn, client_conn = await connect_pair(
+            server_side(creds_dir), client_side(creds_dir)
+        )
+        server, _ = accepted
+        try:
+            for part in parts:
+                client_conn.send(memoryview(part))
+            total = sum(sizes)
+            await asyncio.gather(client.flush(), receive_bytes(server, server_conn, total))
+            assert b"".join(parts) == bytes(server_conn.received)
+        finally:
+            close_all(server, client)
+
+    run(main)
+
+
 def test_the_end_of_a_tls_stream_is_an_event(run, creds_dir):
     async def main():
         (accepted, client), _, _ = await connect_pair(

@@ -24,10 +24,23 @@ def test_defaults_match_the_documented_machine():
     assert config.n_pages == config.ram_bytes // PAGE_SIZE
 
 
-configs = st.builds(
+def _fill_fields(fill: Fill) -> st.SearchStrategy[dict[str, object]]:
+    """A fill and, for the content fills, the source and digest they need."""
+    digest = st.text("0123456789abcdef", min_size=32, max_size=32)
+    if fill is Fill.IMAGE:
+        return st.fixed_dictionaries(
+            {"fill": st.just(fill), "fill_source": st.text(min_size=1, max_size=50),
+             "fill_digest": digest}
+        )  # fmt: skip
+    if fill is Fill.MIXED:
+        return st.fixed_dictionaries({"fill": st.just(fill), "fill_digest": digest})
+    return st.just({"fill": fill})
+
+
+configs = st.sampled_from(Fill).flatmap(_fill_fields).flatmap(lambda fill: st.builds(
     MachineConfig,
     ram_mib=st.integers(4, 65536),
-    fill=st.sampled_from(Fill),
+    **{key: st.just(value) for key, value in fill.items()},
     workload=st.sampled_from(WorkloadKind),
     dirty_rate=st.integers(0, 100_000_000),
     tick_hz=st.integers(1, 1_000_000),
@@ -36,7 +49,7 @@ configs = st.builds(
     seed=st.integers(0, 2**64 - 1),
     vcpus=st.integers(1, 8),
     uuid=st.none() | st.uuids().map(str),
-)
+))  # fmt: skip
 
 
 @given(configs)
@@ -60,7 +73,11 @@ def test_to_dict_is_json_and_from_dict_inverts_it(config):
         ("tick_hz", 0, "tick_hz: expected an integer in 1..1000000, got 0"),
         ("dirty_rate", -5, "dirty_rate: expected an integer in 0..100000000, got -5"),
         ("working_set_mib", 300, "working_set_mib: expected an integer in 1..256, got 300"),
-        ("fill", "ones", "fill: expected one of 'zero', 'random', 'pattern', got 'ones'"),
+        (
+            "fill",
+            "ones",
+            "fill: expected one of 'zero', 'random', 'pattern', 'image', 'mixed', got 'ones'",
+        ),
         ("workload", 3, "workload: expected one of 'ab', 'random', 'hotset', 'idle', got 3"),
         ("machine", "", "machine: expected a non-empty string"),
         ("uuid", "not-a-uuid", "uuid: expected a UUID such as"),
