@@ -110,6 +110,7 @@ class _Name:
 
 _Spec = _IntRange | _Boolean | _Choice | _Name
 TIMEOUT_ACTIONS: Final = ("cancel", "throttle")
+ZERO_PAGE_DETECTIONS: Final = ("none", "legacy", "multifd")
 
 # QMP name -> (attribute, what it takes). The attribute names carry the unit.
 _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
@@ -145,6 +146,7 @@ _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
         "timeout_action",
         _Choice(TIMEOUT_ACTIONS, unavailable=(("postcopy", "livemig has no postcopy yet"),)),
     ),
+    "zero-page-detection": ("zero_page_detection", _Choice(ZERO_PAGE_DETECTIONS)),
     "tls-creds": ("tls_creds", _Name()),
     "tls-hostname": ("tls_hostname", _Name()),
     "tls-authz": ("tls_authz", _Name()),
@@ -173,6 +175,7 @@ class MigrationParameters:
     completion_timeout_per_gib_s: int = 0  # 0: off
     progress_timeout_s: int = 0  # 0: off
     timeout_action: str = "cancel"
+    zero_page_detection: str = "multifd"  # QEMU 9's default; in the main stream until multifd
     tls_creds: str = ""  # "": no TLS
     tls_hostname: str = ""  # "": the host of the migration URI
     tls_authz: str = ""  # "": any client the CA signed

@@ -146,9 +146,11 @@ class StreamSender:
         migration_id: str,
         caps: MigrationCapabilities,
         timeouts: Timeouts | None,
+        zero_pages: bool = True,
     ) -> None:
         self._out = outbox
         self._machine = machine
+        self._zero_pages = zero_pages
         self._metrics = metrics
         self._migration_id = migration_id
         self._caps = caps
@@ -190,6 +192,7 @@ class StreamSender:
         """OPEN_ACK arrived (or there is no return path): the START sections."""
         if not isinstance(self.phase, Connecting | AwaitingAck):
             return
+        self._machine.ram_handler.detect_zero_pages = self._zero_pages  # zero-page-detection
         for record in state_setup(self._machine.savevm):
             self._send_record(record)
         self.phase = SendingSetup()

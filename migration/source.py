@@ -112,6 +112,7 @@ class SourceMigration:
             migration_id=migration_id,
             caps=caps,
             timeouts=self.params.timeouts if self.uses_return_path else None,
+            zero_pages=params.zero_page_detection != "none",
         )
         self.convergence = Convergence(
             outbox=self._out,

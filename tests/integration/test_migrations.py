@@ -152,3 +152,24 @@ def test_real_memory_contents_migrate_and_match_the_replay(run, tmp, fill):
             await pair.close()
 
     run(main)
+
+
+@pytest.mark.parametrize(("detection", "zero_pages_sent"), [("none", False), ("legacy", True)])
+def test_zero_page_detection_none_sends_zero_pages_as_data(run, tmp, detection, zero_pages_sent):
+    """QEMU's zero-page-detection: none sends every page whole, and the result is the same."""
+    config, _ = resolve_fill({"ram_mib": 8, "fill": "mixed", "workload": "idle", "seed": 3})
+
+    async def main() -> None:
+        pair = await make_pair(tmp, vm=config)
+        try:
+            await pair.source.execute("migrate-set-parameters", {"zero-page-detection": detection})
+            await pair.migrate()
+            assert "completed" == await pair.source.wait(FINAL)
+            ram = (await pair.source.execute("query-migrate"))["ram"]
+            assert zero_pages_sent == (ram["duplicate"] > 0)
+            assert ram["normal"] + ram["duplicate"] >= 2048  # every page, one way or the other
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)

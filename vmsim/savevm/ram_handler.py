@@ -93,6 +93,7 @@ class RamSaveHandler:
         self._remaining_pages = 0
         self._scan_pfn = 0
         self._completing = False
+        self.detect_zero_pages = True  # QEMU's zero-page-detection (none: send zeros as data)
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -218,7 +219,10 @@ class RamSaveHandler:
         return pfns
 
     def _batch(self, pfns: NDArray[np.intp]) -> PageBatch:
-        is_zero = self._zero_mask(pfns)
+        if self.detect_zero_pages:
+            is_zero = self._zero_mask(pfns)
+        else:
+            is_zero = np.zeros(len(pfns), dtype=np.bool_)
         kinds = np.where(is_zero, np.uint8(PageKind.ZERO), np.uint8(PageKind.NORMAL))
         first_pfns, run_pages, run_kinds = _coalesce(pfns, kinds)
         zero_pages = int(np.count_nonzero(is_zero))
