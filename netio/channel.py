@@ -22,14 +22,16 @@ import contextlib
 import enum
 import socket
 import struct
-from typing import TYPE_CHECKING, NoReturn, Protocol
+from typing import TYPE_CHECKING, NoReturn
 
 from netio.errors import ChannelClosedError, ChannelError
+from netio.wire import IOV_MAX, PLAIN, SansIOConnection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from netio.tls import TlsSession
+    from netio.wire import Wire
 
 __all__ = [
     "IOV_MAX",
@@ -38,55 +40,9 @@ __all__ = [
     "SansIOConnection",
 ]
 
-#: Most buffers one sendmsg/recvmsg_into/writev/readv call takes (Linux UIO_MAXIOV).
-IOV_MAX = 1024
 #: Bytes moved without suspending before a channel yields to the event loop once.
 YIELD_EVERY_BYTES = 8 << 20
 _LINGER_RESET = struct.pack("ii", 1, 0)
-
-
-class SansIOConnection(Protocol):
-    """What a channel needs from a sans-IO connection (``protocol.MigrationConnection``).
-
-    Times (``now``, ``get_timer``) are in the channel's clock, ``loop.time`` by default.
-    """
-
-    @property
-    def pending_send_bytes(self) -> int:
-        """Bytes queued for sending and not yet reported sent."""
-        ...
-
-    def data_to_send(self) -> Sequence[bytes | memoryview]:
-        """Return the queued output, in order, without consuming it."""
-        ...
-
-    def data_sent(self, nbytes: int, now: float) -> None:
-        """Report that the first ``nbytes`` of `data_to_send` went to the kernel."""
-        ...
-
-    def get_buffers(self) -> Sequence[memoryview]:
-        """Return writable buffers for the next incoming bytes; empty means paused."""
-        ...
-
-    def buffers_filled(self, nbytes: int, now: float) -> None:
-        """Report that the first ``nbytes`` of `get_buffers` were filled."""
-        ...
-
-    def receive_eof(self, now: float) -> None:
-        """Report that the peer closed (or the socket failed): no more bytes will come."""
-        ...
-
-    def next_event(self) -> object | None:
-        """Return the next event, or None when more bytes are needed."""
-        ...
-
-    def get_timer(self) -> float | None:
-        """Return the next deadline, or None when no timer is needed."""
-        ...
-
-    def handle_timer(self, now: float) -> None:
-        """Handle the deadline returned by `get_timer`."""
-        ...
 
 
 class _SendResult(enum.Enum):
@@ -135,7 +91,7 @@ class Channel:
         self._loop = asyncio.get_running_loop()
         sock.setblocking(False)
         self._sock = sock
-        self._tls = tls
+        self._wire: Wire = tls if tls is not None else PLAIN
         self._fd = sock.fileno()
         self._conn = conn
         self._clock = clock if clock is not None else self._loop.time
@@ -228,10 +184,7 @@ class Channel:
     def _receive_into(self, buffers: Sequence[memoryview]) -> int | None:
         """Receive once; return the byte count, 0 at end of stream or paused, None if EAGAIN."""
         try:
-            if self._tls is None:
-                nbytes = self._sock.recvmsg_into(buffers[:IOV_MAX])[0]
-            else:
-                nbytes = self._tls.recv_into(self._sock, buffers[:IOV_MAX])
+            nbytes = self._wire.recv_into(self._sock, buffers[:IOV_MAX])
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as exc:
@@ -339,7 +292,7 @@ class Channel:
 
     def _send_some(self, budget_bytes: int) -> _SendResult:
         """Send until the queue is empty, the kernel is full or the budget is spent."""
-        conn, sock, tls = self._conn, self._sock, self._tls
+        conn, sock, wire = self._conn, self._sock, self._wire
         sent = 0
         result = _SendResult.MORE
         try:
@@ -349,10 +302,7 @@ class Channel:
                     result = _SendResult.DONE if self._drained() else _SendResult.BLOCKED
                     break
                 try:
-                    if tls is None:
-                        nbytes = sock.sendmsg(buffers[:IOV_MAX])
-                    else:
-                        nbytes = tls.send(sock, buffers[:IOV_MAX])
+                    nbytes = wire.send(sock, buffers[:IOV_MAX])
                 except (BlockingIOError, InterruptedError):
                     result = _SendResult.BLOCKED
                     break
@@ -375,16 +325,16 @@ class Channel:
         Raises:
             ChannelClosedError: sending failed.
         """
-        if self._tls is None or not self._tls.pending_bytes:
+        if not self._wire.pending_bytes:
             return True
         try:
-            return self._tls.drain(self._sock)
+            return self._wire.drain(self._sock)
         except OSError as exc:
             self._fail_send(exc)
 
     def _send_quietly(self) -> None:
         """Send what the kernel takes now; a failure is kept for the next `flush`."""
-        if self._conn.pending_send_bytes or (self._tls is not None and self._tls.pending_bytes):
+        if self._conn.pending_send_bytes or self._wire.pending_bytes:
             with contextlib.suppress(ChannelClosedError):
                 self._send_some(YIELD_EVERY_BYTES)
 
