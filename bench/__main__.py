@@ -22,6 +22,7 @@ from bench import (
     convergence,
     downtime,
     engine,
+    fills,
     micro,
     qemu,
     scrape_cost,
@@ -48,6 +49,7 @@ ON_DEMAND: Final[dict[str, Figure]] = {
     "engine": engine.engine,  # needs --baseline
     "metrics": scrape_cost.scrape_cost,  # the cost of serving Prometheus scrapes
     "tls": tls.tls,  # TLS 1.3 migrations against plaintext
+    "fills": fills.fills,  # what compression would meet in guest RAM, by fill
 }
 ALIASES: Final = {"zero": "zero_pages"}
 

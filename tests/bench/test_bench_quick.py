@@ -67,3 +67,27 @@ def test_the_metrics_figure_runs_on_demand(tmp_path: Path) -> None:
         (r["scraped"], r["status"]) for r in result["runs"]
     }
     assert all(r["scrapes"] > 0 for r in result["runs"] if r["scraped"])
+
+
+@pytest.mark.parametrize("figure", ["tls", "fills"])
+def test_the_tls_and_fills_figures_run_on_demand(tmp_path: Path, figure: str) -> None:
+    """`python -m bench tls` migrates over TLS and not; `fills` measures each fill's RAM."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", figure, "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / f"{figure}.json").read_text())
+    if figure == "tls":
+        assert {(False, "completed"), (True, "completed")} == {
+            (r["tls"], r["status"]) for r in result["runs"]
+        }
+    else:
+        fills = result["fills"]
+        assert fills["random"]["zlib_ratio"] < 1.05 < fills["mixed"]["zlib_ratio"]
+        assert fills["random"]["zero_share"] == 0.0
+        assert fills["mixed"]["zero_share"] >= 0.24
