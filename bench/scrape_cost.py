@@ -28,7 +28,7 @@ import time
 import urllib.request
 from typing import TYPE_CHECKING, Final, Self
 
-from bench.common import MIB, ProcessUsage, Spread, header, say, verdict, warm_memory
+from bench.common import MIB, ProcessUsage, Spread, gbps, header, say, verdict, warm_memory
 from bench.harness import Pair, VmSpec
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from bench.common import Run
-    from bench.harness import Migration
 
 SCRAPE_EVERY_S: Final = 0.05
 SCRAPES_FOR_CPU: Final = 500
@@ -155,16 +154,16 @@ def _one(pair: Pair, addresses: list[str], index: int, *, scraped: bool) -> dict
     with scraper:
         migration = pair.migrate(timeout_s=120.0)
     cpu_s = sum(ProcessUsage.of(pid).cpu_s for pid in pids) - cpu_before_s
-    gbps = _throughput_gbps(migration)
+    throughput_gbps = gbps(migration.ram("transferred"), migration.transfer_s)
     say(
         f"    round {index + 1}, {'scraped' if scraped else 'unscraped'}: {migration.status}, "
-        f"{gbps:.2f} GB/s, {scraper.scrapes} scrapes ({scraper.bytes / 1e3:.0f} kB)"
+        f"{throughput_gbps:.2f} GB/s, {scraper.scrapes} scrapes ({scraper.bytes / 1e3:.0f} kB)"
     )
     return {
         "round": index,
         "scraped": scraped,
         "status": migration.status,
-        "throughput_gbps": gbps,
+        "throughput_gbps": throughput_gbps,
         "scrapes": scraper.scrapes,
         "daemons_cpu_s": cpu_s,
         "transferred_bytes": migration.ram("transferred"),
@@ -178,11 +177,6 @@ def _metrics_address(ready: dict[str, object]) -> str:
         msg = "the daemon announced no metrics address"
         raise RuntimeError(msg)
     return str(addresses[0])
-
-
-def _throughput_gbps(migration: Migration) -> float:
-    seconds = (migration.ms("total-time") - migration.ms("setup-time")) / 1000
-    return migration.ram("transferred") / seconds / 1e9 if seconds > 0 else float("nan")
 
 
 def _rate(rows: list[dict[str, object]], index: int, *, scraped: bool) -> float:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
-from bench.common import GIB, MIB, Spread, header, say, verdict, warm_memory
+from bench.common import GIB, MIB, Spread, gbps, header, say, verdict, warm_memory
 from bench.harness import Pair, VmSpec
 from livemig.certs import make_creds_dir
 from netio import QMPClient
 
 if TYPE_CHECKING:
     from bench.common import Run
-    from bench.harness import Migration
 
 GOAL_RATIO: Final = 0.8
 
@@ -70,7 +69,7 @@ def _one(pair: Pair, index: int, *, secure: bool) -> dict[str, object]:
         "round": index,
         "tls": secure,
         "status": migration.status,
-        "gbps": _throughput_gbps(migration),
+        "gbps": gbps(migration.ram("transferred"), migration.transfer_s),
         "source_cpu_s_per_gib": migration.source_cpu_s / gib if gib else float("nan"),
         "dest_cpu_s_per_gib": migration.dest_cpu_s / gib if gib else float("nan"),
     }
@@ -86,11 +85,6 @@ async def _set_tls(pair: Pair, creds: str) -> None:
     for daemon in pair.daemons:
         async with await QMPClient.connect(daemon.qmp_address) as client:
             await client.execute("migrate-set-parameters", {"tls-creds": creds})
-
-
-def _throughput_gbps(migration: Migration) -> float:
-    seconds = (migration.ms("total-time") - migration.ms("setup-time")) / 1000
-    return migration.ram("transferred") / seconds / 1e9 if seconds > 0 else float("nan")
 
 
 def _of(rows: list[dict[str, object]], index: int, secure: bool, key: str) -> float:  # noqa: FBT001

@@ -30,17 +30,22 @@ FIGURES = (
 CHARTS = ("throughput", "downtime", "convergence", "iterations", "busy", "scale")
 
 
-@pytest.mark.timeout(280)
-def test_quick_run_writes_every_figure_and_chart(tmp_path: Path) -> None:
+def run_quick(figure: str, out: Path, *, timeout_s: float = 110) -> None:
+    """`python -m bench FIGURE --quick --out OUT`, which must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "all", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", figure, "--quick", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=270,
+        timeout=timeout_s,
         check=False,
     )
     assert 0 == done.returncode, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.timeout(280)
+def test_quick_run_writes_every_figure_and_chart(tmp_path: Path) -> None:
+    run_quick("all", tmp_path, timeout_s=270)
     results = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in FIGURES}
     for name in CHARTS:
         assert (tmp_path / f"{name}.png").stat().st_size > 0
@@ -53,15 +58,7 @@ def test_quick_run_writes_every_figure_and_chart(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_the_metrics_figure_runs_on_demand(tmp_path: Path) -> None:
     """`python -m bench metrics` (not in `all`): both daemons scraped and not, in turns."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "metrics", "--quick", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert 0 == done.returncode, done.stdout[-3000:] + done.stderr[-3000:]
+    run_quick("metrics", tmp_path)
     result = json.loads((tmp_path / "metrics.json").read_text())
     assert {(False, "completed"), (True, "completed")} == {
         (r["scraped"], r["status"]) for r in result["runs"]
@@ -72,15 +69,7 @@ def test_the_metrics_figure_runs_on_demand(tmp_path: Path) -> None:
 @pytest.mark.parametrize("figure", ["tls", "fills"])
 def test_the_tls_and_fills_figures_run_on_demand(tmp_path: Path, figure: str) -> None:
     """`python -m bench tls` migrates over TLS and not; `fills` measures each fill's RAM."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", figure, "--quick", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert 0 == done.returncode, done.stdout[-3000:] + done.stderr[-3000:]
+    run_quick(figure, tmp_path)
     result = json.loads((tmp_path / f"{figure}.json").read_text())
     if figure == "tls":
         assert {(False, "completed"), (True, "completed")} == {

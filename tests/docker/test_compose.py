@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
-import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from netio import QMPClient
 from tests.e2e.conftest import FINAL, assert_matches_replay, stopped_vm, wait_status
+from tests.helpers.http import http_get, promql
 
 if TYPE_CHECKING:
     from tests.docker.conftest import Compose
@@ -90,34 +89,9 @@ async def test_the_compose_prometheus_sees_both_daemons(compose: Compose) -> Non
     transferred = info.get("ram", {}).get("transferred")
     assert transferred, info  # the earlier tests migrated: the newest migration's figures
     query = f'livemig_migration_transferred_bytes{{role="source"}} == {transferred}'
-    assert await promql("127.0.0.1:9090", query)
-    up = await promql("127.0.0.1:9090", 'count(up{job="livemig"} == 1)')
+    assert await promql("127.0.0.1:9090", query, timeout_s=60, poll_s=1)  # scraped every 5 s
+    up = await promql("127.0.0.1:9090", 'count(up{job="livemig"} == 1)', timeout_s=60, poll_s=1)
     assert "2" == up[0]["value"][1]
-
-
-async def promql(host_port: str, query: str, timeout_s: float = 60.0) -> list[dict[str, Any]]:
-    """The first non-empty result of an instant query, polled (the compose scrape is 5 s)."""
-    path = "/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    async with asyncio.timeout(timeout_s):
-        while True:
-            with contextlib.suppress(OSError, AssertionError, ValueError):
-                reply = json.loads(await http_get(host_port, path))
-                result = reply.get("data", {}).get("result", [])
-                if result:
-                    return list(result)
-            await asyncio.sleep(1)
-
-
-async def http_get(host_port: str, path: str) -> bytes:
-    """GET `path`; the body of a 200 reply."""
-    host, port = host_port.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: compose\r\nConnection: close\r\n\r\n".encode())
-    reply = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return body
 
 
 async def metrics(host_port: str) -> str:

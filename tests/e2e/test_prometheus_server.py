@@ -11,12 +11,12 @@ import json
 import shutil
 import socket
 import subprocess
-import urllib.parse
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.e2e.conftest import FINAL, dest_args, qmp, source_args, wait_status
+from tests.helpers.http import http_get, promql
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -40,17 +40,6 @@ def metrics_address(daemon: DaemonProcess) -> str:
     assert isinstance(addresses, list)
     assert addresses
     return str(addresses[0]).removeprefix("tcp:")
-
-
-async def http_get(host_port: str, path: str) -> bytes:
-    host, port = host_port.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n".encode())
-    reply = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return body
 
 
 def free_port() -> int:
@@ -88,21 +77,6 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         server.terminate()
         server.wait(timeout=20)
         log.close()
-
-
-async def promql(address: str, query: str, timeout_s: float = 30.0) -> list[dict[str, object]]:
-    """The first non-empty result of an instant query, polled (Prometheus scrapes each 1 s)."""
-    path = "/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    async with asyncio.timeout(timeout_s):
-        while True:
-            try:
-                reply = json.loads(await http_get(address, path))
-            except (OSError, AssertionError):  # not listening yet, or not ready (503)
-                reply = {}
-            result = reply.get("data", {}).get("result", [])
-            if result:
-                return list(result)
-            await asyncio.sleep(0.5)
 
 
 async def test_prometheus_sees_what_query_migrate_reported(daemons, prometheus) -> None:

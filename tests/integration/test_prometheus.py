@@ -10,27 +10,15 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers.http import http_get, http_request
 from tests.helpers.inproc import FINAL, Daemon, make_pair
 from vmm.prometheus import MetricsServer
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-async def http_get(address: str, path: str = "/metrics", method: str = "GET") -> tuple[int, str]:
-    """One HTTP/1.1 request; the status code and the body."""
-    host, port = address.removeprefix("tcp:").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    await writer.drain()
-    reply = await reader.read()
-    writer.close()
-    head, _, body = reply.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
-
-
 async def scrape(server: MetricsServer) -> Samples:
-    code, body = await http_get(server.addresses[0])
-    assert 200 == code
+    body = (await http_get(server.addresses[0])).decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(body)
@@ -98,8 +86,8 @@ def test_bad_requests_get_clear_answers_and_harm_nothing(run, tmp):
         pair = await make_pair(tmp)
         server = await metrics_of(pair.source)
         try:
-            assert 404 == (await http_get(server.addresses[0], "/"))[0]
-            assert 405 == (await http_get(server.addresses[0], method="POST"))[0]
+            assert 404 == (await http_request(server.addresses[0], "/"))[0]
+            assert 405 == (await http_request(server.addresses[0], method="POST"))[0]
             host, port = server.addresses[0].removeprefix("tcp:").rsplit(":", 1)
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20_000)  # no end of head

@@ -42,17 +42,15 @@ def creds(tmp: Path, ca: CertificateAuthority, name: str = "tls") -> Path:
     return directory
 
 
+def creds_object(object_id: str, directory: Path, endpoint: str | None = None) -> dict:
+    """`object-add` arguments of a tls-creds-x509 object (QEMU's default endpoint if None)."""
+    props = {"qom-type": "tls-creds-x509", "id": object_id, "dir": str(directory)}
+    return props if endpoint is None else {**props, "endpoint": endpoint}
+
+
 async def use_tls(daemon: Daemon, directory: Path, endpoint: str, **parameters: object) -> None:
     object_id = f"tls-{endpoint}"  # a daemon may hold both ends (A -> B -> A)
-    await daemon.execute(
-        "object-add",
-        {
-            "qom-type": "tls-creds-x509",
-            "id": object_id,
-            "dir": str(directory),
-            "endpoint": endpoint,
-        },
-    )
+    await daemon.execute("object-add", creds_object(object_id, directory, endpoint))
     await daemon.execute("migrate-set-parameters", {"tls-creds": object_id, **parameters})
 
 
@@ -153,11 +151,8 @@ def test_a_certificate_removed_between_migrations_is_a_clear_error(run, tmp, ca)
         try:
             await use_tls(a, directory, "client")
             await use_tls(b, directory, "server")
-            await b.execute(  # B will send the VM back: its client end, made while intact
-                "object-add",
-                {"qom-type": "tls-creds-x509", "id": "back", "dir": str(directory),
-                 "endpoint": "client"},
-            )  # fmt: skip
+            # B will send the VM back: its client end, made while the directory is intact
+            await b.execute("object-add", creds_object("back", directory, "client"))
             await pair.migrate()
             assert "completed" == await a.wait(FINAL)
 
@@ -191,15 +186,9 @@ def test_qemu_refusals_for_tls_parameters_and_objects(run, tmp, ca):
             with pytest.raises(
                 QMPCommandError, match="an object with id 'tls-server' already exists"
             ):
-                await source.execute(
-                    "object-add",
-                    {"qom-type": "tls-creds-x509", "id": "tls-server", "dir": str(directory)},
-                )
+                await source.execute("object-add", creds_object("tls-server", directory))
             with pytest.raises(QMPCommandError, match=r"/missing/ca-cert\.pem is missing"):
-                await source.execute(
-                    "object-add",
-                    {"qom-type": "tls-creds-x509", "id": "t1", "dir": str(tmp / "missing")},
-                )
+                await source.execute("object-add", creds_object("t1", tmp / "missing"))
             with pytest.raises(QMPCommandError, match="invalid object type: secret"):
                 await source.execute("object-add", {"qom-type": "secret", "id": "s"})
             await source.execute("object-del", {"id": "tls-server"})
