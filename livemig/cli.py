@@ -53,8 +53,8 @@ def _parameter(text: str) -> tuple[str, object]:
         return name, value
 
 
-def _convergence_options(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, bool]]:
-    """The parameters and capabilities the convergence flags of `livemig migrate` stand for."""
+def _migrate_options(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, bool]]:
+    """The parameters and capabilities the flags of `livemig migrate` stand for."""
     parameters: dict[str, object] = {}
     capabilities: dict[str, bool] = {}
     if args.auto_converge:
@@ -62,6 +62,9 @@ def _convergence_options(args: argparse.Namespace) -> tuple[dict[str, object], d
     if args.dirty_limit is not None:
         capabilities["dirty-limit"] = True
         parameters["vcpu-dirty-limit"] = args.dirty_limit
+    if args.multifd is not None:
+        capabilities["multifd"] = True
+        parameters["multifd-channels"] = args.multifd
     for flag, name in (
         ("completion_timeout_per_gib", "x-completion-timeout-per-gib"),
         ("progress_timeout", "x-progress-timeout"),
@@ -84,6 +87,11 @@ def _add_convergence_flags(migrate: argparse.ArgumentParser) -> None:
         "--dirty-limit", type=int, metavar="MBPS",
         help="cap each vCPU's page writes at MBPS MB/s when the guest outruns the link "
         "(capability dirty-limit, parameter vcpu-dirty-limit)",
+    )  # fmt: skip
+    migrate.add_argument(
+        "--multifd", type=int, metavar="N", nargs="?", const=2,
+        help="send the pages over N more connections (capability multifd, parameter "
+        "multifd-channels; N defaults to 2)",
     )  # fmt: skip
     migrate.add_argument(
         "--completion-timeout-per-gib", type=int, metavar="S",
@@ -237,7 +245,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
         )
         return 0 if asyncio.run(run_demo(options)).ok else 1
     if args.command == "migrate":
-        parameters, capabilities = _convergence_options(args)
+        parameters, capabilities = _migrate_options(args)
         info = asyncio.run(
             run_migration(
                 args.source,

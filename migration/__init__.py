@@ -18,7 +18,7 @@ from migration.errors import (
     TransitionError,
 )
 from migration.info import dest_info, source_info
-from migration.inputs import ChannelKey
+from migration.inputs import ChannelJoined, ChannelKey
 from migration.ledger import IncomingLedger, IncomingRecord, Install
 from migration.metrics import DestMetrics, DowntimeMarks, SourceMetrics
 from migration.params import (
@@ -33,6 +33,7 @@ from migration.status import MigrationStatus, is_active, is_terminal
 from migration.table import DestTrigger, Side, SourceTrigger, StatusMachine
 
 __all__ = [
+    "ChannelJoined",
     "ChannelKey",
     "CommandRefusedError",
     "DestMetrics",

@@ -18,14 +18,16 @@ from typing import TYPE_CHECKING
 
 from migration import actions as act
 from migration import inputs as inp
+from migration.dest_multifd import MultifdReceivers
 from migration.errors import LoadError
-from migration.glue import DIGEST_CHECK, machine_config_from
+from migration.glue import DIGEST_CHECK, full_record, machine_config_from, start_record
 from migration.ledger import Install, Loaded, Loading, Preparing
 from migration.metrics import error_cause
 from migration.outbox import Outbox
 from migration.table import DestTrigger
 from protocol import (
     AbortReceived,
+    ChannelRole,
     ConfigurationReceived,
     ConnectionClosed,
     DescriptionReceived,
@@ -39,10 +41,9 @@ from protocol import (
     ReturnPathRequested,
     SectionStarted,
     StreamEnded,
+    SwitchoverStarted,
 )
 from vmsim import (
-    SectionFull,
-    SectionStart,
     VMSimError,
     load_check_complete,
     load_cleanup,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 
 _LOAD_EVENTS = (
+    SwitchoverStarted,
     SectionStarted,
     RamPagesReceived,
     DeviceStateReceived,
@@ -140,6 +142,7 @@ class DestMigration:
         self._busy_reason = busy_reason
         self._out = Outbox(now)
         self.phase: Phase = AwaitingConfiguration()
+        self.multifd = MultifdReceivers(0)
 
     def next_deadline(self) -> float | None:
         """Never: the connection's own timer watches the peer."""
@@ -190,13 +193,12 @@ class DestMigration:
         match event:
             case inp.PeerEventReceived(channel=channel, event=received) if channel == self.channel:
                 self._on_event(received)
+            case inp.PeerEventReceived(channel=channel, event=received):
+                self._on_multifd_event(channel, received)
+            case inp.ChannelJoined(channel=channel, conn=conn):
+                self._on_joined(channel, conn)
             case inp.ChannelFailed(channel=channel, reason=reason, code=code):
-                if channel != self.channel:
-                    return
-                if code is None:
-                    self._lost(f"connection lost: {reason}")
-                else:
-                    self._refuse(code, f"bad migration stream: {reason}")
+                self._on_channel_failed(channel, reason, code)
             case inp.MachinePrepared(machine=machine):
                 self._on_prepared(machine)
             case inp.MachinePrepareFailed(reason=reason):
@@ -209,6 +211,15 @@ class DestMigration:
                 self._close()
             case _:
                 pass
+
+    def _on_channel_failed(
+        self, channel: inp.ChannelKey, reason: str, code: ErrorCode | None
+    ) -> None:
+        where = "" if channel == self.channel else f"{channel.role} channel {channel.serial}: "
+        if code is None:
+            self._lost(f"connection lost: {where}{reason}")
+        else:
+            self._refuse(code, f"bad migration stream: {where}{reason}")
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, _LOAD_EVENTS):
@@ -234,13 +245,17 @@ class DestMigration:
                 pass
 
     def _on_load_event(self, event: object) -> None:
+        if self.multifd.hold(event):
+            return  # device state waits for the RAM still on its way on multifd channels
         match event:
+            case SwitchoverStarted():
+                self.multifd.switched_over()
             case SectionStarted():
-                self._load(lambda m: load_section_start(m.savevm, _start_record(event)))
+                self._load(lambda m: load_section_start(m.savevm, start_record(event)))
             case RamPagesReceived():
                 self._on_pages(event)
             case DeviceStateReceived():
-                self._load(lambda m: load_section_full(m.savevm, _full_record(event)))
+                self._load(lambda m: load_section_full(m.savevm, full_record(event)))
                 self._require_receiving().record.metrics.devices.add(
                     (event.idstr, event.instance_id)
                 )
@@ -261,7 +276,12 @@ class DestMigration:
             config, from_file=self.from_file, busy_reason=self._busy_reason(), out=self._out
         )
         self.phase = AwaitingRam(record=record, config=config)
-        self._out.log("incoming_setup", ram_bytes=machine_config.ram_bytes)
+        self.multifd = MultifdReceivers(config.multifd_channels)
+        self._out.log(
+            "incoming_setup",
+            ram_bytes=machine_config.ram_bytes,
+            multifd_channels=config.multifd_channels,
+        )
         self._out.do(act.PrepareMachine(config=machine_config))
 
     def _on_ack_request(self) -> None:
@@ -311,6 +331,20 @@ class DestMigration:
         phase = self._require_receiving()
         self._load(lambda m: load_check_complete(m.savevm, phase.record.metrics.devices))
         self.phase = Receiving(record=phase.record, config=phase.config, ended=True)
+
+    def _on_joined(self, channel: inp.ChannelKey, conn: DestConnection) -> None:
+        phase = self._require_receiving()
+        if phase.record.machine is None or channel.role is not ChannelRole.MULTIFD:
+            msg = f"a {channel.role} channel cannot join a migration"
+            raise LoadError(msg, ErrorCode.UNEXPECTED_SECTION)
+        self.multifd.join(channel.serial, conn, phase.config, phase.record.machine)
+        self._out.do(act.Receive(channel=channel))
+
+    def _on_multifd_event(self, channel: inp.ChannelKey, event: object) -> None:
+        metrics = self._require_receiving().record.metrics
+        if self.multifd.on_event(channel.serial, event, metrics) and self.multifd.all_ended:
+            for held in self.multifd.release():
+                self._on_load_event(held)
 
     def _loaded(self) -> None:
         phase = self._require_receiving()
@@ -426,7 +460,7 @@ class DestMigration:
     def _refresh(self) -> None:
         record = self.record
         if record is not None:
-            record.metrics.received_bytes = self.conn.received_bytes
+            record.metrics.received_bytes = self.conn.received_bytes + self.multifd.received_bytes
 
     def _decided_elsewhere(self) -> bool:
         phase = self.phase
@@ -440,26 +474,6 @@ class DestMigration:
             msg = f"a section arrived before the destination acknowledged ({type(phase).__name__})"
             raise LoadError(msg, ErrorCode.UNEXPECTED_SECTION)
         return phase
-
-
-def _start_record(event: SectionStarted) -> SectionStart:
-    return SectionStart(
-        section_id=event.section_id,
-        idstr=event.idstr,
-        instance_id=event.instance_id,
-        version_id=event.version_id,
-        setup=dict(event.setup),
-    )
-
-
-def _full_record(event: DeviceStateReceived) -> SectionFull:
-    return SectionFull(
-        section_id=event.section_id,
-        idstr=event.idstr,
-        instance_id=event.instance_id,
-        version_id=event.version_id,
-        state=dict(event.state),
-    )
 
 
 def _describe_loss(event: ConnectionClosed | PeerTimedOut) -> str:

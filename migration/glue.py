@@ -10,8 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from migration.errors import LoadError
-from protocol import DeviceRef, ErrorCode, MigrationConfiguration
-from vmsim import PAGE_SIZE, ConfigError, MachineConfig
+from protocol import (
+    DeviceRef,
+    DeviceStateReceived,
+    ErrorCode,
+    MigrationConfiguration,
+    SectionStarted,
+)
+from vmsim import PAGE_SIZE, ConfigError, MachineConfig, SectionFull, SectionStart
 
 if TYPE_CHECKING:
     from vmsim import Machine
@@ -22,9 +28,13 @@ DIGEST_CHECK = "x-digest-check"
 
 
 def configuration_for(
-    machine: Machine, *, migration_id: str, capabilities: tuple[str, ...]
+    machine: Machine,
+    *,
+    migration_id: str,
+    capabilities: tuple[str, ...],
+    multifd_channels: int = 0,
 ) -> MigrationConfiguration:
-    """The CONFIGURATION frame describing `machine`."""
+    """The CONFIGURATION frame describing `machine` (and the multifd channels that follow)."""
     config = machine.config
     return MigrationConfiguration(
         migration_id=migration_id,
@@ -38,6 +48,7 @@ def configuration_for(
         capabilities=capabilities,
         uuid=config.uuid,
         vm=config.to_dict(),
+        multifd_channels=multifd_channels,
     )
 
 
@@ -80,3 +91,25 @@ def machine_config_from(
 
 def _mismatch(message: str) -> LoadError:
     return LoadError(message, ErrorCode.CONFIG_MISMATCH)
+
+
+def start_record(event: SectionStarted) -> SectionStart:
+    """The machine's START record of a received SECTION_START."""
+    return SectionStart(
+        section_id=event.section_id,
+        idstr=event.idstr,
+        instance_id=event.instance_id,
+        version_id=event.version_id,
+        setup=dict(event.setup),
+    )
+
+
+def full_record(event: DeviceStateReceived) -> SectionFull:
+    """The machine's FULL record of a received SECTION_FULL."""
+    return SectionFull(
+        section_id=event.section_id,
+        idstr=event.idstr,
+        instance_id=event.instance_id,
+        version_id=event.version_id,
+        state=dict(event.state),
+    )

@@ -85,6 +85,7 @@ def _ram_info(status: MigrationStatus, metrics: SourceMetrics) -> dict[str, obje
         "precopy-bytes": metrics.precopy_bytes,
         "downtime-bytes": metrics.downtime_bytes,
         "postcopy-bytes": 0,
+        "multifd-bytes": metrics.multifd_bytes,
     }
     if status is not S.COMPLETED:
         ram["remaining"] = metrics.remaining_bytes

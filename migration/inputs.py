@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from migration.params import MigrationParameters
-    from protocol import ChannelRole, ErrorCode
+    from protocol import ChannelRole, DestConnection, ErrorCode
     from protocol import Event as ProtocolEvent
     from vmsim import Machine, RunState
 
@@ -45,6 +45,18 @@ class ChannelOpened(Input):
     """The runner connected a channel the machine asked for."""
 
     channel: ChannelKey
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChannelJoined(Input):
+    """The router routed an accepted channel to this migration (a multifd channel).
+
+    Nothing was read past its CHANNEL handshake: the machine joins `conn` to the migration
+    before it asks to read (`Receive`).
+    """
+
+    channel: ChannelKey
+    conn: DestConnection
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

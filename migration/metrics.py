@@ -97,6 +97,7 @@ class SourceMetrics:
         ended_by: the timeout policy that ended it (x-timeout-action cancel), if one did.
         error_desc: why it failed (or is in doubt); None when cancelled (as QEMU).
         passes: one sample per dirty sync (bounded), for the migration's record.
+        multifd_bytes: of `transferred_bytes`, those sent on multifd channels.
         digest_check: `match` or `mismatch` once the destination's digest was compared.
         error_code: the code of the error that failed it (sent in ABORT), if one did.
     """
@@ -107,6 +108,7 @@ class SourceMetrics:
     setup_done_at: float | None = None
     ended_at: float | None = None
     transferred_bytes: int = 0
+    multifd_bytes: int = 0
     bytes_at_stop: int | None = None
     normal_pages: int = 0
     zero_pages: int = 0

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from migration.errors import ParameterError
-from protocol import Timeouts
+from protocol import MAX_MULTIFD_CHANNELS, Timeouts
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -147,6 +147,7 @@ _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
         _Choice(TIMEOUT_ACTIONS, unavailable=(("postcopy", "livemig has no postcopy yet"),)),
     ),
     "zero-page-detection": ("zero_page_detection", _Choice(ZERO_PAGE_DETECTIONS)),
+    "multifd-channels": ("multifd_channels", _IntRange(1, MAX_MULTIFD_CHANNELS, "channels")),
     "tls-creds": ("tls_creds", _Name()),
     "tls-hostname": ("tls_hostname", _Name()),
     "tls-authz": ("tls_authz", _Name()),
@@ -175,7 +176,8 @@ class MigrationParameters:
     completion_timeout_per_gib_s: int = 0  # 0: off
     progress_timeout_s: int = 0  # 0: off
     timeout_action: str = "cancel"
-    zero_page_detection: str = "multifd"  # QEMU 9's default; in the main stream until multifd
+    zero_page_detection: str = "multifd"  # QEMU 9's default (legacy: found by the main thread)
+    multifd_channels: int = 2
     tls_creds: str = ""  # "": no TLS
     tls_hostname: str = ""  # "": the host of the migration URI
     tls_authz: str = ""  # "": any client the CA signed
@@ -222,6 +224,7 @@ _CAPABILITIES: Final[dict[str, str]] = {
     "pause-before-switchover": "pause_before_switchover",
     "dirty-limit": "dirty_limit",
     "x-digest-check": "digest_check",
+    "multifd": "multifd",
 }
 
 
@@ -236,6 +239,7 @@ class MigrationCapabilities:
     pause_before_switchover: bool = False
     dirty_limit: bool = False
     digest_check: bool = False
+    multifd: bool = False
 
     def updated(self, changes: Mapping[str, bool]) -> MigrationCapabilities:
         """Return a copy with `changes` (QMP names) applied, or raise naming the capability."""

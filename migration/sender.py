@@ -8,13 +8,15 @@ sender waits for; each phase is a small value carrying what it needs.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from migration.actions import FlushNowait, Level, Receive
+from migration.actions import CloseChannel, FlushNowait, Level, OpenChannel, Receive
 from migration.errors import TransitionError
 from migration.glue import configuration_for
 from migration.inputs import ChannelKey
+from migration.multifd import MultifdChannels
 from migration.precopy import (
     FINAL_BATCH_PAGES,
     QUEUE_AHEAD_BYTES,
@@ -27,12 +29,12 @@ from protocol import ChannelRole, ErrorCode, ProtocolError, SourceConnection
 from vmsim import SectionFull, SectionPart, SectionStart, state_complete, state_setup
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from migration.metrics import SourceMetrics
     from migration.outbox import Outbox
     from migration.params import MigrationCapabilities, MigrationParameters
-    from protocol import Timeouts
+    from protocol import MigrationConfiguration, Timeouts
     from vmsim import Machine
 
 MAIN = ChannelKey(ChannelRole.MAIN)
@@ -147,6 +149,7 @@ class StreamSender:
         caps: MigrationCapabilities,
         timeouts: Timeouts | None,
         zero_pages: bool = True,
+        multifd_channels: int = 0,
     ) -> None:
         self._out = outbox
         self._machine = machine
@@ -159,6 +162,42 @@ class StreamSender:
         )
         self.phase: Phase = Connecting()
         self.precopy: Precopy | None = None
+        self.multifd = (
+            MultifdChannels(multifd_channels, now=outbox.now) if multifd_channels else None
+        )
+        self._awaiting: Counter[ChannelKey] = Counter()  # flushes not yet answered by SendDone
+
+    @property
+    def sent_bytes(self) -> int:
+        """Bytes the kernel took on every channel of the stream."""
+        return self.conn.sent_bytes + self.multifd_bytes
+
+    @property
+    def multifd_bytes(self) -> int:
+        """Bytes the kernel took on the multifd channels."""
+        return self.multifd.sent_bytes if self.multifd is not None else 0
+
+    def count_bytes(self) -> None:
+        """Bring the byte counters of the metrics up to date."""
+        self._metrics.transferred_bytes = self.sent_bytes
+        self._metrics.multifd_bytes = self.multifd_bytes
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes queued on every channel of the stream and not yet sent."""
+        multifd = self.multifd.pending_bytes if self.multifd is not None else 0
+        return self.conn.pending_send_bytes + multifd
+
+    def close_channels(self) -> None:
+        """Close the main channel and the multifd channels."""
+        for key in (MAIN, *(self.multifd.conns if self.multifd is not None else ())):
+            self._out.do(CloseChannel(channel=key))
+
+    def _flush(self, keys: Iterable[ChannelKey], keep_bytes: int = 0) -> None:
+        """Flush `keys`; the phase goes on once every one answered (`sent`)."""
+        for key in keys:
+            self._awaiting[key] += 1
+            self._out.flush(key, keep_bytes=keep_bytes)
 
     # ------------------------------------------------------------------ setup
 
@@ -178,13 +217,16 @@ class StreamSender:
         if return_path:
             self._out.do(Receive(channel=MAIN))
         config = configuration_for(
-            self._machine, migration_id=self._migration_id, capabilities=self._caps.wire_names()
+            self._machine,
+            migration_id=self._migration_id,
+            capabilities=self._caps.wire_names(),
+            multifd_channels=self.multifd.count if self.multifd is not None else 0,
         )
         self.conn.send_configuration(config)
         if return_path:
             self.conn.send_open_return_path()
             self.phase = AwaitingAck()
-            self._out.flush(MAIN)
+            self._flush([MAIN])
         else:
             self.send_setup()
 
@@ -196,7 +238,16 @@ class StreamSender:
         for record in state_setup(self._machine.savevm):
             self._send_record(record)
         self.phase = SendingSetup()
-        self._out.flush(MAIN)
+        self._flush([MAIN])
+        if self.multifd is not None:  # the destination's RAM is ready: connect them now
+            for key, conn in self.multifd.conns.items():
+                self._out.do(OpenChannel(channel=key, conn=conn))
+
+    def multifd_opened(self, key: ChannelKey) -> None:
+        """Multifd channel `key` connected: its handshake joins it to this migration."""
+        if self.multifd is not None and key in self.multifd.conns:
+            self.multifd.opened(key, self.conn.configuration or _no_configuration())
+            self._flush([key])
 
     def start_precopy(self) -> Precopy:
         """Setup is done: the precopy policies start now."""
@@ -228,21 +279,25 @@ class StreamSender:
         precopy = self._require_precopy()
         step = precopy.next_step(self._out.now, params)
         if isinstance(step, Batch):
-            before = self.conn.pending_send_bytes
-            self._send_part(step.part, end=False)
-            precopy.sent(self.conn.pending_send_bytes - before)
+            before = self.pending_bytes
             self.phase = Sending()
-            self._out.flush(MAIN, keep_bytes=QUEUE_AHEAD_BYTES)
+            self._send_part(step.part, end=False)
+            precopy.sent(self.pending_bytes - before)
             return
         resume_at = step.until if isinstance(step, Throttled) else None
         self.phase = Draining(resume_at=resume_at)
-        self._out.flush(MAIN)
+        self._flush(self._stream_keys())
 
-    def sent(self, params: MigrationParameters) -> Milestone | None:
-        """The last flush on the main channel finished: go on; maybe a milestone."""
+    def sent(self, channel: ChannelKey, params: MigrationParameters) -> Milestone | None:
+        """A flush on `channel` finished: once all did, go on; maybe a milestone."""
+        if not self._awaiting[channel]:
+            return None  # a flush the sender did not ask for
+        self._awaiting[channel] -= 1
+        if +self._awaiting:
+            return None
         phase = self.phase
         if isinstance(phase, SendingSetup):
-            return SetupDone()
+            return SetupDone() if self.multifd is None or self.multifd.all_open else None
         if isinstance(phase, Sending):
             self._close_window()
             self._next_batch(params)
@@ -299,16 +354,17 @@ class StreamSender:
             self.phase = SendingEnd()
         elif isinstance(record, SectionPart):
             self._send_part(record, end=True)
-            self._out.flush(MAIN, keep_bytes=QUEUE_AHEAD_BYTES)
             return
         elif marks.final_ram_sent_at is None and phase.held is None:
             self.phase = Completing(records=phase.records, held=record)  # drain the RAM first
+            if self.multifd is not None:
+                self._flush(self.multifd.finish())
         else:
             if marks.final_ram_sent_at is None:
                 marks.final_ram_sent_at = self._out.now
             self.phase = Completing(records=phase.records)
             self._send_record(record)
-        self._out.flush(MAIN)
+        self._flush([MAIN])
 
     # ------------------------------------------------------------------ frames
 
@@ -323,12 +379,32 @@ class StreamSender:
             )
 
     def _send_part(self, part: SectionPart, *, end: bool) -> None:
-        self.conn.send_ram(part.section_id, part.batch, end=end)
+        """Queue a RAM part (on the main channel, or spread over the multifd channels)."""
         self._metrics.normal_pages += part.batch.normal_pages
         self._metrics.zero_pages += part.batch.zero_pages
+        multifd = self.multifd
+        if multifd is None:
+            self.conn.send_ram(part.section_id, part.batch, end=end)
+            self._flush([MAIN], keep_bytes=QUEUE_AHEAD_BYTES)
+            return
+        synced = multifd.sync(self._machine.ram_handler.stats().dirty_sync_count)
+        used = multifd.send(part.batch)
+        keys = dict.fromkeys([*synced, *used])
+        self._flush(keys, keep_bytes=QUEUE_AHEAD_BYTES // multifd.count)
+        if not keys:  # an empty last part: nothing to wait for
+            self._flush([MAIN])
+
+    def _stream_keys(self) -> list[ChannelKey]:
+        """The channels pages travel on."""
+        return list(self.multifd.conns) if self.multifd is not None else [MAIN]
 
     def _require_precopy(self) -> Precopy:
         if self.precopy is None:
             msg = "precopy used before setup was done"
             raise TransitionError(msg)
         return self.precopy
+
+
+def _no_configuration() -> MigrationConfiguration:
+    msg = "a multifd channel opened before the configuration was sent"
+    raise TransitionError(msg)

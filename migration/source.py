@@ -35,6 +35,7 @@ from migration.outbox import Outbox
 from migration.resolve import Purpose, SessionOutcome
 from migration.sender import MAIN, SetupDone, StreamSender, StreamSent, SwitchoverDue
 from migration.source_doubt import (
+    CANCEL_AFTER_HANDOVER,
     DestinationRuns,
     ResumeHere,
     settled_by_operator,
@@ -55,7 +56,7 @@ from migration.source_phases import (
 from migration.source_replies import FailureNote, check_digest, describe_reply
 from migration.status import MigrationStatus, is_terminal
 from migration.table import Side, SourceTrigger, StatusMachine
-from protocol import ErrorCode, LoadCompleted, ProtocolError, ReturnPathAcked
+from protocol import ChannelRole, ErrorCode, LoadCompleted, ProtocolError, ReturnPathAcked
 from vmsim import PAGE_SIZE, RunState, VMSimError, state_cleanup
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class SourceMigration:
             caps=caps,
             timeouts=self.params.timeouts if self.uses_return_path else None,
             zero_pages=params.zero_page_detection != "none",
+            multifd_channels=params.multifd_channels if caps.multifd else 0,
         )
         self.convergence = Convergence(
             outbox=self._out,
@@ -163,7 +165,7 @@ class SourceMigration:
 
     def refresh(self) -> None:
         """Bring the byte counters up to date (before reading the metrics)."""
-        self.metrics.transferred_bytes = self.sender.conn.sent_bytes
+        self.sender.count_bytes()
 
     def check_cancel(self) -> None:
         """Raise if `migrate_cancel` is refused now (after HANDOVER: docs/handover.md row 17).
@@ -172,11 +174,7 @@ class SourceMigration:
             CommandRefusedError: the VM is being handed over.
         """
         if self.handed_over and not is_terminal(self.status.status):
-            msg = (
-                "the VM is being handed over to the destination, migrate_cancel is not possible "
-                "now (the handover is in doubt until the destination's outcome is known)"
-            )
-            raise CommandRefusedError(msg)
+            raise CommandRefusedError(CANCEL_AFTER_HANDOVER)
 
     @property
     def finished(self) -> bool:
@@ -201,8 +199,8 @@ class SourceMigration:
                 self._on_reply(channel, reply, io_error)
             case inp.ChannelFailed(channel=channel, reason=reason, code=code):
                 self._on_channel_failure(channel, reason, code or ErrorCode.PROTOCOL_ERROR)
-            case inp.SendDone(channel=channel) if channel == MAIN:
-                self._on_sent()
+            case inp.SendDone(channel=channel):
+                self._on_sent(channel)
             case inp.TimerFired():
                 self._on_timer()
             case _:
@@ -232,15 +230,16 @@ class SourceMigration:
                 pass
 
     def _on_opened(self, channel: inp.ChannelKey) -> None:
-        if channel == MAIN:
-            if isinstance(self.phase, Streaming):
-                self.sender.opened(return_path=self.uses_return_path)
-        elif isinstance(self.phase, Resolving):
+        if isinstance(self.phase, Resolving):
             self.phase.resolver.opened(channel)
+        elif isinstance(self.phase, Streaming) and channel == MAIN:
+            self.sender.opened(return_path=self.uses_return_path)
+        elif isinstance(self.phase, Streaming):
+            self.sender.multifd_opened(channel)
 
-    def _on_sent(self) -> None:
+    def _on_sent(self, channel: inp.ChannelKey) -> None:
         if isinstance(self.phase, Streaming):
-            self._milestone(self.sender.sent(self.params))
+            self._milestone(self.sender.sent(channel, self.params))
 
     def _on_timer(self) -> None:
         phase = self.phase
@@ -359,7 +358,7 @@ class SourceMigration:
         self._out.do(act.SetVmRunState(runstate=RunState.POSTMIGRATE))
         state_cleanup(self.machine.savevm)
         self._fire(trigger)
-        self._out.do(act.CloseChannel(channel=MAIN))
+        self.sender.close_channels()
         self._finish()
 
     def _fail(
@@ -386,7 +385,7 @@ class SourceMigration:
         self._out.log(
             "migration_failed", level=act.Level.WARNING, error=reason, cancelled=cancelled
         )
-        self._out.do(act.CloseChannel(channel=MAIN))
+        self.sender.close_channels()
         if stopped and self.uses_return_path:
             # The destination may hold a loaded copy in doubt: tell it, best effort.
             self._resolve(Purpose.NOTIFY_ABORT, first_at=self._out.now, abort=(code, reason))
@@ -407,7 +406,7 @@ class SourceMigration:
         )
         self._fire(T.LOST_AFTER_HANDOVER)
         self._out.log("migration_in_doubt", level=act.Level.WARNING, error=reason)
-        self._out.do(act.CloseChannel(channel=MAIN))
+        self.sender.close_channels()
         first_at = self._out.now + self.params.resolve_interval_s
         self._resolve(Purpose.SETTLE, first_at=first_at, abort=(ErrorCode.INTERNAL, ""))
 
@@ -427,7 +426,7 @@ class SourceMigration:
             self._fire(T.SHUTDOWN)
         if isinstance(self.phase, Resolving):
             self.phase.resolver.close()
-        self._out.do(act.CloseChannel(channel=MAIN))
+        self.sender.close_channels()
         self._finish()
 
     def _finish(self) -> None:
@@ -475,8 +474,9 @@ class SourceMigration:
         self._finish()
 
     def _on_channel_failure(self, channel: inp.ChannelKey, reason: str, code: ErrorCode) -> None:
-        if channel == MAIN:
-            self._fail(reason, code)
+        if channel.role in {ChannelRole.MAIN, ChannelRole.MULTIFD}:
+            multifd = channel.role is ChannelRole.MULTIFD
+            self._fail(f"multifd channel {channel.serial}: {reason}" if multifd else reason, code)
         elif isinstance(self.phase, Resolving):
             self._settle(self.phase.resolver.failed(channel, reason))
 

@@ -7,7 +7,7 @@ applies it: the destination runs the VM (completed), or it never will (resumed h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from migration.resolve import Purpose, Resolver, Result
 from migration.table import SourceTrigger as T
@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from migration.resolve import SessionOutcome
     from migration.table import SourceTrigger
     from protocol import ErrorCode
+
+CANCEL_AFTER_HANDOVER: Final = (
+    "the VM is being handed over to the destination, migrate_cancel is not possible now (the "
+    "handover is in doubt until the destination's outcome is known)"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ class FrameKind(enum.IntEnum):
     VMDESCRIPTION = 0x06
     CONFIGURATION = 0x07
     COMMAND = 0x08
+    PAGES = 0x09  # a multifd channel's packet of pages (not a section)
 
 
 class ReturnKind(enum.IntEnum):
@@ -68,18 +69,25 @@ class Command(enum.IntEnum):
     ABORT = 0x41
     RESOLVE = 0x42
     CHANNEL = 0x43
+    MULTIFD_SYNC = 0x44
 
 
 class ChannelRole(enum.StrEnum):
     """What a network connection carries for its migration, named in its CHANNEL handshake.
 
     ``main`` carries the main stream and, in the other direction, the return path; ``resolve``
-    asks what became of a migration (docs/handover.md). Later capabilities add roles (multifd
-    channels, the postcopy preempt channel) as new members and new rows in the state tables.
+    asks what became of a migration (docs/handover.md); ``multifd`` (index 0..254) carries
+    packets of pages (PAGES) and a MULTIFD_SYNC per pass, then EOF. Later capabilities add roles
+    (the postcopy preempt channel) as new members and new rows in the state tables.
     """
 
     MAIN = "main"
     RESOLVE = "resolve"
+    MULTIFD = "multifd"
+
+
+MAX_MULTIFD_CHANNELS: Final = 255
+"""QEMU's upper bound of `multifd-channels`; a multifd channel's index is below it."""
 
 
 class PageKind(enum.IntEnum):

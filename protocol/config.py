@@ -6,6 +6,7 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from protocol.codes import MAX_MULTIFD_CHANNELS
 from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.meta import (
     U32_MAX,
@@ -38,6 +39,8 @@ CONFIG_KEYS: Final = (
     "uuid",
     "vm",
 )
+MULTIFD_KEY: Final = "multifd_channels"
+"""Present only when the migration uses multifd channels (an older peer never sees it)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,6 +65,7 @@ class MigrationConfiguration:
         capabilities: capabilities in use that both sides must agree on.
         uuid: the VM's UUID (canonical lower-case form) or None.
         vm: the VM's configuration, opaque to the protocol.
+        multifd_channels: how many multifd channels carry the pages (0: the main stream does).
     """
 
     migration_id: str
@@ -72,6 +76,7 @@ class MigrationConfiguration:
     capabilities: tuple[str, ...]
     uuid: str | None
     vm: Mapping[str, Any]
+    multifd_channels: int = 0
 
     @property
     def ram_pages(self) -> int:
@@ -81,7 +86,7 @@ class MigrationConfiguration:
 
 def encode_configuration(config: MigrationConfiguration) -> MetaMap:
     """The CONFIGURATION metadata map."""
-    return {
+    meta: MetaMap = {
         "migration_id": config.migration_id,
         "machine": config.machine,
         "page_size": config.page_size,
@@ -91,6 +96,9 @@ def encode_configuration(config: MigrationConfiguration) -> MetaMap:
         "uuid": config.uuid,
         "vm": dict(config.vm),
     }
+    if config.multifd_channels:
+        meta[MULTIFD_KEY] = config.multifd_channels
+    return meta
 
 
 def decode_configuration(meta: MetaMap, limits: Limits) -> MigrationConfiguration:
@@ -99,7 +107,8 @@ def decode_configuration(meta: MetaMap, limits: Limits) -> MigrationConfiguratio
     Raises:
         LocalProtocolError: BAD_METADATA or LIMIT_EXCEEDED naming the field.
     """
-    check_keys(meta, CONFIG_KEYS, "CONFIGURATION")
+    multifd = MULTIFD_KEY in meta
+    check_keys(meta, (*CONFIG_KEYS, MULTIFD_KEY) if multifd else CONFIG_KEYS, "CONFIGURATION")
     page_size = take_int(meta, "page_size", MIN_PAGE_SIZE, MAX_PAGE_SIZE)
     if page_size & (page_size - 1):
         msg = f"'page_size' = {page_size} is not a power of two"
@@ -120,6 +129,7 @@ def decode_configuration(meta: MetaMap, limits: Limits) -> MigrationConfiguratio
         capabilities=_decode_capabilities(meta["capabilities"]),
         uuid=_decode_uuid(meta["uuid"]),
         vm=take_map(meta, "vm"),
+        multifd_channels=take_int(meta, MULTIFD_KEY, 1, MAX_MULTIFD_CHANNELS) if multifd else 0,
     )
 
 

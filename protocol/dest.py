@@ -27,6 +27,7 @@ from protocol.messages import (
 from protocol.meta import pack_meta, unpack_meta
 from protocol.ram import RunTable, parse_runs
 from protocol.states import (
+    MainInput,
     MainState,
     ReturnState,
     StreamMode,
@@ -116,6 +117,18 @@ class DestConnection(Connection):
         """The CHANNEL handshake received, if any (version 3 network streams)."""
         return self._main.channel
 
+    def join(self, config: MigrationConfiguration, sink: PageSink | None) -> None:
+        """This multifd channel carries pages of ``config``'s migration into ``sink``.
+
+        Call it after its CHANNEL handshake (``ChannelAnnounced``, role multifd), before
+        reading on: PAGES frames are checked against ``config``'s RAM.
+
+        Raises:
+            LocalProtocolError: not a new multifd channel of that migration.
+        """
+        self._main.join(config)
+        self._sink = sink
+
     def attach_sink(self, sink: PageSink) -> None:
         """Put the page data of RAM frames into ``sink`` from now on (``PageSink``).
 
@@ -187,7 +200,10 @@ class DestConnection(Connection):
             self._send(ReturnKind.PONG, {"value": value})
 
     def _expects_peer(self) -> bool:
-        return not is_main_terminal(self._main.mode, self._main.state)
+        # A multifd channel may idle for long (no page of its stripes dirty): the main channel
+        # watches the source.
+        state = self._main.state
+        return state is not MainState.MULTIFD and not is_main_terminal(self._main.mode, state)
 
     # ------------------------------------------------------------------ receiving
 
@@ -206,6 +222,9 @@ class DestConnection(Connection):
             msg = f"{kind.name} frames have section id 0, not {info.section_id}"
             raise LocalProtocolError(msg)
         self._plan = None
+        if kind is FrameKind.PAGES:
+            self._main.check_input(MainInput.PAGES)
+            return True
         if kind in {FrameKind.SECTION_PART, FrameKind.SECTION_END}:
             return self._main.check_part(info.section_id, end=kind is FrameKind.SECTION_END)
         if kind is not FrameKind.COMMAND:
@@ -213,9 +232,7 @@ class DestConnection(Connection):
         return False
 
     def _on_meta(self, info: FrameInfo, meta: memoryview) -> list[memoryview]:
-        runs = decode_ram_meta(
-            unpack_meta(meta, self._limits), end=info.kind == FrameKind.SECTION_END
-        )
+        runs = decode_ram_meta(unpack_meta(meta, self._limits), FrameKind(info.kind).name)
         config = self._main.require_config()
         self._plan = parse_runs(
             runs,
@@ -246,15 +263,24 @@ class DestConnection(Connection):
             self._pong(event.value)
         return ev.with_frame(event, info)
 
-    def _finish_ram(self, info: FrameInfo, plan: RunTable) -> ev.RamPagesReceived:
-        event = ev.RamPagesReceived(
-            section_id=info.section_id,
-            end=info.kind == FrameKind.SECTION_END,
-            normal_pages=plan.normal_pages,
-            zero_pages=plan.zero_pages,
-            runs=plan.runs,
-            data=self._scratch,
-        )
+    def _finish_ram(self, info: FrameInfo, plan: RunTable) -> ev.Event:
+        event: ev.Event
+        if info.kind == FrameKind.PAGES:
+            event = ev.MultifdPagesReceived(
+                normal_pages=plan.normal_pages,
+                zero_pages=plan.zero_pages,
+                runs=plan.runs,
+                data=self._scratch,
+            )
+        else:
+            event = ev.RamPagesReceived(
+                section_id=info.section_id,
+                end=info.kind == FrameKind.SECTION_END,
+                normal_pages=plan.normal_pages,
+                zero_pages=plan.zero_pages,
+                runs=plan.runs,
+                data=self._scratch,
+            )
         self._main.accept(event)
         if self._sink is not None:
             self._sink.pages_loaded(plan)

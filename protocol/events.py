@@ -121,6 +121,28 @@ class RamPagesReceived(Event):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class MultifdPagesReceived(Event):
+    """PAGES: a packet of pages on a multifd channel, in guest RAM once its sink made it final.
+
+    ``runs`` and ``data`` are as in `RamPagesReceived` (``data`` only without a sink).
+    """
+
+    normal_pages: int
+    zero_pages: int
+    runs: NDArray[np.void] = field(compare=False)
+    data: memoryview | None = field(default=None, compare=False)
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MultifdSynced(Event):
+    """MULTIFD_SYNC: every page this channel carries for passes up to ``pass_number`` came."""
+
+    pass_number: int
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SwitchoverStarted(Event):
     """SWITCHOVER_START: the source VM is stopped; END and FULL sections follow."""
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from protocol import events as ev
-from protocol.codes import SUPPORTED_VERSIONS, ChannelRole, Command, FrameKind, Outcome, ReturnKind
+from protocol.codes import (
+    MAX_MULTIFD_CHANNELS,
+    SUPPORTED_VERSIONS,
+    ChannelRole,
+    Command,
+    FrameKind,
+    Outcome,
+    ReturnKind,
+)
 from protocol.config import MAX_IDSTR_BYTES, MAX_NAME_BYTES, decode_configuration
 from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.meta import (
@@ -83,9 +91,9 @@ def decode_section_part(section_id: int, meta: MetaMap, *, end: bool) -> ev.Sect
     return ev.SectionPartReceived(section_id=section_id, end=end, payload=take_map(meta, "payload"))
 
 
-def decode_ram_meta(meta: MetaMap, *, end: bool) -> bytes:
-    """SECTION_PART/END of the RAM section: ``{runs, eos}``; returns the packed run table."""
-    check_keys(meta, ("runs", "eos"), "SECTION_END" if end else "SECTION_PART")
+def decode_ram_meta(meta: MetaMap, what: str) -> bytes:
+    """RAM SECTION_PART/END, or PAGES (``what``): ``{runs, eos}``; returns the packed run table."""
+    check_keys(meta, ("runs", "eos"), what)
     if not take_bool(meta, "eos"):
         msg = "'eos' must be true"
         raise bad(msg)
@@ -130,7 +138,11 @@ def _decode_channel(meta: MetaMap, _limits: Limits) -> ev.ChannelAnnounced:
         msg = f"unknown channel role {value!r} (this peer knows {known})"
         raise bad(msg) from None
     index = take_int(meta, "index", 0, U16_MAX)
-    if index:
+    if role is ChannelRole.MULTIFD:
+        if index >= MAX_MULTIFD_CHANNELS:
+            msg = f"a multifd channel's index is below {MAX_MULTIFD_CHANNELS}, not {index}"
+            raise bad(msg)
+    elif index:
         msg = f"a {role} channel has index 0, not {index}"
         raise bad(msg)
     return ev.ChannelAnnounced(
@@ -156,6 +168,10 @@ _COMMANDS: Final[dict[Command, tuple[tuple[str, ...], Callable[[MetaMap, Limits]
         ),
     ),
     Command.CHANNEL: (("migration_id", "role", "index"), _decode_channel),
+    Command.MULTIFD_SYNC: (
+        ("pass",),
+        lambda m, _l: ev.MultifdSynced(pass_number=take_u32(m, "pass")),
+    ),
 }
 
 MAIN_DECODERS: Final[dict[FrameKind, Callable[[int, MetaMap, Limits], ev.Event]]] = {
@@ -180,12 +196,15 @@ MAIN_INPUTS: Final[dict[type[ev.Event], MainInput]] = {
     ev.HandoverReceived: MainInput.HANDOVER,
     ev.AbortReceived: MainInput.ABORT,
     ev.ResolveRequested: MainInput.RESOLVE,
+    ev.MultifdPagesReceived: MainInput.PAGES,
+    ev.MultifdSynced: MainInput.MULTIFD_SYNC,
 }
 """The main table's input for each main-stream event (PART/END: see ``part_input``)."""
 
 CHANNEL_INPUTS: Final[dict[ChannelRole, MainInput]] = {
     ChannelRole.MAIN: MainInput.CHANNEL_MAIN,
     ChannelRole.RESOLVE: MainInput.CHANNEL_RESOLVE,
+    ChannelRole.MULTIFD: MainInput.CHANNEL_MULTIFD,
 }
 """The main table's input for a CHANNEL handshake, by role."""
 
@@ -205,6 +224,7 @@ KIND_INPUTS: Final[dict[FrameKind, MainInput]] = {
     FrameKind.SECTION_FULL: MainInput.SECTION_FULL,
     FrameKind.VMDESCRIPTION: MainInput.VMDESCRIPTION,
     FrameKind.CONFIGURATION: MainInput.CONFIGURATION,
+    FrameKind.PAGES: MainInput.PAGES,
 }
 """The main table's input for each frame kind, known from the header (not COMMAND)."""
 

@@ -24,6 +24,7 @@ from protocol.messages import MAIN_DECODERS, RETURN_DECODERS, RETURN_INPUTS, dec
 from protocol.meta import U32_MAX, bad, pack_meta, unpack_meta
 from protocol.ram import check_batch_data, pack_runs, parse_runs
 from protocol.states import (
+    MainInput,
     MainState,
     ReturnState,
     StreamMode,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from protocol.config import MigrationConfiguration
     from protocol.errors import FrameInfo
     from protocol.meta import MetaMap
-    from protocol.ram import RamBatchLike
+    from protocol.ram import RamBatchLike, RunTable
 
 MAX_PINGS_IN_FLIGHT: Final = 64
 _UNANNOUNCED: Final = frozenset({MainState.IDLE, MainState.STARTED})
@@ -129,13 +130,18 @@ class SourceConnection(Connection):
 
     # ------------------------------------------------------------------ sending
 
-    def send_channel(self, migration_id: str, role: ChannelRole) -> None:
+    def send_channel(self, migration_id: str, role: ChannelRole, index: int = 0) -> None:
         """Queue CHANNEL: the first frame of a version 3 network connection.
 
         ``send_configuration`` and ``send_resolve`` queue the handshake they imply themselves
         (role main or resolve); a connection of another role opens with this call.
         """
-        meta = {"cmd": Command.CHANNEL, "migration_id": migration_id, "role": str(role), "index": 0}
+        meta = {
+            "cmd": Command.CHANNEL,
+            "migration_id": migration_id,
+            "role": str(role),
+            "index": index,
+        }
         self._send(FrameKind.COMMAND, 0, meta)
 
     def _announce(self, migration_id: str, role: ChannelRole) -> None:
@@ -175,10 +181,45 @@ class SourceConnection(Connection):
         """Queue a RAM PART (or END) frame: the run table and views of the pages, not copied."""
         kind = FrameKind.SECTION_END if end else FrameKind.SECTION_PART
 
-        def build() -> _Outgoing:
+        def check() -> None:
             if not self._main.check_part(section_id, end=end):
                 msg = f"section {section_id} is not the RAM section"
                 raise unexpected(msg)
+
+        def event(table: RunTable) -> ev.Event:
+            return ev.RamPagesReceived(
+                section_id=section_id,
+                end=end,
+                normal_pages=table.normal_pages,
+                zero_pages=table.zero_pages,
+                runs=table.runs,
+            )
+
+        self._send_pages(kind, section_id, batch, check, event)
+
+    def send_pages(self, batch: RamBatchLike) -> None:
+        """Queue PAGES on a multifd channel: the run table and views of the pages, not copied."""
+
+        def check() -> None:
+            self._main.check_input(MainInput.PAGES)
+
+        def event(table: RunTable) -> ev.Event:
+            return ev.MultifdPagesReceived(
+                normal_pages=table.normal_pages, zero_pages=table.zero_pages, runs=table.runs
+            )
+
+        self._send_pages(FrameKind.PAGES, 0, batch, check, event)
+
+    def _send_pages(
+        self,
+        kind: FrameKind,
+        section_id: int,
+        batch: RamBatchLike,
+        check: Callable[[], None],
+        event: Callable[[RunTable], ev.Event],
+    ) -> None:
+        def build() -> _Outgoing:
+            check()
             config = self._main.require_config()
             runs = pack_runs(batch)
             table = parse_runs(
@@ -189,17 +230,19 @@ class SourceConnection(Connection):
                 limits=self._limits,
             )
             views = check_batch_data(batch, table, config.page_size)
-            event = ev.RamPagesReceived(
-                section_id=section_id,
-                end=end,
-                normal_pages=table.normal_pages,
-                zero_pages=table.zero_pages,
-                runs=table.runs,
-            )
             meta = {"runs": runs, "eos": True}
-            return _Outgoing(meta, views, table.normal_pages * config.page_size, event)
+            return _Outgoing(meta, views, table.normal_pages * config.page_size, event(table))
 
         self._send_built(kind, section_id, build)
+
+    def open_multifd(self, config: MigrationConfiguration, index: int) -> None:
+        """Queue CHANNEL multifd ``index``: this connection carries pages of ``config``'s RAM."""
+        self.send_channel(config.migration_id, ChannelRole.MULTIFD, index)
+        self._main.join(config)
+
+    def send_multifd_sync(self, pass_number: int) -> None:
+        """Queue MULTIFD_SYNC: this multifd channel sent its pages of passes up to this one."""
+        self._send(FrameKind.COMMAND, 0, {"cmd": Command.MULTIFD_SYNC, "pass": pass_number})
 
     def send_section_part(self, section_id: int, payload: Mapping[str, Any], *, end: bool) -> None:
         """Queue SECTION_PART (or END) of an iterable section other than RAM."""

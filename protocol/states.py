@@ -48,6 +48,8 @@ class MainState(enum.Enum):
     STARTED = "STARTED"  # stream header
     OPENED = "OPENED"  # channels mode: CHANNEL main, waiting for the configuration
     RESOLVE_OPENED = "RESOLVE_OPENED"  # channels mode: CHANNEL resolve, waiting for RESOLVE
+    MULTIFD = "MULTIFD"  # channels mode: CHANNEL multifd, PAGES and MULTIFD_SYNC until EOF
+    MULTIFD_DONE = "MULTIFD_DONE"  # a multifd channel after its EOF
     CONFIGURED = "CONFIGURED"  # configuration, waiting for OPEN_RETURN_PATH (return-path mode)
     SETUP = "SETUP"  # START and early FULL sections
     ITERATING = "ITERATING"  # PART sections
@@ -70,6 +72,9 @@ class MainInput(enum.Enum):
     HEADER = "HEADER"
     CHANNEL_MAIN = "CHANNEL_MAIN"
     CHANNEL_RESOLVE = "CHANNEL_RESOLVE"
+    CHANNEL_MULTIFD = "CHANNEL_MULTIFD"
+    PAGES = "PAGES"
+    MULTIFD_SYNC = "MULTIFD_SYNC"
     CONFIGURATION = "CONFIGURATION"
     OPEN_RETURN_PATH = "OPEN_RETURN_PATH"
     PING = "PING"
@@ -171,10 +176,12 @@ def _channels_table() -> dict[MainState, dict[MainInput, MainState]]:
     table[_S.STARTED] = {
         _I.CHANNEL_MAIN: _S.OPENED,
         _I.CHANNEL_RESOLVE: _S.RESOLVE_OPENED,
+        _I.CHANNEL_MULTIFD: _S.MULTIFD,
         _I.ABORT: _S.ABORTED,
     }
     table[_S.OPENED] = {_I.CONFIGURATION: _S.CONFIGURED, _I.ABORT: _S.ABORTED}
     table[_S.RESOLVE_OPENED] = {_I.RESOLVE: _S.RESOLVING, _I.ABORT: _S.ABORTED}
+    table[_S.MULTIFD] = {_I.PAGES: _S.MULTIFD, _I.MULTIFD_SYNC: _S.MULTIFD, _I.EOF: _S.MULTIFD_DONE}
     return table
 
 
@@ -234,7 +241,9 @@ RETURN_REQUIRES_MAIN: Final[dict[ReturnInput, frozenset[MainState]]] = {
 MAIN_END_STATES: Final[dict[StreamMode, frozenset[MainState]]] = {
     StreamMode.FILE: frozenset({_S.COMPLETED, _S.DONE, _S.ABORTED}),
     StreamMode.RETURN_PATH: frozenset({_S.HANDED_OVER, _S.RESOLVE_HANDED_OVER, _S.ABORTED}),
-    StreamMode.CHANNELS: frozenset({_S.HANDED_OVER, _S.RESOLVE_HANDED_OVER, _S.ABORTED}),
+    StreamMode.CHANNELS: frozenset(
+        {_S.HANDED_OVER, _S.RESOLVE_HANDED_OVER, _S.ABORTED, _S.MULTIFD_DONE}
+    ),
 }
 """Main-stream states at which the source may close the stream (a file may omit VMDESCRIPTION)."""
 

@@ -80,6 +80,18 @@ class MainTracker:
         self.mode = stream_mode(return_path=self.mode is not StreamMode.FILE, version=version)
         self.version = version
 
+    def join(self, config: MigrationConfiguration) -> None:
+        """A multifd channel carries pages of the migration ``config`` describes (sent on main).
+
+        Raises:
+            LocalProtocolError: the channel is not a multifd channel of that migration.
+        """
+        if self.state is not MainState.MULTIFD or self.config is not None:
+            msg = f"only a new multifd channel joins a migration, not one in state {self.state}"
+            raise unexpected(msg)
+        self._check_channel(config.migration_id, "the joined configuration")
+        self.config = config
+
     def check_input(self, event: MainInput) -> None:
         """Is ``event`` legal now (header-time check, nothing applied)."""
         main_transition(self.mode, self.state, event)

@@ -304,6 +304,9 @@ class Vmm:
                 "for its ownership handover (docs/handover.md); only a file: migration has none"
             )
             raise CommandRefusedError(msg)
+        if self.caps.multifd and isinstance(address, FileAddress):
+            msg = "capability multifd is on, but a file: migration is one stream (turn it off)"
+            raise CommandRefusedError(msg)
         return self.vm
 
     async def start_incoming(self, address: MigrationAddress) -> None:

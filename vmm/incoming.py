@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from migration import (
+    ChannelJoined,
     ChannelKey,
     DestMigration,
     EngineError,
@@ -176,6 +177,8 @@ class IncomingRouter:
             isinstance(first, ChannelAnnounced) and first.role is ChannelRole.RESOLVE
         ):
             self._run_responder(channel, conn, first)
+        elif isinstance(first, ChannelAnnounced) and first.role is ChannelRole.MULTIFD:
+            self._join_migration(channel, conn, first)
         elif from_file and not isinstance(first, ConfigurationReceived):
             log.warning("incoming_file_rejected", first=type(first).__name__)
             channel.close()
@@ -204,6 +207,26 @@ class IncomingRouter:
         runner.adopt_channel(key, channel)
         config = first if isinstance(first, ConfigurationReceived) else None
         runner.start(machine.start(self._clock(), config))
+
+    def _join_migration(
+        self, channel: ChannelLike, conn: DestConnection, first: ChannelAnnounced
+    ) -> None:
+        """Hand a multifd channel to the migration it names (its RAM is ready: OPEN_ACK went)."""
+        for runner in self._runners:
+            machine = runner.machine
+            record = machine.record if isinstance(machine, DestMigration) else None
+            if record is not None and record.migration_id == first.migration_id:
+                key = ChannelKey(first.role, first.index)
+                runner.adopt_channel(key, channel)
+                runner.feed(ChannelJoined(channel=key, conn=conn))
+                return
+        log.warning(
+            "incoming_channel_unrouted",
+            role=str(first.role),
+            index=first.index,
+            migration_id=first.migration_id,
+        )
+        channel.close()
 
     def _run_responder(self, channel: ChannelLike, conn: DestConnection, first: First) -> None:
         key = ChannelKey(ChannelRole.RESOLVE)

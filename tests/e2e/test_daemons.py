@@ -200,6 +200,25 @@ async def test_livemig_cli_convergence_flags(daemons) -> None:
     assert "throttle" == parameters["x-timeout-action"]
 
 
+async def test_livemig_cli_multifd_flag(daemons) -> None:
+    """`livemig migrate --multifd 3` between daemon processes: pages on three more connections."""
+    source = daemons("source_daemon", *source_args("uvloop", ram_mib=32))
+    dest = daemons("dest_daemon", *dest_args("uvloop"))
+    code, out, err = await _livemig_migrate(
+        source, dest, "--multifd", "3", "--cap", "x-digest-check=on"
+    )
+    assert 0 == code, err
+    assert "status:        completed" in out
+    async with qmp(source) as client:
+        info = await client.execute("query-migrate")
+        parameters = await client.execute("query-migrate-parameters")
+    ram = info["ram"]
+    assert 32 << 20 < ram["multifd-bytes"] < ram["transferred"]  # the main stream: the rest
+    assert 3 == parameters["multifd-channels"]
+    async with qmp(dest) as client:
+        assert (await client.execute("query-status"))["running"]
+
+
 async def test_metrics_flag_serves_prometheus_text(daemons) -> None:
     """`--metrics` on a real daemon: `curl`able, in the text format, with the VM's figures."""
     source = daemons("source_daemon", *source_args("uvloop"), "--metrics", "tcp:127.0.0.1:0")

@@ -71,6 +71,7 @@ def test_capabilities_default_off_but_return_path() -> None:
         "pause-before-switchover": False,
         "dirty-limit": False,
         "x-digest-check": False,
+        "multifd": False,
     } == states
 
 

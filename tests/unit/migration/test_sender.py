@@ -11,7 +11,7 @@ from migration.metrics import SourceMetrics
 from migration.outbox import Outbox
 from migration.params import MigrationCapabilities, MigrationParameters
 from migration.precopy import FINAL_BATCH_PAGES, QUEUE_AHEAD_BYTES
-from migration.sender import StreamSender, StreamSent
+from migration.sender import MAIN, StreamSender, StreamSent
 from vmsim import PAGE_SIZE, Machine, MachineConfig, RunState
 
 PARAMS = MigrationParameters()
@@ -37,7 +37,7 @@ def stopped_sender() -> tuple[StreamSender, Outbox, SourceMetrics]:
         timeouts=None,
     )
     sender.opened(return_path=False)
-    assert sender.sent(PARAMS) is not None  # SetupDone
+    assert sender.sent(MAIN, PARAMS) is not None  # SetupDone
     machine.stop_for_migration()
     assert RunState.FINISH_MIGRATE == machine.runstate.state
     out.take()
@@ -57,7 +57,7 @@ def test_final_ram_keeps_a_batch_queued_and_devices_follow_a_full_drain() -> Non
         ram_flushes += flushes(actions)
         assert metrics.downtime.final_ram_sent_at is None
         out.begin(out.now + 0.001)
-        sender.sent(PARAMS)
+        sender.sent(MAIN, PARAMS)
     parts = RAM_MIB * 256 // FINAL_BATCH_PAGES
     assert [QUEUE_AHEAD_BYTES] * parts == ram_flushes  # never drained to empty between parts
 
@@ -65,11 +65,11 @@ def test_final_ram_keeps_a_batch_queued_and_devices_follow_a_full_drain() -> Non
     assert metrics.downtime.final_ram_sent_at is None
     drained_at = out.now + 0.001
     out.begin(drained_at)
-    sender.sent(PARAMS)
+    sender.sent(MAIN, PARAMS)
     assert drained_at == metrics.downtime.final_ram_sent_at
 
     milestone = None
     while milestone is None:  # device records, then EOF
         out.take()
-        milestone = sender.sent(PARAMS)
+        milestone = sender.sent(MAIN, PARAMS)
     assert isinstance(milestone, StreamSent)

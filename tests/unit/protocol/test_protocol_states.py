@@ -66,6 +66,9 @@ SEND: dict[MainInput, Callable[[SourceConnection], None]] = {
     MainInput.HANDOVER: lambda s: s.send_handover(),
     MainInput.ABORT: lambda s: s.send_abort(ErrorCode.CANCELLED, "migrate_cancel"),
     MainInput.RESOLVE: lambda s: s.send_resolve("mig-0001"),
+    MainInput.CHANNEL_MULTIFD: lambda s: s.open_multifd(CONFIG, 1),
+    MainInput.PAGES: lambda s: s.send_pages(ZERO_PAGE),
+    MainInput.MULTIFD_SYNC: lambda s: s.send_multifd_sync(1),
 }
 
 _ram_setup = {"ram_size": CONFIG.ram_size, "page_size": PAGE_SIZE}
@@ -98,6 +101,9 @@ FRAMES: dict[MainInput, tuple[FrameKind, int, dict]] = {
     MainInput.HANDOVER: (FrameKind.COMMAND, 0, {"cmd": 0x40}),
     MainInput.ABORT: (FrameKind.COMMAND, 0, {"cmd": 0x41, "code": 11, "reason": "x"}),
     MainInput.RESOLVE: (FrameKind.COMMAND, 0, {"cmd": 0x42, "migration_id": "mig-0001"}),
+    MainInput.CHANNEL_MULTIFD: (FrameKind.COMMAND, 0, {**_CHANNEL, "role": "multifd", "index": 1}),
+    MainInput.PAGES: (FrameKind.PAGES, 0, {"runs": pack_runs(ZERO_PAGE), "eos": True}),
+    MainInput.MULTIFD_SYNC: (FrameKind.COMMAND, 0, {"cmd": 0x44, "pass": 1}),
 }
 
 _FILE, _RP, _CH = StreamMode.FILE, StreamMode.RETURN_PATH, StreamMode.CHANNELS
@@ -131,6 +137,8 @@ for _mode in StreamMode:
     ]
 PREFIXES[(_CH, MainState.OPENED)] = [MainInput.CHANNEL_MAIN]
 PREFIXES[(_CH, MainState.RESOLVE_OPENED)] = [MainInput.CHANNEL_RESOLVE]
+PREFIXES[(_CH, MainState.MULTIFD)] = [MainInput.CHANNEL_MULTIFD]
+PREFIXES[(_CH, MainState.MULTIFD_DONE)] = [MainInput.CHANNEL_MULTIFD, MainInput.EOF]
 IMPLIED_CHANNEL = {
     MainInput.CONFIGURATION: MainInput.CHANNEL_MAIN,
     MainInput.RESOLVE: MainInput.CHANNEL_RESOLVE,
@@ -200,6 +208,8 @@ def test_dest_receive_matches_table(mode, state, event):
     pair = ConnectionPair(return_path=mode is not _FILE)
     pair.deliver(pair.dest, prefix)
     assert state == pair.dest.their_state
+    if state is MainState.MULTIFD:
+        pair.dest.join(CONFIG, None)  # as the router does, before it reads on
     kind, section_id, meta = FRAMES[event]
     frame = encode_frame(2, kind, section_id, pack_meta(meta))
     legal = event in MAIN_TABLE[mode].get(state, {})
