@@ -24,6 +24,7 @@ from bench import (
     engine,
     fills,
     micro,
+    multifd,
     qemu,
     scrape_cost,
     throughput,
@@ -50,6 +51,7 @@ ON_DEMAND: Final[dict[str, Figure]] = {
     "metrics": scrape_cost.scrape_cost,  # the cost of serving Prometheus scrapes
     "tls": tls.tls,  # TLS 1.3 migrations against plaintext
     "fills": fills.fills,  # what compression would meet in guest RAM, by fill
+    "multifd": multifd.multifd,  # N multifd channels against one stream
 }
 ALIASES: Final = {"zero": "zero_pages"}
 

@@ -87,6 +87,9 @@ def _ram_info(status: MigrationStatus, metrics: SourceMetrics) -> dict[str, obje
         "postcopy-bytes": 0,
         "multifd-bytes": metrics.multifd_bytes,
     }
+    if metrics.compression_raw_bytes:
+        ratio = metrics.compression_raw_bytes / max(1, metrics.compression_sent_bytes)
+        ram["x-compression-ratio"] = round(ratio, 3)
     if status is not S.COMPLETED:
         ram["remaining"] = metrics.remaining_bytes
         ram["dirty-pages-rate"] = round(metrics.dirty_pages_rate)

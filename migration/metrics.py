@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from migration.passes import PassLog
+from vmsim import PAGE_SIZE
 
 if TYPE_CHECKING:
     from protocol import ErrorCode
@@ -98,6 +99,8 @@ class SourceMetrics:
         error_desc: why it failed (or is in doubt); None when cancelled (as QEMU).
         passes: one sample per dirty sync (bounded), for the migration's record.
         multifd_bytes: of `transferred_bytes`, those sent on multifd channels.
+        compression_raw_bytes: page bytes multifd-compression was given.
+        compression_sent_bytes: what they went as (raw where they did not shrink).
         digest_check: `match` or `mismatch` once the destination's digest was compared.
         error_code: the code of the error that failed it (sent in ABORT), if one did.
     """
@@ -109,6 +112,8 @@ class SourceMetrics:
     ended_at: float | None = None
     transferred_bytes: int = 0
     multifd_bytes: int = 0
+    compression_raw_bytes: int = 0
+    compression_sent_bytes: int = 0
     bytes_at_stop: int | None = None
     normal_pages: int = 0
     zero_pages: int = 0
@@ -130,6 +135,16 @@ class SourceMetrics:
     passes: PassLog = field(default_factory=PassLog)
     digest_check: str | None = None
     error_code: ErrorCode | None = None
+
+    @classmethod
+    def starting(cls, *, ram_bytes: int, downtime_limit_ms: int, now: float) -> SourceMetrics:
+        """The figures of a migration of `ram_bytes` of guest RAM that starts `now`."""
+        return cls(
+            page_size=PAGE_SIZE,
+            total_bytes=ram_bytes,
+            started_at=now,
+            expected_downtime_ms=downtime_limit_ms,
+        )
 
     @property
     def transferred_pages(self) -> int:

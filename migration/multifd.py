@@ -16,17 +16,21 @@ The main channel keeps the configuration, the setup, the commands and the device
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
 from migration.inputs import ChannelKey
 from protocol import ChannelRole, SourceConnection
+from protocol.codec import Codec, Compressed, compress
 from vmsim import PAGE_SIZE, PageBatch, PageKind
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from migration.params import MigrationParameters
     from protocol import MigrationConfiguration
 
 STRIPE_PAGES: Final = 128
@@ -109,18 +113,59 @@ def _sub_batch(
     )
 
 
+Job = Sequence[memoryview]
+MapJobs = Callable[[Callable[[Job], bytes], Sequence[Job]], Iterable[bytes]]
+"""Runs a compression over several jobs: in order here, on worker threads in the daemon."""
+
+
+def serial_map(compress_job: Callable[[Job], bytes], jobs: Sequence[Job]) -> list[bytes]:
+    """`MapJobs` on the calling thread."""
+    return [compress_job(job) for job in jobs]
+
+
+@dataclass(frozen=True, slots=True)
+class Compression:
+    """`multifd-compression` and its level, and what runs the jobs.
+
+    The loop's thread waits while the jobs run, so the guest cannot write a page being
+    compressed: each channel's part of a batch compresses on its own worker (zlib and zstd
+    release the GIL), in parallel on as many cores as there are channels.
+    """
+
+    codec: Codec
+    level: int
+    map_jobs: MapJobs = serial_map
+
+    def compress(self, job: Job) -> bytes:
+        """One part's NORMAL pages, compressed."""
+        return compress(self.codec, self.level, job)
+
+
+def compression(params: MigrationParameters, map_jobs: MapJobs) -> Compression | None:
+    """The compression `multifd-compression` asks for, if any."""
+    if params.multifd_compression == "none":
+        return None
+    codec = Codec(params.multifd_compression)
+    level = params.multifd_zlib_level if codec is Codec.ZLIB else params.multifd_zstd_level
+    return Compression(codec=codec, level=level, map_jobs=map_jobs)
+
+
 class MultifdChannels:
     """The multifd channels of one migration on the source: their connections and state.
 
     Args:
         count: `multifd-channels`.
         now: the current time.
+        compression: how pages are compressed, or None to send them raw.
     """
 
-    def __init__(self, count: int, *, now: float) -> None:
+    def __init__(self, count: int, *, now: float, compression: Compression | None = None) -> None:
         self.conns = {
             multifd_key(i): SourceConnection(timeouts=None, now=now) for i in range(count)
         }
+        self.compression = compression
+        self.raw_bytes = 0  # page bytes given to the compressor
+        self.compressed_bytes = 0  # what they were sent as (raw when they did not shrink)
         self._opened: set[ChannelKey] = set()
         self._synced_pass = 0
 
@@ -153,11 +198,28 @@ class MultifdChannels:
         """Queue `batch`'s pages, each on its stripe's channel; the channels that got some."""
         used = []
         parts = split_batch(batch, len(self.conns))
-        for (key, conn), part in zip(self.conns.items(), parts, strict=True):
+        encoded = self._compress(parts)
+        for (key, conn), part, packed in zip(self.conns.items(), parts, encoded, strict=True):
             if part.n_runs:
-                conn.send_pages(part)
+                conn.send_pages(part, packed)
                 used.append(key)
         return used
+
+    def _compress(self, parts: list[PageBatch]) -> list[Compressed | None]:
+        """Each part's compressed pages, or None where raw (no compression, no shrink)."""
+        compression = self.compression
+        packed: list[Compressed | None] = [None] * len(parts)
+        if compression is None:
+            return packed
+        todo = [i for i, part in enumerate(parts) if part.normal_pages]
+        blobs = compression.map_jobs(compression.compress, [parts[i].data for i in todo])
+        for i, blob in zip(todo, blobs, strict=True):
+            raw_len = parts[i].normal_pages * PAGE_SIZE
+            self.raw_bytes += raw_len
+            if len(blob) < raw_len:
+                packed[i] = Compressed(compression.codec, blob)
+            self.compressed_bytes += min(len(blob), raw_len)
+        return packed
 
     def sync(self, pass_number: int) -> list[ChannelKey]:
         """MULTIFD_SYNC on every channel if a pass ended since the last one; the channels."""

@@ -51,7 +51,7 @@ class _IntRange:
         if not self.low <= value <= self.high:
             raise ParameterError(
                 f"Parameter '{name}' expects an integer in the range of "
-                f"{self.low} to {self.high} {self.unit}"
+                f"{self.low} to {self.high} {self.unit}".rstrip()
             )
         return value
 
@@ -111,6 +111,7 @@ class _Name:
 _Spec = _IntRange | _Boolean | _Choice | _Name
 TIMEOUT_ACTIONS: Final = ("cancel", "throttle")
 ZERO_PAGE_DETECTIONS: Final = ("none", "legacy", "multifd")
+MULTIFD_COMPRESSIONS: Final = ("none", "zlib", "zstd")
 
 # QMP name -> (attribute, what it takes). The attribute names carry the unit.
 _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
@@ -148,6 +149,9 @@ _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
     ),
     "zero-page-detection": ("zero_page_detection", _Choice(ZERO_PAGE_DETECTIONS)),
     "multifd-channels": ("multifd_channels", _IntRange(1, MAX_MULTIFD_CHANNELS, "channels")),
+    "multifd-compression": ("multifd_compression", _Choice(MULTIFD_COMPRESSIONS)),
+    "multifd-zlib-level": ("multifd_zlib_level", _IntRange(0, 9, "")),
+    "multifd-zstd-level": ("multifd_zstd_level", _IntRange(0, 20, "")),
     "tls-creds": ("tls_creds", _Name()),
     "tls-hostname": ("tls_hostname", _Name()),
     "tls-authz": ("tls_authz", _Name()),
@@ -178,6 +182,9 @@ class MigrationParameters:
     timeout_action: str = "cancel"
     zero_page_detection: str = "multifd"  # QEMU 9's default (legacy: found by the main thread)
     multifd_channels: int = 2
+    multifd_compression: str = "none"
+    multifd_zlib_level: int = 1
+    multifd_zstd_level: int = 1
     tls_creds: str = ""  # "": no TLS
     tls_hostname: str = ""  # "": the host of the migration URI
     tls_authz: str = ""  # "": any client the CA signed

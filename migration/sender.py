@@ -16,7 +16,7 @@ from migration.actions import CloseChannel, FlushNowait, Level, OpenChannel, Rec
 from migration.errors import TransitionError
 from migration.glue import configuration_for
 from migration.inputs import ChannelKey
-from migration.multifd import MultifdChannels
+from migration.multifd import MapJobs, MultifdChannels, compression, serial_map
 from migration.precopy import (
     FINAL_BATCH_PAGES,
     QUEUE_AHEAD_BYTES,
@@ -148,12 +148,12 @@ class StreamSender:
         migration_id: str,
         caps: MigrationCapabilities,
         timeouts: Timeouts | None,
-        zero_pages: bool = True,
-        multifd_channels: int = 0,
+        params: MigrationParameters,
+        map_jobs: MapJobs = serial_map,
     ) -> None:
         self._out = outbox
         self._machine = machine
-        self._zero_pages = zero_pages
+        self._zero_pages = params.zero_page_detection != "none"
         self._metrics = metrics
         self._migration_id = migration_id
         self._caps = caps
@@ -163,7 +163,11 @@ class StreamSender:
         self.phase: Phase = Connecting()
         self.precopy: Precopy | None = None
         self.multifd = (
-            MultifdChannels(multifd_channels, now=outbox.now) if multifd_channels else None
+            MultifdChannels(
+                params.multifd_channels, now=outbox.now, compression=compression(params, map_jobs)
+            )
+            if caps.multifd
+            else None
         )
         self._awaiting: Counter[ChannelKey] = Counter()  # flushes not yet answered by SendDone
 
@@ -181,6 +185,9 @@ class StreamSender:
         """Bring the byte counters of the metrics up to date."""
         self._metrics.transferred_bytes = self.sent_bytes
         self._metrics.multifd_bytes = self.multifd_bytes
+        if self.multifd is not None:
+            self._metrics.compression_raw_bytes = self.multifd.raw_bytes
+            self._metrics.compression_sent_bytes = self.multifd.compressed_bytes
 
     @property
     def pending_bytes(self) -> int:

@@ -31,6 +31,7 @@ from migration import inputs as inp
 from migration.convergence import Convergence
 from migration.errors import CommandRefusedError
 from migration.metrics import SourceMetrics
+from migration.multifd import MapJobs, serial_map
 from migration.outbox import Outbox
 from migration.resolve import Purpose, SessionOutcome
 from migration.sender import MAIN, SetupDone, StreamSender, StreamSent, SwitchoverDue
@@ -57,7 +58,7 @@ from migration.source_replies import FailureNote, check_digest, describe_reply
 from migration.status import MigrationStatus, is_terminal
 from migration.table import Side, SourceTrigger, StatusMachine
 from protocol import ChannelRole, ErrorCode, LoadCompleted, ProtocolError, ReturnPathAcked
-from vmsim import PAGE_SIZE, RunState, VMSimError, state_cleanup
+from vmsim import RunState, VMSimError, state_cleanup
 
 if TYPE_CHECKING:
     from migration.params import MigrationCapabilities, MigrationParameters
@@ -79,6 +80,7 @@ class SourceMigration:
         caps: the capabilities, fixed for the migration.
         to_file: a `file:` migration: no return path, no handover.
         now: the current time (the runner's clock, seconds).
+        map_jobs: runs multifd compression jobs (worker threads in the daemon).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class SourceMigration:
         caps: MigrationCapabilities,
         to_file: bool,
         now: float,
+        map_jobs: MapJobs = serial_map,
     ) -> None:
         self.machine = machine
         self.migration_id = migration_id
@@ -97,11 +100,8 @@ class SourceMigration:
         self.caps = caps
         self.uses_return_path = caps.return_path and not to_file
         self.status = StatusMachine(Side.SOURCE)
-        self.metrics = SourceMetrics(
-            page_size=PAGE_SIZE,
-            total_bytes=machine.config.ram_bytes,
-            started_at=now,
-            expected_downtime_ms=params.downtime_limit_ms,
+        self.metrics = SourceMetrics.starting(
+            ram_bytes=machine.config.ram_bytes, downtime_limit_ms=params.downtime_limit_ms, now=now
         )
         self.phase: Phase = Streaming()
         self.handed_over = False
@@ -113,8 +113,8 @@ class SourceMigration:
             migration_id=migration_id,
             caps=caps,
             timeouts=self.params.timeouts if self.uses_return_path else None,
-            zero_pages=params.zero_page_detection != "none",
-            multifd_channels=params.multifd_channels if caps.multifd else 0,
+            params=params,
+            map_jobs=map_jobs,
         )
         self.convergence = Convergence(
             outbox=self._out,

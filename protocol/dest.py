@@ -6,6 +6,7 @@ import contextlib
 from typing import TYPE_CHECKING, Final
 
 from protocol import events as ev
+from protocol.codec import Codec, decompress
 from protocol.codes import (
     MAIN_MAGIC,
     PROTOCOL_VERSION,
@@ -21,11 +22,12 @@ from protocol.messages import (
     KIND_INPUTS,
     MAIN_DECODERS,
     RETURN_DECODERS,
+    decode_pages_meta,
     decode_ram_meta,
     decode_section_part,
 )
 from protocol.meta import pack_meta, unpack_meta
-from protocol.ram import RunTable, parse_runs
+from protocol.ram import RunTable, check_compressed_len, parse_runs
 from protocol.states import (
     MainInput,
     MainState,
@@ -91,6 +93,7 @@ class DestConnection(Connection):
         self._sink: PageSink | None = None
         self._plan: RunTable | None = None
         self._scratch: memoryview | None = None
+        self._codec: Codec | None = None
 
     @property
     def our_state(self) -> ReturnState:
@@ -232,20 +235,38 @@ class DestConnection(Connection):
         return False
 
     def _on_meta(self, info: FrameInfo, meta: memoryview) -> list[memoryview]:
-        runs = decode_ram_meta(unpack_meta(meta, self._limits), FrameKind(info.kind).name)
+        decoded = unpack_meta(meta, self._limits)
+        self._codec = None
+        if info.kind == FrameKind.PAGES:
+            runs, self._codec = decode_pages_meta(decoded)
+        else:
+            runs = decode_ram_meta(decoded, FrameKind(info.kind).name)
         config = self._main.require_config()
         self._plan = parse_runs(
             runs,
             page_size=config.page_size,
             ram_pages=config.ram_pages,
-            data_len=info.data_len,
+            data_len=None if self._codec else info.data_len,
             limits=self._limits,
         )
         self._scratch = None
-        if self._sink is None:
+        if self._codec is not None:  # decoded once verified (_finish_ram)
+            check_compressed_len(info.data_len, self._plan.normal_pages * config.page_size)
+        if self._sink is None or self._codec is not None:
             self._scratch = memoryview(bytearray(info.data_len))
             return [self._scratch]
         return self._sink.page_buffers(self._plan, info.data_len)
+
+    def _decode(self, plan: RunTable, codec: Codec, data: memoryview) -> memoryview | None:
+        """Decompress a verified frame's pages into the sink (or return them without one)."""
+        raw = decompress(codec, data, plan.normal_pages * self._main.require_config().page_size)
+        if self._sink is None:
+            return memoryview(raw)
+        offset = 0
+        for target in self._sink.page_buffers(plan, len(raw)):
+            target[:] = raw[offset : offset + len(target)]
+            offset += len(target)
+        return None
 
     def _on_frame(self, info: FrameInfo, meta: memoryview) -> ev.Event:
         if self._plan is not None:
@@ -266,11 +287,14 @@ class DestConnection(Connection):
     def _finish_ram(self, info: FrameInfo, plan: RunTable) -> ev.Event:
         event: ev.Event
         if info.kind == FrameKind.PAGES:
+            data = self._scratch
+            if self._codec is not None and data is not None:
+                data = self._decode(plan, self._codec, data)
             event = ev.MultifdPagesReceived(
                 normal_pages=plan.normal_pages,
                 zero_pages=plan.zero_pages,
                 runs=plan.runs,
-                data=self._scratch,
+                data=data,
             )
         else:
             event = ev.RamPagesReceived(

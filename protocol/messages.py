@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from protocol import events as ev
+from protocol.codec import Codec
 from protocol.codes import (
     MAX_MULTIFD_CHANNELS,
     SUPPORTED_VERSIONS,
@@ -98,6 +99,21 @@ def decode_ram_meta(meta: MetaMap, what: str) -> bytes:
         msg = "'eos' must be true"
         raise bad(msg)
     return take_bin(meta, "runs")
+
+
+def decode_pages_meta(meta: MetaMap) -> tuple[bytes, Codec | None]:
+    """PAGES: ``{runs, eos}``, plus ``codec`` when the page data is compressed."""
+    if "codec" not in meta:
+        return decode_ram_meta(meta, "PAGES"), None
+    check_keys(meta, ("runs", "eos", "codec"), "PAGES")
+    value = take_str(meta, "codec", max_bytes=MAX_NAME_BYTES)
+    try:
+        codec = Codec(value)
+    except ValueError:
+        known = ", ".join(c.value for c in Codec)
+        msg = f"unknown page codec {value!r} (this peer knows {known})"
+        raise LocalProtocolError(msg, code=ErrorCode.UNSUPPORTED) from None
+    return decode_ram_meta({"runs": meta["runs"], "eos": meta["eos"]}, "PAGES"), codec
 
 
 def _decode_configuration(_sid: int, meta: MetaMap, limits: Limits) -> ev.Event:

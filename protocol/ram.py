@@ -200,6 +200,19 @@ def _check_extents(
         raise bad(msg)
 
 
+def check_compressed_len(data_len: int, raw_len: int) -> None:
+    """Compressed page data must be smaller than the pages (pages that do not shrink go raw).
+
+    It also bounds what a receiver allocates for it by what the run table announces.
+
+    Raises:
+        LocalProtocolError: BAD_METADATA otherwise.
+    """
+    if not 0 < data_len < raw_len:
+        msg = f"compressed page data of {data_len} bytes for {raw_len} bytes of pages"
+        raise bad(msg)
+
+
 def check_batch_data(batch: RamBatchLike, table: RunTable, page_size: int) -> list[memoryview]:
     """Read-only byte views of the batch's page data, checked against the run table.
 

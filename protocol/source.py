@@ -22,7 +22,7 @@ from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.limits import Limits, Timeouts
 from protocol.messages import MAIN_DECODERS, RETURN_DECODERS, RETURN_INPUTS, decode_section_part
 from protocol.meta import U32_MAX, bad, pack_meta, unpack_meta
-from protocol.ram import check_batch_data, pack_runs, parse_runs
+from protocol.ram import check_batch_data, check_compressed_len, pack_runs, parse_runs
 from protocol.states import (
     MainInput,
     MainState,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
+    from protocol.codec import Compressed
     from protocol.config import MigrationConfiguration
     from protocol.errors import FrameInfo
     from protocol.meta import MetaMap
@@ -197,8 +198,12 @@ class SourceConnection(Connection):
 
         self._send_pages(kind, section_id, batch, check, event)
 
-    def send_pages(self, batch: RamBatchLike) -> None:
-        """Queue PAGES on a multifd channel: the run table and views of the pages, not copied."""
+    def send_pages(self, batch: RamBatchLike, compressed: Compressed | None = None) -> None:
+        """Queue PAGES on a multifd channel: the run table and views of the pages, not copied.
+
+        With ``compressed``, the frame carries that encoding of the NORMAL pages instead (it
+        must be smaller than them: a page that does not shrink is sent raw).
+        """
 
         def check() -> None:
             self._main.check_input(MainInput.PAGES)
@@ -208,7 +213,7 @@ class SourceConnection(Connection):
                 normal_pages=table.normal_pages, zero_pages=table.zero_pages, runs=table.runs
             )
 
-        self._send_pages(FrameKind.PAGES, 0, batch, check, event)
+        self._send_pages(FrameKind.PAGES, 0, batch, check, event, compressed)
 
     def _send_pages(
         self,
@@ -217,6 +222,7 @@ class SourceConnection(Connection):
         batch: RamBatchLike,
         check: Callable[[], None],
         event: Callable[[RunTable], ev.Event],
+        compressed: Compressed | None = None,
     ) -> None:
         def build() -> _Outgoing:
             check()
@@ -230,8 +236,13 @@ class SourceConnection(Connection):
                 limits=self._limits,
             )
             views = check_batch_data(batch, table, config.page_size)
-            meta = {"runs": runs, "eos": True}
-            return _Outgoing(meta, views, table.normal_pages * config.page_size, event(table))
+            raw_len = table.normal_pages * config.page_size
+            if compressed is None:
+                return _Outgoing({"runs": runs, "eos": True}, views, raw_len, event(table))
+            check_compressed_len(len(compressed.data), raw_len)
+            meta = {"runs": runs, "eos": True, "codec": str(compressed.codec)}
+            blob = memoryview(compressed.data)
+            return _Outgoing(meta, (blob,), len(blob), event(table))
 
         self._send_built(kind, section_id, build)
 

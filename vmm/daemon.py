@@ -38,12 +38,14 @@ from vmm.prometheus import MigrationCounts
 from vmm.records import RecordBook, wall_clock_iso
 from vmm.runner import VmStopError
 from vmm.vm import VirtualMachine
+from vmm.workers import parallel_map
 from vmsim import ChangeStateError, Machine, MachineConfig, RunState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
+    from migration.multifd import MapJobs
     from migration.record import Record
     from netio import MigrationAddress
 
@@ -83,6 +85,7 @@ class Vmm:
         self.vm: VirtualMachine | None = None
         self.autostart = not options.start_paused
         self.outgoing: OutgoingMigration | None = None
+        self.map_jobs: MapJobs = parallel_map  # runs multifd compression jobs
         self.ledger = IncomingLedger(expected_uuid=options.expected_uuid)
         self.migration_counts = MigrationCounts()
         self.records = RecordBook(directory=options.record_dir)
@@ -282,6 +285,7 @@ class Vmm:
             host=self,
             clock=self.clock,
             tls=tls,
+            map_jobs=self.map_jobs,
         )
         self.outgoing = migration
         bind_context(role=self.options.role)

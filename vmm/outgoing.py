@@ -19,11 +19,13 @@ from migration import (
 from migration import inputs as inp
 from netio import ChannelOptions, FileAddress
 from vmm.runner import MachineRunner
+from vmm.workers import parallel_map
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from migration import MigrationCapabilities, MigrationParameters
+    from migration.multifd import MapJobs
     from netio import MigrationAddress, TlsClient
     from vmm.runner import RunnerHost
     from vmm.vm import VirtualMachine
@@ -51,6 +53,7 @@ class OutgoingMigration:
         host: RunnerHost,
         clock: Callable[[], float],
         tls: TlsClient | None = None,
+        map_jobs: MapJobs = parallel_map,
     ) -> None:
         self.vm = vm
         self.address = address
@@ -64,6 +67,7 @@ class OutgoingMigration:
             caps=caps,
             to_file=isinstance(address, FileAddress),
             now=clock(),
+            map_jobs=map_jobs,
         )
         self.runner = MachineRunner(
             self.source,

@@ -7,12 +7,14 @@ migrated VM with a replay that never moved.
 from __future__ import annotations
 
 import asyncio
+import zlib
 
 import pytest
 
 from migration.source_phases import AwaitingLoaded, Done
 from tests.helpers.inproc import FINAL, make_pair, small_vm
 from tests.integration import paths
+from vmm.fill_content import resolve_fill
 
 
 @pytest.mark.parametrize("channels", [1, 2, 4])
@@ -104,6 +106,63 @@ def test_device_state_waits_for_the_ram_still_on_multifd_channels(run, tmp):
             pair.proxy.release()
             assert "completed" == await pair.source.wait(FINAL)
             await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("codec", ["zlib", "zstd"])
+@pytest.mark.parametrize("fill", ["mixed", "random"])
+def test_compressed_multifd_matches_the_replay_and_shrinks_what_shrinks(run, tmp, codec, fill):
+    """multifd-compression: real file contents shrink; random pages go raw, never larger."""
+    config, _ = resolve_fill({"ram_mib": 16, "fill": fill, "dirty_rate": 5000, "seed": 5})
+
+    async def main() -> None:
+        pair = await make_pair(tmp, vm=config)
+        try:
+            parameters = {"multifd-channels": 2, "multifd-compression": codec}
+            await pair.source.execute("migrate-set-parameters", parameters)
+            await pair.migrate(multifd=True)
+            assert "completed" == await pair.source.wait(FINAL)
+            await pair.dest.assert_matches_replay()
+
+            info = await pair.source.execute("query-migrate")
+            ram = info["ram"]
+            normal_bytes = ram["normal-bytes"]
+            if fill == "mixed":
+                assert ram["multifd-bytes"] < 0.7 * normal_bytes
+                assert ram["x-compression-ratio"] > 1.4
+            else:  # the guest's own writes make a few pages compressible
+                assert ram["multifd-bytes"] < 1.01 * normal_bytes
+                assert 1.0 <= ram["x-compression-ratio"] < 1.05
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_compression_bomb_fails_the_migration_and_the_vm_runs_on(run, tmp):
+    """A frame that claims to decompress to far more than its pages is refused, clearly."""
+    config, _ = resolve_fill({"ram_mib": 8, "fill": "mixed", "dirty_rate": 5000, "seed": 5})
+
+    async def main() -> None:
+        pair = await make_pair(tmp, vm=config)
+        try:
+            bomb = zlib.compress(bytes(64 << 20), 9)  # 64 MiB of zeros in ~64 KiB
+
+            def bombs(_fn: object, jobs: list[object]) -> list[bytes]:
+                return [bomb for _ in jobs]
+
+            parameters = {"multifd-channels": 2, "multifd-compression": "zlib"}
+            await pair.source.execute("migrate-set-parameters", parameters)
+            pair.source.vmm.map_jobs = bombs
+            await pair.migrate(multifd=True)
+            assert "failed" == await pair.source.wait(FINAL)
+            assert await pair.source.runs()
+            assert "failed" == await pair.dest.wait({"failed"})
+            info = await pair.dest.execute("query-migrate")
+            assert "zlib page data decodes to more than" in info["error-desc"]
         finally:
             await pair.close()
 

@@ -35,6 +35,7 @@ def stopped_sender() -> tuple[StreamSender, Outbox, SourceMetrics]:
         migration_id="m1",
         caps=MigrationCapabilities(return_path=False),
         timeouts=None,
+        params=PARAMS,
     )
     sender.opened(return_path=False)
     assert sender.sent(MAIN, PARAMS) is not None  # SetupDone

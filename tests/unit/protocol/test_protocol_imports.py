@@ -1,4 +1,4 @@
-"""protocol/ stays sans-IO: it imports only the stdlib modules below, msgpack, xxhash and numpy.
+"""protocol/ stays sans-IO: only the stdlib modules below, msgpack, xxhash, zstandard and numpy.
 
 (import-linter checks the same contract project-wide; this test needs no configuration.)
 """
@@ -25,6 +25,7 @@ ALLOWED = {
     "msgpack",
     "numpy",
     "xxhash",
+    "zstandard",
     "protocol",
 }
 
