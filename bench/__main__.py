@@ -23,6 +23,7 @@ from bench import (
     downtime,
     engine,
     fills,
+    links,
     micro,
     multifd,
     qemu,
@@ -52,6 +53,7 @@ ON_DEMAND: Final[dict[str, Figure]] = {
     "tls": tls.tls,  # TLS 1.3 migrations against plaintext
     "fills": fills.fills,  # what compression would meet in guest RAM, by fill
     "multifd": multifd.multifd,  # N multifd channels against one stream
+    "links": links.links,  # multifd + zstd on a shaped link between network namespaces
 }
 ALIASES: Final = {"zero": "zero_pages"}
 

@@ -12,6 +12,8 @@ and installing a migrated machine, QMP events and the ownership decision.
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,7 +41,14 @@ from vmm.records import RecordBook, wall_clock_iso
 from vmm.runner import VmStopError
 from vmm.vm import VirtualMachine
 from vmm.workers import parallel_map
-from vmsim import ChangeStateError, Machine, MachineConfig, RunState
+from vmsim import (
+    ChangeStateError,
+    Machine,
+    MachineConfig,
+    RunState,
+    populate_write,
+    populate_write_supported,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -86,6 +95,7 @@ class Vmm:
         self.autostart = not options.start_paused
         self.outgoing: OutgoingMigration | None = None
         self.map_jobs: MapJobs = parallel_map  # runs multifd compression jobs
+        self._populating: dict[asyncio.Task[bool], threading.Event] = {}  # incoming RAM
         self.ledger = IncomingLedger(expected_uuid=options.expected_uuid)
         self.migration_counts = MigrationCounts()
         self.records = RecordBook(directory=options.record_dir)
@@ -137,6 +147,9 @@ class Vmm:
             await asyncio.gather(self._runner, return_exceptions=True)
         if self._serial_file is not None:
             self._serial_file.close()
+        for stop in self._populating.values():
+            stop.set()  # the thread stops after its current chunk
+        await asyncio.gather(*self._populating, return_exceptions=True)
 
     def _install(self, machine: Machine) -> VirtualMachine:
         if self._runner is not None:
@@ -192,8 +205,22 @@ class Vmm:
         vm.set_migration_dirty_limit(dirty_limit_mb_per_s)
 
     async def build_machine(self, config: MachineConfig) -> Machine:
-        """An empty machine for an incoming VM; its RAM is pre-faulted in a thread."""
-        return await asyncio.to_thread(Machine.for_incoming, config)
+        """An empty machine for an incoming VM, its RAM faulted in on a thread.
+
+        With MADV_POPULATE_WRITE the machine is ready at once and its RAM is populated while
+        the first pass arrives (the populate keeps what was received); without it, every page
+        is touched before the source may send (OPEN_ACK waits for it).
+        """
+        if not _populate_write_supported():
+            return await asyncio.to_thread(Machine.for_incoming, config)
+        machine = await asyncio.to_thread(Machine.for_incoming, config, prefault=False)
+        stop = threading.Event()
+        populating = asyncio.create_task(
+            asyncio.to_thread(populate_write, machine.ram.array, stop=stop.is_set)
+        )
+        self._populating[populating] = stop
+        populating.add_done_callback(self._populating.pop)
+        return machine
 
     def run_migrated_vm(self, machine: Machine) -> str:
         """Install a VM handed over to us and give it the run state QEMU would.
@@ -424,3 +451,8 @@ class Vmm:
 def version_info() -> VersionInfo:
     """What the QMP greeting announces (QEMU-shaped, with livemig's own version)."""
     return VersionInfo(major=0, minor=1, micro=0, package="livemig 0.1.0")
+
+
+@functools.cache
+def _populate_write_supported() -> bool:
+    return populate_write_supported()

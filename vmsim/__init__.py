@@ -34,7 +34,7 @@ from vmsim.errors import (
 )
 from vmsim.fill import MIXED_ZERO_EVERY_PAGES, content_bytes_wanted, fill_content_digest
 from vmsim.machine import Machine, replay
-from vmsim.ram import DirtyLog, GuestRam
+from vmsim.ram import DirtyLog, GuestRam, populate_write, populate_write_supported
 from vmsim.runstate import (
     TRANSITIONS,
     ChangeStateFailure,
@@ -157,6 +157,8 @@ __all__ = [
     "load_section_full",
     "load_section_part",
     "load_section_start",
+    "populate_write",
+    "populate_write_supported",
     "replay",
     "state_cleanup",
     "state_complete",

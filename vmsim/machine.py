@@ -105,13 +105,15 @@ class Machine:
         return machine
 
     @classmethod
-    def for_incoming(cls, config: MachineConfig) -> Machine:
+    def for_incoming(cls, config: MachineConfig, *, prefault: bool = True) -> Machine:
         """Build an empty machine to load a migration into; the run state is INMIGRATE.
 
-        RAM is zeroed and every page touched now, so the stop-and-copy phase does not pay for
-        page faults (QEMU's -mem-prealloc). Nothing is filled or booted: the stream brings it.
+        With `prefault`, RAM is zeroed and every page touched now, so the stop-and-copy phase
+        does not pay for page faults (QEMU's -mem-prealloc); without, the caller populates it
+        (`vmsim.populate_write`, while pages arrive). Nothing is filled or booted: the stream
+        brings it.
         """
-        machine = cls(config, incoming=True)
+        machine = cls(config, incoming=prefault)
         machine.runstate.transition(RunState.INMIGRATE)
         return machine
 

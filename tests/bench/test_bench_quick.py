@@ -80,3 +80,17 @@ def test_the_tls_and_fills_figures_run_on_demand(tmp_path: Path, figure: str) ->
         assert fills["random"]["zlib_ratio"] < 1.05 < fills["mixed"]["zlib_ratio"]
         assert fills["random"]["zero_share"] == 0.0
         assert fills["mixed"]["zero_share"] >= 0.24
+
+
+@pytest.mark.parametrize("figure", ["multifd", "links"])
+def test_the_multifd_and_links_figures_run_on_demand(tmp_path: Path, figure: str) -> None:
+    """`python -m bench multifd` and `links` (network namespaces, root): every run completes."""
+    run_quick(figure, tmp_path)
+    result = json.loads((tmp_path / f"{figure}.json").read_text())
+    if "skipped" in result:
+        pytest.skip(result["skipped"])
+    assert result["runs"]
+    assert all(r["status"] == "completed" for r in result["runs"])
+    if figure == "links":
+        mixed_zstd = next(r for r in result["runs"] if (r["fill"], r["mode"]) == ("mixed", "zstd"))
+        assert mixed_zstd["compression_ratio"] > 2

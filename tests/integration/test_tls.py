@@ -79,6 +79,27 @@ def test_a_migration_over_tls_completes_and_matches_the_replay(run, tmp, ca):
     run(main)
 
 
+def test_multifd_channels_use_tls_too(run, tmp, ca):
+    """With tls-creds, every multifd channel is TLS as well (the listener takes nothing else)."""
+    directory = creds(tmp, ca)
+
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            await use_tls(pair.source, directory, "client", **{"multifd-channels": 3})
+            await use_tls(pair.dest, directory, "server")
+            await pair.migrate(multifd=True)
+            assert "completed" == await pair.source.wait(FINAL)
+            multifd = pair.source.source.sender.multifd
+            assert multifd is not None
+            assert all(conn.sent_bytes for conn in multifd.conns.values())
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
 async def refusal_of(tmp: Path, source_tls: Setup | None, dest_tls: Setup | None) -> str:
     """Set each side up (None: plaintext), migrate; the source's error-desc (it must fail)."""
     pair = await make_pair(tmp)

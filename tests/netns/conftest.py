@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers.netns import Host, NetnsRig, netns_unavailable, remove_stale_rigs
+from livemig.netns import Host, NetnsRig, netns_unavailable, remove_stale_rigs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -11,8 +11,11 @@ from pathlib import Path
 from helpers.pair import decode_main, replay_main, sent_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vectors.generate import multifd_config
 
 from protocol import (
+    ChannelAnnounced,
+    ChannelRole,
     DestConnection,
     Limits,
     RemoteProtocolError,
@@ -161,3 +164,37 @@ def test_source_receiving_a_mutated_return_path(ops, cuts, buffers):
 @given(st.binary(max_size=512))
 def test_source_receiving_random_bytes(data):
     feed(_source(), b"LVRP\x00\x02\x00\x00" + data, [], buffers=False)
+
+
+MULTIFD = (VECTORS / "multifd.bin").read_bytes()
+
+
+def _joined_take_all(receiver: DestConnection) -> None:
+    """Take events; on a multifd CHANNEL, join the vector's configuration as the router does."""
+    for _ in range(10_000):
+        event = receiver.next_event()
+        if event is None:
+            return
+        if isinstance(event, ChannelAnnounced) and event.role is ChannelRole.MULTIFD:
+            receiver.join(multifd_config(), None)
+    raise AssertionError("endless events")
+
+
+@FUZZ
+@given(mutations, st.lists(st.integers(0, 1 << 12), max_size=6))
+def test_mutated_multifd_channel(ops, cuts):
+    """PAGES (raw, zlib, zstd) and MULTIFD_SYNC, mutated: only RemoteProtocolError escapes."""
+    receiver = dest(return_path=True)
+    data = mutate(MULTIFD, ops)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
+    start = 0
+    try:
+        for end in points:
+            receiver.receive_data(data[start:end], 0.0)
+            start = end
+            _joined_take_all(receiver)
+        receiver.receive_eof(0.0)
+        _joined_take_all(receiver)
+    except RemoteProtocolError:
+        pass
+    assert len(receiver._reader._pending) <= LIMITS.max_buffered_bytes

@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from helpers.pair import decode_main, replay_main, replay_return, sent_bytes
-from vectors.generate import build_vectors
+from helpers.pair import decode_main, pattern_ram, replay_main, replay_return, sent_bytes
+from vectors.generate import build_vectors, multifd_config
 
 from protocol import (
     CRC32_VERSION,
@@ -16,9 +16,13 @@ from protocol import (
     ChannelAnnounced,
     ChannelRole,
     ConnectionClosed,
+    DestConnection,
     DeviceStateReceived,
+    MultifdPagesReceived,
+    MultifdSynced,
     Outcome,
     OutcomeReported,
+    PageKind,
     PongReceived,
     RamPagesReceived,
     SourceConnection,
@@ -131,3 +135,41 @@ def test_resolve_vector_content():
     outcome = next(e for e in events if isinstance(e, OutcomeReported))
     assert ("mig-0001", Outcome.IN_DOUBT) == (outcome.migration_id, outcome.outcome)
     assert not any(isinstance(e, PongReceived) for e in events)
+
+
+def decode_multifd(stream: bytes, ram: bytearray) -> list[object]:
+    """The events of a multifd channel joined on CHANNEL (no sink), their pages put in `ram`."""
+    dest = DestConnection(timeouts=None, now=0.0)
+    dest.receive_data(stream, 0.0)
+    dest.receive_eof(0.0)
+    events: list[object] = []
+    while (event := dest.next_event()) is not None:
+        events.append(event)
+        if isinstance(event, ChannelAnnounced):
+            dest.join(multifd_config(), None)
+        if isinstance(event, MultifdPagesReceived):
+            data = bytes(event.data or b"")
+            for first, count, kind, _pad in event.runs.tolist():
+                span = slice(first * 1024, (first + count) * 1024)
+                if kind == PageKind.NORMAL:
+                    ram[span], data = data[: count * 1024], data[count * 1024 :]
+                else:
+                    ram[span] = bytes(count * 1024)
+    return events
+
+
+def test_multifd_vector_decodes_raw_zlib_and_zstd_pages():
+    ram = bytearray(16 * 1024)
+    events = decode_multifd(load("multifd.bin"), ram)
+
+    assert ChannelAnnounced(migration_id="mig-0001", role=ChannelRole.MULTIFD, index=1) == (
+        dataclasses.replace(events[1], frame=None)
+    )
+    pages = [e for e in events if isinstance(e, MultifdPagesReceived)]
+    assert [(2, 1), (4, 0), (4, 0)] == [(e.normal_pages, e.zero_pages) for e in pages]
+    assert [1, 2] == [e.pass_number for e in events if isinstance(e, MultifdSynced)]
+    assert ConnectionClosed(clean=True) == events[-1]
+    expected = pattern_ram(16, 1024)
+    assert expected[: 2 * 1024] == ram[: 2 * 1024]
+    assert expected[4 * 1024 : 8 * 1024] == ram[4 * 1024 : 8 * 1024]
+    assert not any(ram[2 * 1024 : 4 * 1024])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vmsim import PAGE_SIZE, Fill, GuestRam, RamError
+from vmsim import PAGE_SIZE, Fill, GuestRam, RamError, populate_write, populate_write_supported
 from vmsim.fill import fill_ram
 
 N_PAGES = 64
@@ -129,3 +129,15 @@ def test_zero_fill_leaves_ram_zero():
     fill_ram(ram, Fill.ZERO, seed=3)
 
     assert not ram.array.any()
+
+
+def test_populate_write_keeps_what_was_received_while_it_ran():
+    """A destination populates RAM while pages arrive: populating must never change a byte."""
+    if not populate_write_supported():
+        pytest.skip("the kernel has no MADV_POPULATE_WRITE (Linux < 5.14)")
+    ram = GuestRam(4096 * PAGE_SIZE)
+    ram.load_pages(7, bytes(range(256)) * 16 * 3)
+
+    assert populate_write(ram.array, chunk_bytes=64 * PAGE_SIZE)
+    assert bytes(range(256)) * 16 * 3 == bytes(ram.view[7 * PAGE_SIZE : 10 * PAGE_SIZE])
+    assert int(ram.array.sum(dtype=np.uint64)) == sum(range(256)) * 16 * 3
