@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Self
 
-from bench.common import MIB, ProcessUsage
+from bench.common import GIB, MIB, ProcessUsage, gbps, say
 from livemig.daemons import DaemonProcess, start_daemon
 from netio import QMPClient, QMPCommandError, QMPTimeoutError
 from vmsim import MachineConfig, replay
@@ -358,3 +358,31 @@ def busy_row(migration: Migration, timeout_s: float) -> dict[str, float | str]:
         "expected_downtime_ms": float(str(last.get("expected-downtime", "nan"))),
         "mbps": float(counters.get("mbps", math.nan)),
     }
+
+
+def rate_row(migration: Migration, label: str, **fields: object) -> dict[str, object]:
+    """One migration's throughput and CPU per GiB per side, said and returned with `fields`.
+
+    Throughput is bytes sent / (total - setup) in GB/s; CPU per GiB is each daemon's process
+    CPU time over the migration per GiB sent.
+    """
+    gib = migration.ram("transferred") / GIB
+    row: dict[str, object] = {
+        **fields,
+        "status": migration.status,
+        "gbps": gbps(migration.ram("transferred"), migration.transfer_s),
+        "source_cpu_s_per_gib": migration.source_cpu_s / gib if gib else float("nan"),
+        "dest_cpu_s_per_gib": migration.dest_cpu_s / gib if gib else float("nan"),
+    }
+    say(
+        f"    {label}: {migration.status}, {row['gbps']:.2f} GB/s, CPU per GiB source "
+        f"{row['source_cpu_s_per_gib']:.2f} s, destination {row['dest_cpu_s_per_gib']:.2f} s"
+    )
+    return row
+
+
+def row_value(rows: list[dict[str, object]], key: str, **match: object) -> float:
+    """`key` of the row whose fields equal `match` (NaN if not a number)."""
+    row = next(r for r in rows if all(r[k] == v for k, v in match.items()))
+    value = row[key]
+    return float(value) if isinstance(value, int | float) else float("nan")

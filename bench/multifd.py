@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
-from bench.common import GIB, MIB, Spread, gbps, header, say, verdict, warm_memory
-from bench.harness import Pair, VmSpec
+from bench.common import MIB, Spread, header, say, verdict, warm_memory
+from bench.harness import Pair, VmSpec, rate_row, row_value
 from netio import QMPClient
 
 if TYPE_CHECKING:
@@ -38,7 +38,11 @@ def multifd(run: Run) -> dict[str, object]:
             rows += [_one(pair, index, channels) for channels in order]
     ratios = {
         channels: Spread.of(
-            [_of(rows, i, channels, "gbps") / _of(rows, i, 0, "gbps") for i in range(rounds)]
+            [
+                row_value(rows, "gbps", round=i, channels=channels)
+                / row_value(rows, "gbps", round=i, channels=0)
+                for i in range(rounds)
+            ]
         )
         for channels in channel_counts
     }
@@ -71,21 +75,8 @@ def _name(channels: int) -> str:
 def _one(pair: Pair, index: int, channels: int) -> dict[str, object]:
     asyncio.run(_set_multifd(pair, channels))
     migration = pair.migrate(timeout_s=120.0)
-    gib = migration.ram("transferred") / GIB
-    row: dict[str, object] = {
-        "round": index,
-        "channels": channels,
-        "status": migration.status,
-        "gbps": gbps(migration.ram("transferred"), migration.transfer_s),
-        "source_cpu_s_per_gib": migration.source_cpu_s / gib if gib else float("nan"),
-        "dest_cpu_s_per_gib": migration.dest_cpu_s / gib if gib else float("nan"),
-    }
-    say(
-        f"    round {index + 1}, {_name(channels)}: {migration.status}, {row['gbps']:.2f} GB/s, "
-        f"CPU per GiB source {row['source_cpu_s_per_gib']:.2f} s, "
-        f"destination {row['dest_cpu_s_per_gib']:.2f} s"
-    )
-    return row
+    label = f"round {index + 1}, {_name(channels)}"
+    return rate_row(migration, label, round=index, channels=channels)
 
 
 async def _set_multifd(pair: Pair, channels: int) -> None:
@@ -95,9 +86,3 @@ async def _set_multifd(pair: Pair, channels: int) -> None:
         await client.execute("migrate-set-capabilities", {"capabilities": [state]})
         if channels:
             await client.execute("migrate-set-parameters", {"multifd-channels": channels})
-
-
-def _of(rows: list[dict[str, object]], index: int, channels: int, key: str) -> float:
-    row = next(r for r in rows if r["round"] == index and r["channels"] == channels)
-    value = row[key]
-    return float(value) if isinstance(value, int | float) else float("nan")

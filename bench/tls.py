@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
-from bench.common import GIB, MIB, Spread, gbps, header, say, verdict, warm_memory
-from bench.harness import Pair, VmSpec
+from bench.common import MIB, Spread, header, say, verdict, warm_memory
+from bench.harness import Pair, VmSpec, rate_row, row_value
 from livemig.certs import make_creds_dir
 from netio import QMPClient
 
@@ -38,7 +38,10 @@ def tls(run: Run) -> dict[str, object]:
             order = (False, True) if index % 2 == 0 else (True, False)
             rows += [_one(pair, index, secure=secure) for secure in order]
     ratio = Spread.of(
-        [_of(rows, i, True, "gbps") / _of(rows, i, False, "gbps") for i in range(rounds)]
+        [
+            row_value(rows, "gbps", round=i, tls=True) / row_value(rows, "gbps", round=i, tls=False)
+            for i in range(rounds)
+        ]
     )
     met = ratio.median >= GOAL_RATIO
     side_cpu = {
@@ -64,30 +67,11 @@ def tls(run: Run) -> dict[str, object]:
 def _one(pair: Pair, index: int, *, secure: bool) -> dict[str, object]:
     asyncio.run(_set_tls(pair, "tls0" if secure else ""))
     migration = pair.migrate(timeout_s=120.0)
-    gib = migration.ram("transferred") / GIB
-    row: dict[str, object] = {
-        "round": index,
-        "tls": secure,
-        "status": migration.status,
-        "gbps": gbps(migration.ram("transferred"), migration.transfer_s),
-        "source_cpu_s_per_gib": migration.source_cpu_s / gib if gib else float("nan"),
-        "dest_cpu_s_per_gib": migration.dest_cpu_s / gib if gib else float("nan"),
-    }
-    say(
-        f"    round {index + 1}, {'TLS' if secure else 'plaintext'}: {migration.status}, "
-        f"{row['gbps']:.2f} GB/s, CPU per GiB source {row['source_cpu_s_per_gib']:.2f} s, "
-        f"destination {row['dest_cpu_s_per_gib']:.2f} s"
-    )
-    return row
+    label = f"round {index + 1}, {'TLS' if secure else 'plaintext'}"
+    return rate_row(migration, label, round=index, tls=secure)
 
 
 async def _set_tls(pair: Pair, creds: str) -> None:
     for daemon in pair.daemons:
         async with await QMPClient.connect(daemon.qmp_address) as client:
             await client.execute("migrate-set-parameters", {"tls-creds": creds})
-
-
-def _of(rows: list[dict[str, object]], index: int, secure: bool, key: str) -> float:  # noqa: FBT001
-    row = next(r for r in rows if r["round"] == index and r["tls"] is secure)
-    value = row[key]
-    return float(value) if isinstance(value, int | float) else float("nan")

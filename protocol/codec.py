@@ -46,7 +46,9 @@ def compress(codec: Codec, level: int, data: Sequence[memoryview]) -> bytes:
     if codec is Codec.ZLIB:
         packer = zlib.compressobj(level)
         return b"".join([*(packer.compress(view) for view in data), packer.flush()])
-    return zstandard.ZstdCompressor(level=level).compress(b"".join(data))
+    size = sum(len(view) for view in data)  # the frame's content size: what decoding checks
+    stream = zstandard.ZstdCompressor(level=level).compressobj(size=size)
+    return b"".join([*(stream.compress(view) for view in data), stream.flush()])
 
 
 def decompress(codec: Codec, data: memoryview | bytes, expected_len: int) -> bytes:
