@@ -47,6 +47,8 @@ def source_info(
         )
         if (caps is not None and caps.auto_converge) or cpu_throttled:
             info["cpu-throttle-percentage"] = metrics.cpu_throttle_percent
+        if metrics.xbzrle_cache is not None:
+            info["xbzrle-cache"] = dict(metrics.xbzrle_cache)
     if metrics.throttle_started_at_pass is not None:
         info["x-throttle-started-at-pass"] = metrics.throttle_started_at_pass
     if metrics.timeout_actions:

@@ -101,6 +101,7 @@ class SourceMetrics:
         multifd_bytes: of `transferred_bytes`, those sent on multifd channels.
         compression_raw_bytes: page bytes multifd-compression was given.
         compression_sent_bytes: what they went as (raw where they did not shrink).
+        xbzrle_cache: QEMU's `xbzrle-cache` figures, with the xbzrle capability.
         digest_check: `match` or `mismatch` once the destination's digest was compared.
         error_code: the code of the error that failed it (sent in ABORT), if one did.
     """
@@ -114,6 +115,7 @@ class SourceMetrics:
     multifd_bytes: int = 0
     compression_raw_bytes: int = 0
     compression_sent_bytes: int = 0
+    xbzrle_cache: dict[str, object] | None = None
     bytes_at_stop: int | None = None
     normal_pages: int = 0
     zero_pages: int = 0

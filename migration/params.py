@@ -32,6 +32,7 @@ MAX_TIMEOUT_MS: Final = 3_600_000
 MAX_DIRTY_LIMIT_MB_S: Final = 2**32 - 1
 MAX_DIRTY_LIMIT_PERIOD_MS: Final = 1000  # QEMU: 1 to 1000 ms
 MAX_POLICY_TIMEOUT_S: Final = 86_400
+MAX_XBZRLE_CACHE_BYTES: Final = 1 << 40
 MIN_TRIGGER_PERIOD_MS: Final = 100
 MAX_TRIGGER_PERIOD_MS: Final = 60_000
 
@@ -150,6 +151,10 @@ _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
     "zero-page-detection": ("zero_page_detection", _Choice(ZERO_PAGE_DETECTIONS)),
     "multifd-channels": ("multifd_channels", _IntRange(1, MAX_MULTIFD_CHANNELS, "channels")),
     "multifd-compression": ("multifd_compression", _Choice(MULTIFD_COMPRESSIONS)),
+    "xbzrle-cache-size": (
+        "xbzrle_cache_size_bytes",
+        _IntRange(4096, MAX_XBZRLE_CACHE_BYTES, "bytes"),
+    ),
     "multifd-zlib-level": ("multifd_zlib_level", _IntRange(0, 9, "")),
     "multifd-zstd-level": ("multifd_zstd_level", _IntRange(0, 20, "")),
     "tls-creds": ("tls_creds", _Name()),
@@ -185,6 +190,7 @@ class MigrationParameters:
     multifd_compression: str = "none"
     multifd_zlib_level: int = 1
     multifd_zstd_level: int = 1
+    xbzrle_cache_size_bytes: int = 64 << 20  # QEMU's 64 MiB
     tls_creds: str = ""  # "": no TLS
     tls_hostname: str = ""  # "": the host of the migration URI
     tls_authz: str = ""  # "": any client the CA signed
@@ -232,6 +238,7 @@ _CAPABILITIES: Final[dict[str, str]] = {
     "dirty-limit": "dirty_limit",
     "x-digest-check": "digest_check",
     "multifd": "multifd",
+    "xbzrle": "xbzrle",
 }
 
 
@@ -247,6 +254,7 @@ class MigrationCapabilities:
     dirty_limit: bool = False
     digest_check: bool = False
     multifd: bool = False
+    xbzrle: bool = False
 
     def updated(self, changes: Mapping[str, bool]) -> MigrationCapabilities:
         """Return a copy with `changes` (QMP names) applied, or raise naming the capability."""
@@ -259,6 +267,9 @@ class MigrationCapabilities:
         caps = dataclasses.replace(self, **values)
         if caps.auto_converge and caps.dirty_limit:  # QEMU's migrate_caps_check
             msg = "dirty-limit conflicts with auto-converge: enable one of them"
+            raise ParameterError(msg)
+        if caps.multifd and caps.xbzrle:  # QEMU's migrate_caps_check
+            msg = "Multifd is not compatible with xbzrle"
             raise ParameterError(msg)
         return caps
 

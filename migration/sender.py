@@ -25,6 +25,7 @@ from migration.precopy import (
     Switchover,
     Throttled,
 )
+from migration.xbzrle import XbzrleEncoder
 from protocol import ChannelRole, ErrorCode, ProtocolError, SourceConnection
 from vmsim import SectionFull, SectionPart, SectionStart, state_complete, state_setup
 
@@ -169,6 +170,11 @@ class StreamSender:
             if caps.multifd
             else None
         )
+        self.xbzrle = (
+            XbzrleEncoder(machine.ram.pages, params.xbzrle_cache_size_bytes)
+            if caps.xbzrle and self.multifd is None
+            else None
+        )
         self._awaiting: Counter[ChannelKey] = Counter()  # flushes not yet answered by SendDone
 
     @property
@@ -185,6 +191,8 @@ class StreamSender:
         """Bring the byte counters of the metrics up to date."""
         self._metrics.transferred_bytes = self.sent_bytes
         self._metrics.multifd_bytes = self.multifd_bytes
+        if self.xbzrle is not None:
+            self._metrics.xbzrle_cache = self.xbzrle.stats.to_qmp()
         if self.multifd is not None:
             self._metrics.compression_raw_bytes = self.multifd.raw_bytes
             self._metrics.compression_sent_bytes = self.multifd.compressed_bytes
@@ -386,12 +394,16 @@ class StreamSender:
             )
 
     def _send_part(self, part: SectionPart, *, end: bool) -> None:
-        """Queue a RAM part (on the main channel, or spread over the multifd channels)."""
-        self._metrics.normal_pages += part.batch.normal_pages
-        self._metrics.zero_pages += part.batch.zero_pages
+        """Queue a RAM part (on the main channel, or spread over the multifd channels).
+
+        With XBZRLE, the pages it re-encodes as deltas count in its own statistics, not here.
+        """
+        batch = part.batch if self.xbzrle is None else self.xbzrle.encode(part.batch)
+        self._metrics.normal_pages += batch.normal_pages
+        self._metrics.zero_pages += batch.zero_pages
         multifd = self.multifd
         if multifd is None:
-            self.conn.send_ram(part.section_id, part.batch, end=end)
+            self.conn.send_ram(part.section_id, batch, end=end)
             self._flush([MAIN], keep_bytes=QUEUE_AHEAD_BYTES)
             return
         synced = multifd.sync(self._machine.ram_handler.stats().dirty_sync_count)

@@ -145,6 +145,8 @@ class _Analysis:
         entry: dict[str, Any] = {"idstr": section.get("idstr")}
         if isinstance(event, ev.RamPagesReceived):
             pages = {"normal": event.normal_pages, "zero": event.zero_pages}
+            if event.xbzrle_pages:
+                pages["xbzrle"] = event.xbzrle_pages
             entry.update(runs=len(event.runs), pages=pages)
             totals = section.setdefault("pages", {"normal": 0, "zero": 0})
             totals["normal"] += event.normal_pages

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Final
 
+import numpy as np
+
 from protocol import events as ev
+from protocol import xbzrle
 from protocol.codec import Codec, decompress
 from protocol.codes import (
     MAIN_MAGIC,
@@ -23,7 +26,7 @@ from protocol.messages import (
     MAIN_DECODERS,
     RETURN_DECODERS,
     decode_pages_meta,
-    decode_ram_meta,
+    decode_ram_section_meta,
     decode_section_part,
 )
 from protocol.meta import pack_meta, unpack_meta
@@ -236,11 +239,11 @@ class DestConnection(Connection):
 
     def _on_meta(self, info: FrameInfo, meta: memoryview) -> list[memoryview]:
         decoded = unpack_meta(meta, self._limits)
-        self._codec = None
+        self._codec, deltas = None, None
         if info.kind == FrameKind.PAGES:
             runs, self._codec = decode_pages_meta(decoded)
         else:
-            runs = decode_ram_meta(decoded, FrameKind(info.kind).name)
+            runs, deltas = decode_ram_section_meta(decoded, FrameKind(info.kind).name)
         config = self._main.require_config()
         self._plan = parse_runs(
             runs,
@@ -248,11 +251,12 @@ class DestConnection(Connection):
             ram_pages=config.ram_pages,
             data_len=None if self._codec else info.data_len,
             limits=self._limits,
+            delta_lens=deltas,
         )
         self._scratch = None
         if self._codec is not None:  # decoded once verified (_finish_ram)
             check_compressed_len(info.data_len, self._plan.normal_pages * config.page_size)
-        if self._sink is None or self._codec is not None:
+        if self._sink is None or self._codec is not None or deltas is not None:
             self._scratch = memoryview(bytearray(info.data_len))
             return [self._scratch]
         return self._sink.page_buffers(self._plan, info.data_len)
@@ -303,13 +307,35 @@ class DestConnection(Connection):
                 normal_pages=plan.normal_pages,
                 zero_pages=plan.zero_pages,
                 runs=plan.runs,
-                data=self._scratch,
+                data=self._scratch if self._sink is None else None,
+                xbzrle_pages=plan.xbzrle_pages,
             )
         self._main.accept(event)
-        if self._sink is not None:
+        if self._sink is not None and plan.delta_lens is not None and self._scratch is not None:
+            self._apply_deltas(self._sink, plan, self._scratch)
+        elif self._sink is not None:
             self._sink.pages_loaded(plan)
         self._plan, self._scratch = None, None
         return event
+
+    def _apply_deltas(self, sink: PageSink, plan: RunTable, data: memoryview) -> None:
+        """A verified frame with XBZRLE runs: place its whole pages, apply its deltas in place."""
+        page_size = self._main.require_config().page_size
+        sizes = np.where(plan.normal, (plan.end_pfn - plan.first_pfn) * page_size, 0)
+        if plan.xbzrle is not None and plan.delta_lens is not None:
+            sizes[plan.xbzrle] = plan.delta_lens
+        offsets = (np.cumsum(sizes) - sizes).tolist()
+        whole = plan.without_xbzrle()
+        whole_runs = np.flatnonzero(plan.normal).tolist()
+        pages = b"".join(data[offsets[i] : offsets[i] + int(sizes[i])] for i in whole_runs)
+        at = 0
+        for target in sink.page_buffers(whole, len(pages)):
+            target[:] = pages[at : at + len(target)]
+            at += len(target)
+        sink.pages_loaded(whole)
+        for i in np.flatnonzero(plan.xbzrle).tolist() if plan.xbzrle is not None else ():
+            offset, size = offsets[i], int(sizes[i])
+            xbzrle.decode_into(sink.page(int(plan.first_pfn[i])), data[offset : offset + size])
 
     def _on_eof(self) -> ev.Event:
         clean = dest_close_is_clean(self._main.mode, self._main.state, self._ret.state)

@@ -118,6 +118,7 @@ class RamPagesReceived(Event):
     runs: NDArray[np.void] = field(compare=False)
     data: memoryview | None = field(default=None, compare=False)
     frame: FrameInfo | None = None
+    xbzrle_pages: int = 0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -101,6 +101,15 @@ def decode_ram_meta(meta: MetaMap, what: str) -> bytes:
     return take_bin(meta, "runs")
 
 
+def decode_ram_section_meta(meta: MetaMap, what: str) -> tuple[bytes, bytes | None]:
+    """RAM SECTION_PART/END: ``{runs, eos}``, plus ``xbzrle`` (the deltas' lengths) with XBZRLE."""
+    if "xbzrle" not in meta:
+        return decode_ram_meta(meta, what), None
+    check_keys(meta, ("runs", "eos", "xbzrle"), what)
+    runs = decode_ram_meta({"runs": meta["runs"], "eos": meta["eos"]}, what)
+    return runs, take_bin(meta, "xbzrle")
+
+
 def decode_pages_meta(meta: MetaMap) -> tuple[bytes, Codec | None]:
     """PAGES: ``{runs, eos}``, plus ``codec`` when the page data is compressed."""
     if "codec" not in meta:

@@ -29,15 +29,18 @@ RUN_DTYPE: Final = np.dtype(
 
 EOS_RECORD: Final = bytes([0, 0, 0, 0, 0, 0, int(PageKind.EOS), 0])
 """The EOS record that ends every run table."""
-_PAGE_KINDS: Final = (int(PageKind.NORMAL), int(PageKind.ZERO))
-_RESERVED_KINDS: Final = (int(PageKind.XBZRLE), int(PageKind.COMPRESSED))
+_PAGE_KINDS: Final = (int(PageKind.NORMAL), int(PageKind.ZERO), int(PageKind.XBZRLE))
+_RESERVED_KINDS: Final = (int(PageKind.COMPRESSED),)
+DELTA_LEN_DTYPE: Final = np.dtype(">u2")
+"""One XBZRLE run's delta length in a RAM frame's ``xbzrle`` meta (u16, below a page)."""
 
 
 class RamBatchLike(Protocol):
     """A batch of guest pages to send (vmsim's ``PageBatch`` has this shape).
 
-    ``data`` holds one buffer per NORMAL run, in run order, each ``n_pages * page_size`` bytes:
-    views of guest RAM, queued without copying.
+    ``data`` holds one buffer per NORMAL run (``n_pages * page_size`` bytes: views of guest RAM,
+    queued without copying) and one per XBZRLE run (its delta, shorter than a page), in run
+    order.
     """
 
     @property
@@ -76,6 +79,10 @@ class PageSink(Protocol):
         """The frame was verified: make its pages final."""
         ...
 
+    def page(self, pfn: int) -> memoryview:
+        """The writable bytes of page `pfn` (an XBZRLE delta is applied to them in place)."""
+        ...
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunTable:
@@ -87,6 +94,23 @@ class RunTable:
     normal: NDArray[np.bool_]
     normal_pages: int
     zero_pages: int
+    xbzrle: NDArray[np.bool_] | None = None  # XBZRLE runs (one page each), if any
+    delta_lens: NDArray[np.int64] | None = None  # their delta lengths, in run order
+    xbzrle_pages: int = 0
+
+    def without_xbzrle(self) -> RunTable:
+        """The NORMAL and ZERO runs alone (what a page sink places)."""
+        if self.xbzrle is None:
+            return self
+        keep = ~self.xbzrle
+        return RunTable(
+            runs=self.runs[keep],
+            first_pfn=self.first_pfn[keep],
+            end_pfn=self.end_pfn[keep],
+            normal=self.normal[keep],
+            normal_pages=self.normal_pages,
+            zero_pages=self.zero_pages,
+        )
 
 
 def pack_runs(batch: RamBatchLike) -> bytes:
@@ -122,16 +146,23 @@ def _outside(values: NDArray[np.int64], lo: int, hi: int) -> bool:
 
 
 def parse_runs(
-    packed: bytes, *, page_size: int, ram_pages: int, data_len: int | None, limits: Limits
+    packed: bytes,
+    *,
+    page_size: int,
+    ram_pages: int,
+    data_len: int | None,
+    limits: Limits,
+    delta_lens: bytes | None = None,
 ) -> RunTable:
     """Check a received (or about to be sent) run table against RAM and the frame's data length.
 
-    ``data_len`` None skips the length check (the sender checks each buffer instead). A few
-    numpy reductions per frame, none per page.
+    ``data_len`` None skips the length check (the sender checks each buffer instead).
+    ``delta_lens`` (the ``xbzrle`` meta) are the XBZRLE runs' delta lengths; without it an
+    XBZRLE run is refused. A few numpy reductions per frame, none per page.
 
     Raises:
-        LocalProtocolError: LIMIT_EXCEEDED (too many records), UNSUPPORTED (XBZRLE,
-            compressed), BAD_PAGE_ADDRESS (beyond RAM) or BAD_METADATA.
+        LocalProtocolError: LIMIT_EXCEEDED (too many records), UNSUPPORTED (compressed runs, or
+            XBZRLE without lengths), BAD_PAGE_ADDRESS (beyond RAM) or BAD_METADATA.
     """
     count, rest = divmod(len(packed), RUN_RECORD_BYTES)
     if rest or not count:
@@ -153,28 +184,58 @@ def parse_runs(
     normal = runs["kind"] == PageKind.NORMAL
     total_pages = int(n_pages.sum())
     normal_pages = int(n_pages[normal].sum()) if count > 1 else 0
-    if data_len is not None and data_len != normal_pages * page_size:
-        msg = f"data_len {data_len} != {normal_pages} NORMAL pages x page_size {page_size}"
+    xbzrle, lens = _xbzrle_runs(runs, n_pages, delta_lens, page_size)
+    delta_bytes = int(lens.sum()) if lens is not None else 0
+    if data_len is not None and data_len != normal_pages * page_size + delta_bytes:
+        msg = (
+            f"data_len {data_len} != {normal_pages} NORMAL pages x page_size {page_size}"
+            f" + {delta_bytes} XBZRLE bytes"
+        )
         raise bad(msg)
+    xbzrle_pages = int(xbzrle.sum()) if xbzrle is not None else 0
     return RunTable(
         runs=runs,
         first_pfn=first,
         end_pfn=end,
         normal=normal,
         normal_pages=normal_pages,
-        zero_pages=total_pages - normal_pages,
+        zero_pages=total_pages - normal_pages - xbzrle_pages,
+        xbzrle=xbzrle,
+        delta_lens=lens,
+        xbzrle_pages=xbzrle_pages,
     )
+
+
+def _xbzrle_runs(
+    runs: NDArray[np.void], n_pages: NDArray[np.int64], delta_lens: bytes | None, page_size: int
+) -> tuple[NDArray[np.bool_] | None, NDArray[np.int64] | None]:
+    """The XBZRLE mask and delta lengths, checked (one page per run, each delta below a page)."""
+    xbzrle = runs["kind"] == PageKind.XBZRLE
+    count = int(xbzrle.sum())
+    if delta_lens is None:
+        if count:
+            msg = "XBZRLE runs without their 'xbzrle' delta lengths"
+            raise LocalProtocolError(msg, code=ErrorCode.UNSUPPORTED)
+        return None, None
+    if len(delta_lens) != count * DELTA_LEN_DTYPE.itemsize:
+        msg = f"'xbzrle' has {len(delta_lens)} bytes for {count} XBZRLE runs (2 bytes each)"
+        raise bad(msg)
+    lens = np.frombuffer(delta_lens, dtype=DELTA_LEN_DTYPE).astype(np.int64)
+    if count and (int(n_pages[xbzrle].max()) != 1 or int(lens.max()) >= page_size):
+        msg = "an XBZRLE run covers one page and its delta is shorter than a page"
+        raise bad(msg)
+    return xbzrle, lens
 
 
 def _check_kinds(runs: NDArray[np.void]) -> None:
     kinds = runs["kind"]
-    if int(kinds.min()) >= PageKind.NORMAL and int(kinds.max()) <= PageKind.ZERO:
+    if int(kinds.min()) >= PageKind.NORMAL and int(kinds.max()) <= PageKind.XBZRLE:
         if runs["pad"].any():
             msg = "run record padding must be 0"
             raise bad(msg)
         return
     if np.any(np.isin(kinds, _RESERVED_KINDS)):
-        msg = "XBZRLE and compressed pages are not supported"
+        msg = "compressed page runs are not supported (multifd-compression uses PAGES)"
         raise LocalProtocolError(msg, code=ErrorCode.UNSUPPORTED)
     kind = int(kinds[np.argmax(~np.isin(kinds, _PAGE_KINDS))])
     where = "EOS before the end of the run table" if kind == PageKind.EOS else "unknown"
@@ -220,9 +281,14 @@ def check_batch_data(batch: RamBatchLike, table: RunTable, page_size: int) -> li
         LocalProtocolError: BAD_METADATA if the buffers do not match the NORMAL runs.
     """
     data = batch.data
-    expected = (table.end_pfn - table.first_pfn)[table.normal] * page_size
+    expected = (table.end_pfn - table.first_pfn) * page_size
+    carries = table.normal
+    if table.xbzrle is not None and table.delta_lens is not None:
+        expected[table.xbzrle] = table.delta_lens
+        carries = table.normal | table.xbzrle
+    expected = expected[carries]
     if len(data) != len(expected):
-        msg = f"page batch has {len(data)} data buffers for {len(expected)} NORMAL runs"
+        msg = f"page batch has {len(data)} data buffers for {len(expected)} NORMAL/XBZRLE runs"
         raise bad(msg)
     try:
         views = [_byte_view(d) for d in data]
@@ -235,6 +301,23 @@ def check_batch_data(batch: RamBatchLike, table: RunTable, page_size: int) -> li
         msg = f"data buffer {i} is {int(sizes[i])} bytes, its run needs {int(expected[i])}"
         raise bad(msg)
     return views
+
+
+def pack_delta_lens(batch: RamBatchLike) -> bytes | None:
+    """The ``xbzrle`` meta of a batch: its XBZRLE runs' data lengths (None: it has none)."""
+    kinds = np.asarray(batch.kinds).reshape(-1)
+    carrying = kinds[np.isin(kinds, (PageKind.NORMAL, PageKind.XBZRLE))]
+    if not np.any(carrying == PageKind.XBZRLE):
+        return None
+    if len(carrying) != len(batch.data):
+        msg = f"page batch has {len(batch.data)} data buffers for {len(carrying)} runs with data"
+        raise bad(msg)
+    lens = [len(memoryview(d).cast("B")) for d, k in zip(batch.data, carrying.tolist(), strict=True)
+            if k == PageKind.XBZRLE]  # fmt: skip
+    if max(lens) > U16_MAX:
+        msg = "an XBZRLE delta is longer than 65535 bytes"
+        raise bad(msg)
+    return np.asarray(lens, dtype=DELTA_LEN_DTYPE).tobytes()
 
 
 def _byte_view(buf: memoryview) -> memoryview:

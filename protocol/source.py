@@ -22,7 +22,13 @@ from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.limits import Limits, Timeouts
 from protocol.messages import MAIN_DECODERS, RETURN_DECODERS, RETURN_INPUTS, decode_section_part
 from protocol.meta import U32_MAX, bad, pack_meta, unpack_meta
-from protocol.ram import check_batch_data, check_compressed_len, pack_runs, parse_runs
+from protocol.ram import (
+    check_batch_data,
+    check_compressed_len,
+    pack_delta_lens,
+    pack_runs,
+    parse_runs,
+)
 from protocol.states import (
     MainInput,
     MainState,
@@ -194,6 +200,7 @@ class SourceConnection(Connection):
                 normal_pages=table.normal_pages,
                 zero_pages=table.zero_pages,
                 runs=table.runs,
+                xbzrle_pages=table.xbzrle_pages,
             )
 
         self._send_pages(kind, section_id, batch, check, event)
@@ -228,15 +235,21 @@ class SourceConnection(Connection):
             check()
             config = self._main.require_config()
             runs = pack_runs(batch)
+            deltas = pack_delta_lens(batch) if kind is not FrameKind.PAGES else None
             table = parse_runs(
                 runs,
                 page_size=config.page_size,
                 ram_pages=config.ram_pages,
                 data_len=None,
                 limits=self._limits,
+                delta_lens=deltas,
             )
             views = check_batch_data(batch, table, config.page_size)
             raw_len = table.normal_pages * config.page_size
+            if deltas is not None:
+                meta = {"runs": runs, "eos": True, "xbzrle": deltas}
+                data_len = sum(len(view) for view in views)
+                return _Outgoing(meta, views, data_len, event(table))
             if compressed is None:
                 return _Outgoing({"runs": runs, "eos": True}, views, raw_len, event(table))
             check_compressed_len(len(compressed.data), raw_len)

@@ -152,6 +152,19 @@ _RAM_GAUGES: Final = (
         1e6 / 8,
     ),
     ("dirty-sync-count", "livemig_migration_passes", "Dirty syncs (passes) so far.", 1.0),
+    ("multifd-bytes", "livemig_migration_multifd_bytes", "Bytes sent on multifd channels.", 1.0),
+    (
+        "x-compression-ratio",
+        "livemig_migration_compression_ratio",
+        "Page bytes given to multifd-compression over what they went as.",
+        1.0,
+    ),
+)
+_XBZRLE_GAUGES: Final = (
+    ("bytes", "livemig_migration_xbzrle_bytes", "XBZRLE delta bytes sent."),
+    ("pages", "livemig_migration_xbzrle_pages", "Pages sent as XBZRLE deltas."),
+    ("cache-miss-rate", "livemig_migration_xbzrle_cache_miss_ratio", "XBZRLE cache misses."),
+    ("overflow", "livemig_migration_xbzrle_overflow_pages", "Deltas no smaller than a page."),
 )
 _TIME_GAUGES: Final = (
     ("total-time", "livemig_migration_total_seconds", "Time since the migration began."),
@@ -175,6 +188,11 @@ def _migration(info: Mapping[str, object], labels: Mapping[str, str]) -> Iterato
         for key, name, doc, scale in _RAM_GAUGES:
             if isinstance(value := ram.get(key), int | float):
                 yield _family(name, doc, labels, float(value) * scale)
+    cache = info.get("xbzrle-cache")
+    if isinstance(cache, dict):
+        for key, name, doc in _XBZRLE_GAUGES:
+            if isinstance(value := cache.get(key), int | float):
+                yield _family(name, doc, labels, float(value))
     for key, name, doc in _TIME_GAUGES:
         if isinstance(value := info.get(key), int | float):
             yield _family(name, doc, labels, float(value) / 1000)

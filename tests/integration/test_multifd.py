@@ -167,3 +167,48 @@ def test_a_compression_bomb_fails_the_migration_and_the_vm_runs_on(run, tmp):
             await pair.close()
 
     run(main)
+
+
+@pytest.mark.parametrize("cache_mib", [1, 64])
+def test_xbzrle_sends_re_dirtied_pages_as_deltas_and_matches_the_replay(run, tmp, cache_mib):
+    """A hotset guest re-dirties the same pages: they go as XBZRLE deltas from the cache."""
+    config = small_vm(ram_mib=16, workload="hotset", dirty_rate=20000)
+
+    async def main() -> None:
+        pair = await make_pair(tmp, vm=config)
+        try:
+            parameters = {"xbzrle-cache-size": cache_mib << 20, "max-bandwidth": 64 << 20}
+            await pair.source.execute("migrate-set-parameters", parameters)
+            await pair.migrate(xbzrle=True)
+            assert "completed" == await pair.source.wait(FINAL, timeout_s=30)
+            await pair.dest.assert_matches_replay()
+            cache = (await pair.source.execute("query-migrate"))["xbzrle-cache"]
+            assert cache["cache-size"] == cache_mib << 20
+            assert cache["pages"] > 0
+            assert cache["bytes"] < cache["pages"] * 4096
+            assert cache["encoding-rate"] > 1
+            received = pair.dest.record.metrics
+            assert received.normal_pages == pair.source.source.metrics.normal_pages
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_xbzrle_and_multifd_together_are_refused_as_qemu_does(run, tmp):
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            await pair.source.execute(
+                "migrate-set-capabilities",
+                {"capabilities": [{"capability": "multifd", "state": True}]},
+            )
+            with pytest.raises(Exception, match="Multifd is not compatible with xbzrle"):
+                await pair.source.execute(
+                    "migrate-set-capabilities",
+                    {"capabilities": [{"capability": "xbzrle", "state": True}]},
+                )
+        finally:
+            await pair.close()
+
+    run(main)

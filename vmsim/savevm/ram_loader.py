@@ -109,6 +109,17 @@ class RamLoader:
             pages[first:end] = 0
         self.loaded_pages += int((runs.end_pfn - runs.first_pfn).sum())
 
+    def page(self, pfn: int) -> memoryview:
+        """The writable bytes of one page (an XBZRLE delta is applied to them in place).
+
+        Raises:
+            RamError: the page is outside RAM.
+        """
+        if not 0 <= pfn < self._ram.n_pages:
+            raise RamError(f"ram: page {pfn} is outside RAM of {self._ram.n_pages} pages")
+        self.loaded_pages += 1
+        return self._ram.view[pfn * PAGE_SIZE : (pfn + 1) * PAGE_SIZE]
+
     def _scatter(self, runs: PageRuns, data_len: int) -> None:
         first = runs.first_pfn[runs.normal]
         counts = runs.end_pfn[runs.normal] - first

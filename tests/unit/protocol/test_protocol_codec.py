@@ -1,14 +1,17 @@
-"""Compressed PAGES data: decoding is exact and bounded; bombs and junk are refused clearly."""
+"""Page encodings (multifd compression, XBZRLE): decoding is exact and bounded; junk is refused."""
 
 from __future__ import annotations
 
 import zlib
 
+import numpy as np
 import pytest
 import zstandard
+from helpers.pair import ConnectionPair, make_config
 
-from protocol import LocalProtocolError
+from protocol import LocalProtocolError, PageKind, RamPagesReceived, xbzrle
 from protocol.codec import Codec, compress, decompress
+from vmsim import GuestRam, PageBatch, RamLoader
 
 PAGES = bytes(range(256)) * 16 * 4  # four 4 KiB pages
 
@@ -42,3 +45,77 @@ def test_round_trip(codec):
 def test_bad_data_is_refused_with_a_clear_error(codec, blob, match):
     with pytest.raises(LocalProtocolError, match=match):
         decompress(codec, blob, len(PAGES))
+
+
+# --------------------------------------------------------------------------- XBZRLE
+
+
+def test_xbzrle_round_trip_and_overflow():
+    old = bytes(range(256)) * 16
+    new = bytearray(old)
+    new[0:3] = b"abc"
+    new[4000:4010] = b"0123456789"
+    delta = xbzrle.encode(old, bytes(new))
+    assert delta is not None
+    assert len(delta) < 20
+    page = bytearray(old)
+    xbzrle.decode_into(memoryview(page), delta)
+    assert new == page
+    assert b"" == xbzrle.encode(old, old)
+    assert xbzrle.encode(old, bytes(4096)) is None  # no smaller than the page: sent whole
+
+
+@pytest.mark.parametrize(
+    ("delta", "match"),
+    [
+        (bytes([0x00, 0x05, 1, 2]), "does not fit"),  # 5 new bytes announced, 2 present
+        (bytes([0x80, 0x80, 0x80, 0x01]), "truncated or longer"),  # a 4-byte length
+        (bytes([0x90, 0x20, 0x01, 7]), "does not fit"),  # zrun 4112: beyond the page
+        (bytes([0x05, 0x00]), "does not fit"),  # an empty changed run
+        (bytes([0x05]), "truncated"),
+    ],
+)
+def test_hostile_xbzrle_deltas_are_refused(delta, match):
+    page = bytearray(4096)
+    with pytest.raises(LocalProtocolError, match=match):
+        xbzrle.decode_into(memoryview(page), delta)
+
+
+def test_an_xbzrle_frame_applies_its_deltas_to_the_destinations_copy():
+    """SECTION_PART with NORMAL, ZERO and XBZRLE runs: whole pages placed, deltas applied."""
+    pages = np.arange(8 * 4096, dtype=np.uint64).astype(np.uint8).reshape(8, 4096)
+    changed = pages[3].copy()
+    changed[100:104] = 9
+    delta = xbzrle.encode(pages[3].data, changed.data)
+    assert delta is not None
+    batch = PageBatch(
+        first_pfns=np.array([0, 2, 3], dtype=np.uint32),
+        n_pages=np.array([2, 1, 1], dtype=np.uint16),
+        kinds=np.array([PageKind.NORMAL, PageKind.ZERO, PageKind.XBZRLE], dtype=np.uint8),
+        data=(pages[0:2].reshape(-1).data, memoryview(delta)),
+        normal_pages=2,
+        zero_pages=1,
+    )
+    ram = GuestRam(8 * 4096)
+    ram.pages[3] = pages[3]  # the copy the destination has from an earlier pass
+    ram.pages[2] = 5
+    dest = deliver_ram(batch, RamLoader(ram))
+
+    assert (ram.pages[0:2] == pages[0:2]).all()
+    assert not ram.pages[2].any()
+    assert (ram.pages[3] == changed).all()
+    assert 1 == dest.xbzrle_pages
+
+
+def deliver_ram(batch: PageBatch, sink: RamLoader) -> RamPagesReceived:
+    config = make_config(ram_pages=8, page_size=4096)
+    pair = ConnectionPair()
+    pair.source.send_configuration(config)
+    pair.source.send_open_return_path()
+    pair.transfer()
+    pair.dest.attach_sink(sink)
+    pair.dest.send_open_ack()
+    pair.source.send_section_start(1, "ram", 0, 4, {"ram_size": 8 * 4096, "page_size": 4096})
+    pair.source.send_ram(1, batch, end=False)
+    events, _ = pair.transfer()
+    return next(e for e in events if isinstance(e, RamPagesReceived))
