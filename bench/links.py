@@ -18,6 +18,7 @@ import random
 import secrets
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING, Final
 
 from bench.common import GIB, MIB, ProcessUsage, header, say, verdict, warm_memory
@@ -131,6 +132,7 @@ def _one(
     try:
         parameters, capabilities = _MODES[mode]
         before = [ProcessUsage.of(daemon.process.pid).cpu_s for daemon in daemons]
+        started = time.perf_counter()
         migration = asyncio.run(
             migrate_over_qmp(
                 f"tcp:{source_host.address}:{_QMP_PORT}",
@@ -141,6 +143,7 @@ def _one(
                 (*capabilities, "x-digest-check"),
             )
         )
+        migration.wall_s = time.perf_counter() - started
         after = [ProcessUsage.of(daemon.process.pid).cpu_s for daemon in daemons]
     finally:
         for daemon in daemons:
@@ -166,6 +169,11 @@ def _row(vm: VmSpec, mode: str, migration: Migration, link: float) -> dict[str, 
         "link_multiple": round(moved, 3),
         "compression_ratio": migration.ram("x-compression-ratio") if mode != "plain" else 1.0,
     }
+    if migration.status != "completed":  # cancelled at the timeout: QEMU reports no figures
+        row["total_s"] = round(migration.wall_s, 3)
+        say(f"    {vm.fill} {mode}: {migration.status} after {migration.wall_s:.0f} s "
+            "(it did not converge)")  # fmt: skip
+        return row
     sent_mib = migration.ram("transferred") / MIB
     say(f"    {vm.fill} {mode}: {migration.status} in {total_s:.2f} s, {sent_mib:.0f} MiB sent, "
         f"RAM at {moved:.2f}x the link")  # fmt: skip
