@@ -3,7 +3,9 @@
 Whatever bytes arrive, a ``DestConnection`` (and a ``SourceConnection`` reading a return path)
 reports events or raises ``RemoteProtocolError``, and nothing else; it holds no more than its
 limits. Each input is fed whole, byte by byte, and through ``get_buffers``/``buffers_filled``.
-The first input byte picks the target: main stream (file mode / return-path mode) or return path.
+The first input byte picks the target: main stream (file mode / return-path mode), return path,
+or a multifd channel (joined to the multifd vector's configuration on its CHANNEL handshake, as
+the router does).
 
     .venv/bin/python tests/fuzz/fuzz_dest.py -max_total_time=600 tests/fuzz/corpus
 
@@ -13,6 +15,7 @@ target selector prepended).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -20,7 +23,15 @@ import atheris
 
 with atheris.instrument_imports():
     import protocol
-    from protocol import DestConnection, Limits, RemoteProtocolError, SourceConnection
+    from protocol import (
+        ChannelAnnounced,
+        ChannelRole,
+        DestConnection,
+        Limits,
+        LocalProtocolError,
+        RemoteProtocolError,
+        SourceConnection,
+    )
 
 HERE = Path(__file__).resolve().parent
 VECTORS = HERE.parent / "vectors"
@@ -40,16 +51,28 @@ def _source() -> SourceConnection:
 
 
 def _receiver(selector: int) -> SourceConnection | DestConnection:
-    if selector % 3 == 2:
+    if selector % 4 == 2:
         return _source()
-    return DestConnection(return_path=selector % 3 == 1, limits=LIMITS, timeouts=None, now=0.0)
+    return DestConnection(return_path=selector % 4 != 0, limits=LIMITS, timeouts=None, now=0.0)
 
 
 def _take(conn: SourceConnection | DestConnection) -> None:
     for _ in range(MAX_EVENTS):
-        if conn.next_event() is None:
+        event = conn.next_event()
+        if event is None:
             return
+        if isinstance(event, ChannelAnnounced) and event.role is ChannelRole.MULTIFD:
+            _join(conn)
     raise AssertionError("endless events")
+
+
+def _join(conn: SourceConnection | DestConnection) -> None:
+    """Join a multifd channel as the router would (it routes only a matching migration id)."""
+    from vectors.generate import multifd_config  # noqa: PLC0415
+
+    if isinstance(conn, DestConnection):
+        with contextlib.suppress(LocalProtocolError):
+            conn.join(multifd_config(), None)
 
 
 def _whole(conn: SourceConnection | DestConnection, data: bytes) -> None:
@@ -110,6 +133,7 @@ def _seed_corpus(corpus: Path) -> None:
         "return_path.main.bin": 1,
         "resolve.main.bin": 1,
         "return_path.return.bin": 2,
+        "multifd.bin": 3,
     }
     for name, selector in seeds.items():
         (corpus / f"seed-{name}").write_bytes(bytes([selector]) + (VECTORS / name).read_bytes())

@@ -12,9 +12,15 @@ import zlib
 import pytest
 
 from migration.source_phases import AwaitingLoaded, Done
-from tests.helpers.inproc import FINAL, make_pair, small_vm
+from tests.helpers.inproc import FINAL, Daemon, make_pair, small_vm
 from tests.integration import paths
 from vmm.fill_content import resolve_fill
+
+
+async def enable(daemon: Daemon, capability: str) -> None:
+    """`migrate-set-capabilities` with one capability on."""
+    caps = [{"capability": capability, "state": True}]
+    await daemon.execute("migrate-set-capabilities", {"capabilities": caps})
 
 
 @pytest.mark.parametrize("channels", [1, 2, 4])
@@ -65,10 +71,7 @@ def test_multifd_to_a_file_is_refused_with_a_clear_error(run, tmp):
     async def main() -> None:
         pair = await make_pair(tmp)
         try:
-            await pair.source.execute(
-                "migrate-set-capabilities",
-                {"capabilities": [{"capability": "multifd", "state": True}]},
-            )
+            await enable(pair.source, "multifd")
             with pytest.raises(Exception, match="multifd is on, but a file: migration"):
                 await pair.source.execute("migrate", {"uri": f"file:{tmp / 'vm.img'}"})
             assert await pair.source.runs()
@@ -199,15 +202,9 @@ def test_xbzrle_and_multifd_together_are_refused_as_qemu_does(run, tmp):
     async def main() -> None:
         pair = await make_pair(tmp)
         try:
-            await pair.source.execute(
-                "migrate-set-capabilities",
-                {"capabilities": [{"capability": "multifd", "state": True}]},
-            )
+            await enable(pair.source, "multifd")
             with pytest.raises(Exception, match="Multifd is not compatible with xbzrle"):
-                await pair.source.execute(
-                    "migrate-set-capabilities",
-                    {"capabilities": [{"capability": "xbzrle", "state": True}]},
-                )
+                await enable(pair.source, "xbzrle")
         finally:
             await pair.close()
 
