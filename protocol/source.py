@@ -166,7 +166,15 @@ class SourceConnection(Connection):
         self._send(FrameKind.COMMAND, 0, {"cmd": Command.OPEN_RETURN_PATH})
 
     def send_ping(self, value: int) -> None:
-        """Queue PING ``value`` (u32); its PONG reports the round-trip time."""
+        """Queue PING ``value`` (u32); its PONG reports the round-trip time.
+
+        Raises:
+            LocalProtocolError: a PING with this value is still in flight (its PONG could not
+                be told from the other's, and the second PONG would answer no PING).
+        """
+        if value in self._pings:
+            msg = f"PING {value} is already in flight: each PING in flight needs its own value"
+            raise LocalProtocolError(msg)
         self._send(FrameKind.COMMAND, 0, {"cmd": Command.PING, "value": value})
         self._pings[value] = self._now
         while len(self._pings) > MAX_PINGS_IN_FLIGHT:

@@ -686,13 +686,14 @@ def scripts(draw: st.DrawFn, *, max_pages: int = 48) -> Script:
     )
     devices = tuple((name, draw(st.integers(0, 3)), draw(st.integers(1, 9))) for name in names)
     steps: list[tuple[str, tuple[object, ...]]] = []
+    pinged: set[int] = set()
 
     def ping():
-        return (
-            [("ping", (draw(st.integers(0, 2**32 - 1)),))]
-            if return_path and draw(st.booleans())
-            else []
-        )
+        if not return_path or not draw(st.booleans()):
+            return []
+        value = draw(st.integers(0, 2**32 - 1).filter(lambda v: v not in pinged))
+        pinged.add(value)  # a PING value is unique while in flight (SourceConnection.send_ping)
+        return [("ping", (value,))]
 
     steps.append(
         ("start", (1, "ram", 0, 4, {"ram_size": ram_pages * page_size, "page_size": page_size}))

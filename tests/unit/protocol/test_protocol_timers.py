@@ -7,6 +7,7 @@ from helpers.pair import ConnectionPair, drain, make_config, sent_bytes
 
 from protocol import (
     DestConnection,
+    LocalProtocolError,
     PeerTimedOut,
     PingReceived,
     PongReceived,
@@ -128,3 +129,16 @@ def test_pings_in_flight_are_bounded(count):
     for value in range(count):
         pair.source.send_ping(value)
     assert min(count, 64) == len(pair.source._pings)
+
+
+def test_a_ping_value_already_in_flight_is_refused_and_its_pong_still_counts():
+    """Two PINGs with one value would leave the second PONG answering no PING (found by
+    test_return_path_any_split_gives_the_same_events): the second send is refused instead."""
+    pair = open_pair()
+    pair.source.send_ping(0)
+    with pytest.raises(LocalProtocolError, match="PING 0 is already in flight"):
+        pair.source.send_ping(0)
+    pair.to_dest()
+    pair.to_source()
+    assert not pair.source._pings  # the one PONG answered the one PING
+    pair.source.send_ping(0)  # free again
