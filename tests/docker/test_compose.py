@@ -90,9 +90,16 @@ async def test_the_compose_prometheus_sees_both_daemons(compose: Compose) -> Non
     assert transferred, info  # the earlier tests migrated: the newest migration's figures
     query = f'livemig_migration_transferred_bytes{{role="source"}} == {transferred}'
     assert await promql("127.0.0.1:9090", query, timeout_s=60, poll_s=1)  # scraped every 5 s
-    # Both targets up at the same scrape; a daemon an earlier test restarted may miss one.
-    both = 'count(up{job="livemig"} == 1) == 2'
-    up = await promql("127.0.0.1:9090", both, timeout_s=60, poll_s=1)
+    both = 'count(up{job="livemig"} == 1) == 2'  # both targets up in one evaluation
+    try:
+        up = await promql("127.0.0.1:9090", both, timeout_s=60, poll_s=1)
+    except TimeoutError:
+        targets = json.loads(await http_get("127.0.0.1:9090", "/api/v1/targets"))
+        health = [
+            (t["scrapeUrl"], t["health"], t["lastError"], t["lastScrape"])
+            for t in targets["data"]["activeTargets"]
+        ]
+        pytest.fail(f"the two livemig targets were never up at once: {health}")
     assert "2" == up[0]["value"][1]
 
 
