@@ -30,7 +30,7 @@ from protocol.messages import (
     decode_section_part,
 )
 from protocol.meta import pack_meta, unpack_meta
-from protocol.ram import RunTable, check_compressed_len, parse_runs
+from protocol.ram import RunTable, check_compressed_len, copy_into, parse_runs
 from protocol.states import (
     MainInput,
     MainState,
@@ -266,10 +266,7 @@ class DestConnection(Connection):
         raw = decompress(codec, data, plan.normal_pages * self._main.require_config().page_size)
         if self._sink is None:
             return memoryview(raw)
-        offset = 0
-        for target in self._sink.page_buffers(plan, len(raw)):
-            target[:] = raw[offset : offset + len(target)]
-            offset += len(target)
+        copy_into(self._sink.page_buffers(plan, len(raw)), [raw])
         return None
 
     def _on_frame(self, info: FrameInfo, meta: memoryview) -> ev.Event:
@@ -326,12 +323,10 @@ class DestConnection(Connection):
             sizes[plan.xbzrle] = plan.delta_lens
         offsets = (np.cumsum(sizes) - sizes).tolist()
         whole = plan.without_xbzrle()
-        whole_runs = np.flatnonzero(plan.normal).tolist()
-        pages = b"".join(data[offsets[i] : offsets[i] + int(sizes[i])] for i in whole_runs)
-        at = 0
-        for target in sink.page_buffers(whole, len(pages)):
-            target[:] = pages[at : at + len(target)]
-            at += len(target)
+        pieces = [
+            data[offsets[i] : offsets[i] + int(sizes[i])] for i in np.flatnonzero(plan.normal)
+        ]
+        copy_into(sink.page_buffers(whole, whole.normal_pages * page_size), pieces)
         sink.pages_loaded(whole)
         for i in np.flatnonzero(plan.xbzrle).tolist() if plan.xbzrle is not None else ():
             offset, size = offsets[i], int(sizes[i])

@@ -261,6 +261,27 @@ def _check_extents(
         raise bad(msg)
 
 
+def copy_into(targets: Sequence[memoryview], pieces: Sequence[memoryview | bytes]) -> None:
+    """Copy `pieces`, in order, across `targets`, in order: each byte once, nothing joined.
+
+    Raises:
+        LocalProtocolError: INTERNAL if the pieces hold more bytes than the targets.
+    """
+    remaining = iter(targets)
+    target, at = next(remaining, None), 0
+    for piece in pieces:
+        view, pos = memoryview(piece), 0
+        while pos < len(view):
+            while target is not None and at == len(target):
+                target, at = next(remaining, None), 0
+            if target is None:
+                msg = "page data beyond the sink's buffers"
+                raise LocalProtocolError(msg, code=ErrorCode.INTERNAL)
+            take = min(len(target) - at, len(view) - pos)
+            target[at : at + take] = view[pos : pos + take]
+            at, pos = at + take, pos + take
+
+
 def check_compressed_len(data_len: int, raw_len: int) -> None:
     """Compressed page data must be smaller than the pages (pages that do not shrink go raw).
 
