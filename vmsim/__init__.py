@@ -34,6 +34,7 @@ from vmsim.errors import (
 )
 from vmsim.fill import MIXED_ZERO_EVERY_PAGES, content_bytes_wanted, fill_content_digest
 from vmsim.machine import Machine, replay
+from vmsim.postcopy import PostcopyPages, WriteJournal
 from vmsim.ram import DirtyLog, GuestRam, populate_write, populate_write_supported
 from vmsim.runstate import (
     TRANSITIONS,
@@ -65,6 +66,8 @@ from vmsim.savevm import (
     load_section_start,
     state_cleanup,
     state_complete,
+    state_complete_devices,
+    state_complete_postcopy,
     state_iterate,
     state_pending_estimate,
     state_pending_exact,
@@ -115,6 +118,7 @@ __all__ = [
     "PageBatch",
     "PageKind",
     "PageRuns",
+    "PostcopyPages",
     "RamError",
     "RamLoader",
     "RamSaveHandler",
@@ -142,6 +146,7 @@ __all__ = [
     "VersionTooNewError",
     "VersionTooOldError",
     "WorkloadKind",
+    "WriteJournal",
     "content_bytes_wanted",
     "field_bool",
     "field_buffer",
@@ -162,6 +167,8 @@ __all__ = [
     "replay",
     "state_cleanup",
     "state_complete",
+    "state_complete_devices",
+    "state_complete_postcopy",
     "state_iterate",
     "state_pending_estimate",
     "state_pending_exact",

@@ -82,6 +82,14 @@ class MachineLayout:
         )
 
     @property
+    def device_pfns(self) -> range:
+        """Pages a device's state reads at load (the ITS tables).
+
+        A postcopy source sends them before the device state.
+        """
+        return range(self.its_table_pfn, self.its_table_pfn + ITS_TABLE_PAGES)
+
+    @property
     def its_table_address(self) -> int:
         """Guest physical address of the ITS table region."""
         return self.its_table_pfn * PAGE_SIZE

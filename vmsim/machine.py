@@ -20,6 +20,7 @@ from vmsim.errors import ChangeStateError, ConfigError, NotAllowed
 from vmsim.fill import fill_content_digest, fill_ram
 from vmsim.guest import Guest
 from vmsim.layout import MachineLayout
+from vmsim.postcopy import PostcopyPages
 from vmsim.ram import GuestRam
 from vmsim.runstate import RunState, RunStateMachine
 from vmsim.savevm.ram_handler import RAM_IDSTR, RAM_VERSION_ID, RamSaveHandler
@@ -27,6 +28,9 @@ from vmsim.savevm.registry import SaveVMRegistry
 from vmsim.workload import check_ab_ranges
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
     from vmsim.config import MachineConfig
 
 __all__ = ["GLOBALSTATE_IDSTR", "Machine", "replay"]
@@ -49,6 +53,8 @@ class Machine:
         ram_handler: the RAM section's save/load handlers.
         savevm: the savevm registry of every section.
         runstate: the run state and change-state handlers.
+        postcopy: on a destination in postcopy, which pages it holds and the vCPU's waiting
+            writes (`vmsim.postcopy`); None otherwise.
     """
 
     def __init__(self, config: MachineConfig, *, incoming: bool) -> None:
@@ -64,6 +70,7 @@ class Machine:
         self.ram_handler = RamSaveHandler(self.ram)
         self.runstate = RunStateMachine(RunState.PRELAUNCH)
         self.savevm = SaveVMRegistry(runstate=self.runstate)
+        self.postcopy: PostcopyPages | None = None
         self._guest = Guest(
             config, self.layout, self.ram, self.vcpus, (self.timer, self.serial, self.its)
         )
@@ -137,7 +144,62 @@ class Machine:
             raise NotAllowed(f"run: the VM is {self.runstate.state}, not running")
         if n_ticks < 0:
             raise NotAllowed(f"run: n_ticks must be >= 0, got {n_ticks}")
+        postcopy = self.postcopy
+        if postcopy is not None and postcopy.blocked:
+            missing = len(postcopy.waiting_for())
+            raise NotAllowed(f"run: the vCPUs wait for {missing} pages not received (postcopy)")
         self._guest.run(n_ticks)
+        if postcopy is not None:
+            postcopy.try_unblock()
+
+    # ------------------------------------------------------------------ postcopy
+
+    def start_postcopy(self, missing_pfns: NDArray[np.integer]) -> PostcopyPages:
+        """Destination: from now on the guest may run before `missing_pfns` have arrived.
+
+        Guest writes are journaled and applied once their pages are received (`run` then
+        blocks the vCPUs until they are); received pages go through the RAM loader, which
+        places only pages not received yet.
+
+        Raises:
+            NotAllowed: postcopy already started, or a device page is missing (the source
+                sends the pages device state reads at load before it: `layout.device_pfns`).
+            RamError: a missing page is outside RAM.
+        """
+        if self.postcopy is not None:
+            raise NotAllowed("start_postcopy: postcopy already started")
+        pages = PostcopyPages(self.ram.n_pages, missing_pfns)
+        device_missing = ~pages.received[self.layout.device_pfns]
+        if device_missing.any():
+            msg = (
+                "start_postcopy: a page the device state reads at load (the ITS tables) is "
+                "missing; it must arrive before the device state"
+            )
+            raise NotAllowed(msg)
+        self.postcopy = pages
+        self.ram.journal = pages.journal
+        self.ram_handler.loader.postcopy = pages
+        return pages
+
+    def postcopy_unblock(self) -> bool:
+        """Apply the vCPUs' waiting writes if their pages arrived; True if they may run."""
+        return self.postcopy is None or self.postcopy.try_unblock()
+
+    def finish_postcopy(self) -> None:
+        """Every page arrived: apply the waiting writes and leave postcopy.
+
+        Raises:
+            NotAllowed: pages are still missing.
+        """
+        postcopy = self.postcopy
+        if postcopy is None:
+            return
+        if postcopy.missing_count or not postcopy.try_unblock():
+            msg = f"finish_postcopy: {postcopy.missing_count} pages have not arrived"
+            raise NotAllowed(msg)
+        self.ram.journal = None
+        self.ram_handler.loader.postcopy = None
+        self.postcopy = None
 
     def vm_start(self) -> None:
         """QEMU's vm_start: go RUNNING and run the change-state handlers forward.
@@ -196,7 +258,13 @@ class Machine:
         The state of a device is what its VMSD saves (all subsections' registers are reset
         while unneeded, so they agree either way) plus device-internal state such as the ITS
         cache. The globalstate section is migration metadata and is left out.
+
+        Raises:
+            NotAllowed: in postcopy (pages are missing or writes wait: RAM is not final).
         """
+        if self.postcopy is not None:
+            msg = f"digest: in postcopy, {self.postcopy.missing_count} pages not received yet"
+            raise NotAllowed(msg)
         devices: list[object] = []
         for entry in self.savevm.entries:
             if entry.vmsd is None or entry.idstr == GLOBALSTATE_IDSTR:

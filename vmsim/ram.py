@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
+    from vmsim.postcopy import WriteJournal
+
 __all__ = ["WORDS_PER_PAGE", "DirtyLog", "GuestRam", "populate_write", "populate_write_supported"]
 
 WORDS_PER_PAGE: Final = PAGE_SIZE // 8
@@ -98,7 +100,16 @@ class GuestRam:
         dirty_log: the dirty log fed by every write method.
     """
 
-    __slots__ = ("array", "dirty_log", "n_pages", "pages", "size_bytes", "view", "words")
+    __slots__ = (
+        "array",
+        "dirty_log",
+        "journal",
+        "n_pages",
+        "pages",
+        "size_bytes",
+        "view",
+        "words",
+    )
 
     def __init__(self, size_bytes: int, *, prefault: bool = False) -> None:
         """Allocate zeroed RAM.
@@ -122,6 +133,7 @@ class GuestRam:
         self.words: NDArray[np.uint64] = self.array.view(np.uint64)
         self.view = memoryview(self.array.data)
         self.dirty_log = DirtyLog(self.n_pages)
+        self.journal: WriteJournal | None = None
 
     def write_words(self, word_indexes: NDArray[np.uint64], values: NDArray[np.uint64]) -> None:
         """Store u64 values at u64 word indexes (byte address // 8) and mark their pages.
@@ -129,11 +141,25 @@ class GuestRam:
         numpy does not promise which of several stores to one element wins, so a repeated
         index must come with the same value each time (determinism depends on it).
         """
+        if self.journal is not None:
+            pfns = word_indexes >> _WORD_TO_PAGE_SHIFT
+            self.journal.defer(pfns, self._write_words, word_indexes, values)
+            return
+        self._write_words(word_indexes, values)
+
+    def _write_words(self, word_indexes: NDArray[np.uint64], values: NDArray[np.uint64]) -> None:
         self.words[word_indexes] = values
         self.dirty_log.mark_pages(word_indexes >> _WORD_TO_PAGE_SHIFT)
 
     def write_word(self, word_index: int, value: int) -> None:
         """Store one u64 at a word index and mark its page."""
+        if self.journal is not None:
+            pfns = np.array([word_index // WORDS_PER_PAGE], dtype=np.intp)
+            self.journal.defer(pfns, self._write_word, word_index, value)
+            return
+        self._write_word(word_index, value)
+
+    def _write_word(self, word_index: int, value: int) -> None:
         self.words[word_index] = value
         self.dirty_log.mark_range(word_index // WORDS_PER_PAGE, 1)
 
@@ -141,6 +167,14 @@ class GuestRam:
         """Copy bytes to a guest physical address and mark the pages they cover."""
         end = address + len(data)
         self._check_span(address, end)
+        if self.journal is not None:
+            pfns = np.arange(address // PAGE_SIZE, -(-end // PAGE_SIZE), dtype=np.intp)
+            self.journal.defer(pfns, self._write_bytes, address, data)
+            return
+        self._write_bytes(address, data)
+
+    def _write_bytes(self, address: int, data: bytes | NDArray[np.uint8]) -> None:
+        end = address + len(data)
         self.array[address:end] = np.frombuffer(data, dtype=np.uint8)
         first_pfn = address // PAGE_SIZE
         self.dirty_log.mark_range(first_pfn, (end + PAGE_SIZE - 1) // PAGE_SIZE - first_pfn)
@@ -149,6 +183,13 @@ class GuestRam:
         """Add delta (mod 256) to byte 0 of each page in a run and mark the run."""
         if n_pages <= 0:
             return
+        if self.journal is not None:
+            pfns = np.arange(first_pfn, first_pfn + n_pages, dtype=np.intp)
+            self.journal.defer(pfns, self._add_to_first_bytes, first_pfn, n_pages, delta)
+            return
+        self._add_to_first_bytes(first_pfn, n_pages, delta)
+
+    def _add_to_first_bytes(self, first_pfn: int, n_pages: int, delta: int) -> None:
         end = (first_pfn + n_pages) * PAGE_SIZE
         first_bytes = self.array[first_pfn * PAGE_SIZE : end : PAGE_SIZE]
         first_bytes += np.uint8(delta % 256)
@@ -156,6 +197,13 @@ class GuestRam:
 
     def set_first_bytes(self, first_pfn: int, n_pages: int, value: int) -> None:
         """Set byte 0 of each page in a run and mark the run."""
+        if self.journal is not None:
+            pfns = np.arange(first_pfn, first_pfn + n_pages, dtype=np.intp)
+            self.journal.defer(pfns, self._set_first_bytes, first_pfn, n_pages, value)
+            return
+        self._set_first_bytes(first_pfn, n_pages, value)
+
+    def _set_first_bytes(self, first_pfn: int, n_pages: int, value: int) -> None:
         end = (first_pfn + n_pages) * PAGE_SIZE
         self.array[first_pfn * PAGE_SIZE : end : PAGE_SIZE] = value
         self.dirty_log.mark_range(first_pfn, n_pages)

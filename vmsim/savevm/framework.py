@@ -41,6 +41,8 @@ __all__ = [
     "load_section_start",
     "state_cleanup",
     "state_complete",
+    "state_complete_devices",
+    "state_complete_postcopy",
     "state_iterate",
     "state_pending_estimate",
     "state_pending_exact",
@@ -117,6 +119,33 @@ def state_complete(registry: SaveVMRegistry, max_pages: int) -> Iterator[Section
 
 
 def _complete(registry: SaveVMRegistry, max_pages: int) -> Iterator[SectionPart | SectionFull]:
+    yield from _complete_iterables(registry, max_pages)
+    yield from _complete_devices(registry)
+
+
+def state_complete_devices(registry: SaveVMRegistry) -> Iterator[SectionFull]:
+    """Postcopy's device state, with the VM stopped (QEMU's ..._complete_precopy_non_iterable).
+
+    Yields, lazily, the FULL sections `state_complete` ends with; the iterable entries go on
+    sending (`state_complete_postcopy` ends them).
+
+    Raises:
+        NotAllowed: the VM is running.
+        SaveHookError: (when iterated) a device's pre_save or post_save failed.
+    """
+    if registry.runstate is not None and registry.runstate.is_running:
+        msg = "state_complete_devices needs the VM stopped; it is running"
+        raise NotAllowed(msg)
+    _check_blockers(registry)
+    return _complete_devices(registry)
+
+
+def state_complete_postcopy(registry: SaveVMRegistry, max_pages: int) -> Iterator[SectionPart]:
+    """End a postcopy save (QEMU's qemu_savevm_state_complete_postcopy): END parts only."""
+    return _complete_iterables(registry, max_pages)
+
+
+def _complete_iterables(registry: SaveVMRegistry, max_pages: int) -> Iterator[SectionPart]:
     for entry in _iterables(registry):
         sent = False
         while (batch := entry.handlers.save_complete(max_pages)) is not None:
@@ -124,6 +153,9 @@ def _complete(registry: SaveVMRegistry, max_pages: int) -> Iterator[SectionPart 
             yield SectionPart(section_id=entry.section_id, batch=batch, end=True)
         if not sent:
             yield SectionPart(section_id=entry.section_id, batch=PageBatch.empty(), end=True)
+
+
+def _complete_devices(registry: SaveVMRegistry) -> Iterator[SectionFull]:
     for device in registry.entries:
         vmsd = device.vmsd
         if vmsd is None or vmsd.early_setup or not _section_needed(device):

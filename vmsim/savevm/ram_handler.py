@@ -22,6 +22,8 @@ from vmsim.savevm.handlers import MAX_RUN_PAGES, PageBatch, PageKind
 from vmsim.savevm.ram_loader import RamLoader, Runs
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from numpy.typing import NDArray
 
     from vmsim.ram import GuestRam
@@ -136,6 +138,40 @@ class RamSaveHandler:
         if self._remaining_pages == 0:
             return None
         return self._batch(self._take(bitmap, max_pages))
+
+    def postcopy_start(
+        self, first_pfns: Sequence[int]
+    ) -> tuple[PageBatch | None, NDArray[np.intp]]:
+        """With the VM stopped, switch to postcopy (QEMU's ram_postcopy_send_discard_bitmap).
+
+        Syncs the dirty log once more, takes `first_pfns` that are still to send (the pages the
+        device state reads at load, `MachineLayout.device_pfns`) into a batch that goes before
+        the device state, and returns it with every page still to send: what the destination
+        must treat as missing. The rest goes by `save_live_iterate` (the background push) and
+        `save_pages` (the destination's requests); the source's RAM no longer changes.
+        """
+        bitmap = self._require_bitmap()
+        self._completing = True
+        self._sync(bitmap)
+        batch = self.save_pages(np.asarray(first_pfns, dtype=np.intp))
+        return batch, np.flatnonzero(bitmap)
+
+    def save_pages(self, pfns: NDArray[np.intp]) -> PageBatch | None:
+        """Postcopy: the pages of `pfns` still to send, as one batch (None if all were sent).
+
+        Raises:
+            RamError: a page is outside RAM.
+        """
+        bitmap = self._require_bitmap()
+        if len(pfns) and (int(pfns.min()) < 0 or int(pfns.max()) >= len(bitmap)):
+            raise RamError(f"ram: requested pages outside RAM of {len(bitmap)} pages")
+        wanted = np.unique(pfns)
+        take = wanted[bitmap[wanted]]
+        if not len(take):
+            return None
+        bitmap[take] = False
+        self._remaining_pages -= len(take)
+        return self._batch(take)
 
     def state_pending_estimate(self) -> int:
         """Bytes still set in the migration bitmap (no sync)."""

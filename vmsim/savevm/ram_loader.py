@@ -10,8 +10,13 @@ extent of consecutive pages: the kernel writes the bytes where they belong, no c
 A frame fragmented into many small extents is received into one scratch buffer instead and
 scattered into RAM with one vectorised copy once verified: an extra memcpy beats thousands of
 tiny receive targets (bench/protocol_codec.py). ZERO runs are zero-filled once the frame is
-verified. Later encodings plug in here: a frame of compressed or XBZRLE pages is received into
-scratch and decoded into RAM in ``pages_loaded``; postcopy marks the pages received.
+verified. A frame of compressed or XBZRLE pages is decoded by the protocol into these buffers
+(or into `page`).
+
+In postcopy (``postcopy`` set, `vmsim.postcopy`) every frame goes to scratch, and
+``pages_loaded`` places only the pages not received yet and marks them received: a page the
+guest may already have written is never overwritten by a late copy (QEMU too copies each page
+into place from a temporary page, UFFDIO_COPY).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from vmsim.errors import RamError
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from vmsim.postcopy import PostcopyPages
     from vmsim.ram import GuestRam
 
 __all__ = ["SCATTER_MAX_MEAN_BYTES", "SCATTER_MIN_EXTENTS", "PageRuns", "RamLoader", "Runs"]
@@ -70,6 +76,7 @@ class RamLoader:
 
     Attributes:
         loaded_pages: pages made final since the loader was created (NORMAL and ZERO).
+        postcopy: the received-page map in postcopy (`Machine.start_postcopy` sets it).
     """
 
     def __init__(self, ram: GuestRam) -> None:
@@ -77,6 +84,7 @@ class RamLoader:
         self._scatter_buffer = bytearray()
         self._scatter_bytes: int | None = None
         self.loaded_pages = 0
+        self.postcopy: PostcopyPages | None = None
 
     def page_buffers(self, runs: PageRuns, data_len: int) -> list[memoryview]:
         """Writable buffers, in order, for a frame's ``data_len`` bytes of NORMAL page data.
@@ -88,8 +96,9 @@ class RamLoader:
         _check(first, end, data_len, self._ram.n_pages)
         extents = _extents(first, end)
         self._scatter_bytes = None
-        if len(extents) >= SCATTER_MIN_EXTENTS and data_len <= len(extents) * (
-            SCATTER_MAX_MEAN_BYTES
+        if self.postcopy is not None or (
+            len(extents) >= SCATTER_MIN_EXTENTS
+            and data_len <= len(extents) * SCATTER_MAX_MEAN_BYTES
         ):
             if len(self._scatter_buffer) < data_len:
                 self._scatter_buffer = bytearray(data_len)
@@ -100,6 +109,9 @@ class RamLoader:
 
     def pages_loaded(self, runs: PageRuns) -> None:
         """The frame's data was verified: scatter it if it went to scratch, zero-fill ZERO runs."""
+        if self.postcopy is not None:
+            self._place_new(runs, self.postcopy)
+            return
         if self._scatter_bytes is not None:
             self._scatter(runs, self._scatter_bytes)
             self._scatter_bytes = None
@@ -117,16 +129,37 @@ class RamLoader:
         """
         if not 0 <= pfn < self._ram.n_pages:
             raise RamError(f"ram: page {pfn} is outside RAM of {self._ram.n_pages} pages")
+        if self.postcopy is not None:
+            raise RamError(f"ram: an XBZRLE page ({pfn}) in postcopy (pages go whole then)")
         self.loaded_pages += 1
         return self._ram.view[pfn * PAGE_SIZE : (pfn + 1) * PAGE_SIZE]
 
     def _scatter(self, runs: PageRuns, data_len: int) -> None:
-        first = runs.first_pfn[runs.normal]
-        counts = runs.end_pfn[runs.normal] - first
-        offsets = np.cumsum(counts) - counts
-        pfns = np.repeat(first - offsets, counts) + np.arange(int(counts.sum()))
+        pfns = _pages_of(runs.first_pfn[runs.normal], runs.end_pfn[runs.normal])
         data = np.frombuffer(self._scatter_buffer, dtype=np.uint8, count=data_len)
         self._ram.pages[pfns] = data.reshape(len(pfns), PAGE_SIZE)
+
+    def _place_new(self, runs: PageRuns, postcopy: PostcopyPages) -> None:
+        """Postcopy: place the frame's pages that were not received yet, and mark them."""
+        pfns = _pages_of(runs.first_pfn[runs.normal], runs.end_pfn[runs.normal])
+        if len(pfns):
+            data_len = len(pfns) * PAGE_SIZE
+            data = np.frombuffer(self._scatter_buffer, dtype=np.uint8, count=data_len)
+            new = postcopy.take(pfns)
+            self._ram.pages[pfns[new]] = data.reshape(len(pfns), PAGE_SIZE)[new]
+        zero = ~runs.normal
+        zero_pfns = _pages_of(runs.first_pfn[zero], runs.end_pfn[zero])
+        if len(zero_pfns):
+            self._ram.pages[zero_pfns[postcopy.take(zero_pfns)]] = 0
+        self._scatter_bytes = None
+        self.loaded_pages += len(pfns) + len(zero_pfns)
+
+
+def _pages_of(first: NDArray[np.int64], end: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Every page of the runs ``[first, end)``, in run order."""
+    counts = end - first
+    offsets = np.cumsum(counts) - counts
+    return np.repeat(first - offsets, counts) + np.arange(int(counts.sum()))
 
 
 def _extents(first: NDArray[np.int64], end: NDArray[np.int64]) -> list[tuple[int, int]]:
