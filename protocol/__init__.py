@@ -47,9 +47,14 @@ from protocol.events import (
     MultifdPagesReceived,
     MultifdSynced,
     OutcomeReported,
+    PagesDiscarded,
+    PagesRequested,
     PeerTimedOut,
     PingReceived,
     PongReceived,
+    PostcopyAdvised,
+    PostcopyListening,
+    PostcopyRunning,
     RamPagesReceived,
     ResolveRequested,
     ReturnPathAcked,
@@ -62,6 +67,7 @@ from protocol.events import (
     SwitchoverStarted,
 )
 from protocol.limits import Limits, Timeouts
+from protocol.postcopy import PageRanges
 from protocol.ram import RUN_DTYPE, PageSink, RamBatchLike, RunTable
 from protocol.source import SourceConnection
 from protocol.states import MainState, ReturnState, StreamMode
@@ -103,10 +109,16 @@ __all__ = [
     "Outcome",
     "OutcomeReported",
     "PageKind",
+    "PageRanges",
     "PageSink",
+    "PagesDiscarded",
+    "PagesRequested",
     "PeerTimedOut",
     "PingReceived",
     "PongReceived",
+    "PostcopyAdvised",
+    "PostcopyListening",
+    "PostcopyRunning",
     "ProtocolError",
     "RamBatchLike",
     "RamPagesReceived",

@@ -64,6 +64,10 @@ class Command(enum.IntEnum):
 
     OPEN_RETURN_PATH = 1
     PING = 2
+    POSTCOPY_ADVISE = 3
+    POSTCOPY_LISTEN = 4
+    POSTCOPY_RUN = 5
+    POSTCOPY_RAM_DISCARD = 6
     SWITCHOVER_START = 11
     HANDOVER = 0x40
     ABORT = 0x41

@@ -30,6 +30,7 @@ from protocol.messages import (
     decode_section_part,
 )
 from protocol.meta import pack_meta, unpack_meta
+from protocol.postcopy import pack_ranges
 from protocol.ram import RunTable, check_compressed_len, copy_into, parse_runs
 from protocol.states import (
     MainInput,
@@ -42,6 +43,8 @@ from protocol.states import (
 from protocol.tracker import MainTracker, ReturnTracker
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
     from protocol.config import MigrationConfiguration
     from protocol.errors import FrameInfo
     from protocol.meta import MetaMap
@@ -154,6 +157,10 @@ class DestConnection(Connection):
     def send_open_ack(self) -> None:
         """Queue OPEN_ACK: the configuration is accepted and guest RAM is ready."""
         self._send(ReturnKind.OPEN_ACK, {"version": self._writer.version})
+
+    def send_req_pages(self, first_pfn: NDArray[np.integer], n_pages: NDArray[np.integer]) -> None:
+        """Queue REQ_PAGES: the guest waits for these pages (postcopy; at most 64 ranges)."""
+        self._send(ReturnKind.REQ_PAGES, {"ranges": pack_ranges(first_pfn, n_pages)})
 
     def send_loaded(
         self, *, digest: str | None, normal_pages: int, zero_pages: int, devices: int

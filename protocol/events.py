@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from protocol.codes import ChannelRole, Outcome
     from protocol.config import MigrationConfiguration
     from protocol.errors import ErrorCode, FrameInfo
+    from protocol.postcopy import PageRanges
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -144,6 +145,35 @@ class MultifdSynced(Event):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PostcopyAdvised(Event):
+    """POSTCOPY_ADVISE: the source may switch this migration to postcopy."""
+
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PagesDiscarded(Event):
+    """POSTCOPY_RAM_DISCARD: these pages changed since they were sent; they come again."""
+
+    ranges: PageRanges
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PostcopyListening(Event):
+    """POSTCOPY_LISTEN: the discards are done; device state follows, then RUN."""
+
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PostcopyRunning(Event):
+    """POSTCOPY_RUN: run the guest now; the missing pages follow (and may be requested)."""
+
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SwitchoverStarted(Event):
     """SWITCHOVER_START: the source VM is stopped; END and FULL sections follow."""
 
@@ -225,6 +255,14 @@ class PongReceived(Event):
 
     value: int
     rtt_s: float = 0.0
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PagesRequested(Event):
+    """REQ_PAGES: the destination's guest waits for these pages (postcopy)."""
+
+    ranges: PageRanges
     frame: FrameInfo | None = None
 
 

@@ -33,6 +33,7 @@ from protocol.meta import (
     take_str,
     take_u32,
 )
+from protocol.postcopy import MAX_DISCARD_RANGES, MAX_REQUEST_RANGES, unpack_ranges
 from protocol.states import MainInput, ReturnInput
 
 if TYPE_CHECKING:
@@ -177,10 +178,21 @@ def _decode_channel(meta: MetaMap, _limits: Limits) -> ev.ChannelAnnounced:
     )
 
 
+def _decode_discard(meta: MetaMap) -> ev.PagesDiscarded:
+    data = take_bin(meta, "ranges")
+    what = "POSTCOPY_RAM_DISCARD"
+    ranges = unpack_ranges(data, max_ranges=MAX_DISCARD_RANGES, ascending=True, what=what)
+    return ev.PagesDiscarded(ranges=ranges)
+
+
 _COMMANDS: Final[dict[Command, tuple[tuple[str, ...], Callable[[MetaMap, Limits], ev.Event]]]] = {
     Command.OPEN_RETURN_PATH: ((), lambda _m, _l: ev.ReturnPathRequested()),
     Command.PING: (("value",), lambda m, _l: ev.PingReceived(value=take_u32(m, "value"))),
     Command.SWITCHOVER_START: ((), lambda _m, _l: ev.SwitchoverStarted()),
+    Command.POSTCOPY_ADVISE: ((), lambda _m, _l: ev.PostcopyAdvised()),
+    Command.POSTCOPY_RAM_DISCARD: (("ranges",), lambda m, _l: _decode_discard(m)),
+    Command.POSTCOPY_LISTEN: ((), lambda _m, _l: ev.PostcopyListening()),
+    Command.POSTCOPY_RUN: ((), lambda _m, _l: ev.PostcopyRunning()),
     Command.HANDOVER: ((), lambda _m, _l: ev.HandoverReceived()),
     Command.ABORT: (
         ("code", "reason"),
@@ -223,6 +235,10 @@ MAIN_INPUTS: Final[dict[type[ev.Event], MainInput]] = {
     ev.ResolveRequested: MainInput.RESOLVE,
     ev.MultifdPagesReceived: MainInput.PAGES,
     ev.MultifdSynced: MainInput.MULTIFD_SYNC,
+    ev.PostcopyAdvised: MainInput.POSTCOPY_ADVISE,
+    ev.PagesDiscarded: MainInput.POSTCOPY_RAM_DISCARD,
+    ev.PostcopyListening: MainInput.POSTCOPY_LISTEN,
+    ev.PostcopyRunning: MainInput.POSTCOPY_RUN,
 }
 """The main table's input for each main-stream event (PART/END: see ``part_input``)."""
 
@@ -279,6 +295,13 @@ def _decode_pong(meta: MetaMap, _limits: Limits) -> ev.Event:
     return ev.PongReceived(value=take_u32(meta, "value"))
 
 
+def _decode_req_pages(meta: MetaMap, _limits: Limits) -> ev.Event:
+    check_keys(meta, ("ranges",), "REQ_PAGES")
+    data = take_bin(meta, "ranges")
+    ranges = unpack_ranges(data, max_ranges=MAX_REQUEST_RANGES, ascending=False, what="REQ_PAGES")
+    return ev.PagesRequested(ranges=ranges)
+
+
 def _decode_loaded(meta: MetaMap, _limits: Limits) -> ev.Event:
     check_keys(meta, ("digest", "normal_pages", "zero_pages", "devices"), "LOADED")
     digest = meta["digest"]
@@ -316,16 +339,18 @@ def _decode_outcome(meta: MetaMap, _limits: Limits) -> ev.Event:
 RETURN_DECODERS: Final[dict[ReturnKind, Callable[[MetaMap, Limits], ev.Event]]] = {
     ReturnKind.OPEN_ACK: _decode_open_ack,
     ReturnKind.PONG: _decode_pong,
+    ReturnKind.REQ_PAGES: _decode_req_pages,
     ReturnKind.LOADED: _decode_loaded,
     ReturnKind.RESUMED: _decode_resumed,
     ReturnKind.FAILED: _decode_failed,
     ReturnKind.OUTCOME: _decode_outcome,
 }
-"""Decoders of the return-path kinds (REQ_PAGES is refused as unsupported before this)."""
+"""Decoders of the return-path kinds."""
 
 RETURN_INPUTS: Final[dict[ReturnKind, ReturnInput]] = {
     ReturnKind.OPEN_ACK: ReturnInput.OPEN_ACK,
     ReturnKind.PONG: ReturnInput.PONG,
+    ReturnKind.REQ_PAGES: ReturnInput.REQ_PAGES,
     ReturnKind.LOADED: ReturnInput.LOADED,
     ReturnKind.RESUMED: ReturnInput.RESUMED,
     ReturnKind.FAILED: ReturnInput.FAILED,

@@ -22,6 +22,7 @@ from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.limits import Limits, Timeouts
 from protocol.messages import MAIN_DECODERS, RETURN_DECODERS, RETURN_INPUTS, decode_section_part
 from protocol.meta import U32_MAX, bad, pack_meta, unpack_meta
+from protocol.postcopy import pack_ranges
 from protocol.ram import (
     check_batch_data,
     check_compressed_len,
@@ -44,6 +45,9 @@ from protocol.tracker import MainTracker, ReturnTracker, unexpected
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any
+
+    import numpy as np
+    from numpy.typing import NDArray
 
     from protocol.codec import Compressed
     from protocol.config import MigrationConfiguration
@@ -298,6 +302,25 @@ class SourceConnection(Connection):
         meta = {"idstr": idstr, "instance_id": instance_id, "version_id": version_id}
         self._send(FrameKind.SECTION_FULL, section_id, {**meta, "state": dict(state)})
 
+    def send_postcopy_advise(self) -> None:
+        """Queue POSTCOPY_ADVISE (at setup: this migration may switch to postcopy)."""
+        self._send(FrameKind.COMMAND, 0, {"cmd": Command.POSTCOPY_ADVISE})
+
+    def send_postcopy_discard(
+        self, first_pfn: NDArray[np.integer], n_pages: NDArray[np.integer]
+    ) -> None:
+        """Queue POSTCOPY_RAM_DISCARD of ascending, separate ranges (at most 8192)."""
+        meta = {"cmd": Command.POSTCOPY_RAM_DISCARD, "ranges": pack_ranges(first_pfn, n_pages)}
+        self._send(FrameKind.COMMAND, 0, meta)
+
+    def send_postcopy_listen(self) -> None:
+        """Queue POSTCOPY_LISTEN (the discards are done; device state follows)."""
+        self._send(FrameKind.COMMAND, 0, {"cmd": Command.POSTCOPY_LISTEN})
+
+    def send_postcopy_run(self) -> None:
+        """Queue POSTCOPY_RUN: the destination runs the guest; no ABORT is possible after it."""
+        self._send(FrameKind.COMMAND, 0, {"cmd": Command.POSTCOPY_RUN})
+
     def send_switchover_start(self) -> None:
         """Queue SWITCHOVER_START (the VM is stopped; END and FULL sections follow)."""
         self._send(FrameKind.COMMAND, 0, {"cmd": Command.SWITCHOVER_START})
@@ -410,9 +433,6 @@ class SourceConnection(Connection):
 
     def _on_frame_header(self, info: FrameInfo) -> bool:
         kind = info.kind
-        if kind == ReturnKind.REQ_PAGES:
-            msg = "REQ_PAGES (postcopy) is not supported"
-            raise LocalProtocolError(msg, code=ErrorCode.UNSUPPORTED)
         if not isinstance(kind, ReturnKind):
             msg = f"unknown return-path frame kind 0x{kind:02x}"
             raise LocalProtocolError(msg)

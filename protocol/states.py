@@ -50,6 +50,12 @@ class MainState(enum.Enum):
     RESOLVE_OPENED = "RESOLVE_OPENED"  # channels mode: CHANNEL resolve, waiting for RESOLVE
     MULTIFD = "MULTIFD"  # channels mode: CHANNEL multifd, PAGES and MULTIFD_SYNC until EOF
     MULTIFD_DONE = "MULTIFD_DONE"  # a multifd channel after its EOF
+    ADVISED = "ADVISED"  # SETUP after POSTCOPY_ADVISE: this migration may switch to postcopy
+    ADVISED_ITERATING = "ADVISED_ITERATING"  # ITERATING after POSTCOPY_ADVISE
+    POSTCOPY_DISCARD = "POSTCOPY_DISCARD"  # postcopy: POSTCOPY_RAM_DISCARD commands
+    POSTCOPY_LISTENING = "POSTCOPY_LISTENING"  # after POSTCOPY_LISTEN: device state (FULL)
+    POSTCOPY_RUNNING = "POSTCOPY_RUNNING"  # after POSTCOPY_RUN: RAM PART sections
+    POSTCOPY_ENDING = "POSTCOPY_ENDING"  # postcopy: END sections, then EOF
     CONFIGURED = "CONFIGURED"  # configuration, waiting for OPEN_RETURN_PATH (return-path mode)
     SETUP = "SETUP"  # START and early FULL sections
     ITERATING = "ITERATING"  # PART sections
@@ -75,6 +81,10 @@ class MainInput(enum.Enum):
     CHANNEL_MULTIFD = "CHANNEL_MULTIFD"
     PAGES = "PAGES"
     MULTIFD_SYNC = "MULTIFD_SYNC"
+    POSTCOPY_ADVISE = "POSTCOPY_ADVISE"
+    POSTCOPY_RAM_DISCARD = "POSTCOPY_RAM_DISCARD"
+    POSTCOPY_LISTEN = "POSTCOPY_LISTEN"
+    POSTCOPY_RUN = "POSTCOPY_RUN"
     CONFIGURATION = "CONFIGURATION"
     OPEN_RETURN_PATH = "OPEN_RETURN_PATH"
     PING = "PING"
@@ -110,6 +120,7 @@ class ReturnInput(enum.Enum):
     HEADER = "HEADER"
     OPEN_ACK = "OPEN_ACK"
     PONG = "PONG"
+    REQ_PAGES = "REQ_PAGES"
     LOADED = "LOADED"
     RESUMED = "RESUMED"
     FAILED = "FAILED"
@@ -153,6 +164,14 @@ _PING_STATES: Final = (
     _S.DESCRIBED,
     _S.RESOLVING,
 )
+_POSTCOPY_STATES: Final = (
+    _S.ADVISED,
+    _S.ADVISED_ITERATING,
+    _S.POSTCOPY_DISCARD,
+    _S.POSTCOPY_LISTENING,
+    _S.POSTCOPY_RUNNING,
+    _S.POSTCOPY_ENDING,
+)
 
 
 def _return_path_table() -> dict[MainState, dict[MainInput, MainState]]:
@@ -182,7 +201,38 @@ def _channels_table() -> dict[MainState, dict[MainInput, MainState]]:
     table[_S.OPENED] = {_I.CONFIGURATION: _S.CONFIGURED, _I.ABORT: _S.ABORTED}
     table[_S.RESOLVE_OPENED] = {_I.RESOLVE: _S.RESOLVING, _I.ABORT: _S.ABORTED}
     table[_S.MULTIFD] = {_I.PAGES: _S.MULTIFD, _I.MULTIFD_SYNC: _S.MULTIFD, _I.EOF: _S.MULTIFD_DONE}
+    _add_postcopy(table)
     return table
+
+
+def _add_postcopy(table: dict[MainState, dict[MainInput, MainState]]) -> None:
+    """Postcopy (docs/protocol.md 1.10): ADVISE at setup, then the switch, or a precopy end.
+
+    After POSTCOPY_ADVISE, SETUP and ITERATING have advised twins that also take the switch:
+    DISCARD* LISTEN FULL* RUN; then PART* END+ EOF, with no ABORT after RUN (the destination's
+    guest may have run, so the source can no longer take the VM back).
+    """
+    advised = {_S.SETUP: _S.ADVISED, _S.ITERATING: _S.ADVISED_ITERATING}
+    for plain, twin in advised.items():
+        table[twin] = {event: advised.get(after, after) for event, after in table[plain].items()}
+    table[_S.SETUP][_I.POSTCOPY_ADVISE] = _S.ADVISED
+    for state in (_S.ADVISED, _S.ADVISED_ITERATING, _S.POSTCOPY_DISCARD):
+        table.setdefault(state, {})
+        table[state][_I.POSTCOPY_RAM_DISCARD] = _S.POSTCOPY_DISCARD
+        table[state][_I.POSTCOPY_LISTEN] = _S.POSTCOPY_LISTENING
+    table[_S.POSTCOPY_DISCARD][_I.ABORT] = _S.ABORTED
+    table[_S.POSTCOPY_LISTENING] = {
+        _I.SECTION_FULL: _S.POSTCOPY_LISTENING,
+        _I.POSTCOPY_RUN: _S.POSTCOPY_RUNNING,
+        _I.ABORT: _S.ABORTED,
+    }
+    table[_S.POSTCOPY_RUNNING] = {
+        _I.SECTION_PART: _S.POSTCOPY_RUNNING,
+        _I.SECTION_END: _S.POSTCOPY_ENDING,
+    }
+    table[_S.POSTCOPY_ENDING] = {_I.SECTION_END: _S.POSTCOPY_ENDING, _I.EOF: _S.COMPLETED}
+    for state in _POSTCOPY_STATES:
+        table[state][_I.PING] = state
 
 
 MAIN_TABLE: Final[dict[StreamMode, dict[MainState, dict[MainInput, MainState]]]] = {
@@ -205,6 +255,7 @@ RETURN_TABLE: Final[dict[ReturnState, dict[ReturnInput, ReturnState]]] = {
     },
     _R.OPEN: {
         _RI.PONG: _R.OPEN,
+        _RI.REQ_PAGES: _R.OPEN,
         _RI.LOADED: _R.LOADED,
         _RI.RESUMED: _R.RESUMED,
         _RI.FAILED: _R.FAILED,
@@ -230,8 +281,11 @@ _AFTER_OPEN_RETURN_PATH: Final = frozenset(
 RETURN_REQUIRES_MAIN: Final[dict[ReturnInput, frozenset[MainState]]] = {
     _RI.HEADER: frozenset(MainState),
     _RI.FAILED: frozenset(MainState),
-    _RI.OPEN_ACK: _AFTER_OPEN_RETURN_PATH,
-    _RI.PONG: _AFTER_OPEN_RETURN_PATH | {_S.RESOLVING, _S.RESOLVE_HANDED_OVER},
+    _RI.OPEN_ACK: _AFTER_OPEN_RETURN_PATH | frozenset(_POSTCOPY_STATES),
+    _RI.PONG: _AFTER_OPEN_RETURN_PATH
+    | frozenset(_POSTCOPY_STATES)
+    | {_S.RESOLVING, _S.RESOLVE_HANDED_OVER},
+    _RI.REQ_PAGES: frozenset({_S.POSTCOPY_RUNNING, _S.POSTCOPY_ENDING, _S.COMPLETED, _S.DESCRIBED}),
     _RI.LOADED: frozenset({_S.COMPLETED, _S.DESCRIBED, _S.HANDED_OVER, _S.ABORTED}),
     _RI.RESUMED: frozenset({_S.HANDED_OVER, _S.RESOLVE_HANDED_OVER}),
     _RI.OUTCOME: frozenset({_S.RESOLVING, _S.RESOLVE_HANDED_OVER, _S.ABORTED}),

@@ -15,6 +15,7 @@ from protocol.config import DeviceRef, MigrationConfiguration
 from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.messages import main_input, part_input
 from protocol.meta import bad
+from protocol.postcopy import check_ranges_fit
 from protocol.states import (
     MainInput,
     MainState,
@@ -122,6 +123,9 @@ class MainTracker:
             self._open(event)
         elif isinstance(event, ev.DeviceStateReceived):
             self._full_section(event)
+        elif isinstance(event, ev.PagesDiscarded):
+            what = "POSTCOPY_RAM_DISCARD"
+            check_ranges_fit(event.ranges, self.require_config().ram_pages, what)
         elif isinstance(event, ev.ResolveRequested):
             self._check_channel(event.migration_id, "RESOLVE")
             self.resolve_id = event.migration_id
@@ -193,6 +197,7 @@ class MainTracker:
 RETURN_INPUTS_OF: Final[dict[type[ev.Event], ReturnInput]] = {
     ev.ReturnPathAcked: ReturnInput.OPEN_ACK,
     ev.PongReceived: ReturnInput.PONG,
+    ev.PagesRequested: ReturnInput.REQ_PAGES,
     ev.LoadCompleted: ReturnInput.LOADED,
     ev.DestinationResumed: ReturnInput.RESUMED,
     ev.DestinationFailed: ReturnInput.FAILED,
@@ -222,6 +227,8 @@ class ReturnTracker:
         if isinstance(event, ev.ReturnPathAcked) and event.version != self.version:
             msg = f"OPEN_ACK names version {event.version}, the return path is {self.version}"
             raise LocalProtocolError(msg, code=ErrorCode.UNSUPPORTED_VERSION)
+        if isinstance(event, ev.PagesRequested):
+            check_ranges_fit(event.ranges, main.require_config().ram_pages, "REQ_PAGES")
         if isinstance(event, ev.OutcomeReported):
             if main.resolve_id is None:
                 msg = "OUTCOME on a connection that sent no RESOLVE"

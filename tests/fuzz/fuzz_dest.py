@@ -4,8 +4,8 @@ Whatever bytes arrive, a ``DestConnection`` (and a ``SourceConnection`` reading 
 reports events or raises ``RemoteProtocolError``, and nothing else; it holds no more than its
 limits. Each input is fed whole, byte by byte, and through ``get_buffers``/``buffers_filled``.
 The first input byte picks the target: main stream (file mode / return-path mode), return path,
-or a multifd channel (joined to the multifd vector's configuration on its CHANNEL handshake, as
-the router does).
+a postcopy return path (page requests, the source past POSTCOPY_RUN), or a multifd channel
+(joined to the multifd vector's configuration on its CHANNEL handshake, as the router does).
 
     .venv/bin/python tests/fuzz/fuzz_dest.py -max_total_time=600 tests/fuzz/corpus
 
@@ -50,10 +50,23 @@ def _source() -> SourceConnection:
     return source
 
 
+def _postcopy_source() -> SourceConnection:
+    """A source that has sent the postcopy vector up to POSTCOPY_RUN (REQ_PAGES is legal)."""
+    from helpers.pair import replay_main, sent_bytes  # noqa: PLC0415
+
+    source = SourceConnection(limits=LIMITS, timeouts=None, now=0.0)
+    replay_main(_POSTCOPY_EVENTS, source)
+    sent_bytes(source)
+    return source
+
+
 def _receiver(selector: int) -> SourceConnection | DestConnection:
-    if selector % 4 == 2:
+    target = selector % 5
+    if target == 2:
         return _source()
-    return DestConnection(return_path=selector % 4 != 0, limits=LIMITS, timeouts=None, now=0.0)
+    if target == 4:
+        return _postcopy_source()
+    return DestConnection(return_path=target != 0, limits=LIMITS, timeouts=None, now=0.0)
 
 
 def _take(conn: SourceConnection | DestConnection) -> None:
@@ -134,6 +147,8 @@ def _seed_corpus(corpus: Path) -> None:
         "resolve.main.bin": 1,
         "return_path.return.bin": 2,
         "multifd.bin": 3,
+        "postcopy.main.bin": 1,
+        "postcopy.return.bin": 4,
     }
     for name, selector in seeds.items():
         (corpus / f"seed-{name}").write_bytes(bytes([selector]) + (VECTORS / name).read_bytes())
@@ -141,11 +156,14 @@ def _seed_corpus(corpus: Path) -> None:
 
 def main() -> None:
     """Seed the corpus directories given on the command line, then fuzz."""
-    global _MAIN_EVENTS  # noqa: PLW0603 - built once, before fuzzing starts
+    global _MAIN_EVENTS, _POSTCOPY_EVENTS  # noqa: PLW0603 - built once, before fuzzing starts
     sys.path.insert(0, str(HERE.parent))
     from helpers.pair import decode_main  # noqa: PLC0415
 
     _MAIN_EVENTS = decode_main((VECTORS / "return_path.main.bin").read_bytes(), return_path=True)
+    postcopy = decode_main((VECTORS / "postcopy.main.bin").read_bytes(), return_path=True)
+    run = next(i for i, e in enumerate(postcopy) if isinstance(e, protocol.PostcopyRunning))
+    _POSTCOPY_EVENTS = postcopy[: run + 1]
     for arg in sys.argv[1:]:
         if not arg.startswith("-"):
             _seed_corpus(Path(arg))
@@ -154,6 +172,7 @@ def main() -> None:
 
 
 _MAIN_EVENTS: list[protocol.Event] = []
+_POSTCOPY_EVENTS: list[protocol.Event] = []
 
 if __name__ == "__main__":
     main()

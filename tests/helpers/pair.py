@@ -41,8 +41,13 @@ from protocol import (
     MigrationConfiguration,
     OutcomeReported,
     PageKind,
+    PagesDiscarded,
+    PagesRequested,
     PingReceived,
     PongReceived,
+    PostcopyAdvised,
+    PostcopyListening,
+    PostcopyRunning,
     RamPagesReceived,
     ResolveRequested,
     ReturnPathAcked,
@@ -431,6 +436,20 @@ def _replay_simple(event: Event, source: SourceConnection) -> None:
         case StreamStarted() | ConnectionClosed():
             pass
         case _:
+            _replay_postcopy(event, source)
+
+
+def _replay_postcopy(event: Event, source: SourceConnection) -> None:
+    match event:
+        case PostcopyAdvised():
+            source.send_postcopy_advise()
+        case PagesDiscarded(ranges=ranges):
+            source.send_postcopy_discard(ranges.first_pfn, ranges.end_pfn - ranges.first_pfn)
+        case PostcopyListening():
+            source.send_postcopy_listen()
+        case PostcopyRunning():
+            source.send_postcopy_run()
+        case _:
             raise TypeError(event)
 
 
@@ -452,6 +471,8 @@ def send_reply(event: Event, dest: DestConnection) -> None:
             dest.send_failed(code, reason)
         case OutcomeReported(migration_id=migration_id, outcome=outcome):
             dest.send_outcome(migration_id, outcome)
+        case PagesRequested(ranges=ranges):
+            dest.send_req_pages(ranges.first_pfn, ranges.end_pfn - ranges.first_pfn)
         case _:
             raise TypeError(event)
 

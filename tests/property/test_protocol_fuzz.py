@@ -18,6 +18,7 @@ from protocol import (
     ChannelRole,
     DestConnection,
     Limits,
+    PostcopyRunning,
     RemoteProtocolError,
     SourceConnection,
 )
@@ -25,7 +26,13 @@ from protocol import (
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 MAIN = [
     (VECTORS / n).read_bytes()
-    for n in ("file_v2.bin", "file_v1.bin", "return_path.main.bin", "resolve.main.bin")
+    for n in (
+        "file_v2.bin",
+        "file_v1.bin",
+        "return_path.main.bin",
+        "resolve.main.bin",
+        "postcopy.main.bin",
+    )
 ]
 RETURN = (VECTORS / "return_path.return.bin").read_bytes()
 LIMITS = Limits(max_buffered_bytes=64 * 1024, max_data_bytes=256 * 1024, max_meta_bytes=64 * 1024)
@@ -158,6 +165,26 @@ def _source() -> SourceConnection:
 @given(mutations, st.lists(st.integers(0, 1 << 10), max_size=6), st.booleans())
 def test_source_receiving_a_mutated_return_path(ops, cuts, buffers):
     feed(_source(), mutate(RETURN, ops), cuts, buffers=buffers)
+
+
+POSTCOPY_RETURN = (VECTORS / "postcopy.return.bin").read_bytes()
+
+
+def _postcopy_source() -> SourceConnection:
+    """A source that sent the postcopy vector up to POSTCOPY_RUN (REQ_PAGES is legal)."""
+    events = decode_main(MAIN[4], return_path=True)
+    run = next(i for i, e in enumerate(events) if isinstance(e, PostcopyRunning))
+    source = SourceConnection(limits=LIMITS, timeouts=None, now=0.0)
+    replay_main(events[: run + 1], source)
+    sent_bytes(source)
+    return source
+
+
+@FUZZ
+@given(mutations, st.lists(st.integers(0, 1 << 10), max_size=6), st.booleans())
+def test_postcopy_source_receiving_mutated_page_requests(ops, cuts, buffers):
+    """REQ_PAGES ranges mutated (empty, past RAM, too many): only RemoteProtocolError."""
+    feed(_postcopy_source(), mutate(POSTCOPY_RETURN, ops), cuts, buffers=buffers)
 
 
 @FUZZ

@@ -17,6 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import numpy as np  # noqa: E402
 from helpers.pair import (  # noqa: E402
     ConnectionPair,
     make_batch,
@@ -106,6 +107,45 @@ def multifd_channel() -> bytes:
     return sent_bytes(source)
 
 
+def postcopy_migration() -> tuple[bytes, bytes]:
+    """A postcopy migration: ADVISE, a precopy round, the switch, a request, the rest, END."""
+    ram = pattern_ram(RAM_PAGES, PAGE_SIZE)
+    pair = ConnectionPair()
+    src, dst = pair.source, pair.dest
+    src.send_configuration(make_config(ram_pages=RAM_PAGES, page_size=PAGE_SIZE))
+    src.send_open_return_path()
+    src.send_postcopy_advise()
+    pair.transfer()
+    dst.send_open_ack()
+    src.send_section_start(1, "ram", 0, 4, {"ram_size": len(ram), "page_size": PAGE_SIZE})
+    first_pass = [(0, 8, PageKind.NORMAL), (8, 8, PageKind.ZERO)]
+    src.send_ram(1, make_batch(ram, first_pass, PAGE_SIZE), end=False)
+    pair.transfer()
+    # The switch: the device page, the discard of what changed, the device state, RUN.
+    src.send_ram(1, make_batch(ram, [(15, 1, PageKind.NORMAL)], PAGE_SIZE), end=False)
+    src.send_postcopy_discard(np.array([3, 9]), np.array([2, 4]))
+    src.send_postcopy_listen()
+    src.send_section_full(2, "serial0", 0, 1, {"fields": {"lsr": 96, "fifo": b"\x01\x02"}})
+    src.send_postcopy_run()
+    pair.transfer()
+    dst.send_req_pages(np.array([10]), np.array([1]))
+    pair.transfer()
+    src.send_ram(1, make_batch(ram, [(10, 1, PageKind.NORMAL)], PAGE_SIZE), end=False)
+    pushed = [(3, 2, PageKind.NORMAL), (9, 1, PageKind.ZERO)]
+    src.send_ram(1, make_batch(ram, pushed, PAGE_SIZE), end=False)
+    src.send_ram(1, make_batch(ram, [(11, 2, PageKind.NORMAL)], PAGE_SIZE), end=True)
+    src.send_eof()
+    src.send_vmdesc({"devices": [{"name": "serial0", "instance_id": 0, "fields": []}]})
+    pair.transfer()
+    dst.send_loaded(digest="00ff", normal_pages=14, zero_pages=9, devices=1)
+    pair.transfer()
+    src.send_handover()
+    pair.transfer()
+    dst.send_resumed("running")
+    pair.transfer()
+    return bytes(pair.main_stream), bytes(pair.return_stream)
+
+
 def multifd_config() -> MigrationConfiguration:
     """The configuration the multifd vector's channel joins (sent on its main channel)."""
     return dataclasses.replace(
@@ -121,6 +161,7 @@ def build_vectors() -> dict[str, bytes]:
         "file_v1.bin": file_migration(CRC32_VERSION),
         "multifd.bin": multifd_channel(),
     }
+    vectors["postcopy.main.bin"], vectors["postcopy.return.bin"] = postcopy_migration()
     for version, suffix in ((PROTOCOL_VERSION, ""), (PREVIOUS_VERSION, "_v2")):
         main, reply = return_path_migration(version)
         vectors[f"return_path{suffix}.main.bin"] = main

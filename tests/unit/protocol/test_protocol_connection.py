@@ -535,7 +535,11 @@ def test_return_path_refusals():
     pair.to_dest()
     header = b"LVRP\x00\x02\x00\x00"
     cases = [
-        (encode_frame(2, 0x03, 0, pack_meta({})), ErrorCode.UNSUPPORTED, "REQ_PAGES"),
+        (
+            encode_frame(2, 0x03, 0, pack_meta({})),
+            ErrorCode.UNEXPECTED_SECTION,
+            "REQ_PAGES is illegal in return-path state STARTED",
+        ),
         (encode_frame(2, 0x44, 0, pack_meta({})), ErrorCode.PROTOCOL_ERROR, "unknown return-path"),
         (
             encode_frame(2, 0x01, 7, pack_meta({"version": 2})),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 from helpers.pair import PAGE_SIZE, ConnectionPair, make_batch, make_config, sent_bytes
 
@@ -31,6 +32,7 @@ from protocol import (
 from protocol.config import encode_configuration
 from protocol.frames import encode_frame
 from protocol.meta import pack_meta
+from protocol.postcopy import pack_ranges
 from protocol.ram import pack_runs
 from protocol.states import (
     MAIN_TABLE,
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 CONFIG = make_config()
 ZERO_PAGE = make_batch(None, [(0, 1, PageKind.ZERO)])
 EMPTY = make_batch(None, [])
+ONE_RANGE = np.array([1], dtype=np.int64)
 
 SEND: dict[MainInput, Callable[[SourceConnection], None]] = {
     MainInput.CHANNEL_MAIN: lambda s: s.send_channel("mig-0001", ChannelRole.MAIN),
@@ -69,6 +72,10 @@ SEND: dict[MainInput, Callable[[SourceConnection], None]] = {
     MainInput.CHANNEL_MULTIFD: lambda s: s.open_multifd(CONFIG, 1),
     MainInput.PAGES: lambda s: s.send_pages(ZERO_PAGE),
     MainInput.MULTIFD_SYNC: lambda s: s.send_multifd_sync(1),
+    MainInput.POSTCOPY_ADVISE: lambda s: s.send_postcopy_advise(),
+    MainInput.POSTCOPY_RAM_DISCARD: lambda s: s.send_postcopy_discard(ONE_RANGE, ONE_RANGE),
+    MainInput.POSTCOPY_LISTEN: lambda s: s.send_postcopy_listen(),
+    MainInput.POSTCOPY_RUN: lambda s: s.send_postcopy_run(),
 }
 
 _ram_setup = {"ram_size": CONFIG.ram_size, "page_size": PAGE_SIZE}
@@ -104,6 +111,14 @@ FRAMES: dict[MainInput, tuple[FrameKind, int, dict]] = {
     MainInput.CHANNEL_MULTIFD: (FrameKind.COMMAND, 0, {**_CHANNEL, "role": "multifd", "index": 1}),
     MainInput.PAGES: (FrameKind.PAGES, 0, {"runs": pack_runs(ZERO_PAGE), "eos": True}),
     MainInput.MULTIFD_SYNC: (FrameKind.COMMAND, 0, {"cmd": 0x44, "pass": 1}),
+    MainInput.POSTCOPY_ADVISE: (FrameKind.COMMAND, 0, {"cmd": 3}),
+    MainInput.POSTCOPY_RAM_DISCARD: (
+        FrameKind.COMMAND,
+        0,
+        {"cmd": 6, "ranges": pack_ranges(ONE_RANGE, ONE_RANGE)},
+    ),
+    MainInput.POSTCOPY_LISTEN: (FrameKind.COMMAND, 0, {"cmd": 4}),
+    MainInput.POSTCOPY_RUN: (FrameKind.COMMAND, 0, {"cmd": 5}),
 }
 
 _FILE, _RP, _CH = StreamMode.FILE, StreamMode.RETURN_PATH, StreamMode.CHANNELS
@@ -139,6 +154,16 @@ PREFIXES[(_CH, MainState.OPENED)] = [MainInput.CHANNEL_MAIN]
 PREFIXES[(_CH, MainState.RESOLVE_OPENED)] = [MainInput.CHANNEL_RESOLVE]
 PREFIXES[(_CH, MainState.MULTIFD)] = [MainInput.CHANNEL_MULTIFD]
 PREFIXES[(_CH, MainState.MULTIFD_DONE)] = [MainInput.CHANNEL_MULTIFD, MainInput.EOF]
+_advised = [MainInput.CHANNEL_MAIN, MainInput.CONFIGURATION, MainInput.OPEN_RETURN_PATH]
+_advised += [MainInput.POSTCOPY_ADVISE, "ram"]
+_listening = [*_advised, MainInput.SECTION_PART, MainInput.POSTCOPY_LISTEN]
+_running = [*_listening, MainInput.SECTION_FULL, MainInput.POSTCOPY_RUN]
+PREFIXES[(_CH, MainState.ADVISED)] = _advised
+PREFIXES[(_CH, MainState.ADVISED_ITERATING)] = [*_advised, MainInput.SECTION_PART]
+PREFIXES[(_CH, MainState.POSTCOPY_DISCARD)] = [*_advised, MainInput.POSTCOPY_RAM_DISCARD]
+PREFIXES[(_CH, MainState.POSTCOPY_LISTENING)] = _listening
+PREFIXES[(_CH, MainState.POSTCOPY_RUNNING)] = _running
+PREFIXES[(_CH, MainState.POSTCOPY_ENDING)] = [*_running, MainInput.SECTION_END]
 IMPLIED_CHANNEL = {
     MainInput.CONFIGURATION: MainInput.CHANNEL_MAIN,
     MainInput.RESOLVE: MainInput.CHANNEL_RESOLVE,
@@ -247,6 +272,7 @@ REPLY: dict[ReturnInput, Callable] = {
     ReturnInput.RESUMED: lambda d: d.send_resumed("running"),
     ReturnInput.FAILED: lambda d: d.send_failed(ErrorCode.LOAD_FAILED, "bad device"),
     ReturnInput.OUTCOME: lambda d: d.send_outcome("mig-0001", Outcome.COMMITTED),
+    ReturnInput.REQ_PAGES: lambda d: d.send_req_pages(ONE_RANGE, ONE_RANGE),
 }
 REPLY_FRAMES: dict[ReturnInput, tuple[ReturnKind, dict]] = {
     ReturnInput.OPEN_ACK: (ReturnKind.OPEN_ACK, {"version": 2}),
@@ -258,6 +284,7 @@ REPLY_FRAMES: dict[ReturnInput, tuple[ReturnKind, dict]] = {
     ReturnInput.RESUMED: (ReturnKind.RESUMED, {"runstate": "running"}),
     ReturnInput.FAILED: (ReturnKind.FAILED, {"code": 10, "reason": "x"}),
     ReturnInput.OUTCOME: (ReturnKind.OUTCOME, {"migration_id": "mig-0001", "outcome": "committed"}),
+    ReturnInput.REQ_PAGES: (ReturnKind.REQ_PAGES, {"ranges": pack_ranges(ONE_RANGE, ONE_RANGE)}),
 }
 RETURN_PREFIXES: dict[ReturnState, list[ReturnInput]] = {
     ReturnState.IDLE: [],
@@ -280,7 +307,12 @@ MAIN_CONTEXTS = [
         MainState.RESOLVING,
         MainState.RESOLVE_HANDED_OVER,
     )
-] + [(_CH, MainState.OPENED), (_CH, MainState.RESOLVE_OPENED)]
+] + [
+    (_CH, MainState.OPENED),
+    (_CH, MainState.RESOLVE_OPENED),
+    (_CH, MainState.POSTCOPY_RUNNING),
+    (_CH, MainState.POSTCOPY_ENDING),
+]
 
 
 def _allowed(state: ReturnState, event: ReturnInput, main: MainState) -> bool:

@@ -17,14 +17,20 @@ from protocol import (
     ChannelRole,
     ConnectionClosed,
     DestConnection,
+    DestinationResumed,
     DeviceStateReceived,
+    LoadCompleted,
     MultifdPagesReceived,
     MultifdSynced,
     Outcome,
     OutcomeReported,
     PageKind,
+    PagesDiscarded,
+    PagesRequested,
     PongReceived,
+    PostcopyRunning,
     RamPagesReceived,
+    RemoteProtocolError,
     SourceConnection,
     StreamStarted,
 )
@@ -173,3 +179,52 @@ def test_multifd_vector_decodes_raw_zlib_and_zstd_pages():
     assert expected[: 2 * 1024] == ram[: 2 * 1024]
     assert expected[4 * 1024 : 8 * 1024] == ram[4 * 1024 : 8 * 1024]
     assert not any(ram[2 * 1024 : 4 * 1024])
+
+
+def test_postcopy_vector_content():
+    """ADVISE, the switch (device page, discard, LISTEN, FULL, RUN), a request, the rest."""
+    events = decode_main(load("postcopy.main.bin"), return_path=True)
+    kinds = [type(e).__name__ for e in events]
+    switch = kinds.index("PagesDiscarded")
+    assert kinds[switch - 1 : switch + 4] == [
+        "RamPagesReceived",
+        "PagesDiscarded",
+        "PostcopyListening",
+        "DeviceStateReceived",
+        "PostcopyRunning",
+    ]
+    assert kinds.index("PostcopyAdvised") < kinds.index("SectionStarted")
+    discard = events[switch]
+    assert isinstance(discard, PagesDiscarded)
+    assert [3, 4, 9, 10, 11, 12] == discard.ranges.pages().tolist()
+    main_events = decode_main(load("postcopy.main.bin"), return_path=True)
+    source = SourceConnection(timeouts=None, now=0.0)
+    replay_main(main_events, source)
+    assert load("postcopy.main.bin") == sent_bytes(source)
+
+    # The return path: OPEN_ACK and REQ_PAGES are legal once the source sent POSTCOPY_RUN.
+    run = next(i for i, e in enumerate(main_events) if isinstance(e, PostcopyRunning))
+    source = SourceConnection(timeouts=None, now=0.0)
+    replay_main(main_events[: run + 1], source)
+    sent_bytes(source)
+    source.receive_data(load("postcopy.return.bin"), 0.0)
+    replies, error = _events_until_error(source)
+    assert "LOADED is illegal" in str(error)
+    request = replies[-1]
+    assert isinstance(request, PagesRequested)
+    assert [10] == request.ranges.pages().tolist()
+    rest = [
+        LoadCompleted(digest="00ff", normal_pages=14, zero_pages=9, devices=1),
+        DestinationResumed(runstate="running"),
+    ]
+    assert load("postcopy.return.bin") == replay_return(load("postcopy.main.bin"), replies + rest)
+
+
+def _events_until_error(source: SourceConnection) -> tuple[list[object], Exception | None]:
+    events: list[object] = []
+    try:
+        while (event := source.next_event()) is not None:
+            events.append(event)
+    except RemoteProtocolError as exc:
+        return events, exc
+    return events, None

@@ -1,0 +1,141 @@
+"""Postcopy on the wire: page ranges at their bounds, and the order the tables impose."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers.pair import ConnectionPair, make_batch, make_config
+
+from protocol import (
+    ErrorCode,
+    LocalProtocolError,
+    MainState,
+    PageKind,
+    PagesDiscarded,
+    PagesRequested,
+    RemoteProtocolError,
+)
+from protocol.postcopy import (
+    MAX_DISCARD_RANGES,
+    MAX_REQUEST_RANGES,
+    pack_ranges,
+    ranges_of_pages,
+    unpack_ranges,
+)
+
+RAM_PAGES = 16
+
+
+def ranges(*pairs: tuple[int, int]) -> bytes:
+    first = np.array([p[0] for p in pairs], dtype=np.int64)
+    count = np.array([p[1] for p in pairs], dtype=np.int64)
+    return pack_ranges(first, count)
+
+
+def test_ranges_round_trip_and_coalesce():
+    first, count = ranges_of_pages(np.array([1, 2, 3, 7, 9, 10]))
+    assert [1, 7, 9] == first.tolist()
+    assert [3, 1, 2] == count.tolist()
+    decoded = unpack_ranges(pack_ranges(first, count), max_ranges=8, ascending=True, what="x")
+    assert [1, 2, 3, 7, 9, 10] == decoded.pages().tolist()
+    assert 6 == decoded.n_pages
+    assert ranges_of_pages(np.zeros(0, dtype=np.int64))[0].size == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "ascending", "match"),
+    [
+        (b"\x00" * 7, False, "7 bytes of ranges is not whole 8-byte records"),
+        (b"", False, "0 ranges"),
+        (ranges(*[(i * 2, 1) for i in range(MAX_REQUEST_RANGES + 1)]), False, "65 ranges"),
+        (ranges((3, 0)), False, "range 0 is empty"),
+        (ranges((0xFFFF_FFFF, 2)), False, "past page 2\\*\\*32"),
+        (ranges((4, 2), (5, 1)), True, "range 1 does not start after"),
+        (ranges((4, 2), (6, 1)), True, "range 1 does not start after"),  # touching
+    ],
+)
+def test_bad_ranges_are_refused_naming_what_is_wrong(data, ascending, match):
+    with pytest.raises(LocalProtocolError, match=match) as info:
+        unpack_ranges(data, max_ranges=MAX_REQUEST_RANGES, ascending=ascending, what="REQ_PAGES")
+    assert ErrorCode.BAD_METADATA == info.value.code
+
+
+def test_the_largest_discard_is_legal_and_one_more_is_not():
+    first = np.arange(MAX_DISCARD_RANGES, dtype=np.int64) * 2
+    data = pack_ranges(first, np.ones_like(first))
+    assert MAX_DISCARD_RANGES == len(
+        unpack_ranges(data, max_ranges=MAX_DISCARD_RANGES, ascending=True, what="d").first_pfn
+    )
+    more = pack_ranges(np.append(first, first[-1] + 2), np.ones(len(first) + 1, dtype=np.int64))
+    with pytest.raises(LocalProtocolError, match="8193 ranges"):
+        unpack_ranges(more, max_ranges=MAX_DISCARD_RANGES, ascending=True, what="d")
+
+
+def advised_pair() -> ConnectionPair:
+    pair = ConnectionPair()
+    pair.source.send_configuration(make_config(ram_pages=RAM_PAGES))
+    pair.source.send_open_return_path()
+    pair.source.send_postcopy_advise()
+    pair.transfer()
+    pair.dest.send_open_ack()
+    setup = {"ram_size": RAM_PAGES * 4096, "page_size": 4096}
+    pair.source.send_section_start(1, "ram", 0, 4, setup)
+    pair.transfer()
+    return pair
+
+
+def test_a_discard_past_ram_is_refused_on_both_sides():
+    pair = advised_pair()
+    with pytest.raises(LocalProtocolError, match="past the guest's 16 pages"):
+        pair.source.send_postcopy_discard(np.array([15]), np.array([2]))
+    pair.source.send_postcopy_discard(np.array([15]), np.array([1]))
+    events = pair.transfer()[0]
+    assert [15] == next(e for e in events if isinstance(e, PagesDiscarded)).ranges.pages().tolist()
+
+
+def run_postcopy(pair: ConnectionPair) -> None:
+    pair.source.send_postcopy_listen()
+    pair.source.send_postcopy_run()
+    pair.transfer()
+
+
+def test_page_requests_reach_the_source_and_past_ram_is_refused():
+    pair = advised_pair()
+    run_postcopy(pair)
+    assert MainState.POSTCOPY_RUNNING == pair.dest.their_state
+    pair.dest.send_req_pages(np.array([2, 9]), np.array([1, 3]))
+    replies = pair.transfer()[1]
+    request = next(e for e in replies if isinstance(e, PagesRequested))
+    assert [2, 9, 10, 11] == request.ranges.pages().tolist()
+    with pytest.raises(LocalProtocolError, match="REQ_PAGES: a range ends past"):
+        pair.dest.send_req_pages(np.array([16]), np.array([1]))
+
+
+def test_a_hostile_request_past_ram_fails_the_source_with_bad_metadata():
+    pair = advised_pair()
+    run_postcopy(pair)
+    pair.dest._ret.accept = lambda *_a: None  # a hostile destination skips its own checks
+    pair.dest.send_req_pages(np.array([40]), np.array([1]))
+    with pytest.raises(RemoteProtocolError, match="past the guest's 16 pages") as info:
+        pair.transfer()
+    assert ErrorCode.BAD_METADATA == info.value.code
+
+
+def test_no_abort_after_run_and_no_switch_without_advise():
+    pair = advised_pair()
+    run_postcopy(pair)
+    with pytest.raises(LocalProtocolError, match="ABORT is illegal in main-stream state"):
+        pair.source.send_abort(ErrorCode.CANCELLED, "migrate_cancel")
+    plain = ConnectionPair()
+    plain.source.send_configuration(make_config(ram_pages=RAM_PAGES))
+    plain.source.send_open_return_path()
+    with pytest.raises(LocalProtocolError, match=r"POSTCOPY_LISTEN is illegal in .* state SETUP"):
+        plain.source.send_postcopy_listen()
+
+
+def test_a_postcopy_migration_may_still_end_as_precopy():
+    pair = advised_pair()
+    pair.source.send_ram(1, make_batch(None, [(0, 1, PageKind.ZERO)]), end=False)
+    pair.source.send_switchover_start()
+    pair.transfer()
+    assert MainState.SWITCHOVER == pair.dest.their_state
