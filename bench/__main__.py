@@ -26,6 +26,7 @@ from bench import (
     links,
     micro,
     multifd,
+    postcopy,
     qemu,
     scrape_cost,
     throughput,
@@ -54,6 +55,7 @@ ON_DEMAND: Final[dict[str, Figure]] = {
     "fills": fills.fills,  # what compression would meet in guest RAM, by fill
     "multifd": multifd.multifd,  # N multifd channels against one stream
     "links": links.links,  # multifd + zstd on a shaped link between network namespaces
+    "postcopy": postcopy.postcopy,  # the busy guest switched to postcopy after its first pass
 }
 ALIASES: Final = {"zero": "zero_pages"}
 

@@ -15,7 +15,7 @@ from livemig.analyze import analyze_file
 from livemig.certs import DEFAULT_CLIENT, DEFAULT_DAYS, client_identity, make_creds_dir
 from livemig.demo import DemoOptions, run_demo
 from livemig.fault import FaultCommandError
-from livemig.migrate import run_migration
+from livemig.migrate import PostcopyTrigger, run_migration
 from livemig.progress import summary_lines
 from livemig.replay import load_config, replay_digest
 from livemig.report import (
@@ -65,6 +65,8 @@ def _migrate_options(args: argparse.Namespace) -> tuple[dict[str, object], dict[
     if args.multifd is not None:
         capabilities["multifd"] = True
         parameters["multifd-channels"] = args.multifd
+    if args.postcopy:
+        capabilities["postcopy-ram"] = True
     for flag, name in (
         ("completion_timeout_per_gib", "x-completion-timeout-per-gib"),
         ("progress_timeout", "x-progress-timeout"),
@@ -74,6 +76,16 @@ def _migrate_options(args: argparse.Namespace) -> tuple[dict[str, object], dict[
         if value is not None:
             parameters[name] = value
     return parameters, capabilities
+
+
+def _postcopy_trigger(args: argparse.Namespace) -> PostcopyTrigger | None:
+    """When `--postcopy` switches (None: no --postcopy)."""
+    if not args.postcopy:
+        if args.postcopy_after is not None or args.postcopy_after_pass is not None:
+            msg = "--postcopy-after and --postcopy-after-pass need --postcopy"
+            raise SystemExit(msg)
+        return None
+    return PostcopyTrigger(after_s=args.postcopy_after, after_pass=args.postcopy_after_pass)
 
 
 def _add_convergence_flags(migrate: argparse.ArgumentParser) -> None:
@@ -92,6 +104,20 @@ def _add_convergence_flags(migrate: argparse.ArgumentParser) -> None:
         "--multifd", type=int, metavar="N", nargs="?", const=2,
         help="send the pages over N more connections (capability multifd, parameter "
         "multifd-channels; N defaults to 2)",
+    )  # fmt: skip
+    migrate.add_argument(
+        "--postcopy", action="store_true",
+        help="switch to postcopy (capability postcopy-ram, then migrate-start-postcopy): the "
+        "guest moves and pulls its missing pages; after the first pass unless told otherwise",
+    )  # fmt: skip
+    after = migrate.add_mutually_exclusive_group()
+    after.add_argument(
+        "--postcopy-after", type=float, metavar="SECONDS",
+        help="with --postcopy: switch SECONDS after migrate",
+    )  # fmt: skip
+    after.add_argument(
+        "--postcopy-after-pass", type=int, metavar="N",
+        help="with --postcopy: switch once pass N is done",
     )  # fmt: skip
     migrate.add_argument(
         "--completion-timeout-per-gib", type=int, metavar="S",
@@ -252,6 +278,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return pe
                 args.uri,
                 parameters={**dict(args.set), **parameters},
                 capabilities={**dict(args.cap), **capabilities},
+                postcopy=_postcopy_trigger(args),
             )
         )
         print("\n".join(summary_lines(info)))

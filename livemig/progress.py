@@ -43,6 +43,8 @@ def progress_line(info: dict[str, object]) -> str:
     throttle = throttle_text(info)
     if throttle:
         parts.append(throttle)
+    if "postcopy-requests" in info:
+        parts.append(f"postcopy: {_int(info, 'postcopy-requests')} page requests")
     parts.append(status)
     return "  ".join(parts)
 
@@ -86,6 +88,11 @@ def summary_lines(info: dict[str, object]) -> list[str]:
         f"throughput:    {transferred / max(total_ms, 1) / 1e6:.2f} GB/s average",
         f"dirty syncs:   {_int(ram, 'dirty-sync-count')}",
     ]
+    if _int(ram, "postcopy-bytes"):
+        lines.append(
+            f"postcopy:      {_int(ram, 'postcopy-bytes') / _MIB:.1f} MiB after the switch, "
+            f"{_int(info, 'postcopy-requests')} page requests"
+        )
     if "x-throttle-started-at-pass" in info:
         lines.append(
             f"throttled:     from pass {_int(info, 'x-throttle-started-at-pass')}, guest work lost "

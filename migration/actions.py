@@ -115,9 +115,19 @@ class PrepareMachine(Action):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunMigratedVm(Action):
-    """Install the migrated `machine` as this daemon's VM and run it (or keep its run state)."""
+    """Install the migrated `machine` as this daemon's VM and run it (or keep its run state).
+
+    In postcopy (`postcopy`) its pages are still arriving: the runner feeds `PagesNeeded` when
+    the guest blocks on missing ones, and `WakeVm` says that pages arrived.
+    """
 
     machine: Machine
+    postcopy: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WakeVm(Action):
+    """Postcopy: pages arrived; a guest blocked on missing pages may run again."""
 
 
 # --------------------------------------------------------------------------- decisions

@@ -13,15 +13,25 @@ connection; this machine drives one connection's part of it.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from migration import actions as act
 from migration import inputs as inp
 from migration.dest_multifd import MultifdReceivers
+from migration.dest_phases import (
+    Adopting,
+    AwaitingConfiguration,
+    AwaitingRam,
+    Closing,
+    Done,
+    Phase,
+    Receiving,
+    describe_loss,
+)
+from migration.dest_postcopy import PostcopyIncoming
 from migration.errors import LoadError
 from migration.glue import DIGEST_CHECK, full_record, machine_config_from, start_record
-from migration.ledger import Install, Loaded, Loading, Preparing
+from migration.ledger import Install, Loaded, Loading, Postcopy, Preparing
 from migration.metrics import error_cause
 from migration.outbox import Outbox
 from migration.table import DestTrigger
@@ -35,8 +45,12 @@ from protocol import (
     ErrorCode,
     HandoverReceived,
     LocalProtocolError,
+    PagesDiscarded,
     PeerTimedOut,
     PingReceived,
+    PostcopyAdvised,
+    PostcopyListening,
+    PostcopyRunning,
     RamPagesReceived,
     ReturnPathRequested,
     SectionStarted,
@@ -54,6 +68,9 @@ from vmsim import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import numpy as np
+    from numpy.typing import NDArray
+
     from migration.ledger import IncomingLedger, IncomingRecord
     from protocol import DestConnection, MigrationConfiguration
     from vmsim import Machine
@@ -66,50 +83,11 @@ _LOAD_EVENTS = (
     DeviceStateReceived,
     StreamEnded,
     DescriptionReceived,
+    PostcopyAdvised,
+    PagesDiscarded,
+    PostcopyListening,
+    PostcopyRunning,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class AwaitingConfiguration:
-    """The channel is ours; its CONFIGURATION has not arrived yet."""
-
-
-@dataclass(frozen=True, slots=True)
-class AwaitingRam:
-    """Guest RAM is being allocated; OPEN_ACK goes out once it is ready (if asked for)."""
-
-    record: IncomingRecord
-    config: MigrationConfiguration
-    ack_requested: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Receiving:
-    """Sections arrive and load; `ended` once EOF arrived."""
-
-    record: IncomingRecord
-    config: MigrationConfiguration
-    ended: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Adopting:
-    """Committed: the daemon installs the VM; RESUMED follows."""
-
-    record: IncomingRecord
-
-
-@dataclass(frozen=True, slots=True)
-class Closing:
-    """The last reply is on its way; the channel closes once it left."""
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """Nothing left to do."""
-
-
-Phase = AwaitingConfiguration | AwaitingRam | Receiving | Adopting | Closing | Done
 
 
 class DestMigration:
@@ -143,6 +121,7 @@ class DestMigration:
         self._out = Outbox(now)
         self.phase: Phase = AwaitingConfiguration()
         self.multifd = MultifdReceivers(0)
+        self.postcopy = PostcopyIncoming()
 
     def next_deadline(self) -> float | None:
         """Never: the connection's own timer watches the peer."""
@@ -199,16 +178,23 @@ class DestMigration:
                 self._on_joined(channel, conn)
             case inp.ChannelFailed(channel=channel, reason=reason, code=code):
                 self._on_channel_failed(channel, reason, code)
+            case inp.SendDone(channel=channel) if isinstance(self.phase, Closing):
+                self._on_last_reply_flushed()
+            case inp.ShutdownRequested():
+                self._close()
+            case _:
+                self._on_vm_input(event)
+
+    def _on_vm_input(self, event: inp.Input) -> None:
+        match event:
             case inp.MachinePrepared(machine=machine):
                 self._on_prepared(machine)
             case inp.MachinePrepareFailed(reason=reason):
                 self._refuse(ErrorCode.INTERNAL, f"cannot build the VM here: {reason}")
             case inp.VmAdopted(runstate=runstate):
                 self._on_adopted(runstate)
-            case inp.SendDone(channel=channel) if isinstance(self.phase, Closing):
-                self._on_last_reply_flushed()
-            case inp.ShutdownRequested():
-                self._close()
+            case inp.PagesNeeded(pfns=pfns):
+                self._on_pages_needed(pfns)
             case _:
                 pass
 
@@ -264,7 +250,31 @@ class DestMigration:
             case DescriptionReceived():
                 self._loaded()
             case _:
+                self._on_postcopy_event(event)
+
+    def _on_postcopy_event(self, event: object) -> None:
+        match event:
+            case PostcopyAdvised():
+                self.postcopy.advised = True
+            case PagesDiscarded(ranges=ranges):
+                self.postcopy.discard(ranges)
+            case PostcopyListening():
+                self._load(self.postcopy.listen)
+            case PostcopyRunning():
+                record = self._require_receiving().record
+                install = self.ledger.postcopy_run(record.migration_id, self._out)
+                record.metrics.postcopy_run_at = self._out.now
+                self._out.do(act.RunMigratedVm(machine=install.machine, postcopy=True))
+            case _:
                 pass
+
+    def _on_pages_needed(self, pfns: NDArray[np.intp]) -> None:
+        phase = self.phase
+        if not isinstance(phase, Receiving) or (machine := phase.record.machine) is None:
+            return
+        if self.postcopy.request(pfns, machine, self.conn):
+            phase.record.metrics.postcopy_requests = self.postcopy.requests
+            self._out.flush(self.channel)
 
     # ------------------------------------------------------------------ setup
 
@@ -326,6 +336,8 @@ class DestMigration:
             raise LoadError(msg, ErrorCode.INTERNAL)
         phase.record.metrics.normal_pages += event.normal_pages
         phase.record.metrics.zero_pages += event.zero_pages
+        if self.postcopy.running:
+            self._out.do(act.WakeVm())
 
     def _on_stream_ended(self) -> None:
         phase = self._require_receiving()
@@ -353,8 +365,13 @@ class DestMigration:
             msg = "the stream ended before its end of stream"
             raise LoadError(msg, ErrorCode.UNEXPECTED_SECTION)
         load_cleanup(machine.savevm)
-        digest = machine.digest() if DIGEST_CHECK in phase.config.capabilities else None
-        self.ledger.advance(record, DestTrigger.STREAM_LOADED, Loaded(machine=machine), self._out)
+        if isinstance(record.state, Postcopy):  # it runs here already: nothing to compare
+            self.postcopy.finish(machine)
+            digest = None
+        else:
+            digest = machine.digest() if DIGEST_CHECK in phase.config.capabilities else None
+            advance = self.ledger.advance
+            advance(record, DestTrigger.STREAM_LOADED, Loaded(machine=machine), self._out)
         record.metrics.loaded_at = self._out.now
         self._out.log_figures("incoming_loaded", record.metrics.summary())
         if self.from_file:
@@ -383,6 +400,10 @@ class DestMigration:
 
     def _on_adopted(self, runstate: str) -> None:
         phase = self.phase
+        if isinstance(phase, Receiving) and isinstance(phase.record.state, Postcopy):
+            # POSTCOPY_RUN: the guest runs while pages still come (RESUMED follows HANDOVER)
+            self.ledger.adopted(phase.record.migration_id, runstate, self._out)
+            return
         if isinstance(phase, Adopting):
             self.ledger.adopted(phase.record.migration_id, runstate, self._out)
         if self.from_file:
@@ -405,13 +426,15 @@ class DestMigration:
         ):
             self._loaded()  # VMDESCRIPTION is optional in a file (QEMU reads it only if there)
             return
-        self._lost(_describe_loss(event))
+        self._lost(describe_loss(event))
 
     def _lost(self, reason: str) -> None:
         """The source is gone: hold the VM in doubt if it was loaded, else discard it."""
         record = self.record
         if record is not None:
-            if isinstance(record.state, Loaded):
+            if isinstance(record.state, Postcopy):
+                self.ledger.postcopy_paused(record.migration_id, reason, self._out)
+            elif isinstance(record.state, Loaded):
                 self.ledger.hold(record.migration_id, reason, self._out)
             elif isinstance(record.state, Preparing | Loading):
                 self.ledger.discard(
@@ -424,7 +447,9 @@ class DestMigration:
 
     def _refuse(self, code: ErrorCode, reason: str) -> None:
         record = self.record
-        if record is not None:
+        if record is not None and isinstance(record.state, Postcopy):
+            self.ledger.postcopy_paused(record.migration_id, reason, self._out)  # it runs here
+        elif record is not None:
             self.ledger.discard(record.migration_id, reason, self._out, cause=error_cause(code))
         else:
             self._out.log("incoming_refused", level=act.Level.WARNING, reason=reason)
@@ -466,7 +491,7 @@ class DestMigration:
         phase = self.phase
         if not isinstance(phase, Receiving):
             return False
-        return not isinstance(phase.record.state, Loading | Loaded)
+        return not isinstance(phase.record.state, Loading | Loaded | Postcopy)
 
     def _require_receiving(self) -> Receiving:
         phase = self.phase
@@ -474,9 +499,3 @@ class DestMigration:
             msg = f"a section arrived before the destination acknowledged ({type(phase).__name__})"
             raise LoadError(msg, ErrorCode.UNEXPECTED_SECTION)
         return phase
-
-
-def _describe_loss(event: ConnectionClosed | PeerTimedOut) -> str:
-    if isinstance(event, PeerTimedOut):
-        return f"the source went silent for {event.idle_s:.1f} s"
-    return "the source closed the connection" if event.clean else "the connection was cut"

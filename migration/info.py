@@ -18,9 +18,18 @@ if TYPE_CHECKING:
 
 S = MigrationStatus
 _RAM_STATUSES: Final = frozenset(
-    {S.ACTIVE, S.PRE_SWITCHOVER, S.DEVICE, S.CANCELLING, S.IN_DOUBT, S.COMPLETED}
+    {
+        S.ACTIVE,
+        S.PRE_SWITCHOVER,
+        S.DEVICE,
+        S.CANCELLING,
+        S.IN_DOUBT,
+        S.COMPLETED,
+        S.POSTCOPY_ACTIVE,
+        S.POSTCOPY_PAUSED,
+    }
 )
-_ERROR_STATUSES: Final = frozenset({S.FAILED, S.IN_DOUBT, S.CANCELLED})
+_ERROR_STATUSES: Final = frozenset({S.FAILED, S.IN_DOUBT, S.CANCELLED, S.POSTCOPY_PAUSED})
 
 
 def source_info(
@@ -49,6 +58,8 @@ def source_info(
             info["cpu-throttle-percentage"] = metrics.cpu_throttle_percent
         if metrics.xbzrle_cache is not None:
             info["xbzrle-cache"] = dict(metrics.xbzrle_cache)
+        if metrics.postcopy_run_at is not None:
+            info["postcopy-requests"] = metrics.postcopy_requests
     if metrics.throttle_started_at_pass is not None:
         info["x-throttle-started-at-pass"] = metrics.throttle_started_at_pass
     if metrics.timeout_actions:
@@ -86,7 +97,7 @@ def _ram_info(status: MigrationStatus, metrics: SourceMetrics) -> dict[str, obje
         "pages-per-second": round(metrics.pages_per_second),
         "precopy-bytes": metrics.precopy_bytes,
         "downtime-bytes": metrics.downtime_bytes,
-        "postcopy-bytes": 0,
+        "postcopy-bytes": metrics.postcopy_bytes,
         "multifd-bytes": metrics.multifd_bytes,
     }
     if metrics.compression_raw_bytes:

@@ -7,10 +7,13 @@ deadlines come in as `TimerFired`. All are frozen, keyword-only dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
     from migration.params import MigrationParameters
     from protocol import ChannelRole, DestConnection, ErrorCode
     from protocol import Event as ProtocolEvent
@@ -145,6 +148,18 @@ class VmAdopted(Input):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CancelRequested(Input):
     """`migrate_cancel`."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StartPostcopyRequested(Input):
+    """`migrate-start-postcopy` (or a timeout policy): switch once precopy cannot end."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PagesNeeded(Input):
+    """Postcopy destination: the running guest blocked on these missing pages."""
+
+    pfns: NDArray[np.intp] = field(compare=False)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

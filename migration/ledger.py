@@ -66,6 +66,31 @@ class Held:
 
 
 @dataclass(frozen=True, slots=True)
+class Postcopy:
+    """POSTCOPY_RUN: the VM runs here while its missing pages still arrive into `machine`.
+
+    The destination owns the guest from POSTCOPY_RUN on (docs/handover.md): a RESOLVE answers
+    committed, and nothing can discard it any more.
+    """
+
+    machine: Machine
+    runstate: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PostcopyPaused:
+    """Postcopy, and the source's channel broke: the guest runs until it needs a missing page.
+
+    Only the source holds those pages; `migrate-recover` (later work) reconnects. As in QEMU,
+    the VM is lost if the source's process dies now.
+    """
+
+    machine: Machine
+    reason: str
+    runstate: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Committed:
     """The VM runs here (or keeps the source's run state); `runstate` once it is installed."""
 
@@ -80,7 +105,9 @@ class Discarded:
     cause: str
 
 
-RecordState = Preparing | Loading | Loaded | Held | Committed | Discarded
+RecordState = (
+    Preparing | Loading | Loaded | Held | Postcopy | PostcopyPaused | Committed | Discarded
+)
 _RECEIVING: Final = (Preparing, Loading, Loaded)
 
 STATUS_OF: Final[dict[type[RecordState], MigrationStatus]] = {
@@ -88,12 +115,16 @@ STATUS_OF: Final[dict[type[RecordState], MigrationStatus]] = {
     Loading: S.ACTIVE,
     Loaded: S.ACTIVE,
     Held: S.IN_DOUBT,
+    Postcopy: S.POSTCOPY_ACTIVE,
+    PostcopyPaused: S.POSTCOPY_PAUSED,
     Committed: S.COMPLETED,
     Discarded: S.FAILED,
 }
 OUTCOME_OF: Final[dict[type[RecordState], Outcome]] = {
     Loaded: Outcome.IN_DOUBT,
     Held: Outcome.IN_DOUBT,
+    Postcopy: Outcome.COMMITTED,
+    PostcopyPaused: Outcome.COMMITTED,
     Committed: Outcome.COMMITTED,
     Discarded: Outcome.DISCARDED,
 }
@@ -120,7 +151,8 @@ class IncomingRecord:
     def machine(self) -> Machine | None:
         """The received machine, while it may still run here."""
         state = self.state
-        return state.machine if isinstance(state, Loading | Loaded | Held) else None
+        alive = Loading | Loaded | Held | Postcopy | PostcopyPaused
+        return state.machine if isinstance(state, alive) else None
 
     @property
     def failure_cause(self) -> str | None:
@@ -132,7 +164,7 @@ class IncomingRecord:
     def reason(self) -> str | None:
         """Why it was discarded or is held, if so."""
         state = self.state
-        return state.reason if isinstance(state, Discarded | Held) else None
+        return state.reason if isinstance(state, Discarded | Held | PostcopyPaused) else None
 
     def move(self, trigger: DestTrigger, state: RecordState) -> None:
         """Fire `trigger` and take `state`, which must show as the status the table gives.
@@ -241,6 +273,10 @@ class IncomingLedger:
         state = record.state
         if isinstance(state, Committed):
             return state.runstate or "running"
+        if isinstance(state, Postcopy):  # every page arrived: the handover confirms it
+            self.advance(record, D.HANDOVER, Committed(runstate=state.runstate), out)
+            record.metrics.ended_at = out.now
+            return state.runstate or "running"
         machine = record.machine
         if not isinstance(state, Loaded | Held) or machine is None:
             why = f": {record.reason}" if record.reason else ""
@@ -252,9 +288,48 @@ class IncomingLedger:
         record.metrics.ended_at = out.now
         return Install(machine=machine)
 
+    def postcopy_run(self, migration_id: str, out: Outbox) -> Install:
+        """POSTCOPY_RUN: the VM runs here from now on, its missing pages still to come.
+
+        Raises:
+            LoadError: the migration is not loading here.
+        """
+        record = self._record(migration_id)
+        state = record.state
+        if not isinstance(state, Loading):
+            what = type(state).__name__.lower()
+            msg = f"migration {migration_id} is {what}; POSTCOPY_RUN cannot run it here"
+            raise LoadError(msg, ErrorCode.PROTOCOL_ERROR)
+        self.advance(record, D.POSTCOPY_RUN, Postcopy(machine=state.machine), out)
+        return Install(machine=state.machine)
+
+    def postcopy_paused(self, migration_id: str, reason: str, out: Outbox) -> None:
+        """The source's channel broke in postcopy: the guest runs on, its pages wait.
+
+        Once every page is here (`machine.postcopy` is over) nothing waits: it completes.
+        """
+        record = self._record(migration_id)
+        state = record.state
+        if not isinstance(state, Postcopy):
+            return
+        if state.machine.postcopy is None:
+            self.advance(record, D.SOURCE_LOST, Committed(runstate=state.runstate), out)
+            record.metrics.ended_at = out.now
+            out.log("postcopy_completed_without_source", migration_id=migration_id, reason=reason)
+            return
+        why = f"postcopy paused: {reason}; the pages not yet received are on the source"
+        paused = PostcopyPaused(machine=state.machine, reason=why, runstate=state.runstate)
+        self.advance(record, D.CHANNEL_LOST, paused, out)
+        warning = act.Level.WARNING
+        out.log("postcopy_paused", level=warning, migration_id=migration_id, reason=reason)
+
     def adopted(self, migration_id: str, runstate: str, out: Outbox) -> None:
         """The committed VM was installed and runs as `runstate`."""
         record = self._record(migration_id)
+        if isinstance(record.state, Postcopy):
+            record.state = Postcopy(machine=record.state.machine, runstate=runstate)
+            out.log("postcopy_running", migration_id=migration_id, runstate=runstate)
+            return
         record.state = Committed(runstate=runstate)
         out.log("handover_committed", migration_id=migration_id, runstate=runstate)
 
@@ -276,7 +351,7 @@ class IncomingLedger:
         `superseded`, `operator`, `abandoned`): what the metrics count failures by.
         """
         record = self._record(migration_id)
-        if isinstance(record.state, Committed):
+        if isinstance(record.state, Committed | Postcopy | PostcopyPaused):
             out.log(
                 "discard_after_commit_refused",
                 level=act.Level.ERROR,
@@ -327,9 +402,8 @@ class IncomingLedger:
     ) -> str | None:
         if config.migration_id in self.records:
             return f"migration {config.migration_id} was already received here"
-        busy = [
-            r for r in self.records.values() if isinstance(r.state, Preparing | Loading | Loaded)
-        ]
+        receiving = Preparing | Loading | Loaded | Postcopy | PostcopyPaused
+        busy = [r for r in self.records.values() if isinstance(r.state, receiving)]
         if busy:
             return (
                 f"the destination is already receiving migration {busy[0].migration_id}; "

@@ -104,6 +104,10 @@ class SourceMetrics:
         xbzrle_cache: QEMU's `xbzrle-cache` figures, with the xbzrle capability.
         digest_check: `match` or `mismatch` once the destination's digest was compared.
         error_code: the code of the error that failed it (sent in ABORT), if one did.
+        postcopy_run_at: when POSTCOPY_RUN left (the guest may run there from then on).
+        bytes_at_postcopy_run: `transferred_bytes` then.
+        postcopy_missing_pages: pages the destination lacked at the switch.
+        postcopy_requests: REQ_PAGES the destination sent (QEMU's `postcopy-requests`).
     """
 
     page_size: int
@@ -117,6 +121,10 @@ class SourceMetrics:
     compression_sent_bytes: int = 0
     xbzrle_cache: dict[str, object] | None = None
     bytes_at_stop: int | None = None
+    postcopy_run_at: float | None = None
+    bytes_at_postcopy_run: int | None = None
+    postcopy_missing_pages: int = 0
+    postcopy_requests: int = 0
     normal_pages: int = 0
     zero_pages: int = 0
     remaining_bytes: int = 0
@@ -160,8 +168,19 @@ class SourceMetrics:
 
     @property
     def downtime_bytes(self) -> int:
-        """Bytes sent while the VM was stopped."""
-        return 0 if self.bytes_at_stop is None else self.transferred_bytes - self.bytes_at_stop
+        """Bytes sent while the VM was stopped (in postcopy: until POSTCOPY_RUN left)."""
+        if self.bytes_at_stop is None:
+            return 0
+        end = self.transferred_bytes
+        return (end if self.bytes_at_postcopy_run is None else self.bytes_at_postcopy_run) - (
+            self.bytes_at_stop
+        )
+
+    @property
+    def postcopy_bytes(self) -> int:
+        """Bytes sent after POSTCOPY_RUN (QEMU's `postcopy-bytes`)."""
+        run = self.bytes_at_postcopy_run
+        return 0 if run is None else self.transferred_bytes - run
 
     def downtime_ms(self) -> int | None:
         """Stop to the destination's RESUMED (or, without a handover, to the end), once known."""
@@ -204,6 +223,8 @@ class DestMetrics:
         normal_pages: pages received as data.
         zero_pages: pages received as zero pages.
         devices: devices whose state was loaded, by (idstr, instance_id).
+        postcopy_run_at: when POSTCOPY_RUN arrived (the guest runs here from then on).
+        postcopy_requests: REQ_PAGES sent (QEMU's `postcopy-requests` is the source's count).
     """
 
     started_at: float
@@ -214,6 +235,8 @@ class DestMetrics:
     normal_pages: int = 0
     zero_pages: int = 0
     devices: set[tuple[str, int]] = field(default_factory=set)
+    postcopy_run_at: float | None = None
+    postcopy_requests: int = 0
 
     def summary(self) -> dict[str, object]:
         """The canonical figures of a load, for its log line."""

@@ -239,6 +239,8 @@ _CAPABILITIES: Final[dict[str, str]] = {
     "x-digest-check": "digest_check",
     "multifd": "multifd",
     "xbzrle": "xbzrle",
+    "postcopy-ram": "postcopy_ram",
+    "postcopy-blocktime": "postcopy_blocktime",
 }
 
 
@@ -255,6 +257,8 @@ class MigrationCapabilities:
     digest_check: bool = False
     multifd: bool = False
     xbzrle: bool = False
+    postcopy_ram: bool = False
+    postcopy_blocktime: bool = False
 
     def updated(self, changes: Mapping[str, bool]) -> MigrationCapabilities:
         """Return a copy with `changes` (QMP names) applied, or raise naming the capability."""
@@ -270,6 +274,9 @@ class MigrationCapabilities:
             raise ParameterError(msg)
         if caps.multifd and caps.xbzrle:  # QEMU's migrate_caps_check
             msg = "Multifd is not compatible with xbzrle"
+            raise ParameterError(msg)
+        if caps.multifd and caps.postcopy_ram:  # QEMU before 8.x
+            msg = "Postcopy is not yet compatible with multifd"
             raise ParameterError(msg)
         return caps
 

@@ -25,9 +25,24 @@ from migration.precopy import (
     Switchover,
     Throttled,
 )
+from migration.source_postcopy import (
+    POSTCOPY_BATCH_PAGES,
+    POSTCOPY_QUEUE_AHEAD_BYTES,
+    PostcopyPush,
+    ram_section_id,
+    record_run,
+    send_switch,
+)
 from migration.xbzrle import XbzrleEncoder
 from protocol import ChannelRole, ErrorCode, ProtocolError, SourceConnection
-from vmsim import SectionFull, SectionPart, SectionStart, state_complete, state_setup
+from vmsim import (
+    SectionFull,
+    SectionPart,
+    SectionStart,
+    state_complete,
+    state_complete_postcopy,
+    state_setup,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -35,8 +50,8 @@ if TYPE_CHECKING:
     from migration.metrics import SourceMetrics
     from migration.outbox import Outbox
     from migration.params import MigrationCapabilities, MigrationParameters
-    from protocol import MigrationConfiguration, Timeouts
-    from vmsim import Machine
+    from protocol import MigrationConfiguration, PageRanges, Timeouts
+    from vmsim import Machine, PageBatch
 
 MAIN = ChannelKey(ChannelRole.MAIN)
 
@@ -97,6 +112,18 @@ class Completing:
 
 
 @dataclass(frozen=True, slots=True)
+class PostcopySwitching:
+    """Postcopy: the switch (device pages, discards, device state, RUN) is on its way."""
+
+    missing_pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class PostcopyPushing:
+    """Postcopy: the missing pages go out, requested ones first; the guest runs there."""
+
+
+@dataclass(frozen=True, slots=True)
 class SendingEnd:
     """EOF and VMDESCRIPTION queued; waiting for the stream's last bytes to leave."""
 
@@ -110,6 +137,8 @@ Phase = (
     | Sleeping
     | Idle
     | Completing
+    | PostcopySwitching
+    | PostcopyPushing
     | SendingEnd
 )
 
@@ -130,11 +159,16 @@ class SwitchoverDue:
 
 
 @dataclass(frozen=True, slots=True)
+class PostcopyDue:
+    """migrate-start-postcopy was asked and the round does not fit the limit: stop the VM."""
+
+
+@dataclass(frozen=True, slots=True)
 class StreamSent:
     """The whole stream left (EOF and VMDESCRIPTION included)."""
 
 
-Milestone = SetupDone | SwitchoverDue | StreamSent
+Milestone = SetupDone | SwitchoverDue | PostcopyDue | StreamSent
 
 
 class StreamSender:
@@ -176,6 +210,8 @@ class StreamSender:
             else None
         )
         self._awaiting: Counter[ChannelKey] = Counter()  # flushes not yet answered by SendDone
+        self.postcopy_wanted = False  # migrate-start-postcopy: switch at the next round
+        self.postcopy: PostcopyPush | None = None  # after the switch
 
     @property
     def sent_bytes(self) -> int:
@@ -240,6 +276,8 @@ class StreamSender:
         self.conn.send_configuration(config)
         if return_path:
             self.conn.send_open_return_path()
+            if self._caps.postcopy_ram:
+                self.conn.send_postcopy_advise()
             self.phase = AwaitingAck()
             self._flush([MAIN])
         else:
@@ -273,8 +311,8 @@ class StreamSender:
 
     # ------------------------------------------------------------------ precopy
 
-    def start_round(self, params: MigrationParameters) -> SwitchoverDue | None:
-        """Decide: switch over (the sender then idles), or send the round's first batch."""
+    def start_round(self, params: MigrationParameters) -> SwitchoverDue | PostcopyDue | None:
+        """Decide: switch over or to postcopy (the sender then idles), or send a batch."""
         precopy = self._require_precopy()
         decision = precopy.start_round(self._out.now, params)
         if isinstance(decision, Switchover):
@@ -287,6 +325,10 @@ class StreamSender:
             )
             self.phase = Idle()
             return SwitchoverDue(pending_bytes=decision.pending_bytes)
+        if self.postcopy_wanted:
+            self._out.log("postcopy_decided", pending_bytes=self._metrics.remaining_bytes)
+            self.phase = Idle()
+            return PostcopyDue()
         self._next_batch(params)
         return None
 
@@ -323,12 +365,14 @@ class StreamSender:
                 return self.start_round(params)
         elif isinstance(phase, Completing):
             self._next_record(phase)
+        elif isinstance(phase, PostcopySwitching | PostcopyPushing):
+            self._push(phase)
         elif isinstance(phase, SendingEnd):
             self.phase = Idle()
             return StreamSent()
         return None
 
-    def timer(self, params: MigrationParameters) -> SwitchoverDue | None:
+    def timer(self, params: MigrationParameters) -> SwitchoverDue | PostcopyDue | None:
         """A deadline passed: a throttled round may start."""
         phase = self.phase
         if isinstance(phase, Sleeping) and self._out.now >= phase.until:
@@ -380,6 +424,51 @@ class StreamSender:
             self.phase = Completing(records=phase.records)
             self._send_record(record)
         self._flush([MAIN])
+
+    # ------------------------------------------------------------------ postcopy
+
+    def start_postcopy(self) -> None:
+        """The VM is stopped and the arbiter agreed: queue the switch, up to POSTCOPY_RUN."""
+        missing = send_switch(self.conn, self._machine, ram_section_id(self._machine))
+        self._out.log("postcopy_switch", missing_pages=missing)
+        self.postcopy = PostcopyPush(self._machine)
+        self.phase = PostcopySwitching(missing_pages=missing)
+        self._flush([MAIN])
+
+    def postcopy_request(self, ranges: PageRanges) -> None:
+        """REQ_PAGES: queue the pages asked for now, ahead of the next background batch."""
+        push = self.postcopy
+        if push is None:
+            return
+        push.request(ranges)
+        self._metrics.postcopy_requests = push.requests
+        if isinstance(self.phase, PostcopyPushing) and (batch := push.urgent_batch()):
+            self._send_postcopy_pages(batch)
+
+    def _push(self, phase: PostcopySwitching | PostcopyPushing) -> None:
+        push = self.postcopy
+        if push is None:
+            return
+        if isinstance(phase, PostcopySwitching):
+            record_run(self._metrics, now=self._out.now, missing_pages=phase.missing_pages)
+            self.phase = PostcopyPushing()
+        batch = push.next_batch()
+        if batch is not None:
+            self._send_postcopy_pages(batch)
+            return
+        for end in state_complete_postcopy(self._machine.savevm, POSTCOPY_BATCH_PAGES):
+            self.conn.send_ram(end.section_id, end.batch, end=True)
+        self.conn.send_eof()
+        self.conn.send_vmdesc(self._machine.savevm.describe())
+        self.phase = SendingEnd()
+        self._flush([MAIN])
+
+    def _send_postcopy_pages(self, batch: PageBatch) -> None:
+        """Whole pages (no XBZRLE after the switch) on the main channel."""
+        self._metrics.normal_pages += batch.normal_pages
+        self._metrics.zero_pages += batch.zero_pages
+        self.conn.send_ram(ram_section_id(self._machine), batch, end=False)
+        self._flush([MAIN], keep_bytes=POSTCOPY_QUEUE_AHEAD_BYTES)
 
     # ------------------------------------------------------------------ frames
 

@@ -33,15 +33,19 @@ from migration.errors import CommandRefusedError
 from migration.metrics import SourceMetrics
 from migration.multifd import MapJobs, serial_map
 from migration.outbox import Outbox
-from migration.resolve import Purpose, SessionOutcome
-from migration.sender import MAIN, SetupDone, StreamSender, StreamSent, SwitchoverDue
+from migration.resolve import Purpose
+from migration.sender import (
+    MAIN,
+    Milestone,
+    PostcopyDue,
+    SetupDone,
+    StreamSender,
+    StreamSent,
+    SwitchoverDue,
+)
 from migration.source_doubt import (
     CANCEL_AFTER_HANDOVER,
-    DestinationRuns,
-    ResumeHere,
-    settled_by_operator,
-    settled_by_session,
-    start_resolver,
+    DoubtEndings,
 )
 from migration.source_phases import (
     AwaitingLoaded,
@@ -50,14 +54,23 @@ from migration.source_phases import (
     Done,
     Paused,
     Phase,
+    PostcopyPaused,
     Resolving,
     Stopping,
     Streaming,
 )
+from migration.source_postcopy import CANCEL_IN_POSTCOPY, check_start
 from migration.source_replies import FailureNote, check_digest, describe_reply
 from migration.status import MigrationStatus, is_terminal
 from migration.table import Side, SourceTrigger, StatusMachine
-from protocol import ChannelRole, ErrorCode, LoadCompleted, ProtocolError, ReturnPathAcked
+from protocol import (
+    ChannelRole,
+    ErrorCode,
+    LoadCompleted,
+    PagesRequested,
+    ProtocolError,
+    ReturnPathAcked,
+)
 from vmsim import RunState, VMSimError, state_cleanup
 
 if TYPE_CHECKING:
@@ -65,11 +78,20 @@ if TYPE_CHECKING:
     from vmsim import Machine
 
 T = SourceTrigger
+S_PAUSED = MigrationStatus.POSTCOPY_PAUSED
+_CANCELLABLE = frozenset(
+    {
+        MigrationStatus.SETUP,
+        MigrationStatus.ACTIVE,
+        MigrationStatus.PRE_SWITCHOVER,
+        MigrationStatus.DEVICE,
+    }
+)
 _CHANNEL_INPUTS: tuple[type[inp.Input], ...] = (inp.ChannelOpened, inp.ChannelOpenFailed)
 _CHANNEL_INPUTS += (inp.PeerEventReceived, inp.ChannelFailed, inp.SendDone, inp.TimerFired)
 
 
-class SourceMigration:
+class SourceMigration(DoubtEndings):
     """One migration of a VM to a destination, as a sans-IO state machine.
 
     Args:
@@ -175,6 +197,16 @@ class SourceMigration:
         """
         if self.handed_over and not is_terminal(self.status.status):
             raise CommandRefusedError(CANCEL_AFTER_HANDOVER)
+        if self.status.status in {MigrationStatus.POSTCOPY_ACTIVE, MigrationStatus.POSTCOPY_PAUSED}:
+            raise CommandRefusedError(CANCEL_IN_POSTCOPY)
+
+    def check_start_postcopy(self) -> None:
+        """Raise if `migrate-start-postcopy` is refused now (QEMU's checks and messages).
+
+        Raises:
+            CommandRefusedError: no postcopy-ram capability, or not in setup or active.
+        """
+        check_start(self.caps, self.status.status)
 
     @property
     def finished(self) -> bool:
@@ -218,6 +250,8 @@ class SourceMigration:
                 self._start_completion()
             case inp.CancelRequested():
                 self._on_cancel()
+            case inp.StartPostcopyRequested():
+                self.sender.postcopy_wanted = self.caps.postcopy_ram
             case inp.ParametersChanged(params=params):
                 self.params = params
             case inp.HandoverDecided(commit=commit, reason=reason):
@@ -250,7 +284,7 @@ class SourceMigration:
         elif isinstance(phase, Resolving):
             self._settle(phase.resolver.timer())
 
-    def _milestone(self, milestone: SetupDone | SwitchoverDue | StreamSent | None) -> None:
+    def _milestone(self, milestone: Milestone | None) -> None:
         if isinstance(milestone, SetupDone):
             self.sender.start_precopy()
             # pass 1: the bitmap starts all dirty (QEMU's setup sync)
@@ -261,24 +295,29 @@ class SourceMigration:
         self.convergence.report_passes(self.params)
         if self._check_timeouts():
             return
-        if isinstance(milestone, SwitchoverDue):
-            self._switch_over()
+        if isinstance(milestone, SwitchoverDue | PostcopyDue):
+            self._switch_over(postcopy=isinstance(milestone, PostcopyDue))
         elif isinstance(milestone, StreamSent):
             self._stream_sent()
 
     # ------------------------------------------------------------------ switchover
 
-    def _switch_over(self) -> None:
+    def _switch_over(self, *, postcopy: bool) -> None:
         self.metrics.downtime.stopped_at = self._out.now
         self.metrics.bytes_at_stop = self.metrics.transferred_bytes
-        self.phase = Stopping()
+        self.phase = Stopping(postcopy=postcopy)
         self._out.do(act.StopVm())
 
     def _on_stopped(self, previous: RunState) -> None:
         self._previous_runstate = previous
-        if not isinstance(self.phase, Stopping):
+        phase = self.phase
+        if not isinstance(phase, Stopping):
             return
-        if self.caps.pause_before_switchover:
+        if phase.postcopy:  # the arbiter first: the destination owns the guest from RUN on
+            self._fire(T.START_POSTCOPY)
+            self.phase = Deciding(postcopy=True)
+            self._out.do(act.DecideHandover(migration_id=self.migration_id))
+        elif self.caps.pause_before_switchover:
             self._fire(T.CONVERGED_PAUSED)
             self.phase = Paused()
         else:
@@ -295,7 +334,8 @@ class SourceMigration:
         if not self.uses_return_path:
             self._complete(T.STREAM_SENT)  # QEMU without a return path: done once sent
             return
-        own = self.machine.digest() if self.caps.digest_check else None
+        checked = self.caps.digest_check and self.metrics.postcopy_run_at is None
+        own = self.machine.digest() if checked else None  # postcopy: the guest ran there
         self.phase = AwaitingLoaded(own_digest=own)
         if self._loaded is not None:
             self._on_loaded(self._loaded)
@@ -314,6 +354,8 @@ class SourceMigration:
         elif isinstance(reply, LoadCompleted):
             self._loaded = reply
             self._on_loaded(reply)
+        elif isinstance(reply, PagesRequested):
+            self.sender.postcopy_request(reply.ranges)
         else:
             note = describe_reply(reply, io_error)
             if isinstance(note, FailureNote):
@@ -331,15 +373,26 @@ class SourceMigration:
         if (mismatch := check_digest(self.metrics, loaded.digest, phase.own_digest)) is not None:
             self._fail(mismatch.reason, mismatch.code)
             return
+        if self.sender.postcopy is not None:  # decided before POSTCOPY_RUN
+            self._hand_over()
+            return
         self.phase = Deciding()
         self._out.do(act.DecideHandover(migration_id=self.migration_id))
 
     def _on_decided(self, *, commit: bool, reason: str) -> None:
-        if not isinstance(self.phase, Deciding):
+        phase = self.phase
+        if not isinstance(phase, Deciding):
             return
         if not commit:
             self._fail(f"the ownership arbiter refused the handover: {reason}", ErrorCode.INTERNAL)
             return
+        if phase.postcopy:
+            self.phase = Streaming()
+            self.sender.start_postcopy()
+            return
+        self._hand_over()
+
+    def _hand_over(self) -> None:
         # Rule 5 of docs/handover.md: decide before the decision can reach the destination.
         self.handed_over = True
         self.sender.conn.send_handover()
@@ -366,10 +419,13 @@ class SourceMigration:
     ) -> None:
         """A failure or a cancel: in doubt after HANDOVER, otherwise resume the VM here."""
         status = self.status.status
-        if is_terminal(status) or status is MigrationStatus.IN_DOUBT:
+        if is_terminal(status) or status in {MigrationStatus.IN_DOUBT, S_PAUSED}:
             return
         if self.handed_over:
             self._enter_in_doubt(reason)
+            return
+        if self.sender.postcopy is not None:  # RUN may have left: never resume here
+            self._pause_postcopy(reason)
             return
         cancelled = status is MigrationStatus.CANCELLING
         code = ErrorCode.CANCELLED if cancelled else code
@@ -398,21 +454,18 @@ class SourceMigration:
         if previous is not None:
             self._out.do(act.ResumeVm(runstate=previous))
 
-    def _enter_in_doubt(self, reason: str) -> None:
-        self.convergence.lift()
+    def _pause_postcopy(self, reason: str) -> None:
         self.metrics.error_desc = (
-            f"handover in doubt: {reason}; the VM stays paused here until the destination's "
-            "outcome is known (livemig resolve)"
+            f"postcopy paused: {reason}; the VM stays stopped here with the pages the "
+            "destination has not received (they are lost if this process exits)"
         )
-        self._fire(T.LOST_AFTER_HANDOVER)
-        self._out.log("migration_in_doubt", level=act.Level.WARNING, error=reason)
+        self._fire(T.CHANNEL_LOST)
+        self._out.log("postcopy_paused", level=act.Level.WARNING, error=reason)
         self.sender.close_channels()
-        first_at = self._out.now + self.params.resolve_interval_s
-        self._resolve(Purpose.SETTLE, first_at=first_at, abort=(ErrorCode.INTERNAL, ""))
+        self.phase = PostcopyPaused(reason=reason)
 
     def _on_cancel(self) -> None:
-        status = self.status.status
-        if is_terminal(status) or self.handed_over or status is MigrationStatus.CANCELLING:
+        if self.handed_over or self.status.status not in _CANCELLABLE:
             return
         self._fire(T.CANCEL)
         self._fail("migration cancelled by the user", ErrorCode.CANCELLED)
@@ -432,46 +485,6 @@ class SourceMigration:
     def _finish(self) -> None:
         self.phase = Done()
         self._out.do(act.Finished())
-
-    # ------------------------------------------------------------------ in doubt
-
-    def _resolve(self, purpose: Purpose, *, first_at: float, abort: tuple[ErrorCode, str]) -> None:
-        resolver = start_resolver(
-            self._out, self.migration_id, self.params, purpose, first_at, abort
-        )
-        self.phase = Resolving(resolver=resolver)
-
-    def _settle(self, outcome: SessionOutcome | None) -> None:
-        phase = self.phase
-        if outcome is None or not isinstance(phase, Resolving):
-            return
-        if phase.resolver.purpose is Purpose.NOTIFY_ABORT:
-            self._finish()  # ABORT sent, nothing held, or gave up: best effort ends here
-            return
-        self._end_doubt(settled_by_session(outcome))
-
-    def _on_operator(self, *, destination_runs: bool) -> None:
-        if self.status.status is not MigrationStatus.IN_DOUBT:
-            return
-        if isinstance(self.phase, Resolving):
-            self.phase.resolver.close()
-        self._end_doubt(settled_by_operator(destination_runs=destination_runs))
-
-    def _end_doubt(self, verdict: DestinationRuns | ResumeHere | None) -> None:
-        if isinstance(verdict, DestinationRuns):
-            self._out.log("in_doubt_resolved", outcome=verdict.outcome)
-            self.metrics.downtime.resumed_at = self._out.now
-            self._complete(verdict.trigger)
-        elif isinstance(verdict, ResumeHere):
-            self._resume_from_doubt(verdict.reason, verdict.trigger)
-
-    def _resume_from_doubt(self, reason: str, trigger: SourceTrigger) -> None:
-        self._out.log("migration_failed", level=act.Level.WARNING, error=reason, resolved=True)
-        self.metrics.error_desc = reason
-        self._resume_vm()
-        self.metrics.ended_at = self._out.now
-        self._fire(trigger)
-        self._finish()
 
     def _on_channel_failure(self, channel: inp.ChannelKey, reason: str, code: ErrorCode) -> None:
         if channel.role in {ChannelRole.MAIN, ChannelRole.MULTIFD}:

@@ -9,15 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from migration import actions as act
 from migration.resolve import Purpose, Resolver, Result
+from migration.source_phases import Resolving
+from migration.status import MigrationStatus
 from migration.table import SourceTrigger as T
+from protocol import ErrorCode
 
 if TYPE_CHECKING:
+    from migration.convergence import Convergence
+    from migration.metrics import SourceMetrics
     from migration.outbox import Outbox
     from migration.params import MigrationParameters
     from migration.resolve import SessionOutcome
-    from migration.table import SourceTrigger
-    from protocol import ErrorCode
+    from migration.sender import StreamSender
+    from migration.source_phases import Phase
+    from migration.table import SourceTrigger, StatusMachine
 
 CANCEL_AFTER_HANDOVER: Final = (
     "the VM is being handed over to the destination, migrate_cancel is not possible now (the "
@@ -84,3 +91,81 @@ def start_resolver(
     )
     resolver.timer()
     return resolver
+
+
+class DoubtEndings:
+    """The in-doubt half of `SourceMigration`: resolve sessions, the operator, their verdicts.
+
+    `SourceMigration` provides the attributes and the four endings declared here.
+    """
+
+    phase: Phase
+    status: StatusMachine
+    metrics: SourceMetrics
+    params: MigrationParameters
+    migration_id: str
+    sender: StreamSender
+    convergence: Convergence
+    _out: Outbox
+
+    def _complete(self, trigger: SourceTrigger) -> None:
+        raise NotImplementedError
+
+    def _resume_vm(self) -> None:
+        raise NotImplementedError
+
+    def _fire(self, trigger: SourceTrigger) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+    def _enter_in_doubt(self, reason: str) -> None:
+        self.convergence.lift()
+        self.metrics.error_desc = (
+            f"handover in doubt: {reason}; the VM stays paused here until the destination's "
+            "outcome is known (livemig resolve)"
+        )
+        self._fire(T.LOST_AFTER_HANDOVER)
+        self._out.log("migration_in_doubt", level=act.Level.WARNING, error=reason)
+        self.sender.close_channels()
+        first_at = self._out.now + self.params.resolve_interval_s
+        self._resolve(Purpose.SETTLE, first_at=first_at, abort=(ErrorCode.INTERNAL, ""))
+
+    def _resolve(self, purpose: Purpose, *, first_at: float, abort: tuple[ErrorCode, str]) -> None:
+        resolver = start_resolver(
+            self._out, self.migration_id, self.params, purpose, first_at, abort
+        )
+        self.phase = Resolving(resolver=resolver)
+
+    def _settle(self, outcome: SessionOutcome | None) -> None:
+        phase = self.phase
+        if outcome is None or not isinstance(phase, Resolving):
+            return
+        if phase.resolver.purpose is Purpose.NOTIFY_ABORT:
+            self._finish()  # ABORT sent, nothing held, or gave up: best effort ends here
+            return
+        self._end_doubt(settled_by_session(outcome))
+
+    def _on_operator(self, *, destination_runs: bool) -> None:
+        if self.status.status is not MigrationStatus.IN_DOUBT:
+            return
+        if isinstance(self.phase, Resolving):
+            self.phase.resolver.close()
+        self._end_doubt(settled_by_operator(destination_runs=destination_runs))
+
+    def _end_doubt(self, verdict: DestinationRuns | ResumeHere | None) -> None:
+        if isinstance(verdict, DestinationRuns):
+            self._out.log("in_doubt_resolved", outcome=verdict.outcome)
+            self.metrics.downtime.resumed_at = self._out.now
+            self._complete(verdict.trigger)
+        elif isinstance(verdict, ResumeHere):
+            self._resume_from_doubt(verdict.reason, verdict.trigger)
+
+    def _resume_from_doubt(self, reason: str, trigger: SourceTrigger) -> None:
+        self._out.log("migration_failed", level=act.Level.WARNING, error=reason, resolved=True)
+        self.metrics.error_desc = reason
+        self._resume_vm()
+        self.metrics.ended_at = self._out.now
+        self._fire(trigger)
+        self._finish()

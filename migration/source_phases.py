@@ -19,7 +19,9 @@ class Streaming:
 
 @dataclass(frozen=True, slots=True)
 class Stopping:
-    """Switchover: the VM is being stopped."""
+    """Switchover (or the switch to postcopy): the VM is being stopped."""
+
+    postcopy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +38,9 @@ class AwaitingLoaded:
 
 @dataclass(frozen=True, slots=True)
 class Deciding:
-    """LOADED checked; waiting for the ownership arbiter's decision."""
+    """LOADED checked (or, `postcopy`, the VM stopped for the switch): the arbiter decides."""
+
+    postcopy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +56,28 @@ class Resolving:
 
 
 @dataclass(frozen=True, slots=True)
+class PostcopyPaused:
+    """Postcopy, and the channel broke: the VM stays stopped here, its pages kept.
+
+    The destination runs the guest until it needs one of them; a recovery resends them.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """Nothing left to do."""
 
 
 Phase = (
-    Streaming | Stopping | Paused | AwaitingLoaded | Deciding | AwaitingResumed | Resolving | Done
+    Streaming
+    | Stopping
+    | Paused
+    | AwaitingLoaded
+    | Deciding
+    | AwaitingResumed
+    | Resolving
+    | PostcopyPaused
+    | Done
 )

@@ -6,8 +6,8 @@ firing a trigger (`StatusMachine.fire`). A trigger the table does not list for t
 status is a bug and raises `TransitionError`. The docs render these tables
 (`render_markdown`, checked by a test), and the in-process tests drive every row.
 
-Rows marked *reserved* belong to capabilities that later work fills in (postcopy and its
-recovery); they are in the table so that a capability is a row, not a new flag.
+Rows marked *reserved* belong to capabilities that later work fills in (postcopy recovery);
+they are in the table so that a capability is a row, not a new flag.
 """
 
 from __future__ import annotations
@@ -101,9 +101,12 @@ SOURCE_ROWS: Final[tuple[Row, ...]] = (
     Row(S.IN_DOUBT, _T.OPERATOR_COMPLETE, S.COMPLETED),
     Row(S.IN_DOUBT, _T.OPERATOR_RESUME, S.FAILED),
     *(Row(status, _T.SHUTDOWN, S.FAILED) for status in (*_BEFORE_HANDOVER, S.IN_DOUBT)),
-    Row(S.ACTIVE, _T.START_POSTCOPY, S.POSTCOPY_ACTIVE, reserved=True),
-    Row(S.POSTCOPY_ACTIVE, _T.RESUMED, S.COMPLETED, reserved=True),
-    Row(S.POSTCOPY_ACTIVE, _T.CHANNEL_LOST, S.POSTCOPY_PAUSED, reserved=True),
+    Row(S.ACTIVE, _T.START_POSTCOPY, S.POSTCOPY_ACTIVE),
+    Row(S.POSTCOPY_ACTIVE, _T.RESUMED, S.COMPLETED),
+    Row(S.POSTCOPY_ACTIVE, _T.FAILED, S.FAILED),  # before POSTCOPY_RUN: the VM resumes here
+    Row(S.POSTCOPY_ACTIVE, _T.CHANNEL_LOST, S.POSTCOPY_PAUSED),
+    Row(S.POSTCOPY_ACTIVE, _T.LOST_AFTER_HANDOVER, S.IN_DOUBT),  # every page had arrived
+    *(Row(status, _T.SHUTDOWN, S.FAILED) for status in (S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED)),
     Row(S.POSTCOPY_PAUSED, _T.RESUME, S.POSTCOPY_RECOVER_SETUP, reserved=True),
     Row(S.POSTCOPY_RECOVER_SETUP, _T.RECOVER_FAILED, S.POSTCOPY_PAUSED, reserved=True),
     Row(S.POSTCOPY_RECOVER_SETUP, _T.RECOVERY_CONNECTED, S.POSTCOPY_RECOVER, reserved=True),
@@ -129,9 +132,10 @@ DEST_ROWS: Final[tuple[Row, ...]] = (
     Row(S.IN_DOUBT, _D.HANDOVER, S.COMPLETED),
     Row(S.IN_DOUBT, _D.OPERATOR_COMMIT, S.COMPLETED),
     Row(S.IN_DOUBT, _D.DISCARDED, S.FAILED),
-    Row(S.ACTIVE, _D.POSTCOPY_RUN, S.POSTCOPY_ACTIVE, reserved=True),
-    Row(S.POSTCOPY_ACTIVE, _D.HANDOVER, S.COMPLETED, reserved=True),
-    Row(S.POSTCOPY_ACTIVE, _D.CHANNEL_LOST, S.POSTCOPY_PAUSED, reserved=True),
+    Row(S.ACTIVE, _D.POSTCOPY_RUN, S.POSTCOPY_ACTIVE),
+    Row(S.POSTCOPY_ACTIVE, _D.HANDOVER, S.COMPLETED),
+    Row(S.POSTCOPY_ACTIVE, _D.CHANNEL_LOST, S.POSTCOPY_PAUSED),
+    Row(S.POSTCOPY_ACTIVE, _D.SOURCE_LOST, S.COMPLETED),  # every page here: nothing is missing
     Row(S.POSTCOPY_PAUSED, _D.RECOVER, S.POSTCOPY_RECOVER_SETUP, reserved=True),
     Row(S.POSTCOPY_RECOVER_SETUP, _D.RECOVERY_CONNECTED, S.POSTCOPY_RECOVER, reserved=True),
     Row(S.POSTCOPY_RECOVER, _D.RECOVERED, S.POSTCOPY_ACTIVE, reserved=True),

@@ -54,6 +54,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
+    import numpy as np
+    from numpy.typing import NDArray
+
     from migration.multifd import MapJobs
     from migration.record import Record
     from netio import MigrationAddress
@@ -222,7 +225,9 @@ class Vmm:
         populating.add_done_callback(self._populating.pop)
         return machine
 
-    def run_migrated_vm(self, machine: Machine) -> str:
+    def run_migrated_vm(
+        self, machine: Machine, on_page_fault: Callable[[NDArray[np.intp]], None] | None = None
+    ) -> str:
         """Install a VM handed over to us and give it the run state QEMU would.
 
         QEMU (`process_incoming_migration_bh`): a VM that ran on the source runs here too,
@@ -230,6 +235,7 @@ class Vmm:
         the run state the source stored in its globalstate section.
         """
         vm = self._install(machine)
+        vm.on_page_fault = on_page_fault
         migrated = machine.migrated_runstate()
         if migrated is not RunState.RUNNING:
             vm.stop(migrated)
@@ -238,6 +244,11 @@ class Vmm:
         else:
             vm.stop(RunState.PAUSED)
         return str(vm.runstate)
+
+    def wake_vm(self) -> None:
+        """Postcopy: pages arrived for the VM."""
+        if self.vm is not None:
+            self.vm.wake()
 
     def decide_handover(self, migration_id: str) -> tuple[bool, str]:
         """The ownership arbiter. Local: the checks passed, so the VM may pass.
@@ -338,6 +349,9 @@ class Vmm:
         if self.caps.multifd and isinstance(address, FileAddress):
             msg = "capability multifd is on, but a file: migration is one stream (turn it off)"
             raise CommandRefusedError(msg)
+        if self.caps.postcopy_ram and isinstance(address, FileAddress):
+            msg = "capability postcopy-ram is on, but a file: migration has no return path"
+            raise CommandRefusedError(msg)
         return self.vm
 
     async def start_incoming(self, address: MigrationAddress) -> None:
@@ -416,6 +430,9 @@ class Vmm:
                 "normal": received.normal_pages,
                 "duplicate": received.zero_pages,
             }
+            if received.postcopy_run_at is not None and self.vm is not None:
+                info.update(self.vm.blocktime.to_qmp(self.vm.machine.config.vcpus))
+                info["x-postcopy-requests"] = received.postcopy_requests
             return "destination", info
         return None, {}
 

@@ -138,6 +138,15 @@ class OutgoingMigration:
         self.source.check_cancel()
         self.runner.feed(inp.CancelRequested())
 
+    def start_postcopy(self) -> None:
+        """`migrate-start-postcopy`: switch to postcopy at the next round that cannot end.
+
+        Raises:
+            CommandRefusedError: no postcopy-ram capability, or not in setup or active.
+        """
+        self.source.check_start_postcopy()
+        self.runner.feed(inp.StartPostcopyRequested())
+
     def continue_switchover(self, state: str) -> None:
         """`migrate-continue {state}` from pre-switchover.
 

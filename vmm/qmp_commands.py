@@ -1,12 +1,13 @@
 """The QMP commands of a livemig daemon, with QEMU's names, arguments and refusals.
 
 QEMU commands: query-status, stop, cont, quit, migrate, migrate-incoming, migrate_cancel,
-migrate-continue, query-migrate, migrate-set-parameters, query-migrate-parameters,
-migrate-set-capabilities, query-migrate-capabilities, set-vcpu-dirty-limit,
-cancel-vcpu-dirty-limit, query-vcpu-dirty-limit. livemig's own (x- prefixed): x-query-vm
-(ticks, digest, config, for `livemig replay`), x-migrate-resolve and x-migrate-incoming-resolve
-(docs/handover.md), x-query-migration-records (docs/observability.md); QEMU's object-add and
-object-del for TLS credentials and authorization objects (docs/security.md).
+migrate-continue, migrate-start-postcopy, query-migrate, migrate-set-parameters,
+query-migrate-parameters, migrate-set-capabilities, query-migrate-capabilities,
+set-vcpu-dirty-limit, cancel-vcpu-dirty-limit, query-vcpu-dirty-limit. livemig's own (x-
+prefixed): x-query-vm (ticks, digest, config, for `livemig replay`), x-migrate-resolve and
+x-migrate-incoming-resolve (docs/handover.md), x-query-migration-records
+(docs/observability.md); QEMU's object-add and object-del for TLS credentials and authorization
+objects (docs/security.md).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def build_registry(vmm: Vmm) -> CommandRegistry:
         ("migrate-incoming", commands.migrate_incoming),
         ("migrate_cancel", commands.migrate_cancel),
         ("migrate-continue", commands.migrate_continue),
+        ("migrate-start-postcopy", commands.migrate_start_postcopy),
         ("query-migrate", commands.query_migrate),
         ("migrate-set-parameters", commands.set_parameters),
         ("query-migrate-parameters", commands.query_parameters),
@@ -242,6 +244,15 @@ class _Commands:
         outgoing = self._vmm.outgoing
         if outgoing is not None:
             outgoing.cancel()  # QEMU: a no-op when nothing runs; refused after HANDOVER
+        return {}
+
+    async def migrate_start_postcopy(self, args: Args) -> object:
+        args.finish()
+        outgoing = self._vmm.outgoing
+        if outgoing is None:
+            msg = "Postcopy must be started after migration has been started"
+            raise CommandRefusedError(msg)
+        outgoing.start_postcopy()
         return {}
 
     async def migrate_continue(self, args: Args) -> object:

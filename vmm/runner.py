@@ -29,6 +29,9 @@ from protocol import ConnectionClosed, PeerTimedOut, ProtocolError
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
 
+    import numpy as np
+    from numpy.typing import NDArray
+
     from netio import ChannelLike, ChannelOptions, MigrationAddress, TlsClient
     from protocol import Event as ProtocolEvent
     from protocol import SourceConnection
@@ -92,8 +95,17 @@ class RunnerHost(Protocol):
         """An empty machine for an incoming VM, RAM pre-faulted (in a thread)."""
         ...
 
-    def run_migrated_vm(self, machine: Machine) -> str:
-        """Install a migrated machine as this daemon's VM; return its run state."""
+    def run_migrated_vm(
+        self, machine: Machine, on_page_fault: Callable[[NDArray[np.intp]], None] | None = None
+    ) -> str:
+        """Install a migrated machine as this daemon's VM; return its run state.
+
+        In postcopy, `on_page_fault` is told the pages the guest blocks on.
+        """
+        ...
+
+    def wake_vm(self) -> None:
+        """Postcopy: pages arrived for the VM."""
         ...
 
     def decide_handover(self, migration_id: str) -> tuple[bool, str]:
@@ -217,18 +229,8 @@ class MachineRunner:
                         channel.flush_nowait()
             case act.CloseChannel(channel=key, linger_s=linger_s):
                 self._close_channel(key, linger_s)
-            case act.StopVm():
-                self._stop_vm()
-            case act.ResumeVm(runstate=runstate):
-                self._host.restore_vm(runstate)
-            case act.SetVmRunState(runstate=runstate):
-                self._host.set_vm_runstate(runstate)
-            case act.ThrottleVm(cpu_percent=percent, dirty_limit_mb_per_s=limit):
-                self._host.throttle_vm(cpu_percent=percent, dirty_limit_mb_per_s=limit)
             case act.PrepareMachine(config=config):
                 self._spawn(self._build(config))
-            case act.RunMigratedVm(machine=machine):
-                self._pending.append(inp.VmAdopted(runstate=self._host.run_migrated_vm(machine)))
             case act.DecideHandover(migration_id=migration_id):
                 commit, reason = self._host.decide_handover(migration_id)
                 self._pending.append(inp.HandoverDecided(commit=commit, reason=reason))
@@ -240,6 +242,32 @@ class MachineRunner:
                 self._log(action)
             case act.Finished():
                 self._finished()
+            case _:
+                self._execute_vm(action)
+
+    def _execute_vm(self, action: act.Action) -> None:
+        """The actions on the daemon's VM."""
+        match action:
+            case act.StopVm():
+                self._stop_vm()
+            case act.ResumeVm(runstate=runstate):
+                self._host.restore_vm(runstate)
+            case act.SetVmRunState(runstate=runstate):
+                self._host.set_vm_runstate(runstate)
+            case act.ThrottleVm(cpu_percent=percent, dirty_limit_mb_per_s=limit):
+                self._host.throttle_vm(cpu_percent=percent, dirty_limit_mb_per_s=limit)
+            case act.RunMigratedVm(machine=machine, postcopy=postcopy):
+                on_fault = self._page_fault if postcopy else None
+                adopted = self._host.run_migrated_vm(machine, on_fault)
+                self._pending.append(inp.VmAdopted(runstate=adopted))
+            case act.WakeVm():
+                self._host.wake_vm()
+            case _:
+                pass
+
+    def _page_fault(self, pfns: NDArray[np.intp]) -> None:
+        if not self.done.is_set():
+            self.feed(inp.PagesNeeded(pfns=pfns))
 
     def _stop_vm(self) -> None:
         try:

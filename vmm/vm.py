@@ -17,11 +17,15 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
 
+from vmm.blocktime import Blocktime
 from vmm.pacing import Pacer
 from vmsim import Machine, RunState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+
+    import numpy as np
+    from numpy.typing import NDArray
 
 SLICE_BUDGET_S: Final = 0.002  # target CPU time of one vCPU slice
 RATE_WINDOW_S: Final = 1.0  # the measured tick rate covers the last second
@@ -64,6 +68,8 @@ class VirtualMachine:
             self.pacer.started(now=clock(), ticks=machine.ticks)
         self._slice_ticks = 1
         self._rate_samples: deque[tuple[float, int]] = deque()
+        self.on_page_fault: Callable[[NDArray[np.intp]], None] | None = None
+        self.blocktime = Blocktime()
 
     @property
     def runstate(self) -> RunState:
@@ -147,6 +153,9 @@ class VirtualMachine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if self._waits_for_pages():
+                await self._sleep(MAX_SLEEP_S)  # `wake` ends it as soon as pages arrive
+                continue
             now, ticks = self._clock(), self.machine.ticks
             due = self.pacer.due_ticks(now=now, ticks=ticks)
             if due <= 0:
@@ -155,6 +164,22 @@ class VirtualMachine:
                 continue
             self._run_slice(min(due, self._slice_ticks))
             await asyncio.sleep(0)
+
+    def wake(self) -> None:
+        """Postcopy: pages arrived; vCPUs blocked on missing pages look again."""
+        self._wakeup.set()
+
+    def _waits_for_pages(self) -> bool:
+        """Postcopy: whether the vCPUs wait for pages (asked for again on every look)."""
+        machine = self.machine
+        postcopy = machine.postcopy
+        if postcopy is None or not postcopy.blocked or machine.postcopy_unblock():
+            self.blocktime.unblock(self._clock())
+            return False
+        self.blocktime.block(self._clock())
+        if self.on_page_fault is not None:
+            self.on_page_fault(postcopy.waiting_for())
+        return True
 
     async def _sleep(self, delay_s: float) -> None:
         """Sleep, or less if a limit changes (a throttled vCPU may sleep long)."""

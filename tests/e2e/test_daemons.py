@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import FINAL, dest_args, qmp, source_args, wait_status
+from vmsim import MachineConfig, replay
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 VENV_BIN = Path(sys.executable).parent
@@ -217,6 +218,29 @@ async def test_livemig_cli_multifd_flag(daemons) -> None:
     assert 3 == parameters["multifd-channels"]
     async with qmp(dest) as client:
         assert (await client.execute("query-status"))["running"]
+
+
+async def test_livemig_cli_postcopy_flag(daemons) -> None:
+    """`livemig migrate --postcopy` between daemon processes: a guest precopy cannot converge
+    (1 ms limit) switches after its first pass and equals the replay."""
+    busy = {"workload": "ab", "dirty_rate": 1_000_000}  # all of its RAM 60 times a second
+    source = daemons("source_daemon", *source_args("uvloop", ram_mib=64, **busy))
+    dest = daemons("dest_daemon", *dest_args("uvloop"))
+    code, out, err = await _livemig_migrate(source, dest, "--postcopy", "--set", "downtime-limit=1")
+    assert 0 == code, err
+    assert "status:        completed" in out
+    assert "postcopy:" in out
+    async with qmp(source) as client:
+        info = await client.execute("query-migrate")
+    assert info["ram"]["postcopy-bytes"] > 0
+    assert info["ram"]["dirty-sync-count"] >= 2  # the switch came after the first pass
+    async with qmp(dest) as client:
+        dest_info = await client.execute("query-migrate")
+        await client.execute("stop")
+        vm = await client.execute("x-query-vm")
+    assert dest_info["postcopy-blocktime"] >= 0
+    config = MachineConfig.from_dict(vm["config"])
+    assert replay(config, vm["ticks"]) == vm["digest"]
 
 
 async def test_metrics_flag_serves_prometheus_text(daemons) -> None:

@@ -73,6 +73,8 @@ def test_capabilities_default_off_but_return_path() -> None:
         "x-digest-check": False,
         "multifd": False,
         "xbzrle": False,
+        "postcopy-ram": False,
+        "postcopy-blocktime": False,
     } == states
 
 

@@ -66,12 +66,16 @@ def test_two_rows_for_one_status_and_trigger_are_refused():
 
 
 def test_only_device_goes_in_doubt_and_only_a_handover_or_its_resolution_completes():
-    """docs/handover.md: in doubt only after HANDOVER; completed only by RESUMED, a stream
-    written to a file, or the resolution of a doubt."""
+    """docs/handover.md: in doubt only after HANDOVER (of a precopy or a postcopy
+    migration); completed only by RESUMED, a stream written to a file, or the resolution of a
+    doubt."""
     into_doubt = {(r.status, r.trigger) for r in SOURCE_ROWS if r.after is S.IN_DOUBT}
     completing = {r.trigger for r in SOURCE_ROWS if r.after is S.COMPLETED and not r.reserved}
 
-    assert {(S.DEVICE, SourceTrigger.LOST_AFTER_HANDOVER)} == into_doubt
+    assert {
+        (S.DEVICE, SourceTrigger.LOST_AFTER_HANDOVER),
+        (S.POSTCOPY_ACTIVE, SourceTrigger.LOST_AFTER_HANDOVER),
+    } == into_doubt
     assert {
         SourceTrigger.RESUMED,
         SourceTrigger.STREAM_SENT,
@@ -87,21 +91,40 @@ def test_cancel_is_possible_before_handover_only():
 
 
 def test_the_destination_runs_the_vm_only_after_a_handover_a_file_or_an_operator():
-    completing = {r.trigger for r in DEST_ROWS if r.after is S.COMPLETED and not r.reserved}
+    """...or, in postcopy, once every page arrived and the source went away (it ran here
+    since POSTCOPY_RUN)."""
+    completing = {
+        (r.status, r.trigger) for r in DEST_ROWS if r.after is S.COMPLETED and not r.reserved
+    }
 
     assert {
-        DestTrigger.HANDOVER,
-        DestTrigger.FILE_LOADED,
-        DestTrigger.OPERATOR_COMMIT,
+        (S.ACTIVE, DestTrigger.HANDOVER),
+        (S.IN_DOUBT, DestTrigger.HANDOVER),
+        (S.POSTCOPY_ACTIVE, DestTrigger.HANDOVER),
+        (S.ACTIVE, DestTrigger.FILE_LOADED),
+        (S.IN_DOUBT, DestTrigger.OPERATOR_COMMIT),
+        (S.POSTCOPY_ACTIVE, DestTrigger.SOURCE_LOST),
     } == completing
 
 
+RECOVERY = {S.POSTCOPY_RECOVER_SETUP, S.POSTCOPY_RECOVER}
+
+
 @pytest.mark.parametrize("rows", [SOURCE_ROWS, DEST_ROWS], ids=["source", "destination"])
-def test_postcopy_rows_are_there_and_reserved(rows):
+def test_postcopy_rows_are_there_and_recovery_is_reserved(rows):
     postcopy = [r for r in rows if r.status in POSTCOPY or r.after in POSTCOPY]
 
     assert POSTCOPY <= {r.status for r in postcopy} | {r.after for r in postcopy}
-    assert all(r.reserved for r in postcopy)
+    recovery = [r for r in postcopy if r.status in RECOVERY or r.after in RECOVERY]
+    assert recovery
+    assert all(r.reserved for r in recovery)
+    assert not any(r.reserved for r in postcopy if r not in recovery)
+
+
+def test_the_destination_runs_a_postcopy_guest_only_after_postcopy_run():
+    into_postcopy = {r.trigger for r in DEST_ROWS if r.after is S.POSTCOPY_ACTIVE}
+
+    assert {DestTrigger.POSTCOPY_RUN, DestTrigger.RECOVERED} == into_postcopy
 
 
 @pytest.mark.parametrize("rows", [SOURCE_ROWS, DEST_ROWS], ids=["source", "destination"])

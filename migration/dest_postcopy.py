@@ -1,0 +1,105 @@
+"""The destination's part of postcopy: discards, the switch, and the guest's page requests.
+
+After POSTCOPY_ADVISE the stream may switch to postcopy: POSTCOPY_RAM_DISCARD commands name the
+pages that will come again, POSTCOPY_LISTEN starts postcopy on the machine (those pages are
+missing from now on, `vmsim.postcopy`), the device state loads, and POSTCOPY_RUN runs the guest
+(`DestMigration`). When the running guest blocks on missing pages the VMM says so
+(`PagesNeeded`), and they are requested on the return path (REQ_PAGES), each page once: the
+source serves requests ahead of its background push.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+from migration.errors import LoadError
+from protocol import ErrorCode
+from protocol.postcopy import MAX_REQUEST_RANGES, ranges_of_pages
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from protocol import DestConnection, PageRanges
+    from vmsim import Machine
+
+MAX_REQUEST_PAGES: Final = 1024
+"""Pages asked for in one REQ_PAGES (4 MiB): the pages a blocked slice waits for come first."""
+
+
+class PostcopyIncoming:
+    """Postcopy on the destination, from POSTCOPY_ADVISE to the last page.
+
+    Attributes:
+        advised: POSTCOPY_ADVISE arrived.
+        requests: REQ_PAGES sent.
+        requested_pages: pages asked for in them.
+    """
+
+    def __init__(self) -> None:
+        self.advised = False
+        self.requests = 0
+        self.requested_pages = 0
+        self._discards: list[NDArray[np.int64]] = []
+        self._requested: NDArray[np.bool_] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the switch happened (LISTEN arrived)."""
+        return self._requested is not None
+
+    def discard(self, ranges: PageRanges) -> None:
+        """POSTCOPY_RAM_DISCARD: these pages will come again."""
+        self._discards.append(ranges.pages())
+
+    def listen(self, machine: Machine) -> None:
+        """POSTCOPY_LISTEN: the discarded pages are missing from now on.
+
+        Raises:
+            LoadError: no POSTCOPY_ADVISE came first (UNEXPECTED_SECTION).
+            VMSimError: a page is outside RAM, or a device page is missing.
+        """
+        if not self.advised:
+            msg = "POSTCOPY_LISTEN without POSTCOPY_ADVISE at setup"
+            raise LoadError(msg, ErrorCode.UNEXPECTED_SECTION)
+        missing = np.concatenate(self._discards) if self._discards else np.zeros(0, np.int64)
+        self._discards = []
+        machine.start_postcopy(missing)
+        self._requested = np.zeros(machine.ram.n_pages, dtype=np.bool_)
+
+    def request(self, pfns: NDArray[np.intp], machine: Machine, conn: DestConnection) -> bool:
+        """Ask the source for the pages of `pfns` still missing and not asked for yet.
+
+        Returns:
+            Whether a REQ_PAGES was queued.
+        """
+        postcopy, requested = machine.postcopy, self._requested
+        if postcopy is None or requested is None or not len(pfns):
+            return False
+        wanted = np.unique(pfns)
+        wanted = wanted[~postcopy.received[wanted] & ~requested[wanted]][:MAX_REQUEST_PAGES]
+        if not len(wanted):
+            return False
+        first, count = ranges_of_pages(wanted)
+        first, count = first[:MAX_REQUEST_RANGES], count[:MAX_REQUEST_RANGES]
+        conn.send_req_pages(first, count)
+        for start, n_pages in zip(first.tolist(), count.tolist(), strict=True):
+            requested[start : start + n_pages] = True
+        self.requests += 1
+        self.requested_pages += int(count.sum())
+        return True
+
+    def finish(self, machine: Machine) -> None:
+        """The stream ended: every page must have arrived.
+
+        Raises:
+            LoadError: pages are still missing (LOAD_FAILED).
+        """
+        postcopy = machine.postcopy
+        if postcopy is None:
+            return
+        if postcopy.missing_count:
+            msg = f"the stream ended with {postcopy.missing_count} postcopy pages never sent"
+            raise LoadError(msg, ErrorCode.LOAD_FAILED)
+        machine.finish_postcopy()

@@ -1,0 +1,124 @@
+"""The source's part of postcopy: when it may switch, the switch, and serving page requests.
+
+With the `postcopy-ram` capability the stream is advised at setup (POSTCOPY_ADVISE) and runs as
+precopy. `migrate-start-postcopy` asks for the switch; as in QEMU (`migration_iteration_run`) it
+happens at the next round that does not fit the downtime limit (one that does completes as
+precopy). The switch, with the VM stopped and the ownership arbiter's consent (the destination
+owns the guest from POSTCOPY_RUN on, docs/handover.md): the device pages, the discard of every
+page still to send, POSTCOPY_LISTEN, the device state, POSTCOPY_RUN. Then the missing pages go
+out, pages the destination asks for (REQ_PAGES) ahead of the background push.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+from migration.errors import CommandRefusedError
+from migration.status import MigrationStatus
+from protocol.postcopy import MAX_DISCARD_RANGES, ranges_of_pages
+from vmsim import PAGE_SIZE, state_complete_devices
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from migration.metrics import SourceMetrics
+    from migration.params import MigrationCapabilities
+    from protocol import PageRanges, SourceConnection
+    from vmsim import Machine, PageBatch, SectionFull
+
+POSTCOPY_BATCH_PAGES: Final = 256
+"""1 MiB frames after the switch: a requested page waits behind at most a few of them."""
+POSTCOPY_QUEUE_AHEAD_BYTES: Final = POSTCOPY_BATCH_PAGES * PAGE_SIZE
+"""One frame queued ahead of the kernel in postcopy (precopy keeps 16 MiB: requests would wait)."""
+CANCEL_IN_POSTCOPY: Final = (
+    "the migration is in postcopy: the destination runs the guest and only this side holds its "
+    "missing pages, migrate_cancel is not possible now"
+)
+
+
+def check_start(caps: MigrationCapabilities, status: MigrationStatus) -> None:
+    """`migrate-start-postcopy` is refused without the capability or outside setup/active.
+
+    Raises:
+        CommandRefusedError: with QEMU's messages.
+    """
+    if not caps.postcopy_ram:
+        msg = "Enable postcopy with migrate_set_capability before the start of migration"
+        raise CommandRefusedError(msg)
+    if status not in {MigrationStatus.SETUP, MigrationStatus.ACTIVE}:
+        msg = "Postcopy must be started after migration has been started"
+        raise CommandRefusedError(msg)
+
+
+class PostcopyPush:
+    """After POSTCOPY_RUN: which pages go next (requested ones first), and what was asked.
+
+    Attributes:
+        requests: REQ_PAGES received (QEMU's `postcopy-requests`).
+        requested_pages: pages asked for in them.
+    """
+
+    def __init__(self, machine: Machine) -> None:
+        self._handler = machine.ram_handler
+        self._requests: deque[NDArray[np.intp]] = deque()
+        self.requests = 0
+        self.requested_pages = 0
+
+    def request(self, ranges: PageRanges) -> None:
+        """REQ_PAGES: serve these pages before the background push."""
+        self.requests += 1
+        self.requested_pages += ranges.n_pages
+        self._requests.append(ranges.pages().astype(np.intp))
+
+    def urgent_batch(self) -> PageBatch | None:
+        """The requested pages not sent yet (None: every one went already)."""
+        while self._requests:
+            batch = self._handler.save_pages(self._requests.popleft())
+            if batch is not None:
+                return batch
+        return None
+
+    def next_batch(self) -> PageBatch | None:
+        """Requested pages, else the next pages of the background push (None: all sent)."""
+        return self.urgent_batch() or self._handler.save_live_iterate(POSTCOPY_BATCH_PAGES)
+
+
+def send_switch(conn: SourceConnection, machine: Machine, ram_section_id: int) -> int:
+    """Queue the switch: device pages, discards, LISTEN, device state, RUN; return pages left.
+
+    The VM is stopped. Raises what a save hook or a refused frame raises (before RUN, so the
+    source may still resume its VM).
+    """
+    first, discard = machine.ram_handler.postcopy_start(machine.layout.device_pfns)
+    if first is not None:
+        conn.send_ram(ram_section_id, first, end=False)
+    starts, counts = ranges_of_pages(discard)
+    for at in range(0, len(starts), MAX_DISCARD_RANGES):
+        end = at + MAX_DISCARD_RANGES
+        conn.send_postcopy_discard(starts[at:end], counts[at:end])
+    conn.send_postcopy_listen()
+    for record in state_complete_devices(machine.savevm):
+        _send_full(conn, record)
+    conn.send_postcopy_run()
+    return len(discard)
+
+
+def _send_full(conn: SourceConnection, record: SectionFull) -> None:
+    conn.send_section_full(
+        record.section_id, record.idstr, record.instance_id, record.version_id, record.state
+    )
+
+
+def ram_section_id(machine: Machine) -> int:
+    """The RAM section's id in the machine's savevm registry."""
+    return next(e.section_id for e in machine.savevm.entries if e.idstr == "ram")
+
+
+def record_run(metrics: SourceMetrics, *, now: float, missing_pages: int) -> None:
+    """POSTCOPY_RUN left: the guest may run there from now on."""
+    metrics.postcopy_run_at = now
+    metrics.bytes_at_postcopy_run = metrics.transferred_bytes
+    metrics.postcopy_missing_pages = missing_pages

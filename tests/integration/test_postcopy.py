@@ -1,0 +1,201 @@
+"""Postcopy: the guest moves first and pulls its pages, and still equals the replay.
+
+Each migration runs both daemons in one process over real sockets. The guests here write faster
+than precopy converges under a 1 ms downtime limit, so `migrate-start-postcopy` switches; the
+destination's vCPUs then block on pages that have not arrived and request them. Whatever the
+order the pages arrive in, the migrated VM equals a replay that never moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.helpers.inproc import FINAL, Pair, make_pair, small_vm
+from tests.integration import paths
+from vmsim import WorkloadKind
+
+BUSY = {"downtime-limit": 1}
+
+
+async def start_postcopy(pair: Pair) -> None:
+    """Migrate with postcopy-ram, and ask for the switch at once (it happens at a round)."""
+    await pair.source.execute("migrate-set-parameters", BUSY)
+    await pair.migrate(postcopy_ram=True)
+    await pair.source.execute("migrate-start-postcopy")
+
+
+@pytest.mark.parametrize("workload", [WorkloadKind.RANDOM, WorkloadKind.AB, WorkloadKind.HOTSET])
+def test_a_postcopy_migration_completes_and_matches_the_replay(run, tmp, workload):
+    async def main() -> None:
+        vm = small_vm(ram_mib=32, workload=workload, dirty_rate=400_000, hot_mib=2)
+        pair = await make_pair(tmp, vm=vm)
+        try:
+            await start_postcopy(pair)
+            assert "completed" == await pair.source.wait(FINAL, timeout_s=30)
+            assert "completed" == await pair.dest.wait({"completed"}, timeout_s=30)
+            assert paths.SRC_POSTCOPY_COMPLETED == paths.collapsed(pair.source.source_path())
+            assert paths.DST_POSTCOPY_COMMITTED == pair.dest.dest_path()
+
+            info = await pair.source.execute("query-migrate")
+            assert isinstance(info, dict)
+            ram = info["ram"]
+            assert ram["postcopy-bytes"] > 0  # pages went after POSTCOPY_RUN
+            metrics = pair.source.source.metrics
+            assert metrics.postcopy_missing_pages > 0
+            dest_info = await pair.dest.execute("query-migrate")
+            assert isinstance(dest_info, dict)
+            assert dest_info["postcopy-blocktime"] >= 0
+            if workload is not WorkloadKind.IDLE:
+                assert dest_info["x-postcopy-blocks"]["count"] > 0  # the guest faulted
+                assert info["postcopy-requests"] > 0
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_an_idle_guest_in_postcopy_completes_by_the_background_push(run, tmp):
+    async def main() -> None:
+        pair = await make_pair(tmp, vm=small_vm(ram_mib=32, workload=WorkloadKind.IDLE))
+        try:
+            await pair.source.execute("migrate-set-parameters", {"max-bandwidth": 8 << 20})
+            await start_postcopy(pair)
+            assert "completed" == await pair.source.wait(FINAL, timeout_s=30)
+            assert paths.SRC_POSTCOPY_COMPLETED == pair.source.source_path()
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_start_postcopy_is_refused_without_the_capability_or_a_migration(run, tmp):
+    async def main() -> None:
+        pair = await make_pair(tmp)
+        try:
+            with pytest.raises(Exception, match="Postcopy must be started after migration"):
+                await pair.source.execute("migrate-start-postcopy")
+            await pair.source.execute("migrate-set-parameters", {"max-bandwidth": 1 << 20})
+            await pair.migrate()
+            with pytest.raises(Exception, match="Enable postcopy with migrate_set_capability"):
+                await pair.source.execute("migrate-start-postcopy")
+            await pair.source.execute("migrate_cancel")
+            assert await pair.source.runs()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_refused_switch_resumes_the_vm_at_the_source(run, tmp):
+    """The ownership arbiter says no before POSTCOPY_RUN: nothing ran there, so it runs here."""
+
+    async def main() -> None:
+        pair = await make_pair(tmp, vm=small_vm(ram_mib=16, dirty_rate=400_000))
+        try:
+            pair.source.vmm.decide_handover = lambda _id: (False, "the arbiter says no")  # type: ignore[method-assign]
+            await start_postcopy(pair)
+            assert "failed" == await pair.source.wait(FINAL, timeout_s=20)
+            assert paths.SRC_POSTCOPY_REFUSED == paths.collapsed(pair.source.source_path())
+            assert await pair.source.runs()
+            info = await pair.source.execute("query-migrate")
+            assert isinstance(info, dict)
+            assert "arbiter refused" in str(info["error-desc"])
+            assert "failed" == await pair.dest.wait({"failed"})
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_cut_in_postcopy_pauses_both_sides_and_runs_the_vm_nowhere_twice(run, tmp):
+    """The return path is cut at the first page request: postcopy-paused on both sides.
+
+    The source's VM stays stopped with the missing pages (it must never run again: the guest
+    ran at the destination); the destination's guest blocks on the page it asked for. Neither
+    can cancel; recovery is later work.
+    """
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True, vm=small_vm(ram_mib=16, dirty_rate=400_000))
+        try:
+            pair.fault(type="cut", before_frame="REQ_PAGES")
+            await start_postcopy(pair)
+            assert "postcopy-paused" == await pair.source.wait({"postcopy-paused"}, 20)
+            assert "postcopy-paused" == await pair.dest.wait({"postcopy-paused"}, 20)
+            assert paths.SRC_POSTCOPY_PAUSED == paths.collapsed(pair.source.source_path())
+            assert paths.DST_POSTCOPY_PAUSED == pair.dest.dest_path()
+            assert not await pair.source.runs()
+            with pytest.raises(Exception, match="in postcopy"):
+                await pair.source.execute("migrate_cancel")
+            info = await pair.source.execute("query-migrate")
+            assert isinstance(info, dict)
+            assert "postcopy paused" in str(info["error-desc"])
+            dest = pair.dest.vmm.vm
+            assert dest is not None
+            await asyncio.sleep(0.1)
+            assert dest.blocktime.blocked  # waiting for a page only the source has
+
+            await pair.source.close()  # the daemon exits: the VM is lost, as in QEMU
+            assert paths.SRC_SHUTDOWN_POSTCOPY_PAUSED == paths.collapsed(pair.source.source_path())
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_source_that_exits_in_postcopy_leaves_the_destination_paused(run, tmp):
+    """The source exits in postcopy-active; what it had queued (RUN included) still arrives.
+
+    As in QEMU, the pages only the source held are lost with it: the destination runs the
+    guest until it needs one of them (postcopy-paused), and nothing runs it twice.
+    """
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True, vm=small_vm(ram_mib=16, dirty_rate=400_000))
+        try:
+            assert pair.proxy is not None
+            fault = pair.fault(type="stall", direction="main", before_frame="POSTCOPY_RUN")
+            await start_postcopy(pair)
+            await pair.proxy.wait_fired(fault, 20)
+            assert "postcopy-active" == await pair.source.status()
+            await pair.source.close()
+            assert paths.SRC_SHUTDOWN_POSTCOPY == paths.collapsed(pair.source.source_path())
+            pair.proxy.release()
+            assert "postcopy-paused" == await pair.dest.wait({"postcopy-paused"}, 20)
+            assert paths.DST_POSTCOPY_PAUSED == pair.dest.dest_path()
+            info = await pair.dest.execute("query-migrate")
+            assert isinstance(info, dict)
+            assert "pages not yet received are on the source" in str(info["error-desc"])
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_cut_after_the_last_page_leaves_the_vm_at_the_destination(run, tmp):
+    """HANDOVER never arrives, but every page did: the destination completes on its own.
+
+    The source, in doubt after HANDOVER, asks (RESOLVE) and hears committed: completed.
+    """
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True, vm=small_vm(ram_mib=16, dirty_rate=400_000))
+        try:
+            pair.fault(type="cut", before_frame="HANDOVER")
+            await start_postcopy(pair)
+            assert "completed" == await pair.source.wait(FINAL, timeout_s=20)
+            assert "completed" == await pair.dest.wait({"completed"}, timeout_s=20)
+            assert paths.SRC_POSTCOPY_IN_DOUBT_COMMITTED == paths.collapsed(
+                pair.source.source_path()
+            )
+            assert paths.DST_POSTCOPY_SOURCE_LOST == pair.dest.dest_path()
+            assert not await pair.source.runs()
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
