@@ -105,7 +105,8 @@ def _migrate(run: Run, vm: VmSpec) -> Row:
             row["replay_matches"] = None
     say(
         f"    {row['status']}: {row['total_s']:.2f} s, pause {row['pause_ms']:.1f} ms, "
-        f"{row['sent_gb']:.2f} GB, {row['requests']} requests"
+        f"{row['sent_gb']:.2f} GB, {row['requests']} requests, switch asked at "
+        f"{row['switch_asked_s']:.2f} s (pass {row['switched_at_pass']})"
     )
     return row
 
@@ -121,6 +122,7 @@ async def _postcopy_over_qmp(source_qmp: str, dest_qmp: str, uri: str) -> Row:
         started = time.perf_counter()
         await source.execute("migrate", {"uri": uri})
         switched_at_pass = await _switch_after_first_pass(source)
+        switch_s = time.perf_counter() - started
         info = await _wait_end(source, timeout_s=60.0)
         stop = await source.wait_event("STOP", 10.0)
         resume = await dest.wait_event("RESUME", 10.0)
@@ -128,7 +130,9 @@ async def _postcopy_over_qmp(source_qmp: str, dest_qmp: str, uri: str) -> Row:
     assert isinstance(dest_info, dict)
     pause_ms = (resume.timestamp_s - stop.timestamp_s) * 1000
     elapsed_s = time.perf_counter() - started
-    return _row(info, dest_info, pause_ms=pause_ms, elapsed_s=elapsed_s, at_pass=switched_at_pass)
+    row = _row(info, dest_info, pause_ms=pause_ms, elapsed_s=elapsed_s, at_pass=switched_at_pass)
+    row["switch_asked_s"] = switch_s
+    return row
 
 
 def _row(

@@ -129,9 +129,9 @@ def _add_convergence_flags(migrate: argparse.ArgumentParser) -> None:
         "(x-progress-timeout)",
     )  # fmt: skip
     migrate.add_argument(
-        "--timeout-action", choices=["cancel", "throttle"],
-        help="what an expired timeout does: cancel (the VM stays here) or throttle "
-        "(turn auto-converge on) (x-timeout-action)",
+        "--timeout-action", choices=["cancel", "throttle", "postcopy"],
+        help="what an expired timeout does: cancel (the VM stays here), throttle (turn "
+        "auto-converge on) or postcopy (switch; needs --postcopy) (x-timeout-action)",
     )  # fmt: skip
 
 

@@ -37,6 +37,13 @@ class GiveUp:
 
 
 @dataclass(frozen=True, slots=True)
+class SwitchToPostcopy:
+    """A timeout policy with `x-timeout-action postcopy` expired: switch to postcopy."""
+
+    policy: str
+
+
+@dataclass(frozen=True, slots=True)
 class Throttle:
     """Slow the guest down (or further): `setting`, because `why`."""
 
@@ -86,7 +93,7 @@ class Convergence:
             why = "the guest dirtied more than the threshold share of what was sent, twice"
             self._throttle(Throttle(setting=passes.throttle, why=why))
 
-    def check(self, params: MigrationParameters) -> GiveUp | None:
+    def check(self, params: MigrationParameters) -> GiveUp | SwitchToPostcopy | None:
         """Consult the timeout policies (while active): give up, or go on (maybe throttled)."""
         metrics = self._metrics
         expired = self.timeouts.check(self._out.now, params, metrics)
@@ -103,6 +110,8 @@ class Convergence:
             action=expired.action,
             detail=expired.detail,
         )
+        if expired.action == "postcopy" and self._caps.postcopy_ram:
+            return SwitchToPostcopy(policy=expired.policy)
         if expired.action != "throttle":
             metrics.ended_by = expired.policy
             reason = (

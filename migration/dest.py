@@ -260,6 +260,7 @@ class DestMigration:
                 self.postcopy.discard(ranges)
             case PostcopyListening():
                 self._load(self.postcopy.listen)
+                self._out.log("postcopy_listening", level=act.Level.DEBUG)
             case PostcopyRunning():
                 record = self._require_receiving().record
                 install = self.ledger.postcopy_run(record.migration_id, self._out)

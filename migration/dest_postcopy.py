@@ -17,6 +17,7 @@ import numpy as np
 from migration.errors import LoadError
 from protocol import ErrorCode
 from protocol.postcopy import MAX_REQUEST_RANGES, ranges_of_pages
+from vmsim.postcopy import unique_pages
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -77,7 +78,7 @@ class PostcopyIncoming:
         postcopy, requested = machine.postcopy, self._requested
         if postcopy is None or requested is None or not len(pfns):
             return False
-        wanted = np.unique(pfns)
+        wanted = unique_pages(pfns)
         wanted = wanted[~postcopy.received[wanted] & ~requested[wanted]][:MAX_REQUEST_PAGES]
         if not len(wanted):
             return False

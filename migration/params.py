@@ -110,7 +110,7 @@ class _Name:
 
 
 _Spec = _IntRange | _Boolean | _Choice | _Name
-TIMEOUT_ACTIONS: Final = ("cancel", "throttle")
+TIMEOUT_ACTIONS: Final = ("cancel", "throttle", "postcopy")
 ZERO_PAGE_DETECTIONS: Final = ("none", "legacy", "multifd")
 MULTIFD_COMPRESSIONS: Final = ("none", "zlib", "zstd")
 
@@ -146,7 +146,7 @@ _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
     "x-progress-timeout": ("progress_timeout_s", _IntRange(0, MAX_POLICY_TIMEOUT_S, "seconds")),
     "x-timeout-action": (
         "timeout_action",
-        _Choice(TIMEOUT_ACTIONS, unavailable=(("postcopy", "livemig has no postcopy yet"),)),
+        _Choice(TIMEOUT_ACTIONS),
     ),
     "zero-page-detection": ("zero_page_detection", _Choice(ZERO_PAGE_DETECTIONS)),
     "multifd-channels": ("multifd_channels", _IntRange(1, MAX_MULTIFD_CHANNELS, "channels")),

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from migration import actions as act
 from migration import inputs as inp
-from migration.convergence import Convergence
+from migration.convergence import Convergence, SwitchToPostcopy
 from migration.errors import CommandRefusedError
 from migration.metrics import SourceMetrics
 from migration.multifd import MapJobs, serial_map
@@ -500,6 +500,9 @@ class SourceMigration(DoubtEndings):
         if self.status.status is not MigrationStatus.ACTIVE:
             return False
         give_up = self.convergence.check(self.params)
+        if isinstance(give_up, SwitchToPostcopy):
+            self.sender.postcopy_wanted = True  # at the next round
+            return False
         if give_up is not None:
             self._fail(give_up.reason, ErrorCode.TIMEOUT, trigger=T.TIMED_OUT)
         return give_up is not None

@@ -349,6 +349,9 @@ class Vmm:
         if self.caps.multifd and isinstance(address, FileAddress):
             msg = "capability multifd is on, but a file: migration is one stream (turn it off)"
             raise CommandRefusedError(msg)
+        if self.params.timeout_action == "postcopy" and not self.caps.postcopy_ram:
+            msg = "x-timeout-action postcopy needs the postcopy-ram capability on"
+            raise CommandRefusedError(msg)
         if self.caps.postcopy_ram and isinstance(address, FileAddress):
             msg = "capability postcopy-ram is on, but a file: migration has no return path"
             raise CommandRefusedError(msg)

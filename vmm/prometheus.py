@@ -153,6 +153,7 @@ _RAM_GAUGES: Final = (
     ),
     ("dirty-sync-count", "livemig_migration_passes", "Dirty syncs (passes) so far.", 1.0),
     ("multifd-bytes", "livemig_migration_multifd_bytes", "Bytes sent on multifd channels.", 1.0),
+    ("postcopy-bytes", "livemig_migration_postcopy_bytes", "Bytes sent after POSTCOPY_RUN.", 1.0),
     (
         "x-compression-ratio",
         "livemig_migration_compression_ratio",
@@ -161,15 +162,45 @@ _RAM_GAUGES: Final = (
     ),
 )
 _XBZRLE_GAUGES: Final = (
-    ("bytes", "livemig_migration_xbzrle_bytes", "XBZRLE delta bytes sent."),
-    ("pages", "livemig_migration_xbzrle_pages", "Pages sent as XBZRLE deltas."),
-    ("cache-miss-rate", "livemig_migration_xbzrle_cache_miss_ratio", "XBZRLE cache misses."),
-    ("overflow", "livemig_migration_xbzrle_overflow_pages", "Deltas no smaller than a page."),
+    ("bytes", "livemig_migration_xbzrle_bytes", "XBZRLE delta bytes sent.", 1.0),
+    ("pages", "livemig_migration_xbzrle_pages", "Pages sent as XBZRLE deltas.", 1.0),
+    ("cache-miss-rate", "livemig_migration_xbzrle_cache_miss_ratio", "XBZRLE cache misses.", 1.0),
+    ("overflow", "livemig_migration_xbzrle_overflow_pages", "Deltas no smaller than a page.", 1.0),
 )
-_TIME_GAUGES: Final = (
-    ("total-time", "livemig_migration_total_seconds", "Time since the migration began."),
-    ("expected-downtime", "livemig_migration_expected_downtime_seconds", "Planned downtime."),
-    ("downtime", "livemig_migration_downtime_seconds", "Measured downtime (once completed)."),
+_POSTCOPY_GAUGES: Final = (
+    (
+        "postcopy-requests",
+        "livemig_migration_postcopy_requests",
+        "Page requests (REQ_PAGES) the destination's guest made.",
+        1.0,
+    ),
+    (
+        "x-postcopy-requests",
+        "livemig_migration_postcopy_requests",
+        "Page requests (REQ_PAGES) the destination's guest made.",
+        1.0,
+    ),
+)
+_TIME_GAUGES: Final = (  # milliseconds in query-migrate
+    (
+        "postcopy-blocktime",
+        "livemig_migration_postcopy_blocktime_seconds",
+        "Time the destination's vCPUs waited for pages not yet received.",
+        1.0,
+    ),
+    ("total-time", "livemig_migration_total_seconds", "Time since the migration began.", 1.0),
+    (
+        "expected-downtime",
+        "livemig_migration_expected_downtime_seconds",
+        "Planned downtime.",
+        1.0,
+    ),
+    (
+        "downtime",
+        "livemig_migration_downtime_seconds",
+        "Measured downtime (once completed).",
+        1.0,
+    ),
 )
 
 
@@ -183,19 +214,10 @@ def _migration(info: Mapping[str, object], labels: Mapping[str, str]) -> Iterato
     for each in MigrationStatus:
         status.add_metric([*labels.values(), each.value], float(each.value == current))
     yield status
-    ram = info.get("ram")
-    if isinstance(ram, dict):
-        for key, name, doc, scale in _RAM_GAUGES:
-            if isinstance(value := ram.get(key), int | float):
-                yield _family(name, doc, labels, float(value) * scale)
-    cache = info.get("xbzrle-cache")
-    if isinstance(cache, dict):
-        for key, name, doc in _XBZRLE_GAUGES:
-            if isinstance(value := cache.get(key), int | float):
-                yield _family(name, doc, labels, float(value))
-    for key, name, doc in _TIME_GAUGES:
-        if isinstance(value := info.get(key), int | float):
-            yield _family(name, doc, labels, float(value) / 1000)
+    yield from _gauges(_section(info, "ram"), _RAM_GAUGES, labels)
+    yield from _gauges(_section(info, "xbzrle-cache"), _XBZRLE_GAUGES, labels)
+    yield from _gauges(info, _POSTCOPY_GAUGES, labels)
+    yield from _gauges(info, _TIME_GAUGES, labels, per=1000.0)
     throttle = info.get("cpu-throttle-percentage")
     yield _family(
         "livemig_migration_cpu_throttle_ratio",
@@ -203,6 +225,31 @@ def _migration(info: Mapping[str, object], labels: Mapping[str, str]) -> Iterato
         labels,
         float(throttle) / 100 if isinstance(throttle, int | float) else 0.0,
     )
+
+
+Gauges = tuple[tuple[str, str, str, float], ...]
+
+
+def _section(info: Mapping[str, object], key: str) -> Mapping[str, object]:
+    value = info.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _gauges(
+    values: Mapping[str, object],
+    gauges: Gauges,
+    labels: Mapping[str, str],
+    *,
+    per: float = 1.0,
+) -> Iterator[Metric]:
+    """One gauge per (key, name, doc, scale) whose key holds a number in `values`.
+
+    The value is the number times `scale`, divided by `per` (ms to s: divided, so that 7 ms is
+    exactly 7 / 1000 s, as the tests compare).
+    """
+    for key, name, doc, scale in gauges:
+        if isinstance(value := values.get(key), int | float):
+            yield _family(name, doc, labels, float(value) * scale / per)
 
 
 class MetricsServer:

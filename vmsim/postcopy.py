@@ -33,9 +33,23 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
-__all__ = ["PostcopyPages", "WriteJournal"]
+__all__ = ["PostcopyPages", "WriteJournal", "unique_pages"]
 
 _NO_PAGES: Final = np.zeros(0, dtype=np.intp)
+
+
+def unique_pages(pfns: NDArray[np.integer]) -> NDArray[np.intp]:
+    """`pfns` sorted, each once.
+
+    `np.unique` imports numpy.ma on its first call: 9 ms, in the guest's pause at the switch.
+    """
+    ordered = np.sort(pfns.astype(np.intp, copy=False))
+    if len(ordered) < 2:  # noqa: PLR2004 - nothing to merge
+        return ordered
+    keep = np.empty(len(ordered), dtype=np.bool_)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
 
 
 class WriteJournal:
@@ -60,10 +74,8 @@ class WriteJournal:
         """Every page the recorded writes touch, sorted, each once."""
         if not self._pfns:
             return _NO_PAGES
-        if len(self._pfns) > 1:
-            self._pfns = [np.unique(np.concatenate(self._pfns))]
-        else:
-            self._pfns = [np.unique(self._pfns[0])]
+        merged = np.concatenate(self._pfns) if len(self._pfns) > 1 else self._pfns[0]
+        self._pfns = [unique_pages(merged)]
         return self._pfns[0]
 
     def replay(self) -> None:
@@ -121,7 +133,7 @@ class PostcopyPages:
         caller places only the pages marked True.
         """
         new: NDArray[np.bool_] = ~self.received[pfns]
-        fresh = np.unique(pfns[new])
+        fresh = unique_pages(pfns[new])
         self.received[fresh] = True
         self._missing_count -= len(fresh)
         return new

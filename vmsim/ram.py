@@ -255,7 +255,7 @@ class GuestRam:
 
 def populate_write(
     array: NDArray[np.uint8],
-    chunk_bytes: int = 64 << 20,
+    chunk_bytes: int = 4 << 20,
     stop: Callable[[], bool] = lambda: False,
 ) -> bool:
     """Fault every page of `array` in for writing without changing a byte (MADV_POPULATE_WRITE).
@@ -270,7 +270,8 @@ def populate_write(
     start = array.ctypes.data
     end = start + array.nbytes
     first = -(-start // PAGE_SIZE) * PAGE_SIZE
-    for offset in range(first, end - PAGE_SIZE + 1, chunk_bytes):
+    offsets = list(range(first, end - PAGE_SIZE + 1, chunk_bytes))
+    for offset in reversed(offsets):
         if stop():
             return False
         length = min(chunk_bytes, (end - offset) // PAGE_SIZE * PAGE_SIZE)

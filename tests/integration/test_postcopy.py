@@ -199,3 +199,30 @@ def test_a_cut_after_the_last_page_leaves_the_vm_at_the_destination(run, tmp):
             await pair.close()
 
     run(main)
+
+
+def test_a_timeout_policy_switches_to_postcopy(run, tmp):
+    """`x-timeout-action postcopy`: the completion timeout expires, the migration switches."""
+
+    async def main() -> None:
+        vm = small_vm(ram_mib=32, workload=WorkloadKind.AB, dirty_rate=400_000)
+        pair = await make_pair(tmp, vm=vm)
+        try:
+            # 32 MiB at 32 s per GiB: one second
+            policy = {"x-completion-timeout-per-gib": 32, "x-timeout-action": "postcopy", **BUSY}
+            await pair.source.execute("migrate-set-parameters", policy)
+            with pytest.raises(Exception, match="needs the postcopy-ram capability"):
+                await pair.migrate()
+            await pair.migrate(postcopy_ram=True)
+            assert "completed" == await pair.source.wait(FINAL, timeout_s=30)
+            info = await pair.source.execute("query-migrate")
+            assert isinstance(info, dict)
+            assert [{"policy": "x-completion-timeout-per-gib", "action": "postcopy"}] == [
+                {k: v for k, v in a.items() if k != "at-ms"} for a in info["x-timeout-actions"]
+            ]
+            assert paths.SRC_POSTCOPY_COMPLETED == paths.collapsed(pair.source.source_path())
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)

@@ -17,6 +17,7 @@ import numpy as np
 
 from vmsim.config import PAGE_SIZE
 from vmsim.errors import NotAllowed, RamError
+from vmsim.postcopy import unique_pages
 from vmsim.ram import WORDS_PER_PAGE
 from vmsim.savevm.handlers import MAX_RUN_PAGES, PageBatch, PageKind
 from vmsim.savevm.ram_loader import RamLoader, Runs
@@ -165,7 +166,7 @@ class RamSaveHandler:
         bitmap = self._require_bitmap()
         if len(pfns) and (int(pfns.min()) < 0 or int(pfns.max()) >= len(bitmap)):
             raise RamError(f"ram: requested pages outside RAM of {len(bitmap)} pages")
-        wanted = np.unique(pfns)
+        wanted = unique_pages(pfns)
         take = wanted[bitmap[wanted]]
         if not len(take):
             return None

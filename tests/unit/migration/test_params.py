@@ -103,13 +103,20 @@ def test_the_throttle_parameters_have_qemus_defaults() -> None:
         ({"cpu-throttle-tailslow": 1}, "'cpu-throttle-tailslow', expected: boolean"),
         ({"x-throttle-trigger-period": 99}, "'x-throttle-trigger-period' expects an integer"),
         ({"x-timeout-action": "stop"}, "does not accept value 'stop'"),
-        ({"x-timeout-action": "postcopy"}, "cannot be 'postcopy' yet: livemig has no postcopy"),
         ({"vcpu-dirty-limit": 0}, "'vcpu-dirty-limit' expects an integer in the range of 1"),
     ],
 )
 def test_throttle_and_policy_values_are_checked(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ParameterError, match=message):
         MigrationParameters().updated(changes)
+
+
+def test_postcopy_is_a_timeout_action_and_excludes_multifd() -> None:
+    assert (
+        "postcopy" == MigrationParameters().updated({"x-timeout-action": "postcopy"}).timeout_action
+    )
+    with pytest.raises(ParameterError, match="Postcopy is not yet compatible with multifd"):
+        MigrationCapabilities().updated({"multifd": True, "postcopy-ram": True})
 
 
 def test_dirty_limit_and_auto_converge_exclude_each_other() -> None:
