@@ -126,6 +126,11 @@ class RunMigratedVm(Action):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class WatchVmFaults(Action):
+    """Postcopy recovery: the guest's page faults come to this runner from now on."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class WakeVm(Action):
     """Postcopy: pages arrived; a guest blocked on missing pages may run again."""
 

@@ -31,7 +31,7 @@ from migration.dest_phases import (
 from migration.dest_postcopy import PostcopyIncoming
 from migration.errors import LoadError
 from migration.glue import DIGEST_CHECK, full_record, machine_config_from, start_record
-from migration.ledger import Install, Loaded, Loading, Postcopy, Preparing
+from migration.ledger import Install, Loaded, Loading, Postcopy, Preparing, Recovering
 from migration.metrics import error_cause
 from migration.outbox import Outbox
 from migration.table import DestTrigger
@@ -50,6 +50,7 @@ from protocol import (
     PingReceived,
     PostcopyAdvised,
     PostcopyListening,
+    PostcopyResumed,
     PostcopyRunning,
     RamPagesReceived,
     ReturnPathRequested,
@@ -87,6 +88,7 @@ _LOAD_EVENTS = (
     PagesDiscarded,
     PostcopyListening,
     PostcopyRunning,
+    PostcopyResumed,
 )
 
 
@@ -101,6 +103,8 @@ class DestMigration:
         busy_reason: why this daemon cannot take a VM now (a VM runs here), or None; asked
             when the configuration arrives.
         now: the current time (the runner's clock, seconds).
+        recover_id: a `recover` channel of this paused postcopy migration (docs/protocol.md
+            1.10): it takes the migration up again instead of starting one.
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class DestMigration:
         from_file: bool,
         busy_reason: Callable[[], str | None],
         now: float,
+        recover_id: str | None = None,
     ) -> None:
         self.ledger = ledger
         self.conn = conn
@@ -122,6 +127,8 @@ class DestMigration:
         self.phase: Phase = AwaitingConfiguration()
         self.multifd = MultifdReceivers(0)
         self.postcopy = PostcopyIncoming()
+        self._recover_id = recover_id
+        self._generation = 0  # the record's generation this connection drives
 
     def next_deadline(self) -> float | None:
         """Never: the connection's own timer watches the peer."""
@@ -145,7 +152,27 @@ class DestMigration:
             self._out.do(act.Receive(channel=self.channel))  # PINGs are answered meanwhile
         if first is not None:
             self._guarded(lambda: self._on_configuration(first.config))
+        if self._recover_id is not None:
+            self._guarded(self._recover)
         return self._out.take()
+
+    def _recover(self) -> None:
+        """A recover channel: send the received bitmap, then wait for POSTCOPY_RESUME."""
+        record = self.ledger.recover(self._recover_id or "", self._out)
+        self._generation = record.generation
+        machine, config = record.machine, record.config
+        if machine is None or config is None or record.ram_section_id is None:
+            msg = f"migration {record.migration_id} cannot be resumed here"
+            raise LoadError(msg, ErrorCode.INTERNAL)
+        self.conn.resume(config, machine.ram_handler.loader, record.ram_section_id)
+        self.phase = Receiving(record=record, config=config)
+        self.postcopy.resume(machine)
+        for first, n_pages, bitmap in self.postcopy.bitmap_frames(machine):
+            self.conn.send_recv_bitmap(first, n_pages, bitmap)
+        self._out.flush(self.channel)
+        self._out.do(act.WatchVmFaults())
+        self._out.do(act.WakeVm())  # a blocked guest asks again, on this channel
+        self._out.log("postcopy_recovering", missing_pages=self._missing(machine))
 
     def handle(self, event: inp.Input, now: float) -> list[act.Action]:
         """Take one input; return the actions to execute, in order."""
@@ -260,7 +287,10 @@ class DestMigration:
                 self.postcopy.discard(ranges)
             case PostcopyListening():
                 self._load(self.postcopy.listen)
-                self._out.log("postcopy_listening", level=act.Level.DEBUG)
+                self._require_receiving().record.ram_section_id = self.conn.ram_section_id
+            case PostcopyResumed():
+                record = self._require_receiving().record
+                self.ledger.recovered(record.migration_id, self._out)
             case PostcopyRunning():
                 record = self._require_receiving().record
                 install = self.ledger.postcopy_run(record.migration_id, self._out)
@@ -433,7 +463,7 @@ class DestMigration:
         """The source is gone: hold the VM in doubt if it was loaded, else discard it."""
         record = self.record
         if record is not None:
-            if isinstance(record.state, Postcopy):
+            if isinstance(record.state, Postcopy | Recovering):
                 self.ledger.postcopy_paused(record.migration_id, reason, self._out)
             elif isinstance(record.state, Loaded):
                 self.ledger.hold(record.migration_id, reason, self._out)
@@ -448,7 +478,7 @@ class DestMigration:
 
     def _refuse(self, code: ErrorCode, reason: str) -> None:
         record = self.record
-        if record is not None and isinstance(record.state, Postcopy):
+        if record is not None and isinstance(record.state, Postcopy | Recovering):
             self.ledger.postcopy_paused(record.migration_id, reason, self._out)  # it runs here
         elif record is not None:
             self.ledger.discard(record.migration_id, reason, self._out, cause=error_cause(code))
@@ -492,7 +522,13 @@ class DestMigration:
         phase = self.phase
         if not isinstance(phase, Receiving):
             return False
-        return not isinstance(phase.record.state, Loading | Loaded | Postcopy)
+        if phase.record.generation != self._generation:
+            return True  # a recover channel took this migration over
+        return not isinstance(phase.record.state, Loading | Loaded | Postcopy | Recovering)
+
+    @staticmethod
+    def _missing(machine: Machine) -> int:
+        return machine.postcopy.missing_count if machine.postcopy is not None else 0
 
     def _require_receiving(self) -> Receiving:
         phase = self.phase

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from protocol import DestConnection, PageRanges
     from vmsim import Machine
 
+BITMAP_FRAME_PAGES: Final = 1 << 21
+"""Pages one RECV_BITMAP frame covers (256 KiB of bitmap, 8 GiB of RAM)."""
 MAX_REQUEST_PAGES: Final = 1024
 """Pages asked for in one REQ_PAGES (4 MiB): the pages a blocked slice waits for come first."""
 
@@ -68,6 +70,21 @@ class PostcopyIncoming:
         self._discards = []
         machine.start_postcopy(missing)
         self._requested = np.zeros(machine.ram.n_pages, dtype=np.bool_)
+
+    def resume(self, machine: Machine) -> None:
+        """A recover channel: ask again for whatever the guest waits for (nothing is in flight)."""
+        self.advised = True
+        self._requested = np.zeros(machine.ram.n_pages, dtype=np.bool_)
+
+    def bitmap_frames(self, machine: Machine) -> list[tuple[int, int, bytes]]:
+        """RECV_BITMAP frames (first_pfn, n_pages, bitmap) of the pages received here."""
+        postcopy = machine.postcopy
+        received = postcopy.received if postcopy is not None else np.ones(machine.ram.n_pages, bool)
+        frames = []
+        for first in range(0, len(received), BITMAP_FRAME_PAGES):
+            chunk = received[first : first + BITMAP_FRAME_PAGES]
+            frames.append((first, len(chunk), np.packbits(chunk, bitorder="little").tobytes()))
+        return frames
 
     def request(self, pfns: NDArray[np.intp], machine: Machine, conn: DestConnection) -> bool:
         """Ask the source for the pages of `pfns` still missing and not asked for yet.

@@ -156,6 +156,11 @@ class StartPostcopyRequested(Input):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ResumeRequested(Input):
+    """`migrate {uri, resume: true}`: take a paused postcopy up again on a new connection."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class PagesNeeded(Input):
     """Postcopy destination: the running guest blocked on these missing pages."""
 

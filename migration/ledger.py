@@ -81,12 +81,28 @@ class Postcopy:
 class PostcopyPaused:
     """Postcopy, and the source's channel broke: the guest runs until it needs a missing page.
 
-    Only the source holds those pages; `migrate-recover` (later work) reconnects. As in QEMU,
-    the VM is lost if the source's process dies now.
+    Only the source holds those pages; a `recover` channel takes it up again. As in QEMU, the
+    VM is lost if the source's process dies now.
     """
 
     machine: Machine
     reason: str
+    runstate: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverySetup:
+    """A recover channel arrived for a paused postcopy (a step on the way to `Recovering`)."""
+
+    machine: Machine
+    runstate: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovering:
+    """The received bitmap went back on the recover channel; waiting for POSTCOPY_RESUME."""
+
+    machine: Machine
     runstate: str | None = None
 
 
@@ -106,8 +122,18 @@ class Discarded:
 
 
 RecordState = (
-    Preparing | Loading | Loaded | Held | Postcopy | PostcopyPaused | Committed | Discarded
+    Preparing
+    | Loading
+    | Loaded
+    | Held
+    | Postcopy
+    | PostcopyPaused
+    | RecoverySetup
+    | Recovering
+    | Committed
+    | Discarded
 )
+_POSTCOPY: Final = (Postcopy, PostcopyPaused, RecoverySetup, Recovering)
 _RECEIVING: Final = (Preparing, Loading, Loaded)
 
 STATUS_OF: Final[dict[type[RecordState], MigrationStatus]] = {
@@ -117,6 +143,8 @@ STATUS_OF: Final[dict[type[RecordState], MigrationStatus]] = {
     Held: S.IN_DOUBT,
     Postcopy: S.POSTCOPY_ACTIVE,
     PostcopyPaused: S.POSTCOPY_PAUSED,
+    RecoverySetup: S.POSTCOPY_RECOVER_SETUP,
+    Recovering: S.POSTCOPY_RECOVER,
     Committed: S.COMPLETED,
     Discarded: S.FAILED,
 }
@@ -125,6 +153,8 @@ OUTCOME_OF: Final[dict[type[RecordState], Outcome]] = {
     Held: Outcome.IN_DOUBT,
     Postcopy: Outcome.COMMITTED,
     PostcopyPaused: Outcome.COMMITTED,
+    RecoverySetup: Outcome.COMMITTED,
+    Recovering: Outcome.COMMITTED,
     Committed: Outcome.COMMITTED,
     Discarded: Outcome.DISCARDED,
 }
@@ -137,6 +167,9 @@ class IncomingRecord:
         self.migration_id = migration_id
         self.uuid = uuid
         self.from_file = from_file
+        self.config: MigrationConfiguration | None = None  # set by `IncomingLedger.begin`
+        self.ram_section_id: int | None = None  # postcopy: the stream's RAM section, to resume
+        self.generation = 0  # which connection drives it: each recover channel takes over
         self.metrics = DestMetrics(started_at=now)
         self.state: RecordState = Preparing()
         self._status = StatusMachine(Side.DESTINATION)
@@ -151,8 +184,7 @@ class IncomingRecord:
     def machine(self) -> Machine | None:
         """The received machine, while it may still run here."""
         state = self.state
-        alive = Loading | Loaded | Held | Postcopy | PostcopyPaused
-        return state.machine if isinstance(state, alive) else None
+        return state.machine if isinstance(state, (Loading, Loaded, Held, *_POSTCOPY)) else None
 
     @property
     def failure_cause(self) -> str | None:
@@ -245,6 +277,7 @@ class IncomingLedger:
         record = IncomingRecord(
             migration_id=config.migration_id, uuid=config.uuid, from_file=from_file, now=out.now
         )
+        record.config = config
         self.records[record.migration_id] = record
         self.current = record
         self._announce(record, out)
@@ -310,9 +343,9 @@ class IncomingLedger:
         """
         record = self._record(migration_id)
         state = record.state
-        if not isinstance(state, Postcopy):
+        if not isinstance(state, Postcopy | Recovering):
             return
-        if state.machine.postcopy is None:
+        if isinstance(state, Postcopy) and state.machine.postcopy is None:
             self.advance(record, D.SOURCE_LOST, Committed(runstate=state.runstate), out)
             record.metrics.ended_at = out.now
             out.log("postcopy_completed_without_source", migration_id=migration_id, reason=reason)
@@ -322,6 +355,38 @@ class IncomingLedger:
         self.advance(record, D.CHANNEL_LOST, paused, out)
         warning = act.Level.WARNING
         out.log("postcopy_paused", level=warning, migration_id=migration_id, reason=reason)
+
+    def recover(self, migration_id: str, out: Outbox) -> IncomingRecord:
+        """A recover channel for a paused postcopy: postcopy-recover-setup, -recover.
+
+        A migration whose old connection still looks alive here is paused first: the source
+        reconnects only once it lost that connection, and the machine that drove it stands
+        down when it sees the record's generation move on.
+
+        Raises:
+            LoadError: the migration is not in postcopy here (PROTOCOL_ERROR).
+        """
+        record = self.records.get(migration_id)
+        if record is not None and isinstance(record.state, Postcopy):
+            self.postcopy_paused(migration_id, "the source reconnected", out)
+        state = record.state if record is not None else None
+        if record is None or not isinstance(state, PostcopyPaused):
+            msg = f"migration {migration_id} is not paused in postcopy here: nothing to recover"
+            raise LoadError(msg, ErrorCode.PROTOCOL_ERROR)
+        machine, runstate = state.machine, state.runstate
+        record.generation += 1
+        self.advance(record, D.RECOVER, RecoverySetup(machine=machine, runstate=runstate), out)
+        recovering = Recovering(machine=machine, runstate=runstate)
+        self.advance(record, D.RECOVERY_CONNECTED, recovering, out)
+        return record
+
+    def recovered(self, migration_id: str, out: Outbox) -> None:
+        """POSTCOPY_RESUME on the recover channel: postcopy-active again."""
+        record = self._record(migration_id)
+        state = record.state
+        if isinstance(state, Recovering):
+            postcopy = Postcopy(machine=state.machine, runstate=state.runstate)
+            self.advance(record, D.RECOVERED, postcopy, out)
 
     def adopted(self, migration_id: str, runstate: str, out: Outbox) -> None:
         """The committed VM was installed and runs as `runstate`."""
@@ -351,7 +416,7 @@ class IncomingLedger:
         `superseded`, `operator`, `abandoned`): what the metrics count failures by.
         """
         record = self._record(migration_id)
-        if isinstance(record.state, Committed | Postcopy | PostcopyPaused):
+        if isinstance(record.state, (Committed, *_POSTCOPY)):
             out.log(
                 "discard_after_commit_refused",
                 level=act.Level.ERROR,
@@ -402,8 +467,7 @@ class IncomingLedger:
     ) -> str | None:
         if config.migration_id in self.records:
             return f"migration {config.migration_id} was already received here"
-        receiving = Preparing | Loading | Loaded | Postcopy | PostcopyPaused
-        busy = [r for r in self.records.values() if isinstance(r.state, receiving)]
+        busy = [r for r in self.records.values() if isinstance(r.state, _RECEIVING + _POSTCOPY)]
         if busy:
             return (
                 f"the destination is already receiving migration {busy[0].migration_id}; "

@@ -28,6 +28,7 @@ from migration.precopy import (
 from migration.source_postcopy import (
     POSTCOPY_BATCH_PAGES,
     POSTCOPY_QUEUE_AHEAD_BYTES,
+    BitmapIntake,
     PostcopyPush,
     ram_section_id,
     record_run,
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from migration.metrics import SourceMetrics
     from migration.outbox import Outbox
     from migration.params import MigrationCapabilities, MigrationParameters
-    from protocol import MigrationConfiguration, PageRanges, Timeouts
+    from protocol import MigrationConfiguration, PageRanges, ReceivedBitmap, Timeouts
     from vmsim import Machine, PageBatch
 
 MAIN = ChannelKey(ChannelRole.MAIN)
@@ -124,6 +125,18 @@ class PostcopyPushing:
 
 
 @dataclass(frozen=True, slots=True)
+class RecoverConnecting:
+    """Postcopy recovery: the recover channel is being connected."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverAwaitingBitmap:
+    """Postcopy recovery: CHANNEL recover sent; the destination's bitmap comes in."""
+
+    intake: BitmapIntake
+
+
+@dataclass(frozen=True, slots=True)
 class SendingEnd:
     """EOF and VMDESCRIPTION queued; waiting for the stream's last bytes to leave."""
 
@@ -139,6 +152,8 @@ Phase = (
     | Completing
     | PostcopySwitching
     | PostcopyPushing
+    | RecoverConnecting
+    | RecoverAwaitingBitmap
     | SendingEnd
 )
 
@@ -192,6 +207,8 @@ class StreamSender:
         self._metrics = metrics
         self._migration_id = migration_id
         self._caps = caps
+        self._timeouts = timeouts
+        self._earlier_bytes = 0  # sent on connections closed before this one (recovery)
         self.conn = SourceConnection(
             return_path=timeouts is not None, timeouts=timeouts, now=outbox.now
         )
@@ -212,11 +229,12 @@ class StreamSender:
         self._awaiting: Counter[ChannelKey] = Counter()  # flushes not yet answered by SendDone
         self.postcopy_wanted = False  # migrate-start-postcopy: switch at the next round
         self.postcopy: PostcopyPush | None = None  # after the switch
+        self._config: MigrationConfiguration | None = None  # kept for a recovery
 
     @property
     def sent_bytes(self) -> int:
         """Bytes the kernel took on every channel of the stream."""
-        return self.conn.sent_bytes + self.multifd_bytes
+        return self._earlier_bytes + self.conn.sent_bytes + self.multifd_bytes
 
     @property
     def multifd_bytes(self) -> int:
@@ -267,6 +285,9 @@ class StreamSender:
         """
         if return_path:
             self._out.do(Receive(channel=MAIN))
+        if isinstance(self.phase, RecoverConnecting):
+            self._open_recovery()
+            return
         config = configuration_for(
             self._machine,
             migration_id=self._migration_id,
@@ -434,6 +455,38 @@ class StreamSender:
         self.postcopy = PostcopyPush(self._machine)
         self.phase = PostcopySwitching(missing_pages=missing)
         self._flush([MAIN])
+
+    def reconnect(self) -> SourceConnection:
+        """Postcopy recovery: a new main connection, to open as a `recover` channel."""
+        self._earlier_bytes += self.conn.sent_bytes
+        self._config = self.conn.configuration or self._config
+        self.conn = SourceConnection(return_path=True, timeouts=self._timeouts, now=self._out.now)
+        self._awaiting.clear()
+        if self.postcopy is not None:
+            self.postcopy.forget_requests()
+        self.phase = RecoverConnecting()
+        return self.conn
+
+    def _open_recovery(self) -> None:
+        config = self._config
+        if config is None:
+            msg = "a recovery before the first connection was configured"
+            raise TransitionError(msg)
+        self.conn.open_recovery(config, ram_section_id(self._machine))
+        self.phase = RecoverAwaitingBitmap(intake=BitmapIntake(config.ram_pages))
+        self._flush([MAIN])
+
+    def recv_bitmap(self, event: ReceivedBitmap) -> bool:
+        """RECV_BITMAP; once whole, POSTCOPY_RESUME and the push goes on (True then)."""
+        phase = self.phase
+        if not isinstance(phase, RecoverAwaitingBitmap) or not phase.intake.add(event):
+            return False
+        missing = self._machine.ram_handler.postcopy_recover(phase.intake.received)
+        self._out.log("postcopy_resuming", missing_pages=missing)
+        self.conn.send_postcopy_resume()
+        self.phase = PostcopyPushing()
+        self._push(self.phase)
+        return True
 
     def postcopy_request(self, ranges: PageRanges) -> None:
         """REQ_PAGES: queue the pages asked for now, ahead of the next background batch."""

@@ -69,6 +69,7 @@ from protocol import (
     LoadCompleted,
     PagesRequested,
     ProtocolError,
+    ReceivedBitmap,
     ReturnPathAcked,
 )
 from vmsim import RunState, VMSimError, state_cleanup
@@ -79,6 +80,14 @@ if TYPE_CHECKING:
 
 T = SourceTrigger
 S_PAUSED = MigrationStatus.POSTCOPY_PAUSED
+_POSTCOPY = frozenset(
+    {
+        MigrationStatus.POSTCOPY_ACTIVE,
+        S_PAUSED,
+        MigrationStatus.POSTCOPY_RECOVER_SETUP,
+        MigrationStatus.POSTCOPY_RECOVER,
+    }
+)
 _CANCELLABLE = frozenset(
     {
         MigrationStatus.SETUP,
@@ -197,8 +206,17 @@ class SourceMigration(DoubtEndings):
         """
         if self.handed_over and not is_terminal(self.status.status):
             raise CommandRefusedError(CANCEL_AFTER_HANDOVER)
-        if self.status.status in {MigrationStatus.POSTCOPY_ACTIVE, MigrationStatus.POSTCOPY_PAUSED}:
+        if self.status.status in _POSTCOPY:
             raise CommandRefusedError(CANCEL_IN_POSTCOPY)
+
+    def check_resume(self) -> None:
+        """Raise unless a paused postcopy can be resumed (`migrate resume=true`).
+
+        Raises:
+            CommandRefusedError: QEMU's message, when it is not paused.
+        """
+        if self.status.status is not S_PAUSED:
+            raise CommandRefusedError("Cannot resume if there is no paused migration")
 
     def check_start_postcopy(self) -> None:
         """Raise if `migrate-start-postcopy` is refused now (QEMU's checks and messages).
@@ -250,8 +268,8 @@ class SourceMigration(DoubtEndings):
                 self._start_completion()
             case inp.CancelRequested():
                 self._on_cancel()
-            case inp.StartPostcopyRequested():
-                self.sender.postcopy_wanted = self.caps.postcopy_ram
+            case inp.StartPostcopyRequested() | inp.ResumeRequested():
+                self._on_postcopy_command(event)
             case inp.ParametersChanged(params=params):
                 self.params = params
             case inp.HandoverDecided(commit=commit, reason=reason):
@@ -263,11 +281,21 @@ class SourceMigration(DoubtEndings):
             case _:
                 pass
 
+    def _on_postcopy_command(self, event: inp.Input) -> None:
+        if isinstance(event, inp.StartPostcopyRequested):
+            self.sender.postcopy_wanted = self.caps.postcopy_ram
+        elif isinstance(self.phase, PostcopyPaused):  # migrate resume=true
+            self._fire(T.RESUME)
+            self.phase = Streaming()
+            self._out.do(act.OpenChannel(channel=MAIN, conn=self.sender.reconnect()))
+
     def _on_opened(self, channel: inp.ChannelKey) -> None:
         if isinstance(self.phase, Resolving):
             self.phase.resolver.opened(channel)
         elif isinstance(self.phase, Streaming) and channel == MAIN:
             self.sender.opened(return_path=self.uses_return_path)
+            if self.status.status is MigrationStatus.POSTCOPY_RECOVER_SETUP:
+                self._fire(T.RECOVERY_CONNECTED)
         elif isinstance(self.phase, Streaming):
             self.sender.multifd_opened(channel)
 
@@ -356,6 +384,8 @@ class SourceMigration(DoubtEndings):
             self._on_loaded(reply)
         elif isinstance(reply, PagesRequested):
             self.sender.postcopy_request(reply.ranges)
+        elif isinstance(reply, ReceivedBitmap) and self.sender.recv_bitmap(reply):
+            self._fire(T.RECOVERED)
         else:
             note = describe_reply(reply, io_error)
             if isinstance(note, FailureNote):
@@ -457,9 +487,11 @@ class SourceMigration(DoubtEndings):
     def _pause_postcopy(self, reason: str) -> None:
         self.metrics.error_desc = (
             f"postcopy paused: {reason}; the VM stays stopped here with the pages the "
-            "destination has not received (they are lost if this process exits)"
+            "destination has not received (they are lost if this process exits); "
+            "migrate resume=true takes it up again"
         )
-        self._fire(T.CHANNEL_LOST)
+        setup = self.status.status is MigrationStatus.POSTCOPY_RECOVER_SETUP
+        self._fire(T.RECOVER_FAILED if setup else T.CHANNEL_LOST)
         self._out.log("postcopy_paused", level=act.Level.WARNING, error=reason)
         self.sender.close_channels()
         self.phase = PostcopyPaused(reason=reason)
@@ -472,6 +504,8 @@ class SourceMigration(DoubtEndings):
 
     def _on_shutdown(self) -> None:
         """Decide nothing: drop the connections as if the process had died (rows 6-7)."""
+        if self.status.status in _POSTCOPY - {MigrationStatus.POSTCOPY_ACTIVE, S_PAUSED}:
+            self._pause_postcopy("the daemon shut down during the recovery")
         if not is_terminal(self.status.status):
             self.metrics.error_desc = "the daemon shut down during the migration"
             self.metrics.ended_at = self._out.now

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from migration.metrics import SourceMetrics
     from migration.params import MigrationCapabilities
-    from protocol import PageRanges, SourceConnection
+    from protocol import PageRanges, ReceivedBitmap, SourceConnection
     from vmsim import Machine, PageBatch, SectionFull
 
 POSTCOPY_BATCH_PAGES: Final = 256
@@ -67,6 +67,10 @@ class PostcopyPush:
         self.requests = 0
         self.requested_pages = 0
 
+    def forget_requests(self) -> None:
+        """A new connection: requests in flight on the old one are asked again if still due."""
+        self._requests.clear()
+
     def request(self, ranges: PageRanges) -> None:
         """REQ_PAGES: serve these pages before the background push."""
         self.requests += 1
@@ -84,6 +88,24 @@ class PostcopyPush:
     def next_batch(self) -> PageBatch | None:
         """Requested pages, else the next pages of the background push (None: all sent)."""
         return self.urgent_batch() or self._handler.save_live_iterate(POSTCOPY_BATCH_PAGES)
+
+
+class BitmapIntake:
+    """The destination's received bitmap, as RECV_BITMAP frames bring it in."""
+
+    def __init__(self, n_pages: int) -> None:
+        self.received = np.zeros(n_pages, dtype=np.bool_)
+        self._covered = np.zeros(n_pages, dtype=np.bool_)
+
+    def add(self, event: ReceivedBitmap) -> bool:
+        """Take one frame; True once every page is covered."""
+        bits = np.unpackbits(
+            np.frombuffer(event.bitmap, dtype=np.uint8), count=event.n_pages, bitorder="little"
+        )
+        end = event.first_pfn + event.n_pages
+        self.received[event.first_pfn : end] = bits.astype(np.bool_)
+        self._covered[event.first_pfn : end] = True
+        return bool(self._covered.all())
 
 
 def send_switch(conn: SourceConnection, machine: Machine, ram_section_id: int) -> int:

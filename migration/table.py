@@ -6,8 +6,8 @@ firing a trigger (`StatusMachine.fire`). A trigger the table does not list for t
 status is a bug and raises `TransitionError`. The docs render these tables
 (`render_markdown`, checked by a test), and the in-process tests drive every row.
 
-Rows marked *reserved* belong to capabilities that later work fills in (postcopy recovery);
-they are in the table so that a capability is a row, not a new flag.
+Rows marked *reserved* belong to capabilities that later work fills in; they are in the table
+so that a capability is a row, not a new flag.
 """
 
 from __future__ import annotations
@@ -107,11 +107,11 @@ SOURCE_ROWS: Final[tuple[Row, ...]] = (
     Row(S.POSTCOPY_ACTIVE, _T.CHANNEL_LOST, S.POSTCOPY_PAUSED),
     Row(S.POSTCOPY_ACTIVE, _T.LOST_AFTER_HANDOVER, S.IN_DOUBT),  # every page had arrived
     *(Row(status, _T.SHUTDOWN, S.FAILED) for status in (S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED)),
-    Row(S.POSTCOPY_PAUSED, _T.RESUME, S.POSTCOPY_RECOVER_SETUP, reserved=True),
-    Row(S.POSTCOPY_RECOVER_SETUP, _T.RECOVER_FAILED, S.POSTCOPY_PAUSED, reserved=True),
-    Row(S.POSTCOPY_RECOVER_SETUP, _T.RECOVERY_CONNECTED, S.POSTCOPY_RECOVER, reserved=True),
-    Row(S.POSTCOPY_RECOVER, _T.CHANNEL_LOST, S.POSTCOPY_PAUSED, reserved=True),
-    Row(S.POSTCOPY_RECOVER, _T.RECOVERED, S.POSTCOPY_ACTIVE, reserved=True),
+    Row(S.POSTCOPY_PAUSED, _T.RESUME, S.POSTCOPY_RECOVER_SETUP),
+    Row(S.POSTCOPY_RECOVER_SETUP, _T.RECOVER_FAILED, S.POSTCOPY_PAUSED),
+    Row(S.POSTCOPY_RECOVER_SETUP, _T.RECOVERY_CONNECTED, S.POSTCOPY_RECOVER),
+    Row(S.POSTCOPY_RECOVER, _T.CHANNEL_LOST, S.POSTCOPY_PAUSED),
+    Row(S.POSTCOPY_RECOVER, _T.RECOVERED, S.POSTCOPY_ACTIVE),
 )
 """The source's table: QEMU's precopy and postcopy statuses, plus in-doubt (docs/handover.md).
 
@@ -136,9 +136,10 @@ DEST_ROWS: Final[tuple[Row, ...]] = (
     Row(S.POSTCOPY_ACTIVE, _D.HANDOVER, S.COMPLETED),
     Row(S.POSTCOPY_ACTIVE, _D.CHANNEL_LOST, S.POSTCOPY_PAUSED),
     Row(S.POSTCOPY_ACTIVE, _D.SOURCE_LOST, S.COMPLETED),  # every page here: nothing is missing
-    Row(S.POSTCOPY_PAUSED, _D.RECOVER, S.POSTCOPY_RECOVER_SETUP, reserved=True),
-    Row(S.POSTCOPY_RECOVER_SETUP, _D.RECOVERY_CONNECTED, S.POSTCOPY_RECOVER, reserved=True),
-    Row(S.POSTCOPY_RECOVER, _D.RECOVERED, S.POSTCOPY_ACTIVE, reserved=True),
+    Row(S.POSTCOPY_PAUSED, _D.RECOVER, S.POSTCOPY_RECOVER_SETUP),
+    Row(S.POSTCOPY_RECOVER_SETUP, _D.RECOVERY_CONNECTED, S.POSTCOPY_RECOVER),
+    Row(S.POSTCOPY_RECOVER, _D.RECOVERED, S.POSTCOPY_ACTIVE),
+    Row(S.POSTCOPY_RECOVER, _D.CHANNEL_LOST, S.POSTCOPY_PAUSED),
 )
 """The destination's table. A new incoming migration starts at NONE; each has its own record."""
 

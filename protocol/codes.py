@@ -53,6 +53,7 @@ class ReturnKind(enum.IntEnum):
     OPEN_ACK = 0x01
     PONG = 0x02
     REQ_PAGES = 0x03
+    RECV_BITMAP = 0x05
     LOADED = 0x10
     RESUMED = 0x11
     FAILED = 0x12
@@ -68,6 +69,7 @@ class Command(enum.IntEnum):
     POSTCOPY_LISTEN = 4
     POSTCOPY_RUN = 5
     POSTCOPY_RAM_DISCARD = 6
+    POSTCOPY_RESUME = 9
     SWITCHOVER_START = 11
     HANDOVER = 0x40
     ABORT = 0x41
@@ -81,13 +83,15 @@ class ChannelRole(enum.StrEnum):
 
     ``main`` carries the main stream and, in the other direction, the return path; ``resolve``
     asks what became of a migration (docs/handover.md); ``multifd`` (index 0..254) carries
-    packets of pages (PAGES) and a MULTIFD_SYNC per pass, then EOF. Later capabilities add roles
-    (the postcopy preempt channel) as new members and new rows in the state tables.
+    packets of pages (PAGES) and a MULTIFD_SYNC per pass, then EOF; ``recover`` takes a paused
+    postcopy migration up again (docs/protocol.md 1.10). Later capabilities add roles (the
+    postcopy preempt channel) as new members and new rows in the state tables.
     """
 
     MAIN = "main"
     RESOLVE = "resolve"
     MULTIFD = "multifd"
+    RECOVER = "recover"
 
 
 MAX_MULTIFD_CHANNELS: Final = 255

@@ -122,6 +122,11 @@ class DestConnection(Connection):
         return self._main.config
 
     @property
+    def ram_section_id(self) -> int | None:
+        """The RAM section's id in this stream, once its START arrived."""
+        return self._main.ram_section_id
+
+    @property
     def channel(self) -> ev.ChannelAnnounced | None:
         """The CHANNEL handshake received, if any (version 3 network streams)."""
         return self._main.channel
@@ -136,6 +141,20 @@ class DestConnection(Connection):
             LocalProtocolError: not a new multifd channel of that migration.
         """
         self._main.join(config)
+        self._sink = sink
+
+    def resume(
+        self, config: MigrationConfiguration, sink: PageSink | None, ram_section_id: int
+    ) -> None:
+        """This recover channel takes up ``config``'s paused postcopy into ``sink``.
+
+        Call it after its CHANNEL handshake (``ChannelAnnounced``, role recover); then send
+        the received bitmap (`send_recv_bitmap`).
+
+        Raises:
+            LocalProtocolError: not a new recover channel of that migration.
+        """
+        self._main.resume(config, ram_section_id)
         self._sink = sink
 
     def attach_sink(self, sink: PageSink) -> None:
@@ -161,6 +180,11 @@ class DestConnection(Connection):
     def send_req_pages(self, first_pfn: NDArray[np.integer], n_pages: NDArray[np.integer]) -> None:
         """Queue REQ_PAGES: the guest waits for these pages (postcopy; at most 64 ranges)."""
         self._send(ReturnKind.REQ_PAGES, {"ranges": pack_ranges(first_pfn, n_pages)})
+
+    def send_recv_bitmap(self, first_pfn: int, n_pages: int, bitmap: bytes) -> None:
+        """Queue RECV_BITMAP: pages from ``first_pfn`` held here (little-endian bits)."""
+        meta = {"first_pfn": first_pfn, "n_pages": n_pages, "bitmap": bitmap}
+        self._send(ReturnKind.RECV_BITMAP, meta)
 
     def send_loaded(
         self, *, digest: str | None, normal_pages: int, zero_pages: int, devices: int

@@ -174,6 +174,13 @@ class PostcopyRunning(Event):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PostcopyResumed(Event):
+    """POSTCOPY_RESUME: on a recover channel, the source has the bitmap; the pages follow."""
+
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SwitchoverStarted(Event):
     """SWITCHOVER_START: the source VM is stopped; END and FULL sections follow."""
 
@@ -263,6 +270,20 @@ class PagesRequested(Event):
     """REQ_PAGES: the destination's guest waits for these pages (postcopy)."""
 
     ranges: PageRanges
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReceivedBitmap(Event):
+    """RECV_BITMAP: which pages from ``first_pfn`` on the destination holds (bit set: received).
+
+    ``bitmap`` is little-endian bit order: bit ``i % 8`` of byte ``i // 8`` is page
+    ``first_pfn + i``. It does not take part in ``==``.
+    """
+
+    first_pfn: int
+    n_pages: int
+    bitmap: bytes = field(compare=False)
     frame: FrameInfo | None = None
 
 

@@ -23,6 +23,7 @@ from protocol.config import MAX_IDSTR_BYTES, MAX_NAME_BYTES, decode_configuratio
 from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.meta import (
     U16_MAX,
+    U32_MAX,
     U64_MAX,
     bad,
     check_keys,
@@ -193,6 +194,7 @@ _COMMANDS: Final[dict[Command, tuple[tuple[str, ...], Callable[[MetaMap, Limits]
     Command.POSTCOPY_RAM_DISCARD: (("ranges",), lambda m, _l: _decode_discard(m)),
     Command.POSTCOPY_LISTEN: ((), lambda _m, _l: ev.PostcopyListening()),
     Command.POSTCOPY_RUN: ((), lambda _m, _l: ev.PostcopyRunning()),
+    Command.POSTCOPY_RESUME: ((), lambda _m, _l: ev.PostcopyResumed()),
     Command.HANDOVER: ((), lambda _m, _l: ev.HandoverReceived()),
     Command.ABORT: (
         ("code", "reason"),
@@ -239,6 +241,7 @@ MAIN_INPUTS: Final[dict[type[ev.Event], MainInput]] = {
     ev.PagesDiscarded: MainInput.POSTCOPY_RAM_DISCARD,
     ev.PostcopyListening: MainInput.POSTCOPY_LISTEN,
     ev.PostcopyRunning: MainInput.POSTCOPY_RUN,
+    ev.PostcopyResumed: MainInput.POSTCOPY_RESUME,
 }
 """The main table's input for each main-stream event (PART/END: see ``part_input``)."""
 
@@ -246,6 +249,7 @@ CHANNEL_INPUTS: Final[dict[ChannelRole, MainInput]] = {
     ChannelRole.MAIN: MainInput.CHANNEL_MAIN,
     ChannelRole.RESOLVE: MainInput.CHANNEL_RESOLVE,
     ChannelRole.MULTIFD: MainInput.CHANNEL_MULTIFD,
+    ChannelRole.RECOVER: MainInput.CHANNEL_RECOVER,
 }
 """The main table's input for a CHANNEL handshake, by role."""
 
@@ -302,6 +306,17 @@ def _decode_req_pages(meta: MetaMap, _limits: Limits) -> ev.Event:
     return ev.PagesRequested(ranges=ranges)
 
 
+def _decode_recv_bitmap(meta: MetaMap, _limits: Limits) -> ev.Event:
+    check_keys(meta, ("first_pfn", "n_pages", "bitmap"), "RECV_BITMAP")
+    first_pfn = take_u32(meta, "first_pfn")
+    n_pages = take_int(meta, "n_pages", 1, U32_MAX)
+    bitmap = take_bin(meta, "bitmap")
+    if len(bitmap) != -(-n_pages // 8):
+        msg = f"RECV_BITMAP: {len(bitmap)} bytes of bitmap for {n_pages} pages"
+        raise bad(msg)
+    return ev.ReceivedBitmap(first_pfn=first_pfn, n_pages=n_pages, bitmap=bitmap)
+
+
 def _decode_loaded(meta: MetaMap, _limits: Limits) -> ev.Event:
     check_keys(meta, ("digest", "normal_pages", "zero_pages", "devices"), "LOADED")
     digest = meta["digest"]
@@ -340,6 +355,7 @@ RETURN_DECODERS: Final[dict[ReturnKind, Callable[[MetaMap, Limits], ev.Event]]] 
     ReturnKind.OPEN_ACK: _decode_open_ack,
     ReturnKind.PONG: _decode_pong,
     ReturnKind.REQ_PAGES: _decode_req_pages,
+    ReturnKind.RECV_BITMAP: _decode_recv_bitmap,
     ReturnKind.LOADED: _decode_loaded,
     ReturnKind.RESUMED: _decode_resumed,
     ReturnKind.FAILED: _decode_failed,
@@ -351,6 +367,7 @@ RETURN_INPUTS: Final[dict[ReturnKind, ReturnInput]] = {
     ReturnKind.OPEN_ACK: ReturnInput.OPEN_ACK,
     ReturnKind.PONG: ReturnInput.PONG,
     ReturnKind.REQ_PAGES: ReturnInput.REQ_PAGES,
+    ReturnKind.RECV_BITMAP: ReturnInput.RECV_BITMAP,
     ReturnKind.LOADED: ReturnInput.LOADED,
     ReturnKind.RESUMED: ReturnInput.RESUMED,
     ReturnKind.FAILED: ReturnInput.FAILED,

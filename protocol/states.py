@@ -53,6 +53,7 @@ class MainState(enum.Enum):
     ADVISED = "ADVISED"  # SETUP after POSTCOPY_ADVISE: this migration may switch to postcopy
     ADVISED_ITERATING = "ADVISED_ITERATING"  # ITERATING after POSTCOPY_ADVISE
     POSTCOPY_DISCARD = "POSTCOPY_DISCARD"  # postcopy: POSTCOPY_RAM_DISCARD commands
+    RECOVER_OPENED = "RECOVER_OPENED"  # CHANNEL recover: RECV_BITMAP back, then POSTCOPY_RESUME
     POSTCOPY_LISTENING = "POSTCOPY_LISTENING"  # after POSTCOPY_LISTEN: device state (FULL)
     POSTCOPY_RUNNING = "POSTCOPY_RUNNING"  # after POSTCOPY_RUN: RAM PART sections
     POSTCOPY_ENDING = "POSTCOPY_ENDING"  # postcopy: END sections, then EOF
@@ -79,6 +80,8 @@ class MainInput(enum.Enum):
     CHANNEL_MAIN = "CHANNEL_MAIN"
     CHANNEL_RESOLVE = "CHANNEL_RESOLVE"
     CHANNEL_MULTIFD = "CHANNEL_MULTIFD"
+    CHANNEL_RECOVER = "CHANNEL_RECOVER"
+    POSTCOPY_RESUME = "POSTCOPY_RESUME"
     PAGES = "PAGES"
     MULTIFD_SYNC = "MULTIFD_SYNC"
     POSTCOPY_ADVISE = "POSTCOPY_ADVISE"
@@ -121,6 +124,7 @@ class ReturnInput(enum.Enum):
     OPEN_ACK = "OPEN_ACK"
     PONG = "PONG"
     REQ_PAGES = "REQ_PAGES"
+    RECV_BITMAP = "RECV_BITMAP"
     LOADED = "LOADED"
     RESUMED = "RESUMED"
     FAILED = "FAILED"
@@ -171,6 +175,7 @@ _POSTCOPY_STATES: Final = (
     _S.POSTCOPY_LISTENING,
     _S.POSTCOPY_RUNNING,
     _S.POSTCOPY_ENDING,
+    _S.RECOVER_OPENED,
 )
 
 
@@ -231,6 +236,8 @@ def _add_postcopy(table: dict[MainState, dict[MainInput, MainState]]) -> None:
         _I.SECTION_END: _S.POSTCOPY_ENDING,
     }
     table[_S.POSTCOPY_ENDING] = {_I.SECTION_END: _S.POSTCOPY_ENDING, _I.EOF: _S.COMPLETED}
+    table[_S.STARTED][_I.CHANNEL_RECOVER] = _S.RECOVER_OPENED
+    table[_S.RECOVER_OPENED] = {_I.POSTCOPY_RESUME: _S.POSTCOPY_RUNNING}
     for state in _POSTCOPY_STATES:
         table[state][_I.PING] = state
 
@@ -249,6 +256,7 @@ RETURN_TABLE: Final[dict[ReturnState, dict[ReturnInput, ReturnState]]] = {
     _R.IDLE: {_RI.HEADER: _R.STARTED},
     _R.STARTED: {
         _RI.OPEN_ACK: _R.OPEN,
+        _RI.RECV_BITMAP: _R.OPEN,
         _RI.OUTCOME: _R.RESOLVED,
         _RI.PONG: _R.STARTED,
         _RI.FAILED: _R.FAILED,
@@ -256,6 +264,7 @@ RETURN_TABLE: Final[dict[ReturnState, dict[ReturnInput, ReturnState]]] = {
     _R.OPEN: {
         _RI.PONG: _R.OPEN,
         _RI.REQ_PAGES: _R.OPEN,
+        _RI.RECV_BITMAP: _R.OPEN,
         _RI.LOADED: _R.LOADED,
         _RI.RESUMED: _R.RESUMED,
         _RI.FAILED: _R.FAILED,
@@ -285,7 +294,10 @@ RETURN_REQUIRES_MAIN: Final[dict[ReturnInput, frozenset[MainState]]] = {
     _RI.PONG: _AFTER_OPEN_RETURN_PATH
     | frozenset(_POSTCOPY_STATES)
     | {_S.RESOLVING, _S.RESOLVE_HANDED_OVER},
-    _RI.REQ_PAGES: frozenset({_S.POSTCOPY_RUNNING, _S.POSTCOPY_ENDING, _S.COMPLETED, _S.DESCRIBED}),
+    _RI.REQ_PAGES: frozenset(
+        {_S.RECOVER_OPENED, _S.POSTCOPY_RUNNING, _S.POSTCOPY_ENDING, _S.COMPLETED, _S.DESCRIBED}
+    ),
+    _RI.RECV_BITMAP: frozenset({_S.RECOVER_OPENED}),
     _RI.LOADED: frozenset({_S.COMPLETED, _S.DESCRIBED, _S.HANDED_OVER, _S.ABORTED}),
     _RI.RESUMED: frozenset({_S.HANDED_OVER, _S.RESOLVE_HANDED_OVER}),
     _RI.OUTCOME: frozenset({_S.RESOLVING, _S.RESOLVE_HANDED_OVER, _S.ABORTED}),

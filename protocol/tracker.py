@@ -93,6 +93,20 @@ class MainTracker:
         self._check_channel(config.migration_id, "the joined configuration")
         self.config = config
 
+    def resume(self, config: MigrationConfiguration, ram_section_id: int) -> None:
+        """A recover channel takes up ``config``'s postcopy, its RAM in ``ram_section_id``.
+
+        Raises:
+            LocalProtocolError: the channel is not a new recover channel of that migration.
+        """
+        if self.state is not MainState.RECOVER_OPENED or self.config is not None:
+            msg = f"only a new recover channel resumes a migration, not one in state {self.state}"
+            raise unexpected(msg)
+        self._check_channel(config.migration_id, "the resumed configuration")
+        self.config = config
+        self.ram_section_id = ram_section_id
+        self._iterable[ram_section_id] = _Section(idstr="ram", is_ram=True)
+
     def check_input(self, event: MainInput) -> None:
         """Is ``event`` legal now (header-time check, nothing applied)."""
         main_transition(self.mode, self.state, event)
@@ -198,6 +212,7 @@ RETURN_INPUTS_OF: Final[dict[type[ev.Event], ReturnInput]] = {
     ev.ReturnPathAcked: ReturnInput.OPEN_ACK,
     ev.PongReceived: ReturnInput.PONG,
     ev.PagesRequested: ReturnInput.REQ_PAGES,
+    ev.ReceivedBitmap: ReturnInput.RECV_BITMAP,
     ev.LoadCompleted: ReturnInput.LOADED,
     ev.DestinationResumed: ReturnInput.RESUMED,
     ev.DestinationFailed: ReturnInput.FAILED,
@@ -229,6 +244,8 @@ class ReturnTracker:
             raise LocalProtocolError(msg, code=ErrorCode.UNSUPPORTED_VERSION)
         if isinstance(event, ev.PagesRequested):
             check_ranges_fit(event.ranges, main.require_config().ram_pages, "REQ_PAGES")
+        if isinstance(event, ev.ReceivedBitmap):
+            _check_bitmap_fits(event, main.require_config().ram_pages)
         if isinstance(event, ev.OutcomeReported):
             if main.resolve_id is None:
                 msg = "OUTCOME on a connection that sent no RESOLVE"
@@ -237,3 +254,13 @@ class ReturnTracker:
                 msg = f"OUTCOME names {event.migration_id!r}, RESOLVE asked for {main.resolve_id!r}"
                 raise bad(msg)
         self.state = after
+
+
+def _check_bitmap_fits(event: ev.ReceivedBitmap, ram_pages: int) -> None:
+    """RECV_BITMAP covers whole bytes of pages inside RAM (BAD_METADATA otherwise)."""
+    if event.first_pfn % 8 or event.first_pfn + event.n_pages > ram_pages:
+        msg = (
+            f"RECV_BITMAP: pages {event.first_pfn}..{event.first_pfn + event.n_pages} do not "
+            f"start on a byte of the bitmap or go past the guest's {ram_pages} pages"
+        )
+        raise bad(msg)

@@ -250,6 +250,11 @@ class Vmm:
         if self.vm is not None:
             self.vm.wake()
 
+    def watch_vm_faults(self, on_page_fault: Callable[[NDArray[np.intp]], None]) -> None:
+        """Postcopy recovery: the VM's page faults go to the recover channel's runner."""
+        if self.vm is not None:
+            self.vm.on_page_fault = on_page_fault
+
     def decide_handover(self, migration_id: str) -> tuple[bool, str]:
         """The ownership arbiter. Local: the checks passed, so the VM may pass.
 

@@ -179,6 +179,8 @@ class IncomingRouter:
             self._run_responder(channel, conn, first)
         elif isinstance(first, ChannelAnnounced) and first.role is ChannelRole.MULTIFD:
             self._join_migration(channel, conn, first)
+        elif isinstance(first, ChannelAnnounced) and first.role is ChannelRole.RECOVER:
+            self._run_migration(channel, conn, first, from_file=False, recover=True)
         elif from_file and not isinstance(first, ConfigurationReceived):
             log.warning("incoming_file_rejected", first=type(first).__name__)
             channel.close()
@@ -186,7 +188,13 @@ class IncomingRouter:
             self._run_migration(channel, conn, first, from_file=from_file)
 
     def _run_migration(
-        self, channel: ChannelLike, conn: DestConnection, first: First, *, from_file: bool
+        self,
+        channel: ChannelLike,
+        conn: DestConnection,
+        first: First,
+        *,
+        from_file: bool,
+        recover: bool = False,
     ) -> None:
         key = ChannelKey(ChannelRole.MAIN)
         machine = DestMigration(
@@ -196,6 +204,9 @@ class IncomingRouter:
             from_file=from_file,
             busy_reason=self._busy_reason,
             now=self._clock(),
+            recover_id=first.migration_id
+            if recover and isinstance(first, ChannelAnnounced)
+            else None,
         )
 
         def context() -> dict[str, object]:

@@ -138,6 +138,16 @@ class OutgoingMigration:
         self.source.check_cancel()
         self.runner.feed(inp.CancelRequested())
 
+    def resume(self, address: MigrationAddress) -> None:
+        """`migrate {uri, resume: true}`: take the paused postcopy up again at `address`.
+
+        Raises:
+            CommandRefusedError: nothing is paused in postcopy.
+        """
+        self.source.check_resume()
+        self.runner.retarget(address)
+        self.runner.feed(inp.ResumeRequested())
+
     def start_postcopy(self) -> None:
         """`migrate-start-postcopy`: switch to postcopy at the next round that cannot end.
 

@@ -224,9 +224,14 @@ class _Commands:
     async def migrate(self, args: Args) -> object:
         uri = args.string("uri")
         args.boolean("detach", default=True)  # accepted and ignored, as QEMU does
-        if args.boolean("resume", default=False):
-            raise QMPError.generic("Cannot resume if there is no paused migration")
+        resume = args.boolean("resume", default=False)
         args.finish()
+        if resume:
+            outgoing = self._vmm.outgoing
+            if outgoing is None:
+                raise CommandRefusedError("Cannot resume if there is no paused migration")
+            outgoing.resume(_parse_uri(uri))
+            return {}
         self._vmm.start_outgoing(_parse_uri(uri))
         return {}
 

@@ -108,6 +108,10 @@ class RunnerHost(Protocol):
         """Postcopy: pages arrived for the VM."""
         ...
 
+    def watch_vm_faults(self, on_page_fault: Callable[[NDArray[np.intp]], None]) -> None:
+        """Postcopy recovery: the VM's page faults go to `on_page_fault` from now on."""
+        ...
+
     def decide_handover(self, migration_id: str) -> tuple[bool, str]:
         """The ownership arbiter: may the VM pass to the destination (and why not)."""
         ...
@@ -174,6 +178,10 @@ class MachineRunner:
         finally:
             self._feeding = False
         self._after()
+
+    def retarget(self, address: MigrationAddress) -> None:
+        """Connect channels to `address` from now on (`migrate resume=true` names a URI)."""
+        self._address = address
 
     def adopt_channel(self, key: inp.ChannelKey, channel: ChannelLike) -> None:
         """A channel the router accepted and hands over (reading starts on `Receive`)."""
@@ -262,6 +270,8 @@ class MachineRunner:
                 self._pending.append(inp.VmAdopted(runstate=adopted))
             case act.WakeVm():
                 self._host.wake_vm()
+            case act.WatchVmFaults():
+                self._host.watch_vm_faults(self._page_fault)
             case _:
                 pass
 

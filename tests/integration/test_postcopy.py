@@ -208,8 +208,9 @@ def test_a_timeout_policy_switches_to_postcopy(run, tmp):
         vm = small_vm(ram_mib=32, workload=WorkloadKind.AB, dirty_rate=400_000)
         pair = await make_pair(tmp, vm=vm)
         try:
-            # 32 MiB at 32 s per GiB: one second
-            policy = {"x-completion-timeout-per-gib": 32, "x-timeout-action": "postcopy", **BUSY}
+            # 32 MiB at 32 s per GiB: one second; at 8 MB/s precopy needs four
+            policy = {"x-completion-timeout-per-gib": 32, "x-timeout-action": "postcopy"}
+            policy |= {"max-bandwidth": 8 << 20, **BUSY}
             await pair.source.execute("migrate-set-parameters", policy)
             with pytest.raises(Exception, match="needs the postcopy-ram capability"):
                 await pair.migrate()
@@ -221,6 +222,69 @@ def test_a_timeout_policy_switches_to_postcopy(run, tmp):
                 {k: v for k, v in a.items() if k != "at-ms"} for a in info["x-timeout-actions"]
             ]
             assert paths.SRC_POSTCOPY_COMPLETED == paths.collapsed(pair.source.source_path())
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+async def pause_at_the_first_request(pair: Pair) -> None:
+    """Postcopy, then the connection cut at the first page request: paused on both sides."""
+    pair.fault(type="cut", before_frame="REQ_PAGES")
+    await start_postcopy(pair)
+    assert "postcopy-paused" == await pair.source.wait({"postcopy-paused"}, 20)
+    assert "postcopy-paused" == await pair.dest.wait({"postcopy-paused"}, 20)
+
+
+def test_migrate_resume_takes_a_paused_postcopy_up_again(run, tmp):
+    """`migrate {uri, resume: true}`: the recover channel brings the received bitmap back,
+    the source sends what is missing, and the VM completes at the destination, replay-equal."""
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True, vm=small_vm(ram_mib=16, dirty_rate=400_000))
+        try:
+            await pause_at_the_first_request(pair)
+            await pair.source.execute("migrate", {"uri": pair.uri, "resume": True})
+            assert "completed" == await pair.source.wait(FINAL, timeout_s=20)
+            assert "completed" == await pair.dest.wait({"completed"}, timeout_s=20)
+            assert paths.SRC_POSTCOPY_RECOVERED == paths.collapsed(pair.source.source_path())
+            assert paths.DST_POSTCOPY_RECOVERED == pair.dest.dest_path()
+            assert not await pair.source.runs()
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_recovery_that_fails_leaves_it_paused_until_one_succeeds(run, tmp):
+    """A resume to nowhere (recover-setup fails), one cut during the bitmap exchange (recover
+    fails on both sides), then one that works: paused in between, never lost, never twice."""
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True, vm=small_vm(ram_mib=16, dirty_rate=400_000))
+        try:
+            await pause_at_the_first_request(pair)
+            nowhere = "tcp:127.0.0.1:1"
+            await pair.source.execute("migrate", {"uri": nowhere, "resume": True})
+            assert "postcopy-paused" == await pair.source.wait({"postcopy-paused"}, 20)
+
+            pair.fault(type="cut", before_frame="RECV_BITMAP")
+            await pair.source.execute("migrate", {"uri": pair.uri, "resume": True})
+            await asyncio.sleep(0.2)
+            assert "postcopy-paused" == await pair.source.wait({"postcopy-paused"}, 20)
+            assert "postcopy-paused" == await pair.dest.wait({"postcopy-paused"}, 20)
+            with pytest.raises(Exception, match="Cannot resume if there is no paused"):
+                await pair.dest.execute("migrate", {"uri": pair.uri, "resume": True})
+
+            await pair.source.execute("migrate", {"uri": pair.uri, "resume": True})
+            assert "completed" == await pair.source.wait(FINAL, timeout_s=20)
+            assert "completed" == await pair.dest.wait({"completed"}, timeout_s=20)
+            assert paths.SRC_POSTCOPY_RECOVERED_AFTER_TWO_FAILURES == paths.collapsed(
+                pair.source.source_path()
+            )
+            assert paths.DST_POSTCOPY_RECOVERED_AFTER_A_CUT == pair.dest.dest_path()
             await pair.dest.assert_matches_replay()
         finally:
             await pair.close()

@@ -157,6 +157,18 @@ class RamSaveHandler:
         batch = self.save_pages(np.asarray(first_pfns, dtype=np.intp))
         return batch, np.flatnonzero(bitmap)
 
+    def postcopy_recover(self, received: NDArray[np.bool_]) -> int:
+        """Postcopy recovery: every page the destination has not received is to send again.
+
+        Pages sent before the connection broke may never have arrived; the destination's
+        bitmap says. Returns the pages to send.
+        """
+        bitmap = self._require_bitmap()
+        np.logical_not(received, out=bitmap)
+        self._remaining_pages = int(np.count_nonzero(bitmap))
+        self._scan_pfn = 0
+        return self._remaining_pages
+
     def save_pages(self, pfns: NDArray[np.intp]) -> PageBatch | None:
         """Postcopy: the pages of `pfns` still to send, as one batch (None if all were sent).
 

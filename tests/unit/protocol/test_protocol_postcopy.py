@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from helpers.pair import ConnectionPair, make_batch, make_config
@@ -13,6 +15,7 @@ from protocol import (
     PageKind,
     PagesDiscarded,
     PagesRequested,
+    ReceivedBitmap,
     RemoteProtocolError,
 )
 from protocol.postcopy import (
@@ -139,3 +142,56 @@ def test_a_postcopy_migration_may_still_end_as_precopy():
     pair.source.send_switchover_start()
     pair.transfer()
     assert MainState.SWITCHOVER == pair.dest.their_state
+
+
+def recover_pair() -> ConnectionPair:
+    """A recover channel of a 16-page migration whose RAM is section 1, taken up by both."""
+    pair = ConnectionPair()
+    config = make_config(ram_pages=RAM_PAGES)
+    pair.source.open_recovery(config, 1)
+    events = pair.transfer()[0]
+    assert [MainState.RECOVER_OPENED] == [pair.dest.their_state]
+    assert any(getattr(e, "role", None) == "recover" for e in events)
+    pair.dest.resume(config, None, 1)
+    return pair
+
+
+def test_a_recover_channel_carries_the_bitmap_back_then_the_missing_pages():
+    pair = recover_pair()
+    pair.dest.send_recv_bitmap(0, RAM_PAGES, bytes([0b1111_0011, 0xFF]))
+    bitmap = next(e for e in pair.transfer()[1] if isinstance(e, ReceivedBitmap))
+    assert (0, RAM_PAGES) == (bitmap.first_pfn, bitmap.n_pages)
+    assert bytes([0b1111_0011, 0xFF]) == bitmap.bitmap
+    pair.source.send_postcopy_resume()
+    pair.source.send_ram(1, make_batch(None, [(2, 2, PageKind.ZERO)]), end=False)
+    pair.source.send_ram(1, make_batch(None, []), end=True)
+    pair.source.send_eof()
+    pair.transfer()
+    assert MainState.COMPLETED == pair.dest.their_state
+
+
+@pytest.mark.parametrize(
+    ("first_pfn", "n_pages", "bitmap", "match"),
+    [
+        (0, 16, b"\xff", "1 bytes of bitmap for 16 pages"),
+        (4, 8, b"\xff", "do not start on a byte"),
+        (8, 16, b"\xff\xff", "go past the guest's 16 pages"),
+    ],
+)
+def test_a_bad_bitmap_is_refused(first_pfn, n_pages, bitmap, match):
+    pair = recover_pair()
+    with pytest.raises(LocalProtocolError, match=match) as info:
+        pair.dest.send_recv_bitmap(first_pfn, n_pages, bitmap)
+    assert ErrorCode.BAD_METADATA == info.value.code
+
+
+def test_pages_wait_for_postcopy_resume_and_a_recover_channel_needs_its_migration():
+    pair = recover_pair()
+    with pytest.raises(LocalProtocolError, match=r"SECTION_PART is illegal .* RECOVER_OPENED"):
+        pair.source.send_ram(1, make_batch(None, [(2, 1, PageKind.ZERO)]), end=False)
+    other = ConnectionPair()
+    other.source.open_recovery(make_config(ram_pages=RAM_PAGES), 1)
+    other.transfer()
+    wrong = dataclasses.replace(make_config(ram_pages=RAM_PAGES), migration_id="mig-0002")
+    with pytest.raises(LocalProtocolError, match="names migration 'mig-0002'"):
+        other.dest.resume(wrong, None, 1)

@@ -76,6 +76,8 @@ SEND: dict[MainInput, Callable[[SourceConnection], None]] = {
     MainInput.POSTCOPY_RAM_DISCARD: lambda s: s.send_postcopy_discard(ONE_RANGE, ONE_RANGE),
     MainInput.POSTCOPY_LISTEN: lambda s: s.send_postcopy_listen(),
     MainInput.POSTCOPY_RUN: lambda s: s.send_postcopy_run(),
+    MainInput.CHANNEL_RECOVER: lambda s: s.open_recovery(CONFIG, 1),
+    MainInput.POSTCOPY_RESUME: lambda s: s.send_postcopy_resume(),
 }
 
 _ram_setup = {"ram_size": CONFIG.ram_size, "page_size": PAGE_SIZE}
@@ -119,6 +121,8 @@ FRAMES: dict[MainInput, tuple[FrameKind, int, dict]] = {
     ),
     MainInput.POSTCOPY_LISTEN: (FrameKind.COMMAND, 0, {"cmd": 4}),
     MainInput.POSTCOPY_RUN: (FrameKind.COMMAND, 0, {"cmd": 5}),
+    MainInput.CHANNEL_RECOVER: (FrameKind.COMMAND, 0, {**_CHANNEL, "role": "recover"}),
+    MainInput.POSTCOPY_RESUME: (FrameKind.COMMAND, 0, {"cmd": 9}),
 }
 
 _FILE, _RP, _CH = StreamMode.FILE, StreamMode.RETURN_PATH, StreamMode.CHANNELS
@@ -164,6 +168,7 @@ PREFIXES[(_CH, MainState.POSTCOPY_DISCARD)] = [*_advised, MainInput.POSTCOPY_RAM
 PREFIXES[(_CH, MainState.POSTCOPY_LISTENING)] = _listening
 PREFIXES[(_CH, MainState.POSTCOPY_RUNNING)] = _running
 PREFIXES[(_CH, MainState.POSTCOPY_ENDING)] = [*_running, MainInput.SECTION_END]
+PREFIXES[(_CH, MainState.RECOVER_OPENED)] = [MainInput.CHANNEL_RECOVER]
 IMPLIED_CHANNEL = {
     MainInput.CONFIGURATION: MainInput.CHANNEL_MAIN,
     MainInput.RESOLVE: MainInput.CHANNEL_RESOLVE,
@@ -235,6 +240,8 @@ def test_dest_receive_matches_table(mode, state, event):
     assert state == pair.dest.their_state
     if state is MainState.MULTIFD:
         pair.dest.join(CONFIG, None)  # as the router does, before it reads on
+    if state is MainState.RECOVER_OPENED:
+        pair.dest.resume(CONFIG, None, 1)  # as the router does, before it reads on
     kind, section_id, meta = FRAMES[event]
     frame = encode_frame(2, kind, section_id, pack_meta(meta))
     legal = event in MAIN_TABLE[mode].get(state, {})
@@ -273,6 +280,7 @@ REPLY: dict[ReturnInput, Callable] = {
     ReturnInput.FAILED: lambda d: d.send_failed(ErrorCode.LOAD_FAILED, "bad device"),
     ReturnInput.OUTCOME: lambda d: d.send_outcome("mig-0001", Outcome.COMMITTED),
     ReturnInput.REQ_PAGES: lambda d: d.send_req_pages(ONE_RANGE, ONE_RANGE),
+    ReturnInput.RECV_BITMAP: lambda d: d.send_recv_bitmap(0, 8, b"\xff"),
 }
 REPLY_FRAMES: dict[ReturnInput, tuple[ReturnKind, dict]] = {
     ReturnInput.OPEN_ACK: (ReturnKind.OPEN_ACK, {"version": 2}),
@@ -285,6 +293,10 @@ REPLY_FRAMES: dict[ReturnInput, tuple[ReturnKind, dict]] = {
     ReturnInput.FAILED: (ReturnKind.FAILED, {"code": 10, "reason": "x"}),
     ReturnInput.OUTCOME: (ReturnKind.OUTCOME, {"migration_id": "mig-0001", "outcome": "committed"}),
     ReturnInput.REQ_PAGES: (ReturnKind.REQ_PAGES, {"ranges": pack_ranges(ONE_RANGE, ONE_RANGE)}),
+    ReturnInput.RECV_BITMAP: (
+        ReturnKind.RECV_BITMAP,
+        {"first_pfn": 0, "n_pages": 8, "bitmap": b"\xff"},
+    ),
 }
 RETURN_PREFIXES: dict[ReturnState, list[ReturnInput]] = {
     ReturnState.IDLE: [],
@@ -312,6 +324,7 @@ MAIN_CONTEXTS = [
     (_CH, MainState.RESOLVE_OPENED),
     (_CH, MainState.POSTCOPY_RUNNING),
     (_CH, MainState.POSTCOPY_ENDING),
+    (_CH, MainState.RECOVER_OPENED),
 ]
 
 
@@ -348,6 +361,8 @@ def _return_pair(mode: StreamMode, main: MainState, ret: ReturnState) -> Connect
     pair.source = source
     pair.deliver(pair.dest, sent_bytes(source))
     pair.dest.next_event()
+    if main is MainState.RECOVER_OPENED:
+        pair.dest.resume(CONFIG, None, 1)
     for step in RETURN_PREFIXES[ret]:
         REPLY[step](pair.dest)
     pair.to_source()

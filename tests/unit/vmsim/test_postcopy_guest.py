@@ -168,12 +168,16 @@ def test_writing_before_pages_arrive_breaks_the_digest() -> None:
     assert destination.digest() != replay(config, switched_at + TICKS_AFTER)
 
 
-def test_a_late_copy_never_overwrites_a_received_page() -> None:
-    config = config_for(WorkloadKind.RANDOM)
-    source = Machine.boot(config)
+def switched_random_guest() -> tuple[Machine, Machine]:
+    """A random-writing source after 200 ticks, switched to postcopy before any precopy."""
+    source = Machine.boot(config_for(WorkloadKind.RANDOM))
     source.vm_start()
     source.run(200)
-    destination = switch_to_postcopy(source, precopy_batches=0)
+    return source, switch_to_postcopy(source, precopy_batches=0)
+
+
+def test_a_late_copy_never_overwrites_a_received_page() -> None:
+    source, destination = switched_random_guest()
     postcopy = destination.postcopy
     assert postcopy is not None
     source_copy = source.ram.pages[5].copy()
@@ -189,11 +193,7 @@ def test_a_late_copy_never_overwrites_a_received_page() -> None:
 
 
 def test_a_blocked_vcpu_does_not_run_and_a_stop_waits_for_its_pages() -> None:
-    config = config_for(WorkloadKind.RANDOM)
-    source = Machine.boot(config)
-    source.vm_start()
-    source.run(200)
-    destination = switch_to_postcopy(source, precopy_batches=0)
+    source, destination = switched_random_guest()
     postcopy = destination.postcopy
     assert postcopy is not None
     destination.run(SLICE_TICKS)
