@@ -60,12 +60,31 @@ def _postcopy_source() -> SourceConnection:
     return source
 
 
+def _recovering_source() -> SourceConnection:
+    """A source that opened a recover channel (RECV_BITMAP is legal)."""
+    from helpers.pair import sent_bytes  # noqa: PLC0415
+    from vectors.generate import PAGE_SIZE, RAM_PAGES  # noqa: PLC0415
+
+    source = SourceConnection(limits=LIMITS, timeouts=None, now=0.0)
+    source.open_recovery(_recover_config(RAM_PAGES, PAGE_SIZE), 1)
+    sent_bytes(source)
+    return source
+
+
+def _recover_config(ram_pages: int, page_size: int) -> protocol.MigrationConfiguration:
+    from helpers.pair import make_config  # noqa: PLC0415
+
+    return make_config(ram_pages=ram_pages, page_size=page_size)
+
+
 def _receiver(selector: int) -> SourceConnection | DestConnection:
-    target = selector % 5
+    target = selector % 6
     if target == 2:
         return _source()
     if target == 4:
         return _postcopy_source()
+    if target == 5:
+        return _recovering_source()
     return DestConnection(return_path=target != 0, limits=LIMITS, timeouts=None, now=0.0)
 
 
@@ -76,7 +95,18 @@ def _take(conn: SourceConnection | DestConnection) -> None:
             return
         if isinstance(event, ChannelAnnounced) and event.role is ChannelRole.MULTIFD:
             _join(conn)
+        if isinstance(event, ChannelAnnounced) and event.role is ChannelRole.RECOVER:
+            _resume(conn)
     raise AssertionError("endless events")
+
+
+def _resume(conn: SourceConnection | DestConnection) -> None:
+    """Resume a recover channel as the router would (the recover vector's migration)."""
+    from vectors.generate import PAGE_SIZE, RAM_PAGES  # noqa: PLC0415
+
+    if isinstance(conn, DestConnection):
+        with contextlib.suppress(LocalProtocolError):
+            conn.resume(_recover_config(RAM_PAGES, PAGE_SIZE), None, 1)
 
 
 def _join(conn: SourceConnection | DestConnection) -> None:
@@ -149,6 +179,8 @@ def _seed_corpus(corpus: Path) -> None:
         "multifd.bin": 3,
         "postcopy.main.bin": 1,
         "postcopy.return.bin": 4,
+        "postcopy_recover.main.bin": 1,
+        "postcopy_recover.return.bin": 5,
     }
     for name, selector in seeds.items():
         (corpus / f"seed-{name}").write_bytes(bytes([selector]) + (VECTORS / name).read_bytes())

@@ -6,9 +6,10 @@ The same invariant runs longer under atheris: ``tests/fuzz/fuzz_dest.py``.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
-from helpers.pair import decode_main, replay_main, sent_bytes
+from helpers.pair import decode_main, make_config, replay_main, sent_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vectors.generate import multifd_config
@@ -18,6 +19,7 @@ from protocol import (
     ChannelRole,
     DestConnection,
     Limits,
+    LocalProtocolError,
     PostcopyRunning,
     RemoteProtocolError,
     SourceConnection,
@@ -222,6 +224,57 @@ def test_mutated_multifd_channel(ops, cuts):
             _joined_take_all(receiver)
         receiver.receive_eof(0.0)
         _joined_take_all(receiver)
+    except RemoteProtocolError:
+        pass
+    assert len(receiver._reader._pending) <= LIMITS.max_buffered_bytes
+
+
+RECOVER_MAIN = (VECTORS / "postcopy_recover.main.bin").read_bytes()
+RECOVER_RETURN = (VECTORS / "postcopy_recover.return.bin").read_bytes()
+RECOVER_CONFIG = make_config(ram_pages=16, page_size=1024)
+
+
+def _recovering_source() -> SourceConnection:
+    source = SourceConnection(limits=LIMITS, timeouts=None, now=0.0)
+    source.open_recovery(RECOVER_CONFIG, 1)
+    sent_bytes(source)
+    return source
+
+
+@FUZZ
+@given(mutations, st.lists(st.integers(0, 1 << 8), max_size=6), st.booleans())
+def test_recovering_source_receiving_a_mutated_bitmap(ops, cuts, buffers):
+    """RECV_BITMAP mutated (lengths, offsets, past RAM): only RemoteProtocolError escapes."""
+    feed(_recovering_source(), mutate(RECOVER_RETURN, ops), cuts, buffers=buffers)
+
+
+def _resumed_take_all(receiver: DestConnection) -> None:
+    """Take events; on a recover CHANNEL, resume the vector's migration as the router does."""
+    for _ in range(10_000):
+        event = receiver.next_event()
+        if event is None:
+            return
+        if isinstance(event, ChannelAnnounced) and event.role is ChannelRole.RECOVER:
+            with contextlib.suppress(LocalProtocolError):  # a mutated id: the router refuses
+                receiver.resume(RECOVER_CONFIG, None, 1)
+    raise AssertionError("endless events")
+
+
+@FUZZ
+@given(mutations, st.lists(st.integers(0, 1 << 12), max_size=6))
+def test_mutated_recover_channel(ops, cuts):
+    """A recover channel's stream mutated: only RemoteProtocolError escapes."""
+    receiver = dest(return_path=True)
+    data = mutate(RECOVER_MAIN, ops)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
+    start = 0
+    try:
+        for end in points:
+            receiver.receive_data(data[start:end], 0.0)
+            start = end
+            _resumed_take_all(receiver)
+        receiver.receive_eof(0.0)
+        _resumed_take_all(receiver)
     except RemoteProtocolError:
         pass
     assert len(receiver._reader._pending) <= LIMITS.max_buffered_bytes

@@ -146,6 +146,24 @@ def postcopy_migration() -> tuple[bytes, bytes]:
     return bytes(pair.main_stream), bytes(pair.return_stream)
 
 
+def postcopy_recovery() -> tuple[bytes, bytes]:
+    """A recover channel of the postcopy vector's migration: the bitmap, then pages 3-4."""
+    ram = pattern_ram(RAM_PAGES, PAGE_SIZE)
+    config = make_config(ram_pages=RAM_PAGES, page_size=PAGE_SIZE)
+    pair = ConnectionPair()
+    pair.source.open_recovery(config, 1)
+    pair.transfer()
+    pair.dest.resume(config, None, 1)
+    pair.dest.send_recv_bitmap(0, RAM_PAGES, bytes([0b1110_0111, 0xFF]))
+    pair.transfer()
+    pair.source.send_postcopy_resume()
+    pair.source.send_ram(1, make_batch(ram, [(3, 2, PageKind.NORMAL)], PAGE_SIZE), end=False)
+    pair.source.send_ram(1, make_batch(ram, [], PAGE_SIZE), end=True)
+    pair.source.send_eof()
+    pair.transfer()
+    return bytes(pair.main_stream), bytes(pair.return_stream)
+
+
 def multifd_config() -> MigrationConfiguration:
     """The configuration the multifd vector's channel joins (sent on its main channel)."""
     return dataclasses.replace(
@@ -162,6 +180,8 @@ def build_vectors() -> dict[str, bytes]:
         "multifd.bin": multifd_channel(),
     }
     vectors["postcopy.main.bin"], vectors["postcopy.return.bin"] = postcopy_migration()
+    recovery = postcopy_recovery()
+    vectors["postcopy_recover.main.bin"], vectors["postcopy_recover.return.bin"] = recovery
     for version, suffix in ((PROTOCOL_VERSION, ""), (PREVIOUS_VERSION, "_v2")):
         main, reply = return_path_migration(version)
         vectors[f"return_path{suffix}.main.bin"] = main

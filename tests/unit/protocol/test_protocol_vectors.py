@@ -6,7 +6,14 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from helpers.pair import decode_main, pattern_ram, replay_main, replay_return, sent_bytes
+from helpers.pair import (
+    decode_main,
+    make_config,
+    pattern_ram,
+    replay_main,
+    replay_return,
+    sent_bytes,
+)
 from vectors.generate import build_vectors, multifd_config
 
 from protocol import (
@@ -28,10 +35,13 @@ from protocol import (
     PagesDiscarded,
     PagesRequested,
     PongReceived,
+    PostcopyResumed,
     PostcopyRunning,
     RamPagesReceived,
+    ReceivedBitmap,
     RemoteProtocolError,
     SourceConnection,
+    StreamEnded,
     StreamStarted,
 )
 
@@ -228,3 +238,37 @@ def _events_until_error(source: SourceConnection) -> tuple[list[object], Excepti
     except RemoteProtocolError as exc:
         return events, exc
     return events, None
+
+
+def test_postcopy_recover_vector_decodes_and_reencodes():
+    config = make_config(ram_pages=16, page_size=1024)
+    main_stream, return_stream = (
+        load("postcopy_recover.main.bin"),
+        load("postcopy_recover.return.bin"),
+    )
+    dest = DestConnection(timeouts=None, now=0.0)
+    announced, at = None, 0
+    while announced is None:  # up to the handshake, then resume as the router does
+        dest.receive_data(main_stream[at : at + 1], 0.0)
+        at += 1
+        while (event := dest.next_event()) is not None:
+            if isinstance(event, ChannelAnnounced):
+                announced = event
+    assert ChannelRole.RECOVER == announced.role
+    dest.resume(config, None, 1)
+    dest.receive_data(main_stream[at:], 0.0)
+    events = [announced]
+    while (event := dest.next_event()) is not None:
+        events.append(event)
+    assert [PostcopyResumed, RamPagesReceived, RamPagesReceived, StreamEnded] == [
+        type(e) for e in events[1:]
+    ]
+
+    source = SourceConnection(timeouts=None, now=0.0)
+    source.open_recovery(config, 1)
+    sent_bytes(source)
+    source.receive_data(return_stream, 0.0)
+    replies, error = _events_until_error(source)
+    assert error is None
+    bitmap = next(e for e in replies if isinstance(e, ReceivedBitmap))
+    assert bytes([0b1110_0111, 0xFF]) == bitmap.bitmap
