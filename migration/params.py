@@ -164,6 +164,7 @@ _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
     "x-peer-timeout-ms": ("peer_timeout_ms", _IntRange(100, MAX_TIMEOUT_MS, "ms")),
     "x-connect-timeout-ms": ("connect_timeout_ms", _IntRange(100, MAX_TIMEOUT_MS, "ms")),
     "x-resolve-interval-ms": ("resolve_interval_ms", _IntRange(10, MAX_TIMEOUT_MS, "ms")),
+    "x-auto-recover": ("auto_recover", _Boolean()),
 }
 
 
@@ -198,6 +199,7 @@ class MigrationParameters:
     peer_timeout_ms: int = 10_000
     connect_timeout_ms: int = 5000
     resolve_interval_ms: int = 1000
+    auto_recover: bool = True  # a paused postcopy reconnects by itself, with backoff
 
     @property
     def timeouts(self) -> Timeouts:

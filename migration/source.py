@@ -59,7 +59,8 @@ from migration.source_phases import (
     Stopping,
     Streaming,
 )
-from migration.source_postcopy import CANCEL_IN_POSTCOPY, check_start
+from migration.source_postcopy import CANCEL_IN_POSTCOPY, AutoRecover
+from migration.source_recovery import POSTCOPY_STATUSES, PostcopyControl
 from migration.source_replies import FailureNote, check_digest, describe_reply
 from migration.status import MigrationStatus, is_terminal
 from migration.table import Side, SourceTrigger, StatusMachine
@@ -80,14 +81,7 @@ if TYPE_CHECKING:
 
 T = SourceTrigger
 S_PAUSED = MigrationStatus.POSTCOPY_PAUSED
-_POSTCOPY = frozenset(
-    {
-        MigrationStatus.POSTCOPY_ACTIVE,
-        S_PAUSED,
-        MigrationStatus.POSTCOPY_RECOVER_SETUP,
-        MigrationStatus.POSTCOPY_RECOVER,
-    }
-)
+_POSTCOPY = POSTCOPY_STATUSES
 _CANCELLABLE = frozenset(
     {
         MigrationStatus.SETUP,
@@ -100,7 +94,7 @@ _CHANNEL_INPUTS: tuple[type[inp.Input], ...] = (inp.ChannelOpened, inp.ChannelOp
 _CHANNEL_INPUTS += (inp.PeerEventReceived, inp.ChannelFailed, inp.SendDone, inp.TimerFired)
 
 
-class SourceMigration(DoubtEndings):
+class SourceMigration(DoubtEndings, PostcopyControl):
     """One migration of a VM to a destination, as a sans-IO state machine.
 
     Args:
@@ -157,6 +151,7 @@ class SourceMigration(DoubtEndings):
         )
         self._previous_runstate: RunState | None = None
         self._loaded: LoadCompleted | None = None
+        self.auto_recover = AutoRecover()
 
     # ------------------------------------------------------------------ public
 
@@ -187,6 +182,8 @@ class SourceMigration(DoubtEndings):
         """When `TimerFired` is due, if the machine waits for time."""
         if isinstance(self.phase, Resolving):
             return self.phase.resolver.next_deadline()
+        if isinstance(self.phase, PostcopyPaused):
+            return self.auto_recover.due_at
         if not isinstance(self.phase, Streaming):
             return None
         deadlines = [self.sender.next_deadline()]
@@ -208,23 +205,6 @@ class SourceMigration(DoubtEndings):
             raise CommandRefusedError(CANCEL_AFTER_HANDOVER)
         if self.status.status in _POSTCOPY:
             raise CommandRefusedError(CANCEL_IN_POSTCOPY)
-
-    def check_resume(self) -> None:
-        """Raise unless a paused postcopy can be resumed (`migrate resume=true`).
-
-        Raises:
-            CommandRefusedError: QEMU's message, when it is not paused.
-        """
-        if self.status.status is not S_PAUSED:
-            raise CommandRefusedError("Cannot resume if there is no paused migration")
-
-    def check_start_postcopy(self) -> None:
-        """Raise if `migrate-start-postcopy` is refused now (QEMU's checks and messages).
-
-        Raises:
-            CommandRefusedError: no postcopy-ram capability, or not in setup or active.
-        """
-        check_start(self.caps, self.status.status)
 
     @property
     def finished(self) -> bool:
@@ -281,14 +261,6 @@ class SourceMigration(DoubtEndings):
             case _:
                 pass
 
-    def _on_postcopy_command(self, event: inp.Input) -> None:
-        if isinstance(event, inp.StartPostcopyRequested):
-            self.sender.postcopy_wanted = self.caps.postcopy_ram
-        elif isinstance(self.phase, PostcopyPaused):  # migrate resume=true
-            self._fire(T.RESUME)
-            self.phase = Streaming()
-            self._out.do(act.OpenChannel(channel=MAIN, conn=self.sender.reconnect()))
-
     def _on_opened(self, channel: inp.ChannelKey) -> None:
         if isinstance(self.phase, Resolving):
             self.phase.resolver.opened(channel)
@@ -311,6 +283,8 @@ class SourceMigration(DoubtEndings):
             self._milestone(self.sender.timer(self.params))
         elif isinstance(phase, Resolving):
             self._settle(phase.resolver.timer())
+        elif isinstance(phase, PostcopyPaused):
+            self._auto_recover_tick()
 
     def _milestone(self, milestone: Milestone | None) -> None:
         if isinstance(milestone, SetupDone):
@@ -385,6 +359,7 @@ class SourceMigration(DoubtEndings):
         elif isinstance(reply, PagesRequested):
             self.sender.postcopy_request(reply.ranges)
         elif isinstance(reply, ReceivedBitmap) and self.sender.recv_bitmap(reply):
+            self.auto_recover.recovered()
             self._fire(T.RECOVERED)
         else:
             note = describe_reply(reply, io_error)
@@ -483,18 +458,6 @@ class SourceMigration(DoubtEndings):
         previous, self._previous_runstate = self._previous_runstate, None
         if previous is not None:
             self._out.do(act.ResumeVm(runstate=previous))
-
-    def _pause_postcopy(self, reason: str) -> None:
-        self.metrics.error_desc = (
-            f"postcopy paused: {reason}; the VM stays stopped here with the pages the "
-            "destination has not received (they are lost if this process exits); "
-            "migrate resume=true takes it up again"
-        )
-        setup = self.status.status is MigrationStatus.POSTCOPY_RECOVER_SETUP
-        self._fire(T.RECOVER_FAILED if setup else T.CHANNEL_LOST)
-        self._out.log("postcopy_paused", level=act.Level.WARNING, error=reason)
-        self.sender.close_channels()
-        self.phase = PostcopyPaused(reason=reason)
 
     def _on_cancel(self) -> None:
         if self.handed_over or self.status.status not in _CANCELLABLE:

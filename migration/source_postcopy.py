@@ -39,6 +39,38 @@ CANCEL_IN_POSTCOPY: Final = (
 )
 
 
+AUTO_RECOVER_FIRST_S: Final = 0.1
+AUTO_RECOVER_MAX_S: Final = 5.0
+
+
+class AutoRecover:
+    """`x-auto-recover`: when a paused postcopy tries again (100 ms, doubling, at most 5 s).
+
+    Forever: the paused VM has no other way back, and an operator may still resume it by hand
+    or fix what keeps the link down.
+    """
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.due_at: float | None = None
+        self._delay_s = AUTO_RECOVER_FIRST_S
+
+    def paused(self, now: float) -> None:
+        """The connection broke (or an attempt failed): the next attempt is due later."""
+        self.due_at = now + self._delay_s
+        self._delay_s = min(self._delay_s * 2, AUTO_RECOVER_MAX_S)
+
+    def attempt(self) -> None:
+        """An attempt starts now."""
+        self.attempts += 1
+        self.due_at = None
+
+    def recovered(self) -> None:
+        """Postcopy runs again: a later break starts from the first delay."""
+        self.due_at = None
+        self._delay_s = AUTO_RECOVER_FIRST_S
+
+
 def check_start(caps: MigrationCapabilities, status: MigrationStatus) -> None:
     """`migrate-start-postcopy` is refused without the capability or outside setup/active.
 

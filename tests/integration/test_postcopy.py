@@ -116,12 +116,13 @@ def test_a_cut_in_postcopy_pauses_both_sides_and_runs_the_vm_nowhere_twice(run, 
 
     The source's VM stays stopped with the missing pages (it must never run again: the guest
     ran at the destination); the destination's guest blocks on the page it asked for. Neither
-    can cancel; recovery is later work.
+    can cancel. (x-auto-recover off: with it, the source would reconnect at once.)
     """
 
     async def main() -> None:
         pair = await make_pair(tmp, proxy=True, vm=small_vm(ram_mib=16, dirty_rate=400_000))
         try:
+            await pair.source.execute("migrate-set-parameters", {"x-auto-recover": False})
             pair.fault(type="cut", before_frame="REQ_PAGES")
             await start_postcopy(pair)
             assert "postcopy-paused" == await pair.source.wait({"postcopy-paused"}, 20)
@@ -230,7 +231,9 @@ def test_a_timeout_policy_switches_to_postcopy(run, tmp):
 
 
 async def pause_at_the_first_request(pair: Pair) -> None:
-    """Postcopy, then the connection cut at the first page request: paused on both sides."""
+    """Postcopy, then the connection cut at the first page request: paused on both sides
+    (x-auto-recover off: these tests resume by hand)."""
+    await pair.source.execute("migrate-set-parameters", {"x-auto-recover": False})
     pair.fault(type="cut", before_frame="REQ_PAGES")
     await start_postcopy(pair)
     assert "postcopy-paused" == await pair.source.wait({"postcopy-paused"}, 20)
@@ -285,6 +288,47 @@ def test_a_recovery_that_fails_leaves_it_paused_until_one_succeeds(run, tmp):
                 pair.source.source_path()
             )
             assert paths.DST_POSTCOPY_RECOVERED_AFTER_A_CUT == pair.dest.dest_path()
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_cut_in_postcopy_recovers_by_itself(run, tmp):
+    """x-auto-recover (on by default): the source reconnects on its own after the cut, and the
+    migration completes with no operator step, replay-equal."""
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True, vm=small_vm(ram_mib=16, dirty_rate=400_000))
+        try:
+            pair.fault(type="cut", before_frame="REQ_PAGES")
+            await start_postcopy(pair)
+            assert "completed" == await pair.source.wait(FINAL, timeout_s=20)
+            assert "completed" == await pair.dest.wait({"completed"}, timeout_s=20)
+            assert paths.SRC_POSTCOPY_RECOVERED == paths.collapsed(pair.source.source_path())
+            assert paths.DST_POSTCOPY_RECOVERED == pair.dest.dest_path()
+            assert pair.source.source.auto_recover.attempts >= 1
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_auto_recovery_waits_out_an_outage(run, tmp):
+    """Every recover channel is cut at its bitmap for a while (three times); the source keeps
+    trying with backoff, each failure leaving both sides paused, and completes once it heals."""
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True, vm=small_vm(ram_mib=16, dirty_rate=400_000))
+        try:
+            pair.fault(type="cut", before_frame="REQ_PAGES")
+            for _ in range(3):  # the first three recover channels are cut at their bitmap
+                pair.fault(type="cut", before_frame="RECV_BITMAP")
+            await start_postcopy(pair)
+            assert "completed" == await pair.source.wait(FINAL, timeout_s=30)
+            assert pair.source.source.auto_recover.attempts >= 4
             await pair.dest.assert_matches_replay()
         finally:
             await pair.close()
