@@ -31,7 +31,15 @@ from migration.dest_phases import (
 from migration.dest_postcopy import PostcopyIncoming
 from migration.errors import LoadError
 from migration.glue import DIGEST_CHECK, full_record, machine_config_from, start_record
-from migration.ledger import Install, Loaded, Loading, Postcopy, Preparing, Recovering
+from migration.ledger import (
+    Committed,
+    Install,
+    Loaded,
+    Loading,
+    Postcopy,
+    Preparing,
+    Recovering,
+)
 from migration.metrics import error_cause
 from migration.outbox import Outbox
 from migration.table import DestTrigger
@@ -161,15 +169,19 @@ class DestMigration:
         record = self.ledger.recover(self._recover_id or "", self._out)
         self._generation = record.generation
         machine, config = record.machine, record.config
-        if machine is None or config is None or record.ram_section_id is None:
+        if config is None or record.ram_section_id is None:
             msg = f"migration {record.migration_id} cannot be resumed here"
             raise LoadError(msg, ErrorCode.INTERNAL)
-        self.conn.resume(config, machine.ram_handler.loader, record.ram_section_id)
+        sink = machine.ram_handler.loader if machine is not None else None
+        self.conn.resume(config, sink, record.ram_section_id)
         self.phase = Receiving(record=record, config=config)
-        self.postcopy.resume(machine)
-        for first, n_pages, bitmap in self.postcopy.bitmap_frames(machine):
-            self.conn.send_recv_bitmap(first, n_pages, bitmap)
+        for frame in self.postcopy.bitmap_frames(machine, config.ram_pages):
+            self.conn.send_recv_bitmap(*frame)
         self._out.flush(self.channel)
+        if machine is None:  # committed here already: the stream only confirms it
+            self._out.log("postcopy_recovering_committed")
+            return
+        self.postcopy.resume(machine)
         self._out.do(act.WatchVmFaults())
         self._out.do(act.WakeVm())  # a blocked guest asks again, on this channel
         self._out.log("postcopy_recovering", missing_pages=self._missing(machine))
@@ -362,7 +374,7 @@ class DestMigration:
 
     def _on_pages(self, event: RamPagesReceived) -> None:
         phase = self._require_receiving()
-        if event.data is not None:
+        if event.data is not None and event.normal_pages:  # a confirming recovery has none
             msg = "page data arrived without guest RAM"
             raise LoadError(msg, ErrorCode.INTERNAL)
         phase.record.metrics.normal_pages += event.normal_pages
@@ -372,7 +384,8 @@ class DestMigration:
 
     def _on_stream_ended(self) -> None:
         phase = self._require_receiving()
-        self._load(lambda m: load_check_complete(m.savevm, phase.record.metrics.devices))
+        if not isinstance(phase.record.state, Committed):  # confirmed only: nothing loaded
+            self._load(lambda m: load_check_complete(m.savevm, phase.record.metrics.devices))
         self.phase = Receiving(record=phase.record, config=phase.config, ended=True)
 
     def _on_joined(self, channel: inp.ChannelKey, conn: DestConnection) -> None:
@@ -392,6 +405,9 @@ class DestMigration:
     def _loaded(self) -> None:
         phase = self._require_receiving()
         record, machine = phase.record, phase.record.machine
+        if isinstance(record.state, Committed) and phase.ended:  # a recovery confirms it
+            self._send_loaded(record, None)
+            return
         if machine is None or not phase.ended:
             msg = "the stream ended before its end of stream"
             raise LoadError(msg, ErrorCode.UNEXPECTED_SECTION)
@@ -409,6 +425,9 @@ class DestMigration:
             # A file has no handover: it is a snapshot, nothing else can run this copy.
             self._commit()
             return
+        self._send_loaded(record, digest)
+
+    def _send_loaded(self, record: IncomingRecord, digest: str | None) -> None:
         metrics = record.metrics
         self.conn.send_loaded(
             digest=digest,
@@ -524,6 +543,8 @@ class DestMigration:
             return False
         if phase.record.generation != self._generation:
             return True  # a recover channel took this migration over
+        if self._recover_id is not None and isinstance(phase.record.state, Committed):
+            return False  # a recover channel confirming what completed here
         return not isinstance(phase.record.state, Loading | Loaded | Postcopy | Recovering)
 
     @staticmethod

@@ -76,10 +76,14 @@ class PostcopyIncoming:
         self.advised = True
         self._requested = np.zeros(machine.ram.n_pages, dtype=np.bool_)
 
-    def bitmap_frames(self, machine: Machine) -> list[tuple[int, int, bytes]]:
-        """RECV_BITMAP frames (first_pfn, n_pages, bitmap) of the pages received here."""
-        postcopy = machine.postcopy
-        received = postcopy.received if postcopy is not None else np.ones(machine.ram.n_pages, bool)
+    @staticmethod
+    def bitmap_frames(machine: Machine | None, ram_pages: int) -> list[tuple[int, int, bytes]]:
+        """RECV_BITMAP frames (first_pfn, n_pages, bitmap) of the pages received here.
+
+        Without postcopy running (every page arrived, or the VM was committed) all are set.
+        """
+        postcopy = machine.postcopy if machine is not None else None
+        received = postcopy.received if postcopy is not None else np.ones(ram_pages, np.bool_)
         frames = []
         for first in range(0, len(received), BITMAP_FRAME_PAGES):
             chunk = received[first : first + BITMAP_FRAME_PAGES]

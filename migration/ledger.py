@@ -361,7 +361,9 @@ class IncomingLedger:
 
         A migration whose old connection still looks alive here is paused first: the source
         reconnects only once it lost that connection, and the machine that drove it stands
-        down when it sees the record's generation move on.
+        down when it sees the record's generation move on. One that completed here meanwhile
+        (its last page arrived, then the connection broke before HANDOVER) stays completed:
+        the recover channel only tells the source so.
 
         Raises:
             LoadError: the migration is not in postcopy here (PROTOCOL_ERROR).
@@ -369,6 +371,10 @@ class IncomingLedger:
         record = self.records.get(migration_id)
         if record is not None and isinstance(record.state, Postcopy):
             self.postcopy_paused(migration_id, "the source reconnected", out)
+        completed = record is not None and isinstance(record.state, Committed)
+        if record is not None and completed and record.ram_section_id is not None:
+            record.generation += 1  # a postcopy that completed here meanwhile
+            return record
         state = record.state if record is not None else None
         if record is None or not isinstance(state, PostcopyPaused):
             msg = f"migration {migration_id} is not paused in postcopy here: nothing to recover"

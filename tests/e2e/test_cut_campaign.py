@@ -4,6 +4,10 @@ Each run draws (from a seed) a direction and a byte offset, cuts the connection 
 the fault proxy, lets the migration end, settles an in-doubt side with `livemig resolve`, and then
 checks that the VM runs on exactly one side with the replay's state, and that a retry succeeds.
 
+The postcopy campaign does the same to a migration switched to postcopy at once: a cut before
+POSTCOPY_RUN fails it (the VM resumes at the source), a cut after it pauses both sides and
+`x-auto-recover` takes it up again, with no operator step.
+
 CI runs a handful; run it longer by hand:
 
     LIVEMIG_CAMPAIGN_RUNS=200 LIVEMIG_CAMPAIGN_SEED=7 scripts/test tests/e2e/test_cut_campaign.py
@@ -88,3 +92,38 @@ async def test_cut_at_a_random_byte(rig: Rig, run: int) -> None:
         await rig.start_migration()
         async with qmp(rig.source) as client:
             assert "completed" == (await wait_status(client, FINAL))["status"]
+
+
+POSTCOPY_MAIN_BYTES = 72 * 1024 * 1024  # the 64 MiB guest, pushed whole after the switch
+POSTCOPY_RETURN_BYTES = 4096  # OPEN_ACK, PONGs, page requests, LOADED, RESUMED
+
+
+def draw_postcopy(run: int) -> tuple[str, int]:
+    """The postcopy run's cut: a direction and a byte offset, from the campaign seed."""
+    rng = random.Random(SEED * 1000 + 500 + run)
+    if rng.random() < 0.75:
+        return "main", rng.randrange(0, POSTCOPY_MAIN_BYTES)
+    return "return", rng.randrange(0, POSTCOPY_RETURN_BYTES)
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_cut_at_a_random_byte_in_postcopy(rig: Rig, run: int) -> None:
+    direction, offset = draw_postcopy(run)
+    rig.fault(type="cut", direction=direction, after_bytes=offset)
+    await rig.start_migration(postcopy=True)
+
+    outcome = await rig.wait(rig.source, set(RESOLVED), timeout_s=60)
+
+    on_source, on_dest = await runs(rig.source), await runs(rig.dest)
+    runs_on = {(True, False): "source", (False, True): "dest", (True, True): "both"}
+    OUTCOMES.record(
+        "postcopy cut campaign",
+        cut=f"{direction}@{offset}",
+        outcome=outcome,
+        vm_runs_on=runs_on.get((on_source, on_dest), "nowhere"),
+    )
+    assert on_source != on_dest, f"cut {direction}@{offset} ({outcome}): runs on both or neither"
+    assert outcome == ("failed" if on_source else "completed")
+    winner = rig.source if on_source else rig.dest
+    async with qmp(winner) as client:
+        assert_matches_replay(await stopped_vm(client))

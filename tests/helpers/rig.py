@@ -44,19 +44,28 @@ class Rig:
         """Activate a fault on the proxy."""
         return self.proxy.add(parse_fault(spec))
 
-    async def start_migration(self, *, pause_before_switchover: bool = False) -> None:
-        """Fast liveness timeouts, digest check on, and `migrate` through the proxy."""
+    async def start_migration(
+        self, *, pause_before_switchover: bool = False, postcopy: bool = False
+    ) -> None:
+        """Fast liveness timeouts, digest check on, and `migrate` through the proxy.
+
+        With `postcopy`: a 1 ms limit precopy cannot meet, and `migrate-start-postcopy` at once.
+        """
         for daemon in (self.source, self.dest):
             async with qmp(daemon) as client:
                 await client.execute("migrate-set-parameters", FAST_TIMEOUTS)
-        caps = {"events": True, "x-digest-check": True}
+        caps = {"events": True, "x-digest-check": True, "postcopy-ram": postcopy}
         caps["pause-before-switchover"] = pause_before_switchover
         async with qmp(self.source) as client:
             await client.execute(
                 "migrate-set-capabilities",
                 {"capabilities": [{"capability": n, "state": s} for n, s in caps.items()]},
             )
+            limit = 1 if postcopy else 300
+            await client.execute("migrate-set-parameters", {"downtime-limit": limit})
             await client.execute("migrate", {"uri": self.proxy_uri})
+            if postcopy:
+                await client.execute("migrate-start-postcopy")
 
     async def status(self, daemon: DaemonProcess) -> str:
         """The daemon's migration status."""

@@ -334,3 +334,26 @@ def test_auto_recovery_waits_out_an_outage(run, tmp):
             await pair.close()
 
     run(main)
+
+
+def test_a_cut_inside_loaded_recovers_to_completed_on_both_sides(run, tmp):
+    """Found by the postcopy cut campaign (seed 7, runs 41 and 59): the connection breaks
+    inside LOADED. Every page is at the destination, which completes by itself; the source,
+    paused, reconnects and hears that (a full bitmap, then LOADED, HANDOVER, RESUMED) instead
+    of being refused for ever."""
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True, vm=small_vm(ram_mib=16, dirty_rate=400_000))
+        try:
+            pair.fault(type="cut", before_frame="LOADED")
+            await start_postcopy(pair)
+            assert "completed" == await pair.source.wait(FINAL, timeout_s=20)
+            assert "completed" == await pair.dest.wait({"completed"}, timeout_s=20)
+            assert paths.SRC_POSTCOPY_RECOVERED == paths.collapsed(pair.source.source_path())
+            assert paths.DST_POSTCOPY_SOURCE_LOST == pair.dest.dest_path()
+            assert not await pair.source.runs()
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
