@@ -29,6 +29,7 @@ from migration.dest_phases import (
     describe_loss,
 )
 from migration.dest_postcopy import PostcopyIncoming
+from migration.dest_recovery import PostcopyIncomingControl
 from migration.errors import LoadError
 from migration.glue import DIGEST_CHECK, full_record, machine_config_from, start_record
 from migration.ledger import (
@@ -77,9 +78,6 @@ from vmsim import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import numpy as np
-    from numpy.typing import NDArray
-
     from migration.ledger import IncomingLedger, IncomingRecord
     from protocol import DestConnection, MigrationConfiguration
     from vmsim import Machine
@@ -100,7 +98,7 @@ _LOAD_EVENTS = (
 )
 
 
-class DestMigration:
+class DestMigration(PostcopyIncomingControl):
     """One incoming stream, as a sans-IO state machine.
 
     Args:
@@ -163,28 +161,6 @@ class DestMigration:
         if self._recover_id is not None:
             self._guarded(self._recover)
         return self._out.take()
-
-    def _recover(self) -> None:
-        """A recover channel: send the received bitmap, then wait for POSTCOPY_RESUME."""
-        record = self.ledger.recover(self._recover_id or "", self._out)
-        self._generation = record.generation
-        machine, config = record.machine, record.config
-        if config is None or record.ram_section_id is None:
-            msg = f"migration {record.migration_id} cannot be resumed here"
-            raise LoadError(msg, ErrorCode.INTERNAL)
-        sink = machine.ram_handler.loader if machine is not None else None
-        self.conn.resume(config, sink, record.ram_section_id)
-        self.phase = Receiving(record=record, config=config)
-        for frame in self.postcopy.bitmap_frames(machine, config.ram_pages):
-            self.conn.send_recv_bitmap(*frame)
-        self._out.flush(self.channel)
-        if machine is None:  # committed here already: the stream only confirms it
-            self._out.log("postcopy_recovering_committed")
-            return
-        self.postcopy.resume(machine)
-        self._out.do(act.WatchVmFaults())
-        self._out.do(act.WakeVm())  # a blocked guest asks again, on this channel
-        self._out.log("postcopy_recovering", missing_pages=self._missing(machine))
 
     def handle(self, event: inp.Input, now: float) -> list[act.Action]:
         """Take one input; return the actions to execute, in order."""
@@ -290,34 +266,6 @@ class DestMigration:
                 self._loaded()
             case _:
                 self._on_postcopy_event(event)
-
-    def _on_postcopy_event(self, event: object) -> None:
-        match event:
-            case PostcopyAdvised():
-                self.postcopy.advised = True
-            case PagesDiscarded(ranges=ranges):
-                self.postcopy.discard(ranges)
-            case PostcopyListening():
-                self._load(self.postcopy.listen)
-                self._require_receiving().record.ram_section_id = self.conn.ram_section_id
-            case PostcopyResumed():
-                record = self._require_receiving().record
-                self.ledger.recovered(record.migration_id, self._out)
-            case PostcopyRunning():
-                record = self._require_receiving().record
-                install = self.ledger.postcopy_run(record.migration_id, self._out)
-                record.metrics.postcopy_run_at = self._out.now
-                self._out.do(act.RunMigratedVm(machine=install.machine, postcopy=True))
-            case _:
-                pass
-
-    def _on_pages_needed(self, pfns: NDArray[np.intp]) -> None:
-        phase = self.phase
-        if not isinstance(phase, Receiving) or (machine := phase.record.machine) is None:
-            return
-        if self.postcopy.request(pfns, machine, self.conn):
-            phase.record.metrics.postcopy_requests = self.postcopy.requests
-            self._out.flush(self.channel)
 
     # ------------------------------------------------------------------ setup
 
@@ -546,10 +494,6 @@ class DestMigration:
         if self._recover_id is not None and isinstance(phase.record.state, Committed):
             return False  # a recover channel confirming what completed here
         return not isinstance(phase.record.state, Loading | Loaded | Postcopy | Recovering)
-
-    @staticmethod
-    def _missing(machine: Machine) -> int:
-        return machine.postcopy.missing_count if machine.postcopy is not None else 0
 
     def _require_receiving(self) -> Receiving:
         phase = self.phase

@@ -34,15 +34,8 @@ from migration.metrics import SourceMetrics
 from migration.multifd import MapJobs, serial_map
 from migration.outbox import Outbox
 from migration.resolve import Purpose
-from migration.sender import (
-    MAIN,
-    Milestone,
-    PostcopyDue,
-    SetupDone,
-    StreamSender,
-    StreamSent,
-    SwitchoverDue,
-)
+from migration.sender import MAIN, StreamSender
+from migration.sender_phases import Milestone, PostcopyDue, SetupDone, StreamSent, SwitchoverDue
 from migration.source_doubt import (
     CANCEL_AFTER_HANDOVER,
     DoubtEndings,

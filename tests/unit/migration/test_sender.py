@@ -11,7 +11,8 @@ from migration.metrics import SourceMetrics
 from migration.outbox import Outbox
 from migration.params import MigrationCapabilities, MigrationParameters
 from migration.precopy import FINAL_BATCH_PAGES, QUEUE_AHEAD_BYTES
-from migration.sender import MAIN, StreamSender, StreamSent
+from migration.sender import MAIN, StreamSender
+from migration.sender_phases import StreamSent
 from vmsim import PAGE_SIZE, Machine, MachineConfig, RunState
 
 PARAMS = MigrationParameters()
