@@ -151,6 +151,10 @@ _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
     "zero-page-detection": ("zero_page_detection", _Choice(ZERO_PAGE_DETECTIONS)),
     "multifd-channels": ("multifd_channels", _IntRange(1, MAX_MULTIFD_CHANNELS, "channels")),
     "multifd-compression": ("multifd_compression", _Choice(MULTIFD_COMPRESSIONS)),
+    "max-postcopy-bandwidth": (
+        "max_postcopy_bandwidth_bytes_per_s",
+        _IntRange(0, MAX_BANDWIDTH_BYTES_PER_S, "bytes/second"),
+    ),
     "xbzrle-cache-size": (
         "xbzrle_cache_size_bytes",
         _IntRange(4096, MAX_XBZRLE_CACHE_BYTES, "bytes"),
@@ -192,6 +196,7 @@ class MigrationParameters:
     multifd_zlib_level: int = 1
     multifd_zstd_level: int = 1
     xbzrle_cache_size_bytes: int = 64 << 20  # QEMU's 64 MiB
+    max_postcopy_bandwidth_bytes_per_s: int = 0  # 0: unlimited (QEMU's default)
     tls_creds: str = ""  # "": no TLS
     tls_hostname: str = ""  # "": the host of the migration URI
     tls_authz: str = ""  # "": any client the CA signed

@@ -35,6 +35,7 @@ from migration.sender_phases import (
     PostcopyDue,
     PostcopyPushing,
     PostcopySwitching,
+    PostcopyThrottled,
     RecoverAwaitingBitmap,
     RecoverConnecting,
     Sending,
@@ -278,7 +279,7 @@ class StreamSender:
         elif isinstance(phase, Completing):
             self._next_record(phase)
         elif isinstance(phase, PostcopySwitching | PostcopyPushing):
-            self._push(phase)
+            self._push(phase, params)
         elif isinstance(phase, SendingEnd):
             self.phase = Idle()
             return StreamSent()
@@ -287,13 +288,17 @@ class StreamSender:
     def timer(self, params: MigrationParameters) -> SwitchoverDue | PostcopyDue | None:
         """A deadline passed: a throttled round may start."""
         phase = self.phase
+        if isinstance(phase, PostcopyThrottled) and self._out.now >= phase.until:
+            self._push(PostcopyPushing(), params)
+            return None
         if isinstance(phase, Sleeping) and self._out.now >= phase.until:
             return self.start_round(params)
         return None
 
     def next_deadline(self) -> float | None:
         """When the sender waits for time (a throttled round)."""
-        return self.phase.until if isinstance(self.phase, Sleeping) else None
+        phase = self.phase
+        return phase.until if isinstance(phase, Sleeping | PostcopyThrottled) else None
 
     def _close_window(self) -> None:
         metrics = self._metrics
@@ -343,7 +348,7 @@ class StreamSender:
         """The VM is stopped and the arbiter agreed: queue the switch, up to POSTCOPY_RUN."""
         missing = send_switch(self.conn, self._machine, ram_section_id(self._machine))
         self._out.log("postcopy_switch", missing_pages=missing)
-        self.postcopy = PostcopyPush(self._machine)
+        self.postcopy = PostcopyPush(self._machine, now=self._out.now)
         self.phase = PostcopySwitching(missing_pages=missing)
         self._flush([MAIN])
 
@@ -367,7 +372,7 @@ class StreamSender:
         self.phase = RecoverAwaitingBitmap(intake=BitmapIntake(config.ram_pages))
         self._flush([MAIN])
 
-    def recv_bitmap(self, event: ReceivedBitmap) -> bool:
+    def recv_bitmap(self, event: ReceivedBitmap, params: MigrationParameters) -> bool:
         """RECV_BITMAP; once whole, POSTCOPY_RESUME and the push goes on (True then)."""
         phase = self.phase
         if not isinstance(phase, RecoverAwaitingBitmap) or not phase.intake.add(event):
@@ -376,7 +381,7 @@ class StreamSender:
         self._out.log("postcopy_resuming", missing_pages=missing)
         self.conn.send_postcopy_resume()
         self.phase = PostcopyPushing()
-        self._push(self.phase)
+        self._push(self.phase, params)
         return True
 
     def postcopy_request(self, ranges: PageRanges) -> None:
@@ -386,17 +391,27 @@ class StreamSender:
             return
         push.request(ranges)
         self._metrics.postcopy_requests = push.requests
-        if isinstance(self.phase, PostcopyPushing) and (batch := push.urgent_batch()):
+        if isinstance(self.phase, PostcopyPushing | PostcopyThrottled) and (
+            batch := push.urgent_batch()
+        ):
             self._send_postcopy_pages(batch)
 
-    def _push(self, phase: PostcopySwitching | PostcopyPushing) -> None:
+    def _push(
+        self, phase: PostcopySwitching | PostcopyPushing, params: MigrationParameters
+    ) -> None:
         push = self.postcopy
         if push is None:
             return
         if isinstance(phase, PostcopySwitching):
             record_run(self._metrics, now=self._out.now, missing_pages=phase.missing_pages)
-            self.phase = PostcopyPushing()
-        batch = push.next_batch()
+        self.phase = PostcopyPushing()
+        batch = push.urgent_batch()
+        if batch is None:
+            rate = params.max_postcopy_bandwidth_bytes_per_s
+            if (due_at := push.background_due_at(self._out.now, rate)) is not None:
+                self.phase = PostcopyThrottled(until=due_at)
+                return
+            batch = push.background_batch()
         if batch is not None:
             self._send_postcopy_pages(batch)
             return

@@ -83,6 +83,13 @@ class PostcopyPushing:
 
 
 @dataclass(frozen=True, slots=True)
+class PostcopyThrottled:
+    """Postcopy: the background push waits for `max-postcopy-bandwidth` until `until`."""
+
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class RecoverConnecting:
     """Postcopy recovery: the recover channel is being connected."""
 
@@ -110,6 +117,7 @@ Phase = (
     | Completing
     | PostcopySwitching
     | PostcopyPushing
+    | PostcopyThrottled
     | RecoverConnecting
     | RecoverAwaitingBitmap
     | SendingEnd

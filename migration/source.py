@@ -351,7 +351,7 @@ class SourceMigration(DoubtEndings, PostcopyControl):
             self._on_loaded(reply)
         elif isinstance(reply, PagesRequested):
             self.sender.postcopy_request(reply.ranges)
-        elif isinstance(reply, ReceivedBitmap) and self.sender.recv_bitmap(reply):
+        elif isinstance(reply, ReceivedBitmap) and self.sender.recv_bitmap(reply, self.params):
             self.auto_recover.recovered()
             self._fire(T.RECOVERED)
         else:

@@ -93,11 +93,32 @@ class PostcopyPush:
         requested_pages: pages asked for in them.
     """
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Machine, *, now: float) -> None:
         self._handler = machine.ram_handler
         self._requests: deque[NDArray[np.intp]] = deque()
         self.requests = 0
         self.requested_pages = 0
+        self._started_at = now
+        self._background_bytes = 0
+
+    def background_due_at(self, now: float, rate_bytes_per_s: int) -> float | None:
+        """`max-postcopy-bandwidth`: when the next background frame may go (None: now).
+
+        Only the background push is held to it; a requested page never waits (the guest is
+        blocked on it), as with QEMU's preempt channel.
+        """
+        if rate_bytes_per_s <= 0:
+            return None
+        next_bytes = self._background_bytes + POSTCOPY_BATCH_PAGES * PAGE_SIZE
+        due_at = self._started_at + next_bytes / rate_bytes_per_s
+        return due_at if due_at > now else None
+
+    def background_batch(self) -> PageBatch | None:
+        """The next pages of the background push (None: all sent), counted against the rate."""
+        batch = self._handler.save_live_iterate(POSTCOPY_BATCH_PAGES)
+        if batch is not None:
+            self._background_bytes += batch.normal_pages * PAGE_SIZE
+        return batch
 
     def forget_requests(self) -> None:
         """A new connection: requests in flight on the old one are asked again if still due."""
@@ -116,10 +137,6 @@ class PostcopyPush:
             if batch is not None:
                 return batch
         return None
-
-    def next_batch(self) -> PageBatch | None:
-        """Requested pages, else the next pages of the background push (None: all sent)."""
-        return self.urgent_batch() or self._handler.save_live_iterate(POSTCOPY_BATCH_PAGES)
 
 
 class BitmapIntake:

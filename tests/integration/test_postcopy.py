@@ -357,3 +357,29 @@ def test_a_cut_inside_loaded_recovers_to_completed_on_both_sides(run, tmp):
             await pair.close()
 
     run(main)
+
+
+def test_max_postcopy_bandwidth_holds_the_push_but_never_a_request(run, tmp):
+    """`max-postcopy-bandwidth` 16 MiB/s: the 32 MiB background push takes about 2 s; the
+    pages the guest asks for go at once all the same (it completes, replay-equal)."""
+
+    async def main() -> None:
+        vm = small_vm(ram_mib=32, workload=WorkloadKind.HOTSET, dirty_rate=2000, hot_mib=1)
+        pair = await make_pair(tmp, vm=vm)
+        try:
+            await pair.source.execute(
+                "migrate-set-parameters", {"max-postcopy-bandwidth": 16 << 20}
+            )
+            await start_postcopy(pair)
+            assert "completed" == await pair.source.wait(FINAL, timeout_s=30)
+            metrics = pair.source.source.metrics
+            assert metrics.postcopy_run_at is not None
+            assert metrics.ended_at is not None
+            postcopy_s = metrics.ended_at - metrics.postcopy_run_at
+            assert 1.5 < postcopy_s < 10, postcopy_s
+            assert metrics.postcopy_requests > 0
+            await pair.dest.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
