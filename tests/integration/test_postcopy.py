@@ -26,6 +26,18 @@ async def start_postcopy(pair: Pair) -> None:
     await pair.source.execute("migrate-start-postcopy")
 
 
+async def assert_completed_at_the_destination(
+    pair: Pair, source_path: list, dest_path: list
+) -> None:
+    """Both sides completed along these paths, the VM runs only at the destination, replay-equal."""
+    assert "completed" == await pair.source.wait(FINAL, timeout_s=20)
+    assert "completed" == await pair.dest.wait({"completed"}, timeout_s=20)
+    assert source_path == paths.collapsed(pair.source.source_path())
+    assert dest_path == pair.dest.dest_path()
+    assert not await pair.source.runs()
+    await pair.dest.assert_matches_replay()
+
+
 @pytest.mark.parametrize("workload", [WorkloadKind.RANDOM, WorkloadKind.AB, WorkloadKind.HOTSET])
 def test_a_postcopy_migration_completes_and_matches_the_replay(run, tmp, workload):
     async def main() -> None:
@@ -249,12 +261,9 @@ def test_migrate_resume_takes_a_paused_postcopy_up_again(run, tmp):
         try:
             await pause_at_the_first_request(pair)
             await pair.source.execute("migrate", {"uri": pair.uri, "resume": True})
-            assert "completed" == await pair.source.wait(FINAL, timeout_s=20)
-            assert "completed" == await pair.dest.wait({"completed"}, timeout_s=20)
-            assert paths.SRC_POSTCOPY_RECOVERED == paths.collapsed(pair.source.source_path())
-            assert paths.DST_POSTCOPY_RECOVERED == pair.dest.dest_path()
-            assert not await pair.source.runs()
-            await pair.dest.assert_matches_replay()
+            await assert_completed_at_the_destination(
+                pair, paths.SRC_POSTCOPY_RECOVERED, paths.DST_POSTCOPY_RECOVERED
+            )
         finally:
             await pair.close()
 
@@ -347,12 +356,9 @@ def test_a_cut_inside_loaded_recovers_to_completed_on_both_sides(run, tmp):
         try:
             pair.fault(type="cut", before_frame="LOADED")
             await start_postcopy(pair)
-            assert "completed" == await pair.source.wait(FINAL, timeout_s=20)
-            assert "completed" == await pair.dest.wait({"completed"}, timeout_s=20)
-            assert paths.SRC_POSTCOPY_RECOVERED == paths.collapsed(pair.source.source_path())
-            assert paths.DST_POSTCOPY_SOURCE_LOST == pair.dest.dest_path()
-            assert not await pair.source.runs()
-            await pair.dest.assert_matches_replay()
+            await assert_completed_at_the_destination(
+                pair, paths.SRC_POSTCOPY_RECOVERED, paths.DST_POSTCOPY_SOURCE_LOST
+            )
         finally:
             await pair.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from helpers.pair import decode_main, make_config, replay_main, sent_bytes
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +25,9 @@ from protocol import (
     RemoteProtocolError,
     SourceConnection,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 MAIN = [
@@ -213,17 +217,21 @@ def _joined_take_all(receiver: DestConnection) -> None:
 @given(mutations, st.lists(st.integers(0, 1 << 12), max_size=6))
 def test_mutated_multifd_channel(ops, cuts):
     """PAGES (raw, zlib, zstd) and MULTIFD_SYNC, mutated: only RemoteProtocolError escapes."""
+    feed_channel(mutate(MULTIFD, ops), cuts, _joined_take_all)
+
+
+def feed_channel(data: bytes, cuts: list[int], take_all: Callable[[DestConnection], None]) -> None:
+    """Deliver a channel's bytes in pieces to a destination, taking events the router's way."""
     receiver = dest(return_path=True)
-    data = mutate(MULTIFD, ops)
     points = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
     start = 0
     try:
         for end in points:
             receiver.receive_data(data[start:end], 0.0)
             start = end
-            _joined_take_all(receiver)
+            take_all(receiver)
         receiver.receive_eof(0.0)
-        _joined_take_all(receiver)
+        take_all(receiver)
     except RemoteProtocolError:
         pass
     assert len(receiver._reader._pending) <= LIMITS.max_buffered_bytes
@@ -264,17 +272,4 @@ def _resumed_take_all(receiver: DestConnection) -> None:
 @given(mutations, st.lists(st.integers(0, 1 << 12), max_size=6))
 def test_mutated_recover_channel(ops, cuts):
     """A recover channel's stream mutated: only RemoteProtocolError escapes."""
-    receiver = dest(return_path=True)
-    data = mutate(RECOVER_MAIN, ops)
-    points = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
-    start = 0
-    try:
-        for end in points:
-            receiver.receive_data(data[start:end], 0.0)
-            start = end
-            _resumed_take_all(receiver)
-        receiver.receive_eof(0.0)
-        _resumed_take_all(receiver)
-    except RemoteProtocolError:
-        pass
-    assert len(receiver._reader._pending) <= LIMITS.max_buffered_bytes
+    feed_channel(mutate(RECOVER_MAIN, ops), cuts, _resumed_take_all)
