@@ -14,9 +14,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 POLL_S: Final = 0.1
-FINAL_STATUSES: Final = frozenset(
-    {"completed", "failed", "cancelled", "in-doubt", "postcopy-paused"}
-)
+FINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled", "in-doubt"})
+"""A postcopy-paused migration is followed on: x-auto-recover takes it up when the link heals."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,11 +183,16 @@ class SourceMetrics:
         return 0 if run is None else self.transferred_bytes - run
 
     def downtime_ms(self) -> int | None:
-        """Stop to the destination's RESUMED (or, without a handover, to the end), once known."""
+        """Stop to the destination's RESUMED (or, without a handover, to the end), once known.
+
+        In postcopy the guest runs again at the destination from POSTCOPY_RUN on: stop to RUN
+        (QEMU's postcopy downtime), not to the end of the page push.
+        """
         marks = self.downtime
-        if marks.stopped_at is None or marks.resumed_at is None:
+        end = self.postcopy_run_at if self.postcopy_run_at is not None else marks.resumed_at
+        if marks.stopped_at is None or end is None:
             return None
-        return elapsed_ms(marks.resumed_at - marks.stopped_at)
+        return elapsed_ms(end - marks.stopped_at)
 
     def total_ms(self, now: float) -> int:
         """From `migrate` to the end, or to `now` while it runs."""

@@ -54,6 +54,7 @@ def test_a_postcopy_migration_completes_and_matches_the_replay(run, tmp, workloa
             assert isinstance(info, dict)
             ram = info["ram"]
             assert ram["postcopy-bytes"] > 0  # pages went after POSTCOPY_RUN
+            assert info["downtime"] < info["total-time"]  # stop to RUN, not to the last page
             metrics = pair.source.source.metrics
             assert metrics.postcopy_missing_pages > 0
             dest_info = await pair.dest.execute("query-migrate")
