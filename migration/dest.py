@@ -29,7 +29,7 @@ from migration.dest_phases import (
     describe_loss,
 )
 from migration.dest_postcopy import PostcopyIncoming
-from migration.dest_recovery import PostcopyIncomingControl
+from migration.dest_recovery import POSTCOPY_EVENTS, PostcopyIncomingControl
 from migration.errors import LoadError
 from migration.glue import DIGEST_CHECK, full_record, machine_config_from, start_record
 from migration.ledger import (
@@ -54,13 +54,8 @@ from protocol import (
     ErrorCode,
     HandoverReceived,
     LocalProtocolError,
-    PagesDiscarded,
     PeerTimedOut,
     PingReceived,
-    PostcopyAdvised,
-    PostcopyListening,
-    PostcopyResumed,
-    PostcopyRunning,
     RamPagesReceived,
     ReturnPathRequested,
     SectionStarted,
@@ -90,11 +85,7 @@ _LOAD_EVENTS = (
     DeviceStateReceived,
     StreamEnded,
     DescriptionReceived,
-    PostcopyAdvised,
-    PagesDiscarded,
-    PostcopyListening,
-    PostcopyRunning,
-    PostcopyResumed,
+    *POSTCOPY_EVENTS,
 )
 
 

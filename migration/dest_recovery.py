@@ -36,6 +36,16 @@ if TYPE_CHECKING:
     from vmsim import Machine
 
 
+POSTCOPY_EVENTS = (
+    PostcopyAdvised,
+    PagesDiscarded,
+    PostcopyListening,
+    PostcopyRunning,
+    PostcopyResumed,
+)
+"""The main-stream events of postcopy, handled by `_on_postcopy_event`."""
+
+
 class PostcopyIncomingControl:
     """`DestMigration` provides the attributes and the two helpers declared here."""
 

@@ -8,6 +8,10 @@ cleared by hand, and it changes only along the destination's status table
     Preparing -> Loading -> Loaded -> Committed        (HANDOVER on the live connection)
                                    +-> Held -> Committed (HANDOVER after a RESOLVE, or operator)
     any state but Committed -> Discarded                (ABORT, a failed load, an operator)
+    Loading -> Postcopy -> Committed                    (POSTCOPY_RUN, then every page and HANDOVER)
+               Postcopy <-> PostcopyPaused -> RecoverySetup -> Recovering -> Postcopy (recovery)
+
+The states are in `migration.ledger_states`.
 
 A decision (committed or discarded) is final, and a record is only ever changed by its own id, so
 an old connection cannot touch a newer migration (docs/handover.md, rule 5). `query-migrate`
@@ -20,10 +24,27 @@ a restarted destination knows none of them (`unknown`), which is safe: it holds 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from migration import actions as act
 from migration.errors import LoadError, TransitionError
+from migration.ledger_states import (
+    OUTCOME_OF,
+    POSTCOPY_STATES,
+    RECEIVING_STATES,
+    STATUS_OF,
+    Committed,
+    Discarded,
+    Held,
+    Loaded,
+    Loading,
+    Postcopy,
+    PostcopyPaused,
+    Preparing,
+    RecordState,
+    Recovering,
+    RecoverySetup,
+)
 from migration.metrics import DestMetrics
 from migration.status import MigrationStatus
 from migration.table import DEST_TABLE, DestTrigger, Row, Side, StatusMachine
@@ -34,130 +55,27 @@ if TYPE_CHECKING:
     from protocol import MigrationConfiguration
     from vmsim import Machine
 
+__all__ = [
+    "OUTCOME_OF",
+    "STATUS_OF",
+    "Committed",
+    "Discarded",
+    "Held",
+    "IncomingLedger",
+    "IncomingRecord",
+    "Install",
+    "Loaded",
+    "Loading",
+    "Postcopy",
+    "PostcopyPaused",
+    "Preparing",
+    "RecordState",
+    "Recovering",
+    "RecoverySetup",
+]
+
 D = DestTrigger
 S = MigrationStatus
-
-
-@dataclass(frozen=True, slots=True)
-class Preparing:
-    """Configuration accepted; guest RAM is being allocated and pre-faulted."""
-
-
-@dataclass(frozen=True, slots=True)
-class Loading:
-    """Sections arrive and load into `machine`."""
-
-    machine: Machine
-
-
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    """Everything loaded and checked, LOADED sent; waiting for HANDOVER or ABORT."""
-
-    machine: Machine
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    """Loaded, then the source went away: paused, in doubt (docs/handover.md rule 4)."""
-
-    machine: Machine
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Postcopy:
-    """POSTCOPY_RUN: the VM runs here while its missing pages still arrive into `machine`.
-
-    The destination owns the guest from POSTCOPY_RUN on (docs/handover.md): a RESOLVE answers
-    committed, and nothing can discard it any more.
-    """
-
-    machine: Machine
-    runstate: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PostcopyPaused:
-    """Postcopy, and the source's channel broke: the guest runs until it needs a missing page.
-
-    Only the source holds those pages; a `recover` channel takes it up again. As in QEMU, the
-    VM is lost if the source's process dies now.
-    """
-
-    machine: Machine
-    reason: str
-    runstate: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RecoverySetup:
-    """A recover channel arrived for a paused postcopy (a step on the way to `Recovering`)."""
-
-    machine: Machine
-    runstate: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Recovering:
-    """The received bitmap went back on the recover channel; waiting for POSTCOPY_RESUME."""
-
-    machine: Machine
-    runstate: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Committed:
-    """The VM runs here (or keeps the source's run state); `runstate` once it is installed."""
-
-    runstate: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Discarded:
-    """Never to run here: why, and its cause as a short bounded label (the metrics')."""
-
-    reason: str
-    cause: str
-
-
-RecordState = (
-    Preparing
-    | Loading
-    | Loaded
-    | Held
-    | Postcopy
-    | PostcopyPaused
-    | RecoverySetup
-    | Recovering
-    | Committed
-    | Discarded
-)
-_POSTCOPY: Final = (Postcopy, PostcopyPaused, RecoverySetup, Recovering)
-_RECEIVING: Final = (Preparing, Loading, Loaded)
-
-STATUS_OF: Final[dict[type[RecordState], MigrationStatus]] = {
-    Preparing: S.SETUP,
-    Loading: S.ACTIVE,
-    Loaded: S.ACTIVE,
-    Held: S.IN_DOUBT,
-    Postcopy: S.POSTCOPY_ACTIVE,
-    PostcopyPaused: S.POSTCOPY_PAUSED,
-    RecoverySetup: S.POSTCOPY_RECOVER_SETUP,
-    Recovering: S.POSTCOPY_RECOVER,
-    Committed: S.COMPLETED,
-    Discarded: S.FAILED,
-}
-OUTCOME_OF: Final[dict[type[RecordState], Outcome]] = {
-    Loaded: Outcome.IN_DOUBT,
-    Held: Outcome.IN_DOUBT,
-    Postcopy: Outcome.COMMITTED,
-    PostcopyPaused: Outcome.COMMITTED,
-    RecoverySetup: Outcome.COMMITTED,
-    Recovering: Outcome.COMMITTED,
-    Committed: Outcome.COMMITTED,
-    Discarded: Outcome.DISCARDED,
-}
 
 
 class IncomingRecord:
@@ -184,7 +102,9 @@ class IncomingRecord:
     def machine(self) -> Machine | None:
         """The received machine, while it may still run here."""
         state = self.state
-        return state.machine if isinstance(state, (Loading, Loaded, Held, *_POSTCOPY)) else None
+        return (
+            state.machine if isinstance(state, (Loading, Loaded, Held, *POSTCOPY_STATES)) else None
+        )
 
     @property
     def failure_cause(self) -> str | None:
@@ -422,7 +342,7 @@ class IncomingLedger:
         `superseded`, `operator`, `abandoned`): what the metrics count failures by.
         """
         record = self._record(migration_id)
-        if isinstance(record.state, (Committed, *_POSTCOPY)):
+        if isinstance(record.state, (Committed, *POSTCOPY_STATES)):
             out.log(
                 "discard_after_commit_refused",
                 level=act.Level.ERROR,
@@ -473,7 +393,11 @@ class IncomingLedger:
     ) -> str | None:
         if config.migration_id in self.records:
             return f"migration {config.migration_id} was already received here"
-        busy = [r for r in self.records.values() if isinstance(r.state, _RECEIVING + _POSTCOPY)]
+        busy = [
+            r
+            for r in self.records.values()
+            if isinstance(r.state, RECEIVING_STATES + POSTCOPY_STATES)
+        ]
         if busy:
             return (
                 f"the destination is already receiving migration {busy[0].migration_id}; "

@@ -56,7 +56,7 @@ from migration.source_postcopy import CANCEL_IN_POSTCOPY, AutoRecover
 from migration.source_recovery import POSTCOPY_STATUSES, PostcopyControl
 from migration.source_replies import FailureNote, check_digest, describe_reply
 from migration.status import MigrationStatus, is_terminal
-from migration.table import Side, SourceTrigger, StatusMachine
+from migration.table import SOURCE_ROWS, Side, SourceTrigger, StatusMachine
 from protocol import (
     ChannelRole,
     ErrorCode,
@@ -73,16 +73,9 @@ if TYPE_CHECKING:
     from vmsim import Machine
 
 T = SourceTrigger
-S_PAUSED = MigrationStatus.POSTCOPY_PAUSED
-_POSTCOPY = POSTCOPY_STATUSES
-_CANCELLABLE = frozenset(
-    {
-        MigrationStatus.SETUP,
-        MigrationStatus.ACTIVE,
-        MigrationStatus.PRE_SWITCHOVER,
-        MigrationStatus.DEVICE,
-    }
-)
+_CANCELLABLE = frozenset(row.status for row in SOURCE_ROWS if row.trigger is T.CANCEL)
+_SETTLED_ELSEWHERE = frozenset({MigrationStatus.IN_DOUBT, MigrationStatus.POSTCOPY_PAUSED})
+_RECOVERING = frozenset({MigrationStatus.POSTCOPY_RECOVER_SETUP, MigrationStatus.POSTCOPY_RECOVER})
 _CHANNEL_INPUTS: tuple[type[inp.Input], ...] = (inp.ChannelOpened, inp.ChannelOpenFailed)
 _CHANNEL_INPUTS += (inp.PeerEventReceived, inp.ChannelFailed, inp.SendDone, inp.TimerFired)
 
@@ -196,7 +189,7 @@ class SourceMigration(DoubtEndings, PostcopyControl):
         """
         if self.handed_over and not is_terminal(self.status.status):
             raise CommandRefusedError(CANCEL_AFTER_HANDOVER)
-        if self.status.status in _POSTCOPY:
+        if self.status.status in POSTCOPY_STATUSES:
             raise CommandRefusedError(CANCEL_IN_POSTCOPY)
 
     @property
@@ -417,7 +410,7 @@ class SourceMigration(DoubtEndings, PostcopyControl):
     ) -> None:
         """A failure or a cancel: in doubt after HANDOVER, otherwise resume the VM here."""
         status = self.status.status
-        if is_terminal(status) or status in {MigrationStatus.IN_DOUBT, S_PAUSED}:
+        if is_terminal(status) or status in _SETTLED_ELSEWHERE:
             return
         if self.handed_over:
             self._enter_in_doubt(reason)
@@ -460,7 +453,7 @@ class SourceMigration(DoubtEndings, PostcopyControl):
 
     def _on_shutdown(self) -> None:
         """Decide nothing: drop the connections as if the process had died (rows 6-7)."""
-        if self.status.status in _POSTCOPY - {MigrationStatus.POSTCOPY_ACTIVE, S_PAUSED}:
+        if self.status.status in _RECOVERING:
             self._pause_postcopy("the daemon shut down during the recovery")
         if not is_terminal(self.status.status):
             self.metrics.error_desc = "the daemon shut down during the migration"
