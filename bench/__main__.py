@@ -28,6 +28,7 @@ from bench import (
     multifd,
     postcopy,
     qemu,
+    resume,
     scrape_cost,
     throughput,
     tls,
@@ -56,6 +57,7 @@ ON_DEMAND: Final[dict[str, Figure]] = {
     "multifd": multifd.multifd,  # N multifd channels against one stream
     "links": links.links,  # multifd + zstd on a shaped link between network namespaces
     "postcopy": postcopy.postcopy,  # the busy guest switched to postcopy after its first pass
+    "resume": resume.resume,  # precopy over a link cut for 2 s mid-pass: resumed, not restarted
 }
 ALIASES: Final = {"zero": "zero_pages"}
 

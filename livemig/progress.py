@@ -45,6 +45,8 @@ def progress_line(info: dict[str, object]) -> str:
         parts.append(throttle)
     if "postcopy-requests" in info:
         parts.append(f"postcopy: {_int(info, 'postcopy-requests')} page requests")
+    if info.get("x-reconnecting"):
+        parts.append(f"link broken: reconnecting (break {_int(info, 'x-precopy-breaks')})")
     parts.append(status)
     return "  ".join(parts)
 
@@ -92,6 +94,11 @@ def summary_lines(info: dict[str, object]) -> list[str]:
         lines.append(
             f"postcopy:      {_int(ram, 'postcopy-bytes') / _MIB:.1f} MiB after the switch, "
             f"{_int(info, 'postcopy-requests')} page requests"
+        )
+    if _int(info, "x-precopy-breaks"):
+        lines.append(
+            f"link breaks:   {_int(info, 'x-precopy-breaks')}, each resumed where it broke "
+            "(x-precopy-resume-ms)"
         )
     if "x-throttle-started-at-pass" in info:
         lines.append(

@@ -18,7 +18,7 @@ from migration.errors import (
     TransitionError,
 )
 from migration.info import dest_info, source_info
-from migration.inputs import ChannelJoined, ChannelKey
+from migration.inputs import ChannelJoined, ChannelKey, ShutdownRequested
 from migration.ledger import IncomingLedger, IncomingRecord, Install
 from migration.metrics import DestMetrics, DowntimeMarks, SourceMetrics
 from migration.params import (
@@ -50,6 +50,7 @@ __all__ = [
     "MigrationStatus",
     "ParameterError",
     "ResolveResponder",
+    "ShutdownRequested",
     "Side",
     "SourceMetrics",
     "SourceMigration",

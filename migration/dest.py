@@ -22,6 +22,7 @@ from migration.dest_phases import (
     Adopting,
     AwaitingConfiguration,
     AwaitingRam,
+    AwaitingReconnect,
     Closing,
     Done,
     Phase,
@@ -38,7 +39,6 @@ from migration.ledger import (
     Loaded,
     Loading,
     Postcopy,
-    Preparing,
     Recovering,
 )
 from migration.metrics import error_cause
@@ -100,8 +100,10 @@ class DestMigration(PostcopyIncomingControl):
         busy_reason: why this daemon cannot take a VM now (a VM runs here), or None; asked
             when the configuration arrives.
         now: the current time (the runner's clock, seconds).
-        recover_id: a `recover` channel of this paused postcopy migration (docs/protocol.md
-            1.10): it takes the migration up again instead of starting one.
+        recover_id: a `recover` channel of this paused migration (docs/protocol.md 1.10,
+            1.11): it takes the migration up again instead of starting one.
+        precopy_resume_s: how long a broken precopy's copy is kept for the source to
+            reconnect, when the source said it would (`x-precopy-resume-ms`; 0: discarded).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class DestMigration(PostcopyIncomingControl):
         busy_reason: Callable[[], str | None],
         now: float,
         recover_id: str | None = None,
+        precopy_resume_s: float = 0.0,
     ) -> None:
         self.ledger = ledger
         self.conn = conn
@@ -126,10 +129,13 @@ class DestMigration(PostcopyIncomingControl):
         self.postcopy = PostcopyIncoming()
         self._recover_id = recover_id
         self._generation = 0  # the record's generation this connection drives
+        self._precopy_resume_s = precopy_resume_s
+        self._source_stopped = False  # SWITCHOVER_START or the postcopy switch arrived
 
     def next_deadline(self) -> float | None:
-        """Never: the connection's own timer watches the peer."""
-        return None
+        """When a broken precopy's copy expires (the connection's own timer watches the peer)."""
+        phase = self.phase
+        return phase.until if isinstance(phase, AwaitingReconnect) else None
 
     @property
     def finished(self) -> bool:
@@ -140,7 +146,8 @@ class DestMigration(PostcopyIncomingControl):
     def record(self) -> IncomingRecord | None:
         """The ledger record of this stream, once its configuration was accepted."""
         phase = self.phase
-        return phase.record if isinstance(phase, AwaitingRam | Receiving | Adopting) else None
+        receiving = AwaitingRam | Receiving | Adopting | AwaitingReconnect
+        return phase.record if isinstance(phase, receiving) else None
 
     def start(self, now: float, first: ConfigurationReceived | None = None) -> list[act.Action]:
         """Begin with the configuration the router already read, or read until it arrives."""
@@ -188,6 +195,8 @@ class DestMigration(PostcopyIncomingControl):
                 self._on_last_reply_flushed()
             case inp.ShutdownRequested():
                 self._close()
+            case inp.TimerFired():
+                self._reconnect_expired()
             case _:
                 self._on_vm_input(event)
 
@@ -208,7 +217,9 @@ class DestMigration(PostcopyIncomingControl):
         self, channel: inp.ChannelKey, reason: str, code: ErrorCode | None
     ) -> None:
         where = "" if channel == self.channel else f"{channel.role} channel {channel.serial}: "
-        if code is None:
+        record = self.record  # a frame cut short is a loss too, for a precopy that may resume
+        truncated = code is ErrorCode.TRUNCATED and record is not None
+        if code is None or (truncated and record is not None and self._may_resume_precopy(record)):
             self._lost(f"connection lost: {where}{reason}")
         else:
             self._refuse(code, f"bad migration stream: {where}{reason}")
@@ -241,9 +252,11 @@ class DestMigration(PostcopyIncomingControl):
             return  # device state waits for the RAM still on its way on multifd channels
         match event:
             case SwitchoverStarted():
+                self._source_stopped = True
                 self.multifd.switched_over()
             case SectionStarted():
                 self._load(lambda m: load_section_start(m.savevm, start_record(event)))
+                self._require_receiving().record.ram_section_id = self.conn.ram_section_id
             case RamPagesReceived():
                 self._on_pages(event)
             case DeviceStateReceived():
@@ -316,6 +329,7 @@ class DestMigration(PostcopyIncomingControl):
         if event.data is not None and event.normal_pages:  # a confirming recovery has none
             msg = "page data arrived without guest RAM"
             raise LoadError(msg, ErrorCode.INTERNAL)
+        phase.record.ram_frames += 1
         phase.record.metrics.normal_pages += event.normal_pages
         phase.record.metrics.zero_pages += event.zero_pages
         if self.postcopy.running:
@@ -416,23 +430,6 @@ class DestMigration(PostcopyIncomingControl):
             self._loaded()  # VMDESCRIPTION is optional in a file (QEMU reads it only if there)
             return
         self._lost(describe_loss(event))
-
-    def _lost(self, reason: str) -> None:
-        """The source is gone: hold the VM in doubt if it was loaded, else discard it."""
-        record = self.record
-        if record is not None:
-            if isinstance(record.state, Postcopy | Recovering):
-                self.ledger.postcopy_paused(record.migration_id, reason, self._out)
-            elif isinstance(record.state, Loaded):
-                self.ledger.hold(record.migration_id, reason, self._out)
-            elif isinstance(record.state, Preparing | Loading):
-                self.ledger.discard(
-                    record.migration_id,
-                    f"incomplete migration: {reason}",
-                    self._out,
-                    cause="connection-lost",
-                )
-        self._close()
 
     def _refuse(self, code: ErrorCode, reason: str) -> None:
         record = self.record

@@ -43,6 +43,14 @@ class Adopting:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitingReconnect:
+    """Precopy, and the connection broke: the copy is kept until `until` for a recover channel."""
+
+    record: IncomingRecord
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class Closing:
     """The last reply is on its way; the channel closes once it left."""
 
@@ -52,7 +60,9 @@ class Done:
     """Nothing left to do."""
 
 
-Phase = AwaitingConfiguration | AwaitingRam | Receiving | Adopting | Closing | Done
+Phase = (
+    AwaitingConfiguration | AwaitingRam | Receiving | Adopting | AwaitingReconnect | Closing | Done
+)
 
 
 def describe_loss(event: ConnectionClosed | PeerTimedOut) -> str:

@@ -1,8 +1,9 @@
-"""The postcopy half of `DestMigration`: the switch, page requests and recovery.
+"""The recovery half of `DestMigration`: postcopy's switch and page requests, and recover channels.
 
-`migration.dest_postcopy` keeps the state (discards, requests, the received bitmap's frames);
-this is what the destination's machine does with each postcopy event, and how a `recover`
-channel takes a paused postcopy up again (docs/protocol.md 1.10, docs/handover.md).
+`migration.dest_postcopy` keeps the postcopy state (discards, requests, the received bitmap's
+frames); this is what the destination's machine does with each postcopy event, and how a
+`recover` channel takes a paused postcopy (docs/protocol.md 1.10) or a broken precopy (1.11) up
+again (docs/handover.md).
 """
 
 from __future__ import annotations
@@ -10,8 +11,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from migration import actions as act
-from migration.dest_phases import Receiving
+from migration.dest_phases import AwaitingReconnect, Done, Receiving
 from migration.errors import LoadError
+from migration.ledger_states import (
+    Loaded,
+    Loading,
+    Postcopy,
+    PrecopyPaused,
+    Preparing,
+    Recovering,
+)
+from migration.precopy_resume import PRECOPY_RESUME_CAPABILITY
 from protocol import (
     ErrorCode,
     PagesDiscarded,
@@ -30,7 +40,7 @@ if TYPE_CHECKING:
     from migration.dest_phases import Phase
     from migration.dest_postcopy import PostcopyIncoming
     from migration.inputs import ChannelKey
-    from migration.ledger import IncomingLedger
+    from migration.ledger import IncomingLedger, IncomingRecord
     from migration.outbox import Outbox
     from protocol import DestConnection
     from vmsim import Machine
@@ -57,6 +67,8 @@ class PostcopyIncomingControl:
     _out: Outbox
     _recover_id: str | None
     _generation: int
+    _precopy_resume_s: float
+    _source_stopped: bool
 
     def _require_receiving(self) -> Receiving:
         raise NotImplementedError
@@ -64,8 +76,16 @@ class PostcopyIncomingControl:
     def _load(self, step: Callable[[Machine], None]) -> None:
         raise NotImplementedError
 
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def record(self) -> IncomingRecord | None:
+        """The ledger record of this stream (`DestMigration.record`)."""
+        raise NotImplementedError
+
     def _recover(self) -> None:
-        """A recover channel: send the received bitmap, then wait for POSTCOPY_RESUME."""
+        """A recover channel: RESUME_POINT (a precopy) or the received bitmap (a postcopy)."""
         record = self.ledger.recover(self._recover_id or "", self._out)
         self._generation = record.generation
         machine, config = record.machine, record.config
@@ -73,8 +93,14 @@ class PostcopyIncomingControl:
             msg = f"migration {record.migration_id} cannot be resumed here"
             raise LoadError(msg, ErrorCode.INTERNAL)
         sink = machine.ram_handler.loader if machine is not None else None
-        self.conn.resume(config, sink, record.ram_section_id)
+        advised = record.advised and isinstance(record.state, Loading)
+        self.conn.resume(config, sink, record.ram_section_id, advised=advised)
         self.phase = Receiving(record=record, config=config)
+        if isinstance(record.state, Loading):  # a precopy: it goes on from RESUME_POINT
+            self.conn.send_resume_point(record.ram_frames)
+            self._out.flush(self.channel)
+            self._out.log("precopy_resuming", ram_frames=record.ram_frames)
+            return
         for frame in self.postcopy.bitmap_frames(machine, config.ram_pages):
             self.conn.send_recv_bitmap(*frame)
         self._out.flush(self.channel)
@@ -86,13 +112,68 @@ class PostcopyIncomingControl:
         self._out.do(act.WakeVm())  # a blocked guest asks again, on this channel
         self._out.log("postcopy_recovering", missing_pages=self._missing(machine))
 
+    def _lost(self, reason: str) -> None:
+        """The source is gone: hold the VM in doubt if it was loaded, else discard it."""
+        record = self.record
+        if record is not None:
+            if isinstance(record.state, Postcopy | Recovering):
+                self.ledger.postcopy_paused(record.migration_id, reason, self._out)
+            elif isinstance(record.state, Loaded):
+                self.ledger.hold(record.migration_id, reason, self._out)
+            elif self._may_resume_precopy(record):
+                self._pause_precopy(record, reason)
+                return
+            elif isinstance(record.state, Preparing | Loading):
+                self.ledger.discard(
+                    record.migration_id,
+                    f"incomplete migration: {reason}",
+                    self._out,
+                    cause="connection-lost",
+                )
+        self._close()
+
+    def _may_resume_precopy(self, record: IncomingRecord) -> bool:
+        """The source will reconnect (it said so) and its VM runs: keep what was loaded."""
+        config = record.config
+        return (
+            self._precopy_resume_s > 0
+            and not self._source_stopped
+            and isinstance(record.state, Loading)
+            and config is not None
+            and PRECOPY_RESUME_CAPABILITY in config.capabilities
+            and not config.multifd_channels
+            and self.conn.ram_section_id is not None
+        )
+
+    def _pause_precopy(self, record: IncomingRecord, reason: str) -> None:
+        self.ledger.precopy_paused(record.migration_id, reason, self._out)
+        self.phase = AwaitingReconnect(record=record, until=self._out.now + self._precopy_resume_s)
+        self._out.do(act.CloseChannel(channel=self.channel))
+
+    def _reconnect_expired(self) -> None:
+        """`x-precopy-resume-ms` is over: discard the copy if no recover channel took it."""
+        phase = self.phase
+        if not isinstance(phase, AwaitingReconnect) or self._out.now < phase.until:
+            return
+        record = phase.record
+        if record.generation == self._generation and isinstance(record.state, PrecopyPaused):
+            budget_ms = round(self._precopy_resume_s * 1000)
+            reason = f"{record.reason}; the source did not reconnect within {budget_ms} ms"
+            self.ledger.discard(record.migration_id, reason, self._out, cause="connection-lost")
+        self.phase = Done()
+        self._out.do(act.Finished())
+
     def _on_postcopy_event(self, event: object) -> None:
         match event:
             case PostcopyAdvised():
                 self.postcopy.advised = True
+                if (record := self.record) is not None:  # it comes before RAM is ready
+                    record.advised = True
             case PagesDiscarded(ranges=ranges):
+                self._source_stopped = True
                 self.postcopy.discard(ranges)
             case PostcopyListening():
+                self._source_stopped = True
                 self._load(self.postcopy.listen)
                 self._require_receiving().record.ram_section_id = self.conn.ram_section_id
             case PostcopyResumed():

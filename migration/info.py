@@ -62,6 +62,15 @@ def source_info(
             info["xbzrle-cache"] = dict(metrics.xbzrle_cache)
         if metrics.postcopy_run_at is not None:
             info["postcopy-requests"] = metrics.postcopy_requests
+    _add_extras(info, status, metrics)
+    return info
+
+
+def _add_extras(info: dict[str, object], status: MigrationStatus, metrics: SourceMetrics) -> None:
+    """The `x-` members livemig adds to a source's reply."""
+    if metrics.precopy_breaks:
+        info["x-precopy-breaks"] = metrics.precopy_breaks
+        info["x-reconnecting"] = metrics.reconnecting and status is S.ACTIVE
     if metrics.throttle_started_at_pass is not None:
         info["x-throttle-started-at-pass"] = metrics.throttle_started_at_pass
     if metrics.timeout_actions:
@@ -71,7 +80,6 @@ def source_info(
         info["x-iterations"] = metrics.dirty_sync_count
     if metrics.error_desc is not None and status in _ERROR_STATUSES:
         info["error-desc"] = metrics.error_desc
-    return info
 
 
 def _time_info(status: MigrationStatus, metrics: SourceMetrics, *, now: float) -> dict[str, object]:

@@ -6,6 +6,7 @@ cleared by hand, and it changes only along the destination's status table
 (`migration.table.DEST_ROWS`):
 
     Preparing -> Loading -> Loaded -> Committed        (HANDOVER on the live connection)
+               Loading <-> PrecopyPaused               (precopy resume: a recover channel)
                                    +-> Held -> Committed (HANDOVER after a RESOLVE, or operator)
     any state but Committed -> Discarded                (ABORT, a failed load, an operator)
     Loading -> Postcopy -> Committed                    (POSTCOPY_RUN, then every page and HANDOVER)
@@ -40,12 +41,14 @@ from migration.ledger_states import (
     Loading,
     Postcopy,
     PostcopyPaused,
+    PrecopyPaused,
     Preparing,
     RecordState,
     Recovering,
     RecoverySetup,
 )
 from migration.metrics import DestMetrics
+from migration.precopy_resume import PRECOPY_RESUME_CAPABILITY
 from migration.status import MigrationStatus
 from migration.table import DEST_TABLE, DestTrigger, Row, Side, StatusMachine
 from protocol import ErrorCode, Outcome
@@ -68,6 +71,7 @@ __all__ = [
     "Loading",
     "Postcopy",
     "PostcopyPaused",
+    "PrecopyPaused",
     "Preparing",
     "RecordState",
     "Recovering",
@@ -88,6 +92,8 @@ class IncomingRecord:
         self.config: MigrationConfiguration | None = None  # set by `IncomingLedger.begin`
         self.ram_section_id: int | None = None  # postcopy: the stream's RAM section, to resume
         self.generation = 0  # which connection drives it: each recover channel takes over
+        self.ram_frames = 0  # RAM frames loaded, on every connection (precopy resume)
+        self.advised = False  # POSTCOPY_ADVISE arrived: it may switch to postcopy
         self.metrics = DestMetrics(started_at=now)
         self.state: RecordState = Preparing()
         self._status = StatusMachine(Side.DESTINATION)
@@ -103,7 +109,9 @@ class IncomingRecord:
         """The received machine, while it may still run here."""
         state = self.state
         return (
-            state.machine if isinstance(state, (Loading, Loaded, Held, *POSTCOPY_STATES)) else None
+            state.machine
+            if isinstance(state, (Loading, PrecopyPaused, Loaded, Held, *POSTCOPY_STATES))
+            else None
         )
 
     @property
@@ -116,7 +124,8 @@ class IncomingRecord:
     def reason(self) -> str | None:
         """Why it was discarded or is held, if so."""
         state = self.state
-        return state.reason if isinstance(state, Discarded | Held | PostcopyPaused) else None
+        paused = PostcopyPaused | PrecopyPaused
+        return state.reason if isinstance(state, Discarded | Held | paused) else None
 
     def move(self, trigger: DestTrigger, state: RecordState) -> None:
         """Fire `trigger` and take `state`, which must show as the status the table gives.
@@ -190,10 +199,9 @@ class IncomingLedger:
         refusal = self._refusal(config, from_file=from_file, busy_reason=busy_reason)
         if refusal is not None:
             raise LoadError(refusal, ErrorCode.BUSY)
-        held = self.held
-        if held is not None:  # the same VM over the network: only its owner can migrate it
-            superseded = f"superseded by migration {config.migration_id}"
-            self.discard(held.migration_id, superseded, out, cause="superseded")
+        superseded = f"superseded by migration {config.migration_id}"
+        for old in self._supersedable(config.uuid):  # only the VM's owner can migrate it
+            self.discard(old.migration_id, superseded, out, cause="superseded")
         record = IncomingRecord(
             migration_id=config.migration_id, uuid=config.uuid, from_file=from_file, now=out.now
         )
@@ -289,6 +297,8 @@ class IncomingLedger:
             LoadError: the migration is not in postcopy here (PROTOCOL_ERROR).
         """
         record = self.records.get(migration_id)
+        if record is not None and isinstance(record.state, Loading | PrecopyPaused):
+            return self._resume_precopy(record, out)
         if record is not None and isinstance(record.state, Postcopy):
             self.postcopy_paused(migration_id, "the source reconnected", out)
         completed = record is not None and isinstance(record.state, Committed)
@@ -304,6 +314,48 @@ class IncomingLedger:
         self.advance(record, D.RECOVER, RecoverySetup(machine=machine, runstate=runstate), out)
         recovering = Recovering(machine=machine, runstate=runstate)
         self.advance(record, D.RECOVERY_CONNECTED, recovering, out)
+        return record
+
+    def recoverable(self, migration_id: str) -> bool:
+        """Whether a recover channel may take this migration over (`recover` would accept it)."""
+        record = self.records.get(migration_id)
+        if record is None or record.config is None:
+            return False
+        if isinstance(record.state, Loading | PrecopyPaused):
+            return PRECOPY_RESUME_CAPABILITY in record.config.capabilities
+        return isinstance(record.state, POSTCOPY_STATES)
+
+    def precopy_paused(self, migration_id: str, reason: str, out: Outbox) -> None:
+        """The connection broke while loading, and the source will reconnect: keep the copy."""
+        record = self._record(migration_id)
+        state = record.state
+        if not isinstance(state, Loading):
+            return
+        why = f"precopy paused: {reason}; waiting for the source to reconnect"
+        self.advance(
+            record, D.PRECOPY_BROKEN, PrecopyPaused(machine=state.machine, reason=why), out
+        )
+        out.log("precopy_paused", level=act.Level.WARNING, migration_id=migration_id, reason=reason)
+
+    def _resume_precopy(self, record: IncomingRecord, out: Outbox) -> IncomingRecord:
+        """A recover channel for a precopy: loading again, driven by the new connection.
+
+        One whose old connection still looks alive here is paused first (the source
+        reconnects only once it lost it; the machine that drove it stands down).
+
+        Raises:
+            LoadError: the source did not say it would reconnect (PROTOCOL_ERROR).
+        """
+        config = record.config
+        if config is None or PRECOPY_RESUME_CAPABILITY not in config.capabilities:
+            msg = f"migration {record.migration_id} is not resumable (no x-precopy-resume)"
+            raise LoadError(msg, ErrorCode.PROTOCOL_ERROR)
+        self.precopy_paused(record.migration_id, "the source reconnected", out)
+        state = record.state
+        if not isinstance(state, PrecopyPaused):  # a bug: precopy_paused takes Loading
+            raise TransitionError(f"{type(state).__name__} cannot resume")
+        record.generation += 1
+        self.advance(record, D.PRECOPY_RESUMED, Loading(machine=state.machine), out)
         return record
 
     def recovered(self, migration_id: str, out: Outbox) -> None:
@@ -376,7 +428,7 @@ class IncomingLedger:
     def answer_resolve(self, migration_id: str, out: Outbox) -> Outcome:
         """RESOLVE from a source: the outcome, deciding `discarded` for an unfinished load."""
         record = self.records.get(migration_id)
-        if record is not None and isinstance(record.state, Preparing | Loading):
+        if record is not None and isinstance(record.state, Preparing | Loading | PrecopyPaused):
             # The source gave this stream up (it asks from a new connection): never run it.
             self.discard(
                 migration_id,
@@ -388,15 +440,24 @@ class IncomingLedger:
 
     # ------------------------------------------------------------------ helpers
 
+    def _supersedable(self, uuid: str | None) -> list[IncomingRecord]:
+        """Copies of VM `uuid` a new migration of it replaces: held, or a broken precopy's."""
+        return [
+            r
+            for r in self.records.values()
+            if isinstance(r.state, Held | PrecopyPaused) and uuid is not None and r.uuid == uuid
+        ]
+
     def _refusal(
         self, config: MigrationConfiguration, *, from_file: bool, busy_reason: str | None
     ) -> str | None:
         if config.migration_id in self.records:
             return f"migration {config.migration_id} was already received here"
+        replaced = [] if from_file else self._supersedable(config.uuid)
         busy = [
             r
             for r in self.records.values()
-            if isinstance(r.state, RECEIVING_STATES + POSTCOPY_STATES)
+            if isinstance(r.state, RECEIVING_STATES + POSTCOPY_STATES) and r not in replaced
         ]
         if busy:
             return (

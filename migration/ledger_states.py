@@ -31,6 +31,18 @@ class Loading:
 
 
 @dataclass(frozen=True, slots=True)
+class PrecopyPaused:
+    """Loading, and the connection broke: what was loaded is kept for a `recover` channel.
+
+    Only when the source said it will reconnect (`x-precopy-resume` in the configuration), for
+    `x-precopy-resume-ms`; then discarded. The VM runs on the source meanwhile.
+    """
+
+    machine: Machine
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Loaded:
     """Everything loaded and checked, LOADED sent; waiting for HANDOVER or ABORT."""
 
@@ -104,6 +116,7 @@ class Discarded:
 RecordState = (
     Preparing
     | Loading
+    | PrecopyPaused
     | Loaded
     | Held
     | Postcopy
@@ -114,11 +127,12 @@ RecordState = (
     | Discarded
 )
 POSTCOPY_STATES: Final = (Postcopy, PostcopyPaused, RecoverySetup, Recovering)
-RECEIVING_STATES: Final = (Preparing, Loading, Loaded)
+RECEIVING_STATES: Final = (Preparing, Loading, PrecopyPaused, Loaded)
 
 STATUS_OF: Final[dict[type[RecordState], MigrationStatus]] = {
     Preparing: S.SETUP,
     Loading: S.ACTIVE,
+    PrecopyPaused: S.ACTIVE,
     Loaded: S.ACTIVE,
     Held: S.IN_DOUBT,
     Postcopy: S.POSTCOPY_ACTIVE,

@@ -108,6 +108,8 @@ class SourceMetrics:
         bytes_at_postcopy_run: `transferred_bytes` then.
         postcopy_missing_pages: pages the destination lacked at the switch.
         postcopy_requests: REQ_PAGES the destination sent (QEMU's `postcopy-requests`).
+        precopy_breaks: times the connection broke in precopy and the source reconnected (or
+            tried to: `x-precopy-resume-ms`); `reconnecting` while it does.
     """
 
     page_size: int
@@ -125,6 +127,8 @@ class SourceMetrics:
     bytes_at_postcopy_run: int | None = None
     postcopy_missing_pages: int = 0
     postcopy_requests: int = 0
+    precopy_breaks: int = 0
+    reconnecting: bool = False
     normal_pages: int = 0
     zero_pages: int = 0
     remaining_bytes: int = 0

@@ -169,6 +169,7 @@ _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
     "x-connect-timeout-ms": ("connect_timeout_ms", _IntRange(100, MAX_TIMEOUT_MS, "ms")),
     "x-resolve-interval-ms": ("resolve_interval_ms", _IntRange(10, MAX_TIMEOUT_MS, "ms")),
     "x-auto-recover": ("auto_recover", _Boolean()),
+    "x-precopy-resume-ms": ("precopy_resume_ms", _IntRange(0, MAX_TIMEOUT_MS, "ms")),
 }
 
 
@@ -205,6 +206,7 @@ class MigrationParameters:
     connect_timeout_ms: int = 5000
     resolve_interval_ms: int = 1000
     auto_recover: bool = True  # a paused postcopy reconnects by itself, with backoff
+    precopy_resume_ms: int = 10_000  # a broken precopy reconnects this long (0: fails at once)
 
     @property
     def timeouts(self) -> Timeouts:
@@ -213,6 +215,11 @@ class MigrationParameters:
             ping_interval_s=self.ping_interval_ms / 1000,
             peer_timeout_s=self.peer_timeout_ms / 1000,
         )
+
+    @property
+    def precopy_resume_s(self) -> float:
+        """How long a broken precopy may take to reconnect (`x-precopy-resume-ms`)."""
+        return self.precopy_resume_ms / 1000
 
     @property
     def resolve_interval_s(self) -> float:

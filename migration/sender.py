@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from migration.actions import CloseChannel, FlushNowait, Level, OpenChannel, Receive
 from migration.errors import TransitionError
 from migration.glue import configuration_for
-from migration.inputs import ChannelKey
 from migration.multifd import MapJobs, MultifdChannels, compression, serial_map
 from migration.precopy import (
     FINAL_BATCH_PAGES,
@@ -24,6 +23,7 @@ from migration.precopy import (
     Switchover,
     Throttled,
 )
+from migration.precopy_resume import PRECOPY_RESUME_CAPABILITY, SentFrames
 from migration.sender_phases import (
     AwaitingAck,
     Completing,
@@ -36,7 +36,6 @@ from migration.sender_phases import (
     PostcopyPushing,
     PostcopySwitching,
     PostcopyThrottled,
-    RecoverAwaitingBitmap,
     RecoverConnecting,
     Sending,
     SendingEnd,
@@ -46,17 +45,17 @@ from migration.sender_phases import (
     StreamSent,
     SwitchoverDue,
 )
+from migration.sender_recovery import MAIN, RecoverySender
 from migration.source_postcopy import (
     POSTCOPY_BATCH_PAGES,
     POSTCOPY_QUEUE_AHEAD_BYTES,
-    BitmapIntake,
     PostcopyPush,
     ram_section_id,
     record_run,
     send_switch,
 )
 from migration.xbzrle import XbzrleEncoder
-from protocol import ChannelRole, ErrorCode, ProtocolError, SourceConnection
+from protocol import ErrorCode, ProtocolError, SourceConnection
 from vmsim import (
     SectionFull,
     SectionPart,
@@ -69,16 +68,17 @@ from vmsim import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from migration.inputs import ChannelKey
     from migration.metrics import SourceMetrics
     from migration.outbox import Outbox
     from migration.params import MigrationCapabilities, MigrationParameters
-    from protocol import MigrationConfiguration, PageRanges, ReceivedBitmap, Timeouts
+    from protocol import MigrationConfiguration, PageRanges, Timeouts
     from vmsim import Machine, PageBatch
 
-MAIN = ChannelKey(ChannelRole.MAIN)
+__all__ = ["MAIN", "StreamSender"]
 
 
-class StreamSender:
+class StreamSender(RecoverySender):
     """Frames of one migration's main stream, paced by the channel and the precopy policies."""
 
     def __init__(
@@ -122,6 +122,9 @@ class StreamSender:
         self.postcopy_wanted = False  # migrate-start-postcopy: switch at the next round
         self.postcopy: PostcopyPush | None = None  # after the switch
         self._config: MigrationConfiguration | None = None  # kept for a recovery
+        resumable = timeouts is not None and params.precopy_resume_ms > 0 and not caps.multifd
+        self.sent_frames = SentFrames(machine.ram.n_pages) if resumable else None
+        self.resumable = resumable  # a broken precopy may reconnect (x-precopy-resume-ms)
 
     @property
     def sent_bytes(self) -> int:
@@ -180,10 +183,11 @@ class StreamSender:
         if isinstance(self.phase, RecoverConnecting):
             self._open_recovery()
             return
+        resume = (PRECOPY_RESUME_CAPABILITY,) if self.resumable else ()
         config = configuration_for(
             self._machine,
             migration_id=self._migration_id,
-            capabilities=self._caps.wire_names(),
+            capabilities=self._caps.wire_names() + resume,
             multifd_channels=self.multifd.count if self.multifd is not None else 0,
         )
         self.conn.send_configuration(config)
@@ -352,38 +356,6 @@ class StreamSender:
         self.phase = PostcopySwitching(missing_pages=missing)
         self._flush([MAIN])
 
-    def reconnect(self) -> SourceConnection:
-        """Postcopy recovery: a new main connection, to open as a `recover` channel."""
-        self._earlier_bytes += self.conn.sent_bytes
-        self._config = self.conn.configuration or self._config
-        self.conn = SourceConnection(return_path=True, timeouts=self._timeouts, now=self._out.now)
-        self._awaiting.clear()
-        if self.postcopy is not None:
-            self.postcopy.forget_requests()
-        self.phase = RecoverConnecting()
-        return self.conn
-
-    def _open_recovery(self) -> None:
-        config = self._config
-        if config is None:
-            msg = "a recovery before the first connection was configured"
-            raise TransitionError(msg)
-        self.conn.open_recovery(config, ram_section_id(self._machine))
-        self.phase = RecoverAwaitingBitmap(intake=BitmapIntake(config.ram_pages))
-        self._flush([MAIN])
-
-    def recv_bitmap(self, event: ReceivedBitmap, params: MigrationParameters) -> bool:
-        """RECV_BITMAP; once whole, POSTCOPY_RESUME and the push goes on (True then)."""
-        phase = self.phase
-        if not isinstance(phase, RecoverAwaitingBitmap) or not phase.intake.add(event):
-            return False
-        missing = self._machine.ram_handler.postcopy_recover(phase.intake.received)
-        self._out.log("postcopy_resuming", missing_pages=missing)
-        self.conn.send_postcopy_resume()
-        self.phase = PostcopyPushing()
-        self._push(self.phase, params)
-        return True
-
     def postcopy_request(self, ranges: PageRanges) -> None:
         """REQ_PAGES: queue the pages asked for now, ahead of the next background batch."""
         push = self.postcopy
@@ -452,6 +424,8 @@ class StreamSender:
         multifd = self.multifd
         if multifd is None:
             self.conn.send_ram(part.section_id, batch, end=end)
+            if self.sent_frames is not None:
+                self.sent_frames.sent(part.batch)
             self._flush([MAIN], keep_bytes=QUEUE_AHEAD_BYTES)
             return
         synced = multifd.sync(self._machine.ram_handler.stats().dirty_sync_count)

@@ -102,6 +102,11 @@ class RecoverAwaitingBitmap:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeAwaitingPoint:
+    """Precopy resume: CHANNEL recover sent; the destination's RESUME_POINT comes in."""
+
+
+@dataclass(frozen=True, slots=True)
 class SendingEnd:
     """EOF and VMDESCRIPTION queued; waiting for the stream's last bytes to leave."""
 
@@ -120,6 +125,7 @@ Phase = (
     | PostcopyThrottled
     | RecoverConnecting
     | RecoverAwaitingBitmap
+    | ResumeAwaitingPoint
     | SendingEnd
 )
 

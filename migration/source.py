@@ -33,13 +33,11 @@ from migration.errors import CommandRefusedError
 from migration.metrics import SourceMetrics
 from migration.multifd import MapJobs, serial_map
 from migration.outbox import Outbox
+from migration.precopy_resume import ReconnectBudget
 from migration.resolve import Purpose
 from migration.sender import MAIN, StreamSender
 from migration.sender_phases import Milestone, PostcopyDue, SetupDone, StreamSent, SwitchoverDue
-from migration.source_doubt import (
-    CANCEL_AFTER_HANDOVER,
-    DoubtEndings,
-)
+from migration.source_doubt import CANCEL_AFTER_HANDOVER, DoubtEndings
 from migration.source_phases import (
     AwaitingLoaded,
     AwaitingResumed,
@@ -48,6 +46,7 @@ from migration.source_phases import (
     Paused,
     Phase,
     PostcopyPaused,
+    PrecopyReconnecting,
     Resolving,
     Stopping,
     Streaming,
@@ -55,15 +54,16 @@ from migration.source_phases import (
 from migration.source_postcopy import CANCEL_IN_POSTCOPY, AutoRecover
 from migration.source_recovery import POSTCOPY_STATUSES, PostcopyControl
 from migration.source_replies import FailureNote, check_digest, describe_reply
+from migration.source_resume import PrecopyResumeControl
 from migration.status import MigrationStatus, is_terminal
 from migration.table import SOURCE_ROWS, Side, SourceTrigger, StatusMachine
 from protocol import (
-    ChannelRole,
     ErrorCode,
     LoadCompleted,
     PagesRequested,
     ProtocolError,
     ReceivedBitmap,
+    ResumePointReported,
     ReturnPathAcked,
 )
 from vmsim import RunState, VMSimError, state_cleanup
@@ -80,7 +80,7 @@ _CHANNEL_INPUTS: tuple[type[inp.Input], ...] = (inp.ChannelOpened, inp.ChannelOp
 _CHANNEL_INPUTS += (inp.PeerEventReceived, inp.ChannelFailed, inp.SendDone, inp.TimerFired)
 
 
-class SourceMigration(DoubtEndings, PostcopyControl):
+class SourceMigration(DoubtEndings, PostcopyControl, PrecopyResumeControl):
     """One migration of a VM to a destination, as a sans-IO state machine.
 
     Args:
@@ -138,6 +138,7 @@ class SourceMigration(DoubtEndings, PostcopyControl):
         self._previous_runstate: RunState | None = None
         self._loaded: LoadCompleted | None = None
         self.auto_recover = AutoRecover()
+        self.reconnect = ReconnectBudget()
 
     # ------------------------------------------------------------------ public
 
@@ -170,6 +171,8 @@ class SourceMigration(DoubtEndings, PostcopyControl):
             return self.phase.resolver.next_deadline()
         if isinstance(self.phase, PostcopyPaused):
             return self.auto_recover.due_at
+        if isinstance(self.phase, PrecopyReconnecting):
+            return self.reconnect.due_at
         if not isinstance(self.phase, Streaming):
             return None
         deadlines = [self.sender.next_deadline()]
@@ -210,11 +213,16 @@ class SourceMigration(DoubtEndings, PostcopyControl):
             case inp.ChannelOpened(channel=channel):
                 self._on_opened(channel)
             case inp.ChannelOpenFailed(channel=channel, reason=reason):
-                self._on_channel_failure(channel, f"cannot connect: {reason}", ErrorCode.INTERNAL)
+                self._on_channel_failure(
+                    channel, f"cannot connect: {reason}", ErrorCode.INTERNAL, lost=True
+                )
             case inp.PeerEventReceived(channel=channel, event=reply, io_error=io_error):
                 self._on_reply(channel, reply, io_error)
             case inp.ChannelFailed(channel=channel, reason=reason, code=code):
-                self._on_channel_failure(channel, reason, code or ErrorCode.PROTOCOL_ERROR)
+                lost = code in {None, ErrorCode.TRUNCATED}  # I/O or a cut, not a refusal
+                self._on_channel_failure(
+                    channel, reason, code or ErrorCode.PROTOCOL_ERROR, lost=lost
+                )
             case inp.SendDone(channel=channel):
                 self._on_sent(channel)
             case inp.TimerFired():
@@ -271,6 +279,8 @@ class SourceMigration(DoubtEndings, PostcopyControl):
             self._settle(phase.resolver.timer())
         elif isinstance(phase, PostcopyPaused):
             self._auto_recover_tick()
+        elif isinstance(phase, PrecopyReconnecting):
+            self._precopy_reconnect_tick()
 
     def _milestone(self, milestone: Milestone | None) -> None:
         if isinstance(milestone, SetupDone):
@@ -342,15 +352,12 @@ class SourceMigration(DoubtEndings, PostcopyControl):
         elif isinstance(reply, LoadCompleted):
             self._loaded = reply
             self._on_loaded(reply)
-        elif isinstance(reply, PagesRequested):
-            self.sender.postcopy_request(reply.ranges)
-        elif isinstance(reply, ReceivedBitmap) and self.sender.recv_bitmap(reply, self.params):
-            self.auto_recover.recovered()
-            self._fire(T.RECOVERED)
+        elif isinstance(reply, PagesRequested | ReceivedBitmap | ResumePointReported):
+            self._on_recovery_reply(reply)
         else:
             note = describe_reply(reply, io_error)
             if isinstance(note, FailureNote):
-                self._fail(note.reason, note.code)
+                (self._lost if note.network else self._fail)(note.reason, note.code)
             elif note is not None and isinstance(phase, AwaitingResumed):
                 self.metrics.downtime.resumed_at = self._out.now
                 self._out.log("destination_resumed", runstate=note)
@@ -468,13 +475,6 @@ class SourceMigration(DoubtEndings, PostcopyControl):
     def _finish(self) -> None:
         self.phase = Done()
         self._out.do(act.Finished())
-
-    def _on_channel_failure(self, channel: inp.ChannelKey, reason: str, code: ErrorCode) -> None:
-        if channel.role in {ChannelRole.MAIN, ChannelRole.MULTIFD}:
-            multifd = channel.role is ChannelRole.MULTIFD
-            self._fail(f"multifd channel {channel.serial}: {reason}" if multifd else reason, code)
-        elif isinstance(self.phase, Resolving):
-            self._settle(self.phase.resolver.failed(channel, reason))
 
     # ------------------------------------------------------------------ policies, status
 

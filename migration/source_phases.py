@@ -66,6 +66,17 @@ class PostcopyPaused:
 
 
 @dataclass(frozen=True, slots=True)
+class PrecopyReconnecting:
+    """Precopy, and the connection broke: the VM runs on here; reconnecting (x-precopy-resume-ms).
+
+    The dirty bitmap is kept, and the destination keeps what it loaded; a `recover` channel
+    takes the migration up again (`migration.precopy_resume`).
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """Nothing left to do."""
 
@@ -78,6 +89,7 @@ Phase = (
     | Deciding
     | AwaitingResumed
     | Resolving
+    | PrecopyReconnecting
     | PostcopyPaused
     | Done
 )

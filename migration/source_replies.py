@@ -19,10 +19,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class FailureNote:
-    """The reply ends the migration here: why, and the code sent back in ABORT."""
+    """The reply ends the migration here: why, and the code sent back in ABORT.
+
+    `network`: the connection was lost (closed, or the peer fell silent), not refused; a
+    precopy may reconnect (`migration.precopy_resume`).
+    """
 
     reason: str
     code: ErrorCode
+    network: bool = False
 
 
 def describe_reply(reply: object, io_error: str | None = None) -> FailureNote | str | None:
@@ -37,12 +42,14 @@ def describe_reply(reply: object, io_error: str | None = None) -> FailureNote | 
             return FailureNote(f"destination failed: {reason}", code)
         case PeerTimedOut(idle_s=idle_s):
             return FailureNote(
-                f"destination timed out: nothing received for {idle_s:.1f} s", ErrorCode.TIMEOUT
+                f"destination timed out: nothing received for {idle_s:.1f} s",
+                ErrorCode.TIMEOUT,
+                network=True,
             )
         case ConnectionClosed():
             why = f" ({io_error})" if io_error else ""
             return FailureNote(
-                f"connection to the destination closed{why}", ErrorCode.PROTOCOL_ERROR
+                f"connection to the destination closed{why}", ErrorCode.PROTOCOL_ERROR, network=True
             )
         case _:
             return None

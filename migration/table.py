@@ -49,6 +49,8 @@ class SourceTrigger(enum.StrEnum):
     RECOVER_FAILED = "the recovery connection fails"
     RECOVERY_CONNECTED = "recovery channel up, bitmap exchange"
     RECOVERED = "missing pages resent: postcopy goes on"
+    PRECOPY_BROKEN = "precopy: the connection breaks, the VM runs on here (x-precopy-resume-ms)"
+    PRECOPY_RESUMED = "precopy: reconnected, RESUME_POINT in"
 
 
 class DestTrigger(enum.StrEnum):
@@ -67,6 +69,8 @@ class DestTrigger(enum.StrEnum):
     RECOVER = "migrate-recover"
     RECOVERY_CONNECTED = "recovery channel up, bitmap sent"
     RECOVERED = "postcopy goes on"
+    PRECOPY_BROKEN = "precopy: the connection breaks, what was loaded is kept"
+    PRECOPY_RESUMED = "precopy: a recover channel takes it up, RESUME_POINT sent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,8 @@ SOURCE_ROWS: Final[tuple[Row, ...]] = (
     Row(S.NONE, _T.MIGRATE, S.SETUP),
     Row(S.SETUP, _T.SETUP_DONE, S.ACTIVE),
     Row(S.ACTIVE, _T.THROTTLE, S.ACTIVE),
+    Row(S.ACTIVE, _T.PRECOPY_BROKEN, S.ACTIVE),
+    Row(S.ACTIVE, _T.PRECOPY_RESUMED, S.ACTIVE),
     Row(S.ACTIVE, _T.CONVERGED, S.DEVICE),
     Row(S.ACTIVE, _T.CONVERGED_PAUSED, S.PRE_SWITCHOVER),
     Row(S.PRE_SWITCHOVER, _T.CONTINUED, S.DEVICE),
@@ -125,6 +131,8 @@ DEST_ROWS: Final[tuple[Row, ...]] = (
     Row(S.SETUP, _D.RAM_READY, S.ACTIVE),
     Row(S.SETUP, _D.DISCARDED, S.FAILED),
     Row(S.ACTIVE, _D.STREAM_LOADED, S.ACTIVE),
+    Row(S.ACTIVE, _D.PRECOPY_BROKEN, S.ACTIVE),
+    Row(S.ACTIVE, _D.PRECOPY_RESUMED, S.ACTIVE),
     Row(S.ACTIVE, _D.HANDOVER, S.COMPLETED),
     Row(S.ACTIVE, _D.FILE_LOADED, S.COMPLETED),
     Row(S.ACTIVE, _D.SOURCE_LOST, S.IN_DOUBT),

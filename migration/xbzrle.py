@@ -79,6 +79,10 @@ class XbzrleEncoder:
         self._insert(pfns, slots, snapshot)
         return _rebuild(batch, pfns, snapshot, deltas)
 
+    def forget(self, pfns: NDArray[np.intp]) -> None:
+        """Drop these pages from the cache: their last copy may never have arrived (a resume)."""
+        self._forget(pfns.astype(np.int64))
+
     def _deltas(
         self, pfns: NDArray[np.int64], slots: NDArray[np.int64], snapshot: NDArray[np.uint8]
     ) -> dict[int, bytes]:

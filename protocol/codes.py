@@ -58,6 +58,7 @@ class ReturnKind(enum.IntEnum):
     RESUMED = 0x11
     FAILED = 0x12
     OUTCOME = 0x13
+    RESUME_POINT = 0x14  # livemig: precopy resume (docs/protocol.md 1.11)
 
 
 class Command(enum.IntEnum):
@@ -76,6 +77,7 @@ class Command(enum.IntEnum):
     RESOLVE = 0x42
     CHANNEL = 0x43
     MULTIFD_SYNC = 0x44
+    PRECOPY_RESUME = 0x45  # livemig: precopy resume (docs/protocol.md 1.11)
 
 
 class ChannelRole(enum.StrEnum):
@@ -84,7 +86,8 @@ class ChannelRole(enum.StrEnum):
     ``main`` carries the main stream and, in the other direction, the return path; ``resolve``
     asks what became of a migration (docs/handover.md); ``multifd`` (index 0..254) carries
     packets of pages (PAGES) and a MULTIFD_SYNC per pass, then EOF; ``recover`` takes a paused
-    postcopy migration up again (docs/protocol.md 1.10). Later capabilities add roles (the
+    migration up again: a postcopy (docs/protocol.md 1.10) or a precopy whose connection broke
+    (1.11). Later capabilities add roles (the
     postcopy preempt channel) as new members and new rows in the state tables.
     """
 

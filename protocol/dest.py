@@ -144,9 +144,16 @@ class DestConnection(Connection):
         self._sink = sink
 
     def resume(
-        self, config: MigrationConfiguration, sink: PageSink | None, ram_section_id: int
+        self,
+        config: MigrationConfiguration,
+        sink: PageSink | None,
+        ram_section_id: int,
+        *,
+        advised: bool = False,
     ) -> None:
-        """This recover channel takes up ``config``'s paused postcopy into ``sink``.
+        """This recover channel takes up ``config``'s paused migration into ``sink``.
+
+        A postcopy, or a precopy (``advised``: one that may still switch to postcopy).
 
         Call it after its CHANNEL handshake (``ChannelAnnounced``, role recover); then send
         the received bitmap (`send_recv_bitmap`).
@@ -154,7 +161,7 @@ class DestConnection(Connection):
         Raises:
             LocalProtocolError: not a new recover channel of that migration.
         """
-        self._main.resume(config, ram_section_id)
+        self._main.resume(config, ram_section_id, advised=advised)
         self._sink = sink
 
     def attach_sink(self, sink: PageSink) -> None:
@@ -185,6 +192,10 @@ class DestConnection(Connection):
         """Queue RECV_BITMAP: pages from ``first_pfn`` held here (little-endian bits)."""
         meta = {"first_pfn": first_pfn, "n_pages": n_pages, "bitmap": bitmap}
         self._send(ReturnKind.RECV_BITMAP, meta)
+
+    def send_resume_point(self, ram_frames: int) -> None:
+        """Queue RESUME_POINT: a resumed precopy loaded the first ``ram_frames`` RAM frames."""
+        self._send(ReturnKind.RESUME_POINT, {"ram_frames": ram_frames})
 
     def send_loaded(
         self, *, digest: str | None, normal_pages: int, zero_pages: int, devices: int

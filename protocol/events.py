@@ -181,6 +181,13 @@ class PostcopyResumed(Event):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PrecopyResumed(Event):
+    """PRECOPY_RESUME: on a recover channel, precopy goes on; RAM PART frames follow."""
+
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SwitchoverStarted(Event):
     """SWITCHOVER_START: the source VM is stopped; END and FULL sections follow."""
 
@@ -284,6 +291,18 @@ class ReceivedBitmap(Event):
     first_pfn: int
     n_pages: int
     bitmap: bytes = field(compare=False)
+    frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResumePointReported(Event):
+    """RESUME_POINT: the destination loaded the first ``ram_frames`` RAM frames of the stream.
+
+    On a recover channel of a precopy: the frames after these may have been lost or torn, so
+    the source sends their pages again (docs/protocol.md 1.11).
+    """
+
+    ram_frames: int
     frame: FrameInfo | None = None
 
 

@@ -195,6 +195,7 @@ _COMMANDS: Final[dict[Command, tuple[tuple[str, ...], Callable[[MetaMap, Limits]
     Command.POSTCOPY_LISTEN: ((), lambda _m, _l: ev.PostcopyListening()),
     Command.POSTCOPY_RUN: ((), lambda _m, _l: ev.PostcopyRunning()),
     Command.POSTCOPY_RESUME: ((), lambda _m, _l: ev.PostcopyResumed()),
+    Command.PRECOPY_RESUME: ((), lambda _m, _l: ev.PrecopyResumed()),
     Command.HANDOVER: ((), lambda _m, _l: ev.HandoverReceived()),
     Command.ABORT: (
         ("code", "reason"),
@@ -242,6 +243,7 @@ MAIN_INPUTS: Final[dict[type[ev.Event], MainInput]] = {
     ev.PostcopyListening: MainInput.POSTCOPY_LISTEN,
     ev.PostcopyRunning: MainInput.POSTCOPY_RUN,
     ev.PostcopyResumed: MainInput.POSTCOPY_RESUME,
+    ev.PrecopyResumed: MainInput.PRECOPY_RESUME,
 }
 """The main table's input for each main-stream event (PART/END: see ``part_input``)."""
 
@@ -317,6 +319,11 @@ def _decode_recv_bitmap(meta: MetaMap, _limits: Limits) -> ev.Event:
     return ev.ReceivedBitmap(first_pfn=first_pfn, n_pages=n_pages, bitmap=bitmap)
 
 
+def _decode_resume_point(meta: MetaMap, _limits: Limits) -> ev.Event:
+    check_keys(meta, ("ram_frames",), "RESUME_POINT")
+    return ev.ResumePointReported(ram_frames=take_int(meta, "ram_frames", 0, U64_MAX))
+
+
 def _decode_loaded(meta: MetaMap, _limits: Limits) -> ev.Event:
     check_keys(meta, ("digest", "normal_pages", "zero_pages", "devices"), "LOADED")
     digest = meta["digest"]
@@ -356,6 +363,7 @@ RETURN_DECODERS: Final[dict[ReturnKind, Callable[[MetaMap, Limits], ev.Event]]] 
     ReturnKind.PONG: _decode_pong,
     ReturnKind.REQ_PAGES: _decode_req_pages,
     ReturnKind.RECV_BITMAP: _decode_recv_bitmap,
+    ReturnKind.RESUME_POINT: _decode_resume_point,
     ReturnKind.LOADED: _decode_loaded,
     ReturnKind.RESUMED: _decode_resumed,
     ReturnKind.FAILED: _decode_failed,
@@ -368,6 +376,7 @@ RETURN_INPUTS: Final[dict[ReturnKind, ReturnInput]] = {
     ReturnKind.PONG: ReturnInput.PONG,
     ReturnKind.REQ_PAGES: ReturnInput.REQ_PAGES,
     ReturnKind.RECV_BITMAP: ReturnInput.RECV_BITMAP,
+    ReturnKind.RESUME_POINT: ReturnInput.RESUME_POINT,
     ReturnKind.LOADED: ReturnInput.LOADED,
     ReturnKind.RESUMED: ReturnInput.RESUMED,
     ReturnKind.FAILED: ReturnInput.FAILED,

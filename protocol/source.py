@@ -276,18 +276,25 @@ class SourceConnection(Connection):
         self.send_channel(config.migration_id, ChannelRole.MULTIFD, index)
         self._main.join(config)
 
-    def open_recovery(self, config: MigrationConfiguration, ram_section_id: int) -> None:
-        """Queue CHANNEL recover: this connection takes up ``config``'s paused postcopy.
+    def open_recovery(
+        self, config: MigrationConfiguration, ram_section_id: int, *, advised: bool = False
+    ) -> None:
+        """Queue CHANNEL recover: this connection takes up ``config``'s paused migration.
 
-        RECV_BITMAP comes back first; then `send_postcopy_resume` and the missing pages in RAM
-        PART frames of ``ram_section_id``.
+        A postcopy: RECV_BITMAP comes back first; then `send_postcopy_resume` and the missing
+        pages in RAM PART frames of ``ram_section_id``. A precopy: RESUME_POINT comes back; then
+        `send_precopy_resume` and precopy goes on (docs/protocol.md 1.11).
         """
         self.send_channel(config.migration_id, ChannelRole.RECOVER)
-        self._main.resume(config, ram_section_id)
+        self._main.resume(config, ram_section_id, advised=advised)
 
     def send_postcopy_resume(self) -> None:
         """Queue POSTCOPY_RESUME (on a recover channel, once the received bitmap is in)."""
         self._send(FrameKind.COMMAND, 0, {"cmd": Command.POSTCOPY_RESUME})
+
+    def send_precopy_resume(self) -> None:
+        """Queue PRECOPY_RESUME (on a recover channel, once RESUME_POINT is in): RAM PART follow."""
+        self._send(FrameKind.COMMAND, 0, {"cmd": Command.PRECOPY_RESUME})
 
     def send_multifd_sync(self, pass_number: int) -> None:
         """Queue MULTIFD_SYNC: this multifd channel sent its pages of passes up to this one."""

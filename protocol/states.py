@@ -53,7 +53,8 @@ class MainState(enum.Enum):
     ADVISED = "ADVISED"  # SETUP after POSTCOPY_ADVISE: this migration may switch to postcopy
     ADVISED_ITERATING = "ADVISED_ITERATING"  # ITERATING after POSTCOPY_ADVISE
     POSTCOPY_DISCARD = "POSTCOPY_DISCARD"  # postcopy: POSTCOPY_RAM_DISCARD commands
-    RECOVER_OPENED = "RECOVER_OPENED"  # CHANNEL recover: RECV_BITMAP back, then POSTCOPY_RESUME
+    RECOVER_OPENED = "RECOVER_OPENED"  # CHANNEL recover: RECV_BITMAP or RESUME_POINT back, then
+    # POSTCOPY_RESUME or PRECOPY_RESUME
     POSTCOPY_LISTENING = "POSTCOPY_LISTENING"  # after POSTCOPY_LISTEN: device state (FULL)
     POSTCOPY_RUNNING = "POSTCOPY_RUNNING"  # after POSTCOPY_RUN: RAM PART sections
     POSTCOPY_ENDING = "POSTCOPY_ENDING"  # postcopy: END sections, then EOF
@@ -82,6 +83,7 @@ class MainInput(enum.Enum):
     CHANNEL_MULTIFD = "CHANNEL_MULTIFD"
     CHANNEL_RECOVER = "CHANNEL_RECOVER"
     POSTCOPY_RESUME = "POSTCOPY_RESUME"
+    PRECOPY_RESUME = "PRECOPY_RESUME"
     PAGES = "PAGES"
     MULTIFD_SYNC = "MULTIFD_SYNC"
     POSTCOPY_ADVISE = "POSTCOPY_ADVISE"
@@ -125,6 +127,7 @@ class ReturnInput(enum.Enum):
     PONG = "PONG"
     REQ_PAGES = "REQ_PAGES"
     RECV_BITMAP = "RECV_BITMAP"
+    RESUME_POINT = "RESUME_POINT"
     LOADED = "LOADED"
     RESUMED = "RESUMED"
     FAILED = "FAILED"
@@ -237,7 +240,11 @@ def _add_postcopy(table: dict[MainState, dict[MainInput, MainState]]) -> None:
     }
     table[_S.POSTCOPY_ENDING] = {_I.SECTION_END: _S.POSTCOPY_ENDING, _I.EOF: _S.COMPLETED}
     table[_S.STARTED][_I.CHANNEL_RECOVER] = _S.RECOVER_OPENED
-    table[_S.RECOVER_OPENED] = {_I.POSTCOPY_RESUME: _S.POSTCOPY_RUNNING}
+    # precopy resume (1.11): ITERATING, or ADVISED_ITERATING for a migration advised for postcopy
+    table[_S.RECOVER_OPENED] = {
+        _I.POSTCOPY_RESUME: _S.POSTCOPY_RUNNING,
+        _I.PRECOPY_RESUME: _S.ITERATING,
+    }
     for state in _POSTCOPY_STATES:
         table[state][_I.PING] = state
 
@@ -257,6 +264,7 @@ RETURN_TABLE: Final[dict[ReturnState, dict[ReturnInput, ReturnState]]] = {
     _R.STARTED: {
         _RI.OPEN_ACK: _R.OPEN,
         _RI.RECV_BITMAP: _R.OPEN,
+        _RI.RESUME_POINT: _R.OPEN,
         _RI.OUTCOME: _R.RESOLVED,
         _RI.PONG: _R.STARTED,
         _RI.FAILED: _R.FAILED,
@@ -298,6 +306,7 @@ RETURN_REQUIRES_MAIN: Final[dict[ReturnInput, frozenset[MainState]]] = {
         {_S.RECOVER_OPENED, _S.POSTCOPY_RUNNING, _S.POSTCOPY_ENDING, _S.COMPLETED, _S.DESCRIBED}
     ),
     _RI.RECV_BITMAP: frozenset({_S.RECOVER_OPENED}),
+    _RI.RESUME_POINT: frozenset({_S.RECOVER_OPENED}),
     _RI.LOADED: frozenset({_S.COMPLETED, _S.DESCRIBED, _S.HANDED_OVER, _S.ABORTED}),
     _RI.RESUMED: frozenset({_S.HANDED_OVER, _S.RESOLVE_HANDED_OVER}),
     _RI.OUTCOME: frozenset({_S.RESOLVING, _S.RESOLVE_HANDED_OVER, _S.ABORTED}),

@@ -57,6 +57,7 @@ class MainTracker:
         self.ram_section_id: int | None = None
         self.resolve_id: str | None = None
         self.channel: ev.ChannelAnnounced | None = None
+        self.advised = False
         self._iterable: dict[int, _Section] = {}
         self._started: set[tuple[str, int]] = set()
         self._full: dict[int, DeviceRef] = {}
@@ -93,8 +94,10 @@ class MainTracker:
         self._check_channel(config.migration_id, "the joined configuration")
         self.config = config
 
-    def resume(self, config: MigrationConfiguration, ram_section_id: int) -> None:
-        """A recover channel takes up ``config``'s postcopy, its RAM in ``ram_section_id``.
+    def resume(
+        self, config: MigrationConfiguration, ram_section_id: int, *, advised: bool = False
+    ) -> None:
+        """A recover channel takes up ``config``'s migration, its RAM in ``ram_section_id``.
 
         Raises:
             LocalProtocolError: the channel is not a new recover channel of that migration.
@@ -105,6 +108,7 @@ class MainTracker:
         self._check_channel(config.migration_id, "the resumed configuration")
         self.config = config
         self.ram_section_id = ram_section_id
+        self.advised = advised  # a resumed precopy that had POSTCOPY_ADVISE may still switch
         self._iterable[ram_section_id] = _Section(idstr="ram", is_ram=True)
 
     def check_input(self, event: MainInput) -> None:
@@ -143,6 +147,8 @@ class MainTracker:
         elif isinstance(event, ev.ResolveRequested):
             self._check_channel(event.migration_id, "RESOLVE")
             self.resolve_id = event.migration_id
+        elif isinstance(event, ev.PrecopyResumed) and self.advised:
+            after = MainState.ADVISED_ITERATING  # it may still switch to postcopy
         self.state = after
 
     def _check_channel(self, migration_id: str, what: str) -> None:
@@ -213,6 +219,7 @@ RETURN_INPUTS_OF: Final[dict[type[ev.Event], ReturnInput]] = {
     ev.PongReceived: ReturnInput.PONG,
     ev.PagesRequested: ReturnInput.REQ_PAGES,
     ev.ReceivedBitmap: ReturnInput.RECV_BITMAP,
+    ev.ResumePointReported: ReturnInput.RESUME_POINT,
     ev.LoadCompleted: ReturnInput.LOADED,
     ev.DestinationResumed: ReturnInput.RESUMED,
     ev.DestinationFailed: ReturnInput.FAILED,

@@ -22,6 +22,7 @@ from migration import (
     EngineError,
     IncomingLedger,
     ResolveResponder,
+    ShutdownRequested,
     dest_info,
 )
 from migration.outbox import Outbox
@@ -180,6 +181,7 @@ class IncomingRouter:
         elif isinstance(first, ChannelAnnounced) and first.role is ChannelRole.MULTIFD:
             self._join_migration(channel, conn, first)
         elif isinstance(first, ChannelAnnounced) and first.role is ChannelRole.RECOVER:
+            self._stand_down(first.migration_id)
             self._run_migration(channel, conn, first, from_file=False, recover=True)
         elif from_file and not isinstance(first, ConfigurationReceived):
             log.warning("incoming_file_rejected", first=type(first).__name__)
@@ -207,6 +209,7 @@ class IncomingRouter:
             recover_id=first.migration_id
             if recover and isinstance(first, ChannelAnnounced)
             else None,
+            precopy_resume_s=self._params().precopy_resume_s,
         )
 
         def context() -> dict[str, object]:
@@ -218,6 +221,21 @@ class IncomingRouter:
         runner.adopt_channel(key, channel)
         config = first if isinstance(first, ConfigurationReceived) else None
         runner.start(machine.start(self._clock(), config))
+
+    def _stand_down(self, migration_id: str) -> None:
+        """A recover channel takes `migration_id` over: its old connection stops now.
+
+        Synchronously, before the new one loads anything: bytes the old connection still
+        delivers (retransmitted once a partition heals) must never land in guest RAM after
+        the newer copies the recover channel brings.
+        """
+        if not self.ledger.recoverable(migration_id):
+            return  # the recover channel will be refused: the old connection stays
+        for runner in list(self._runners):
+            machine = runner.machine
+            record = machine.record if isinstance(machine, DestMigration) else None
+            if record is not None and record.migration_id == migration_id:
+                runner.feed(ShutdownRequested())  # it closes its channel, decides nothing
 
     def _join_migration(
         self, channel: ChannelLike, conn: DestConnection, first: ChannelAnnounced

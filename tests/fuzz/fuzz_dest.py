@@ -181,6 +181,8 @@ def _seed_corpus(corpus: Path) -> None:
         "postcopy.return.bin": 4,
         "postcopy_recover.main.bin": 1,
         "postcopy_recover.return.bin": 5,
+        "precopy_resume.main.bin": 1,
+        "precopy_resume.return.bin": 5,
     }
     for name, selector in seeds.items():
         (corpus / f"seed-{name}").write_bytes(bytes([selector]) + (VECTORS / name).read_bytes())

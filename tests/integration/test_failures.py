@@ -45,11 +45,14 @@ def test_a_refused_connection_fails_in_setup(run, tmp):
 
 
 def test_a_cut_during_precopy_fails_and_the_destination_discards(run, tmp):
+    """Without precopy resume (x-precopy-resume-ms 0, QEMU's behaviour) a cut fails at once."""
+
     async def main() -> None:
         pair = await make_pair(tmp, proxy=True)
         try:
             # Slow enough that the cut surely comes while precopy still runs.
-            await pair.source.execute("migrate-set-parameters", {"max-bandwidth": 4 << 20})
+            no_resume = {"max-bandwidth": 4 << 20, "x-precopy-resume-ms": 0}
+            await pair.source.execute("migrate-set-parameters", no_resume)
             pair.fault(type="cut", direction="main", after_bytes=1 << 20)
             await pair.migrate()
             await _source_resumed(pair, paths.SRC_FAILED_ACTIVE)

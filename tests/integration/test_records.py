@@ -131,7 +131,8 @@ def test_a_cut_connection_leaves_failed_records_on_both_sides(run, tmp):
     async def main() -> None:
         pair = await make_pair(tmp, proxy=True, records=True)
         try:
-            await pair.source.execute("migrate-set-parameters", {"max-bandwidth": 4 << 20})
+            no_resume = {"max-bandwidth": 4 << 20, "x-precopy-resume-ms": 0}
+            await pair.source.execute("migrate-set-parameters", no_resume)
             pair.fault(type="cut", direction="main", after_bytes=1 << 20)
             await pair.migrate()
             assert "failed" == await pair.source.wait(FINAL)

@@ -44,10 +44,13 @@ FAST_TIMEOUTS = {
     "x-ping-interval-ms": 200,
     "x-resolve-interval-ms": 300,
     "x-connect-timeout-ms": 1500,
+    "x-precopy-resume-ms": 0,  # QEMU's behaviour: a broken precopy fails (phase "resuming": on)
 }
+RESUME_BUDGET = {"x-precopy-resume-ms": 6000}  # the hold (3.5 s) and the retries' backoff fit
 HOLD_S = 3.5  # a peer timeout (2 s) fires while the fault holds, with 1.5 s to spare on a busy host
 BUSY_STATUSES = frozenset({"setup", "active", "pre-switchover", "device", "cancelling"})
-PHASES = ("setup", "iterating", "switchover", "handshake")
+PHASES = ("setup", "iterating", "resuming", "switchover", "handshake")
+PRECOPY_PHASES = frozenset({"iterating", "resuming"})  # "resuming": iterating, with precopy resume
 FAULTS = (
     "partition",
     "reset",
@@ -259,6 +262,19 @@ EXPECTED: dict[tuple[str, str], Expected] = {
         "simply resumes",
     ),
     ("pause-dest", "switchover"): only(SOURCE_KEEPS),
+    # resuming: iterating with precopy resume on (x-precopy-resume-ms 6 s, docs/handover.md).
+    # Whatever breaks the connection, the source reconnects once the network heals (3.5 s) and
+    # re-sends only what may not have arrived; the destination kept what it loaded. Only a dead
+    # side ends it: the killed source's VM dies with it (row 3: the destination discards its
+    # partial copy after 6 s), a killed destination never answers and the source gives up.
+    **{
+        (fault, "resuming"): only(DEST_RUNS)
+        for fault in ("partition", "reset", "loss", "bandwidth", "latency", "stall", "cut")
+    },
+    ("kill-source", "resuming"): only(LOST_WITH_SOURCE),
+    ("kill-dest", "resuming"): only(SOURCE_KEEPS),
+    ("pause-source", "resuming"): only(DEST_RUNS),
+    ("pause-dest", "resuming"): only(DEST_RUNS),
     # HANDOVER lands in the stopped destination's socket; in doubt, then committed (row 15).
     ("pause-dest", "handshake"): only(DEST_RUNS),
 }
@@ -327,16 +343,18 @@ async def _prepare(hosts: Hosts, fault: str, phase: str) -> Case:
         proxy=proxy,
         proxy_uri=f"tcp:{hosts.rig.gateway}:{bound.port}",  # type: ignore[union-attr]
     )
+    params = {**FAST_TIMEOUTS, **(RESUME_BUDGET if phase == "resuming" else {})}
     for daemon in (source, dest):
         async with qmp(daemon) as client:
-            await client.execute("migrate-set-parameters", FAST_TIMEOUTS)
+            await client.execute("migrate-set-parameters", params)
     return case
 
 
 async def _start_migration(case: Case) -> None:
     caps = {"events": True, "x-digest-check": True}
     caps["pause-before-switchover"] = case.phase == "switchover"
-    params = {"max-bandwidth": 40_000_000} if case.phase == "iterating" else {"max-bandwidth": 0}
+    capped = case.phase in PRECOPY_PHASES
+    params = {"max-bandwidth": 40_000_000 if capped else 0}
     async with qmp(case.source) as client:
         await client.execute(
             "migrate-set-capabilities",
@@ -364,7 +382,7 @@ async def _reach_phase(case: Case) -> None:
         loaded = case.proxy.add(parse_fault({"type": "stall", "before_frame": "LOADED"}))
     await _start_migration(case)
     async with asyncio.timeout(30):
-        if case.phase == "iterating":
+        if case.phase in PRECOPY_PHASES:
             while case.proxy.stats.bytes_main < 8 * 1024 * 1024:
                 await asyncio.sleep(0.02)
         elif case.phase == "switchover":
@@ -411,7 +429,7 @@ async def _heal(case: Case) -> None:
     case.proxy.clear()
     for daemon in (case.source, case.dest):
         daemon.signal(signal.SIGCONT)
-    if case.phase == "iterating" and "source" not in case.killed:
+    if case.phase in PRECOPY_PHASES and "source" not in case.killed:
         # The cap made iterating last; this guest dirties faster than it, so lift it (QEMU's
         # migrate_ensure_converge) or a migration the fault did not break would never end.
         with contextlib.suppress(QMPClientError):
@@ -453,6 +471,16 @@ async def _check_the_rule(case: Case) -> str:
         assert_matches_replay(await stopped_vm(client))
         await client.execute("cont")
     return "source" if on_source else "dest"
+
+
+BREAKS_THE_CONNECTION = frozenset({"partition", "reset", "stall", "cut", "kill-dest"})
+
+
+async def _precopy_breaks(case: Case) -> int:
+    """How often the source's precopy broke and reconnected (or tried to)."""
+    async with qmp(case.source) as client:
+        info = await client.execute("query-migrate")
+    return int(info.get("x-precopy-breaks", 0))
 
 
 async def _check_reported(case: Case) -> None:
@@ -531,6 +559,8 @@ async def test_fault_matrix(two_hosts: Hosts, fault: str, phase: str) -> None:
             )
         else:
             assert expected.outcome == outcome, f"{fault} x {phase}: {await _describe(case)}"
+        if phase == "resuming" and fault in BREAKS_THE_CONNECTION:
+            assert await _precopy_breaks(case) >= 1, "no resume was exercised"
         await _retry_after_healing(case)
     finally:
         case.proxy.clear()

@@ -237,8 +237,12 @@ def feed_channel(data: bytes, cuts: list[int], take_all: Callable[[DestConnectio
     assert len(receiver._reader._pending) <= LIMITS.max_buffered_bytes
 
 
-RECOVER_MAIN = (VECTORS / "postcopy_recover.main.bin").read_bytes()
-RECOVER_RETURN = (VECTORS / "postcopy_recover.return.bin").read_bytes()
+RECOVER_MAINS = [
+    (VECTORS / f"{n}.main.bin").read_bytes() for n in ("postcopy_recover", "precopy_resume")
+]
+RECOVER_RETURNS = [
+    (VECTORS / f"{n}.return.bin").read_bytes() for n in ("postcopy_recover", "precopy_resume")
+]
 RECOVER_CONFIG = make_config(ram_pages=16, page_size=1024)
 
 
@@ -250,10 +254,16 @@ def _recovering_source() -> SourceConnection:
 
 
 @FUZZ
-@given(mutations, st.lists(st.integers(0, 1 << 8), max_size=6), st.booleans())
-def test_recovering_source_receiving_a_mutated_bitmap(ops, cuts, buffers):
-    """RECV_BITMAP mutated (lengths, offsets, past RAM): only RemoteProtocolError escapes."""
-    feed(_recovering_source(), mutate(RECOVER_RETURN, ops), cuts, buffers=buffers)
+@given(
+    mutations,
+    st.lists(st.integers(0, 1 << 8), max_size=6),
+    st.booleans(),
+    st.sampled_from(RECOVER_RETURNS),
+)
+def test_recovering_source_receiving_a_mutated_bitmap(ops, cuts, buffers, reply):
+    """RECV_BITMAP or RESUME_POINT mutated (lengths, offsets, past RAM, counts): only
+    RemoteProtocolError escapes."""
+    feed(_recovering_source(), mutate(reply, ops), cuts, buffers=buffers)
 
 
 def _resumed_take_all(receiver: DestConnection) -> None:
@@ -269,7 +279,8 @@ def _resumed_take_all(receiver: DestConnection) -> None:
 
 
 @FUZZ
-@given(mutations, st.lists(st.integers(0, 1 << 12), max_size=6))
-def test_mutated_recover_channel(ops, cuts):
-    """A recover channel's stream mutated: only RemoteProtocolError escapes."""
-    feed_channel(mutate(RECOVER_MAIN, ops), cuts, _resumed_take_all)
+@given(mutations, st.lists(st.integers(0, 1 << 12), max_size=6), st.sampled_from(RECOVER_MAINS))
+def test_mutated_recover_channel(ops, cuts, stream):
+    """A recover channel's stream (postcopy or precopy) mutated: only RemoteProtocolError
+    escapes."""
+    feed_channel(mutate(stream, ops), cuts, _resumed_take_all)

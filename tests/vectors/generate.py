@@ -164,6 +164,26 @@ def postcopy_recovery() -> tuple[bytes, bytes]:
     return bytes(pair.main_stream), bytes(pair.return_stream)
 
 
+def precopy_resume() -> tuple[bytes, bytes]:
+    """A recover channel of a broken precopy: RESUME_POINT (5 RAM frames loaded), then precopy
+    goes on (pages 3-4), the switchover and the end of the stream."""
+    ram = pattern_ram(RAM_PAGES, PAGE_SIZE)
+    config = make_config(ram_pages=RAM_PAGES, page_size=PAGE_SIZE)
+    pair = ConnectionPair()
+    pair.source.open_recovery(config, 1)
+    pair.transfer()
+    pair.dest.resume(config, None, 1)
+    pair.dest.send_resume_point(5)
+    pair.transfer()
+    pair.source.send_precopy_resume()
+    pair.source.send_ram(1, make_batch(ram, [(3, 2, PageKind.NORMAL)], PAGE_SIZE), end=False)
+    pair.source.send_switchover_start()
+    pair.source.send_ram(1, make_batch(ram, [], PAGE_SIZE), end=True)
+    pair.source.send_eof()
+    pair.transfer()
+    return bytes(pair.main_stream), bytes(pair.return_stream)
+
+
 def multifd_config() -> MigrationConfiguration:
     """The configuration the multifd vector's channel joins (sent on its main channel)."""
     return dataclasses.replace(
@@ -182,6 +202,7 @@ def build_vectors() -> dict[str, bytes]:
     vectors["postcopy.main.bin"], vectors["postcopy.return.bin"] = postcopy_migration()
     recovery = postcopy_recovery()
     vectors["postcopy_recover.main.bin"], vectors["postcopy_recover.return.bin"] = recovery
+    vectors["precopy_resume.main.bin"], vectors["precopy_resume.return.bin"] = precopy_resume()
     for version, suffix in ((PROTOCOL_VERSION, ""), (PREVIOUS_VERSION, "_v2")):
         main, reply = return_path_migration(version)
         vectors[f"return_path{suffix}.main.bin"] = main

@@ -169,6 +169,12 @@ class RamSaveHandler:
         self._scan_pfn = 0
         return self._remaining_pages
 
+    def mark_unsent(self, pfns: NDArray[np.intp]) -> None:
+        """Precopy resume: these pages' last copies may not have arrived; send them again."""
+        bitmap = self._require_bitmap()
+        bitmap[pfns] = True
+        self._remaining_pages = int(np.count_nonzero(bitmap))
+
     def save_pages(self, pfns: NDArray[np.intp]) -> PageBatch | None:
         """Postcopy: the pages of `pfns` still to send, as one batch (None if all were sent).
 

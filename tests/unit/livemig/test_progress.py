@@ -74,3 +74,13 @@ def test_summary_names_the_policy_that_ended_it_and_the_throttle_cost() -> None:
         "x-guest-ticks-throttled": 1234,
     }
     assert "from pass 5, guest work lost 1234 ticks" in "\n".join(summary_lines(completed))
+
+
+def test_a_broken_precopy_shows_while_it_reconnects_and_in_the_summary() -> None:
+    info = {"status": "active", "ram": {"total": 1, "remaining": 1}, "x-precopy-breaks": 1}
+    info["x-reconnecting"] = True
+    assert "link broken: reconnecting (break 1)" in progress_line(info)
+    info["x-reconnecting"] = False
+    assert "reconnecting" not in progress_line(info)
+    completed = {"status": "completed", "ram": {}, "x-precopy-breaks": 2}
+    assert "link breaks:   2, each resumed" in "\n".join(summary_lines(completed))

@@ -78,6 +78,7 @@ SEND: dict[MainInput, Callable[[SourceConnection], None]] = {
     MainInput.POSTCOPY_RUN: lambda s: s.send_postcopy_run(),
     MainInput.CHANNEL_RECOVER: lambda s: s.open_recovery(CONFIG, 1),
     MainInput.POSTCOPY_RESUME: lambda s: s.send_postcopy_resume(),
+    MainInput.PRECOPY_RESUME: lambda s: s.send_precopy_resume(),
 }
 
 _ram_setup = {"ram_size": CONFIG.ram_size, "page_size": PAGE_SIZE}
@@ -123,6 +124,7 @@ FRAMES: dict[MainInput, tuple[FrameKind, int, dict]] = {
     MainInput.POSTCOPY_RUN: (FrameKind.COMMAND, 0, {"cmd": 5}),
     MainInput.CHANNEL_RECOVER: (FrameKind.COMMAND, 0, {**_CHANNEL, "role": "recover"}),
     MainInput.POSTCOPY_RESUME: (FrameKind.COMMAND, 0, {"cmd": 9}),
+    MainInput.PRECOPY_RESUME: (FrameKind.COMMAND, 0, {"cmd": 0x45}),
 }
 
 _FILE, _RP, _CH = StreamMode.FILE, StreamMode.RETURN_PATH, StreamMode.CHANNELS
@@ -281,6 +283,7 @@ REPLY: dict[ReturnInput, Callable] = {
     ReturnInput.OUTCOME: lambda d: d.send_outcome("mig-0001", Outcome.COMMITTED),
     ReturnInput.REQ_PAGES: lambda d: d.send_req_pages(ONE_RANGE, ONE_RANGE),
     ReturnInput.RECV_BITMAP: lambda d: d.send_recv_bitmap(0, 8, b"\xff"),
+    ReturnInput.RESUME_POINT: lambda d: d.send_resume_point(3),
 }
 REPLY_FRAMES: dict[ReturnInput, tuple[ReturnKind, dict]] = {
     ReturnInput.OPEN_ACK: (ReturnKind.OPEN_ACK, {"version": 2}),
@@ -297,6 +300,7 @@ REPLY_FRAMES: dict[ReturnInput, tuple[ReturnKind, dict]] = {
         ReturnKind.RECV_BITMAP,
         {"first_pfn": 0, "n_pages": 8, "bitmap": b"\xff"},
     ),
+    ReturnInput.RESUME_POINT: (ReturnKind.RESUME_POINT, {"ram_frames": 3}),
 }
 RETURN_PREFIXES: dict[ReturnState, list[ReturnInput]] = {
     ReturnState.IDLE: [],

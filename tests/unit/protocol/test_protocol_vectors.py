@@ -37,12 +37,15 @@ from protocol import (
     PongReceived,
     PostcopyResumed,
     PostcopyRunning,
+    PrecopyResumed,
     RamPagesReceived,
     ReceivedBitmap,
     RemoteProtocolError,
+    ResumePointReported,
     SourceConnection,
     StreamEnded,
     StreamStarted,
+    SwitchoverStarted,
 )
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"
@@ -272,3 +275,34 @@ def test_postcopy_recover_vector_decodes_and_reencodes():
     assert error is None
     bitmap = next(e for e in replies if isinstance(e, ReceivedBitmap))
     assert bytes([0b1110_0111, 0xFF]) == bitmap.bitmap
+
+
+def test_precopy_resume_vector_decodes_and_reencodes():
+    config = make_config(ram_pages=16, page_size=1024)
+    main_stream = load("precopy_resume.main.bin")
+    dest = DestConnection(timeouts=None, now=0.0)
+    at = 0
+    while not any(isinstance(e, ChannelAnnounced) for e in _drain(dest)):
+        dest.receive_data(main_stream[at : at + 1], 0.0)
+        at += 1
+    dest.resume(config, None, 1)
+    dest.receive_data(main_stream[at:], 0.0)
+    events = _drain(dest)
+    assert [PrecopyResumed, RamPagesReceived, SwitchoverStarted, RamPagesReceived, StreamEnded] == [
+        type(e) for e in events
+    ]
+
+    source = SourceConnection(timeouts=None, now=0.0)
+    source.open_recovery(config, 1)
+    sent_bytes(source)
+    source.receive_data(load("precopy_resume.return.bin"), 0.0)
+    replies, error = _events_until_error(source)
+    assert error is None
+    assert [5] == [e.ram_frames for e in replies if isinstance(e, ResumePointReported)]
+
+
+def _drain(conn: DestConnection) -> list[object]:
+    events = []
+    while (event := conn.next_event()) is not None:
+        events.append(event)
+    return events

@@ -1,0 +1,164 @@
+"""Precopy resume (x-precopy-resume-ms, on by default): a cut precopy reconnects and goes on.
+
+Each cut comes while precopy runs (the bandwidth is capped so that it surely does). The VM
+keeps running on the source through the break, the destination keeps what it loaded, and the
+source re-sends only the pages whose last copy may not have arrived; every migration ends
+digest-equal to the replay (docs/protocol.md 1.11, docs/handover.md).
+"""
+
+from __future__ import annotations
+
+from tests.helpers.inproc import FINAL, make_pair, small_vm
+from tests.integration import paths
+
+SLOW = {"max-bandwidth": 4 << 20}  # 8 MiB of RAM takes 2 s: the cut lands in precopy
+
+
+async def _full_speed_after(pair, *faults) -> None:
+    """Once the cuts came, lift the cap (the busy guest does not converge at 4 MiB/s)."""
+    for fault in faults:
+        await pair.proxy.wait_fired(fault, 10)
+    await pair.source.execute("migrate-set-parameters", {"max-bandwidth": 0})
+
+
+async def _completes_after_resume(pair, expected_source, expected_dest) -> dict:
+    assert "completed" == await pair.source.wait(FINAL, timeout_s=30)
+    assert "completed" == await pair.dest.wait({"completed"}, timeout_s=10)
+    assert expected_source == pair.source.source_path()
+    assert expected_dest == pair.dest.dest_path()
+    await pair.dest.assert_matches_replay()
+    info = await pair.source.execute("query-migrate")
+    assert info["x-reconnecting"] is False
+    return info
+
+
+def test_a_cut_mid_pass_resumes_and_completes(run, tmp):
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True)
+        try:
+            await pair.source.execute("migrate-set-parameters", SLOW)
+            cut = pair.fault(type="cut", direction="main", after_bytes=3 << 20)
+            await pair.migrate()
+            await _full_speed_after(pair, cut)
+            info = await _completes_after_resume(
+                pair, paths.SRC_RESUMED_COMPLETED, paths.DST_RESUMED_COMMITTED
+            )
+            assert info["x-precopy-breaks"] == 1
+            # Nothing that arrived was sent again: one pass of 8 MiB, what the guest dirtied,
+            # and at most what was in flight when the cut came.
+            ram = info["ram"]
+            assert ram["total"] == 8 << 20
+            assert ram["transferred"] < ram["total"] * 3
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_two_cuts_resume_twice(run, tmp):
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True)
+        try:
+            await pair.source.execute("migrate-set-parameters", SLOW)
+            first = pair.fault(type="cut", direction="main", after_bytes=2 << 20)
+            second = pair.fault(type="cut", direction="main", after_bytes=2 << 20)  # recovered
+            await pair.migrate()
+            await _full_speed_after(pair, first, second)
+            info = await _completes_after_resume(
+                pair, paths.SRC_RESUMED_TWICE_COMPLETED, _twice(paths.DST_RESUMED_COMMITTED)
+            )
+            assert info["x-precopy-breaks"] == 2
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def _twice(path):
+    """A destination path with its break and resume taken twice."""
+    broken_at = next(i for i, row in enumerate(path) if "break" in str(row.trigger))
+    return [*path[: broken_at + 2], *path[broken_at:]]
+
+
+def test_a_cut_the_destination_does_not_see_hands_over_to_the_recover_channel(run, tmp):
+    """Only the source's side is cut: the destination's old connection still looks alive when
+    the recover channel arrives; the old one stands down before the new one loads anything."""
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True)
+        try:
+            await pair.source.execute("migrate-set-parameters", SLOW)
+            cut = pair.fault(type="cut", direction="main", after_bytes=3 << 20, side="client")
+            await pair.migrate()
+            await _full_speed_after(pair, cut)
+            await _completes_after_resume(
+                pair, paths.SRC_RESUMED_COMPLETED, paths.DST_RESUMED_COMMITTED
+            )
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_cut_with_xbzrle_resumes_without_a_delta_against_a_lost_copy(run, tmp):
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True, vm=small_vm(dirty_rate=200_000))
+        try:
+            await pair.source.execute("migrate-set-parameters", SLOW)
+            cut = pair.fault(type="cut", direction="main", after_bytes=10 << 20)  # pass 2 or later
+            await pair.migrate(xbzrle=True)
+            await _full_speed_after(pair, cut)
+            await _completes_after_resume(
+                pair, paths.SRC_RESUMED_COMPLETED, paths.DST_RESUMED_COMMITTED
+            )
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_destination_that_never_comes_back_fails_the_migration_and_the_vm_runs_on(run, tmp):
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True)
+        try:
+            await pair.source.execute(
+                "migrate-set-parameters", {**SLOW, "x-precopy-resume-ms": 800}
+            )
+            pair.fault(type="cut", direction="main", after_bytes=2 << 20)
+            # every recover channel is cut before the destination's answer gets through
+            pair.fault(type="cut", direction="return", before_frame="RESUME_POINT", once=False)
+            await pair.migrate()
+            assert "failed" == await pair.source.wait(FINAL, timeout_s=10)
+            assert paths.SRC_BROKEN_FAILED == pair.source.source_path()
+            info = await pair.source.execute("query-migrate")
+            assert "not reconnected within 800 ms" in info["error-desc"]
+            assert pair.source.source.reconnect.attempts >= 2  # it kept trying, with backoff
+            assert await pair.source.runs()
+            await pair.source.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+def test_a_recover_channel_for_a_migration_that_did_not_ask_is_refused(run, tmp):
+    """x-precopy-resume-ms 0 on the source: the destination discards at the cut, and nothing
+    can take the migration up again."""
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True)
+        try:
+            no_resume = {**SLOW, "x-precopy-resume-ms": 0}
+            await pair.source.execute("migrate-set-parameters", no_resume)
+            pair.fault(type="cut", direction="main", after_bytes=2 << 20)
+            await pair.migrate()
+            assert "failed" == await pair.source.wait(FINAL)
+            assert "failed" == await pair.dest.wait({"failed"})
+            assert not pair.dest.record.config or "x-precopy-resume" not in (
+                pair.dest.record.config.capabilities
+            )
+            assert not pair.dest.vmm.incoming.ledger.recoverable(pair.dest.record.migration_id)
+        finally:
+            await pair.close()
+
+    run(main)
