@@ -21,57 +21,28 @@ async def _full_speed_after(pair, *faults) -> None:
     await pair.source.execute("migrate-set-parameters", {"max-bandwidth": 0})
 
 
-async def _completes_after_resume(pair, expected_source, expected_dest) -> dict:
-    assert "completed" == await pair.source.wait(FINAL, timeout_s=30)
-    assert "completed" == await pair.dest.wait({"completed"}, timeout_s=10)
-    assert expected_source == pair.source.source_path()
-    assert expected_dest == pair.dest.dest_path()
-    await pair.dest.assert_matches_replay()
-    info = await pair.source.execute("query-migrate")
-    assert info["x-reconnecting"] is False
-    return info
-
-
-def test_a_cut_mid_pass_resumes_and_completes(run, tmp):
-    async def main() -> None:
-        pair = await make_pair(tmp, proxy=True)
-        try:
-            await pair.source.execute("migrate-set-parameters", SLOW)
-            cut = pair.fault(type="cut", direction="main", after_bytes=3 << 20)
-            await pair.migrate()
-            await _full_speed_after(pair, cut)
-            info = await _completes_after_resume(
-                pair, paths.SRC_RESUMED_COMPLETED, paths.DST_RESUMED_COMMITTED
-            )
-            assert info["x-precopy-breaks"] == 1
-            # Nothing that arrived was sent again: one pass of 8 MiB, what the guest dirtied,
-            # and at most what was in flight when the cut came.
-            ram = info["ram"]
-            assert ram["total"] == 8 << 20
-            assert ram["transferred"] < ram["total"] * 3
-        finally:
-            await pair.close()
-
-    run(main)
-
-
-def test_two_cuts_resume_twice(run, tmp):
-    async def main() -> None:
-        pair = await make_pair(tmp, proxy=True)
-        try:
-            await pair.source.execute("migrate-set-parameters", SLOW)
-            first = pair.fault(type="cut", direction="main", after_bytes=2 << 20)
-            second = pair.fault(type="cut", direction="main", after_bytes=2 << 20)  # recovered
-            await pair.migrate()
-            await _full_speed_after(pair, first, second)
-            info = await _completes_after_resume(
-                pair, paths.SRC_RESUMED_TWICE_COMPLETED, _twice(paths.DST_RESUMED_COMMITTED)
-            )
-            assert info["x-precopy-breaks"] == 2
-        finally:
-            await pair.close()
-
-    run(main)
+async def _cut_and_resume(
+    tmp, *cuts: dict, vm=None, xbzrle: bool = False, twice: bool = False
+) -> dict:
+    """Migrate through `cuts` (proxy faults); it must complete resumed, replay-equal."""
+    pair = await make_pair(tmp, proxy=True, vm=vm)
+    try:
+        await pair.source.execute("migrate-set-parameters", SLOW)
+        faults = [pair.fault(type="cut", direction="main", **cut) for cut in cuts]
+        await pair.migrate(xbzrle=xbzrle)
+        await _full_speed_after(pair, *faults)
+        assert "completed" == await pair.source.wait(FINAL, timeout_s=30)
+        assert "completed" == await pair.dest.wait({"completed"}, timeout_s=10)
+        source_path = paths.SRC_RESUMED_TWICE_COMPLETED if twice else paths.SRC_RESUMED_COMPLETED
+        dest_path = paths.DST_RESUMED_COMMITTED
+        assert source_path == pair.source.source_path()
+        assert (_twice(dest_path) if twice else dest_path) == pair.dest.dest_path()
+        await pair.dest.assert_matches_replay()
+        info = await pair.source.execute("query-migrate")
+        assert info["x-reconnecting"] is False
+        return info
+    finally:
+        await pair.close()
 
 
 def _twice(path):
@@ -80,41 +51,32 @@ def _twice(path):
     return [*path[: broken_at + 2], *path[broken_at:]]
 
 
+def test_a_cut_mid_pass_resumes_and_completes(run, tmp):
+    info = run(lambda: _cut_and_resume(tmp, {"after_bytes": 3 << 20}))
+    assert info["x-precopy-breaks"] == 1
+    # Nothing that arrived was sent again: one pass of 8 MiB, what the guest dirtied, and at
+    # most what was in flight when the cut came.
+    ram = info["ram"]
+    assert ram["total"] == 8 << 20
+    assert ram["transferred"] < ram["total"] * 3
+
+
+def test_two_cuts_resume_twice(run, tmp):
+    # the second cut falls on the first recover channel
+    cuts = ({"after_bytes": 2 << 20}, {"after_bytes": 2 << 20})
+    info = run(lambda: _cut_and_resume(tmp, *cuts, twice=True))
+    assert info["x-precopy-breaks"] == 2
+
+
 def test_a_cut_the_destination_does_not_see_hands_over_to_the_recover_channel(run, tmp):
     """Only the source's side is cut: the destination's old connection still looks alive when
     the recover channel arrives; the old one stands down before the new one loads anything."""
-
-    async def main() -> None:
-        pair = await make_pair(tmp, proxy=True)
-        try:
-            await pair.source.execute("migrate-set-parameters", SLOW)
-            cut = pair.fault(type="cut", direction="main", after_bytes=3 << 20, side="client")
-            await pair.migrate()
-            await _full_speed_after(pair, cut)
-            await _completes_after_resume(
-                pair, paths.SRC_RESUMED_COMPLETED, paths.DST_RESUMED_COMMITTED
-            )
-        finally:
-            await pair.close()
-
-    run(main)
+    run(lambda: _cut_and_resume(tmp, {"after_bytes": 3 << 20, "side": "client"}))
 
 
 def test_a_cut_with_xbzrle_resumes_without_a_delta_against_a_lost_copy(run, tmp):
-    async def main() -> None:
-        pair = await make_pair(tmp, proxy=True, vm=small_vm(dirty_rate=200_000))
-        try:
-            await pair.source.execute("migrate-set-parameters", SLOW)
-            cut = pair.fault(type="cut", direction="main", after_bytes=10 << 20)  # pass 2 or later
-            await pair.migrate(xbzrle=True)
-            await _full_speed_after(pair, cut)
-            await _completes_after_resume(
-                pair, paths.SRC_RESUMED_COMPLETED, paths.DST_RESUMED_COMMITTED
-            )
-        finally:
-            await pair.close()
-
-    run(main)
+    vm = small_vm(dirty_rate=200_000)
+    run(lambda: _cut_and_resume(tmp, {"after_bytes": 10 << 20}, vm=vm, xbzrle=True))  # pass 2+
 
 
 def test_a_destination_that_never_comes_back_fails_the_migration_and_the_vm_runs_on(run, tmp):

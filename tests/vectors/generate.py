@@ -146,14 +146,19 @@ def postcopy_migration() -> tuple[bytes, bytes]:
     return bytes(pair.main_stream), bytes(pair.return_stream)
 
 
-def postcopy_recovery() -> tuple[bytes, bytes]:
-    """A recover channel of the postcopy vector's migration: the bitmap, then pages 3-4."""
-    ram = pattern_ram(RAM_PAGES, PAGE_SIZE)
+def _recover_channel() -> tuple[ConnectionPair, bytearray]:
+    """A `recover` channel of migration `mig-0001`, resumed at the destination; its RAM."""
     config = make_config(ram_pages=RAM_PAGES, page_size=PAGE_SIZE)
     pair = ConnectionPair()
     pair.source.open_recovery(config, 1)
     pair.transfer()
     pair.dest.resume(config, None, 1)
+    return pair, pattern_ram(RAM_PAGES, PAGE_SIZE)
+
+
+def postcopy_recovery() -> tuple[bytes, bytes]:
+    """A recover channel of the postcopy vector's migration: the bitmap, then pages 3-4."""
+    pair, ram = _recover_channel()
     pair.dest.send_recv_bitmap(0, RAM_PAGES, bytes([0b1110_0111, 0xFF]))
     pair.transfer()
     pair.source.send_postcopy_resume()
@@ -167,12 +172,7 @@ def postcopy_recovery() -> tuple[bytes, bytes]:
 def precopy_resume() -> tuple[bytes, bytes]:
     """A recover channel of a broken precopy: RESUME_POINT (5 RAM frames loaded), then precopy
     goes on (pages 3-4), the switchover and the end of the stream."""
-    ram = pattern_ram(RAM_PAGES, PAGE_SIZE)
-    config = make_config(ram_pages=RAM_PAGES, page_size=PAGE_SIZE)
-    pair = ConnectionPair()
-    pair.source.open_recovery(config, 1)
-    pair.transfer()
-    pair.dest.resume(config, None, 1)
+    pair, ram = _recover_channel()
     pair.dest.send_resume_point(5)
     pair.transfer()
     pair.source.send_precopy_resume()
