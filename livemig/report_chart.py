@@ -2,7 +2,8 @@
 
 The same view as the benchmark's iterations chart, for one migration: what remained after each
 dirty sync, what the guest wrote between syncs and its dirty rate, the bandwidth, and the
-throttle (a marker where throttling began). A record without passes (a migration that failed in
+throttle; markers where throttling began, where the link broke and precopy resumed, and the
+pass after which it switched to postcopy. A record without passes (a migration that failed in
 setup, or a destination's record) gets a chart that says so, with the outcome.
 """
 
@@ -74,16 +75,27 @@ def _remaining(ax: Axes, rows: list[dict[str, object]], record: Mapping[str, obj
     ax.plot(
         passes, [_num(row.get("remaining")) / MIB for row in rows], marker=".", label="remaining"
     )
-    began = as_mapping(record.get("summary")).get("throttle_started_at_pass")
-    marked = [row for row in rows if row.get("pass") == began]
-    if marked:
-        first = marked[0]
-        ax.plot([_num(first.get("pass"))], [_num(first.get("remaining")) / MIB], "v", ms=10,
-                color="black", label="throttling began")  # fmt: skip
+    summary = as_mapping(record.get("summary"))
+    _mark(ax, rows, [summary.get("throttle_started_at_pass")], "v", "black", "throttling began")
+    breaks = as_list(summary.get("precopy_breaks_at_pass"))
+    _mark(ax, rows, breaks, "X", "firebrick", "link broke, resumed (x-precopy-resume-ms)")
+    switched = [summary.get("postcopy_after_pass")]
+    _mark(ax, rows, switched, "s", "tab:purple", "switched to postcopy after it")
     ax.set_ylabel("remaining after the sync (MiB)")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_ylim(bottom=0)
     _style(ax, legend="lower left")
+
+
+def _mark(
+    ax: Axes, rows: list[dict[str, object]], at: list[object], shape: str, color: str, label: str
+) -> None:
+    """A marker on the remaining curve at each pass of `at` (throttle, breaks, the switch)."""
+    marked = [row for row in rows if row.get("pass") in at]
+    if marked:
+        ax.plot([_num(r.get("pass")) for r in marked],
+                [_num(r.get("remaining")) / MIB for r in marked], shape, ms=10, color=color,
+                label=label, linestyle="none")  # fmt: skip
 
 
 def _dirtied(ax: Axes, rows: list[dict[str, object]]) -> None:

@@ -129,6 +129,8 @@ class SourceMetrics:
     postcopy_requests: int = 0
     precopy_breaks: int = 0
     reconnecting: bool = False
+    precopy_break_passes: list[int] = field(default_factory=list)  # the pass of each break
+    postcopy_after_pass: int | None = None  # the pass after which it switched to postcopy
     normal_pages: int = 0
     zero_pages: int = 0
     remaining_bytes: int = 0
@@ -214,6 +216,8 @@ class SourceMetrics:
             "dirty_syncs": self.dirty_sync_count,
             "throttle_started_at_pass": self.throttle_started_at_pass,
             "throttle_changes": self.throttle_changes,
+            "precopy_breaks_at_pass": list(self.precopy_break_passes),
+            "postcopy_after_pass": self.postcopy_after_pass,
             "timeout_actions": [action.to_qmp() for action in self.timeout_actions],
             "ended_by": self.ended_by,
         }

@@ -193,3 +193,4 @@ def record_run(metrics: SourceMetrics, *, now: float, missing_pages: int) -> Non
     metrics.postcopy_run_at = now
     metrics.bytes_at_postcopy_run = metrics.transferred_bytes
     metrics.postcopy_missing_pages = missing_pages
+    metrics.postcopy_after_pass = metrics.dirty_sync_count

@@ -104,6 +104,7 @@ class PrecopyResumeControl:
         if first:
             self._fire(T.PRECOPY_BROKEN)
             self.metrics.precopy_breaks = self.reconnect.breaks
+            self.metrics.precopy_break_passes.append(self.metrics.dirty_sync_count)
             self.metrics.reconnecting = True
             self._out.log("precopy_connection_lost", level=act.Level.WARNING, error=reason)
         self.sender.close_channels()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tests.helpers.inproc import FINAL, make_pair, small_vm
 from tests.integration import paths
+from tests.integration.test_records import assert_chart, records_of
 
 SLOW = {"max-bandwidth": 4 << 20}  # 8 MiB of RAM takes 2 s: the cut lands in precopy
 
@@ -40,6 +41,9 @@ async def _cut_and_resume(
         await pair.dest.assert_matches_replay()
         info = await pair.source.execute("query-migrate")
         assert info["x-reconnecting"] is False
+        [record] = await records_of(pair.source, role="source")
+        assert len(record["summary"]["precopy_breaks_at_pass"]) == (2 if twice else 1)
+        assert_chart(record, tmp / "resumed.png")  # with a marker at each break
         return info
     finally:
         await pair.close()

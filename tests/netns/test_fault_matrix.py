@@ -46,10 +46,12 @@ FAST_TIMEOUTS = {
     "x-connect-timeout-ms": 1500,
     "x-precopy-resume-ms": 0,  # QEMU's behaviour: a broken precopy fails (phase "resuming": on)
 }
+POSTCOPY_PUSH_BYTES_PER_S = 16_000_000  # the 64 MiB guest's push lasts 4 s: the fault lands in it
 RESUME_BUDGET = {"x-precopy-resume-ms": 6000}  # the hold (3.5 s) and the retries' backoff fit
 HOLD_S = 3.5  # a peer timeout (2 s) fires while the fault holds, with 1.5 s to spare on a busy host
 BUSY_STATUSES = frozenset({"setup", "active", "pre-switchover", "device", "cancelling"})
-PHASES = ("setup", "iterating", "resuming", "switchover", "handshake")
+PHASES = ("setup", "iterating", "resuming", "switchover", "handshake", "postcopy")
+NETWORK_FAULTS = ("partition", "reset", "loss", "bandwidth", "latency", "stall", "cut")
 PRECOPY_PHASES = frozenset({"iterating", "resuming"})  # "resuming": iterating, with precopy resume
 FAULTS = (
     "partition",
@@ -88,6 +90,8 @@ LOST_WITH_SOURCE = Outcome("nowhere", "killed")  # rows 3 and 6: the source's ho
 # the only complete copy
 DEST_AFTER_RESOLVE = Outcome("dest", "killed", operator_resolved=True)  # row 7: the destination
 # held the loaded copy in doubt; `livemig resolve --source-dead` committed it
+LOST_WITH_DEST_IN_POSTCOPY = Outcome("nowhere", "postcopy-paused")  # the destination ran the
+# guest and died with it; the source keeps only the pages it had not sent (as in QEMU)
 SOURCE_AFTER_RESOLVE = Outcome("source", "failed", operator_resolved=True)  # row 11 with no
 # restarted destination: `resolve --dest-dead` resumed the source; row 8 when every ABORT try fell
 # within the fault: `resolve` discarded the destination's held copy
@@ -267,14 +271,22 @@ EXPECTED: dict[tuple[str, str], Expected] = {
     # re-sends only what may not have arrived; the destination kept what it loaded. Only a dead
     # side ends it: the killed source's VM dies with it (row 3: the destination discards its
     # partial copy after 6 s), a killed destination never answers and the source gives up.
-    **{
-        (fault, "resuming"): only(DEST_RUNS)
-        for fault in ("partition", "reset", "loss", "bandwidth", "latency", "stall", "cut")
-    },
+    **{(fault, "resuming"): only(DEST_RUNS) for fault in NETWORK_FAULTS},
     ("kill-source", "resuming"): only(LOST_WITH_SOURCE),
     ("kill-dest", "resuming"): only(SOURCE_KEEPS),
     ("pause-source", "resuming"): only(DEST_RUNS),
     ("pause-dest", "resuming"): only(DEST_RUNS),
+    # postcopy: the fault lands in postcopy-active (the destination runs the guest while the
+    # pages still come, at 16 MB/s). A break pauses both sides; x-auto-recover reconnects once
+    # the network heals and the migration completes with no operator step. A killed process
+    # takes the VM with it (docs/handover.md, as in QEMU): the source holds the missing pages,
+    # the destination the running guest; the survivor stays postcopy-paused.
+    **{
+        (fault, "postcopy"): only(DEST_RUNS)
+        for fault in (*NETWORK_FAULTS, "pause-source", "pause-dest")
+    },
+    ("kill-source", "postcopy"): only(LOST_WITH_SOURCE),
+    ("kill-dest", "postcopy"): only(LOST_WITH_DEST_IN_POSTCOPY),
     # HANDOVER lands in the stopped destination's socket; in doubt, then committed (row 15).
     ("pause-dest", "handshake"): only(DEST_RUNS),
 }
@@ -353,8 +365,11 @@ async def _prepare(hosts: Hosts, fault: str, phase: str) -> Case:
 async def _start_migration(case: Case) -> None:
     caps = {"events": True, "x-digest-check": True}
     caps["pause-before-switchover"] = case.phase == "switchover"
+    caps["postcopy-ram"] = postcopy = case.phase == "postcopy"
     capped = case.phase in PRECOPY_PHASES
-    params = {"max-bandwidth": 40_000_000 if capped else 0}
+    params: dict[str, object] = {"max-bandwidth": 40_000_000 if capped else 0}
+    if postcopy:  # a limit precopy cannot meet, and a push that lasts past the fault
+        params |= {"downtime-limit": 1, "max-postcopy-bandwidth": POSTCOPY_PUSH_BYTES_PER_S}
     async with qmp(case.source) as client:
         await client.execute(
             "migrate-set-capabilities",
@@ -362,6 +377,8 @@ async def _start_migration(case: Case) -> None:
         )
         await client.execute("migrate-set-parameters", params)
         await client.execute("migrate", {"uri": case.proxy_uri})
+        if postcopy:
+            await client.execute("migrate-start-postcopy")
 
 
 async def _reach_phase(case: Case) -> None:
@@ -385,8 +402,9 @@ async def _reach_phase(case: Case) -> None:
         if case.phase in PRECOPY_PHASES:
             while case.proxy.stats.bytes_main < 8 * 1024 * 1024:
                 await asyncio.sleep(0.02)
-        elif case.phase == "switchover":
-            while await _status(case.source) != "pre-switchover":
+        elif case.phase in {"switchover", "postcopy"}:
+            wanted = "pre-switchover" if case.phase == "switchover" else "postcopy-active"
+            while await _status(case.source) != wanted:
                 await asyncio.sleep(0.02)
         else:
             await case.proxy.wait_fired(loaded, 30)
@@ -439,6 +457,9 @@ async def _heal(case: Case) -> None:
 
 async def _settle(case: Case) -> None:
     """Wait for both sides to leave the busy statuses; then for in-doubt to resolve itself."""
+    if case.phase == "postcopy":
+        await _settle_postcopy(case)
+        return
     async with asyncio.timeout(60):
         while {await _status(case.source), await _status(case.dest)} & BUSY_STATUSES:
             await asyncio.sleep(0.1)
@@ -450,6 +471,15 @@ async def _settle(case: Case) -> None:
     case.operator_resolved = True
 
 
+async def _settle_postcopy(case: Case) -> None:
+    """Until the source completes (x-auto-recover), or the survivor of a kill is paused."""
+    survivor = case.dest if "source" in case.killed else case.source
+    wanted = {"postcopy-paused"} if case.killed else {"completed", "failed"}
+    async with asyncio.timeout(60):
+        while await _status(survivor) not in wanted:
+            await asyncio.sleep(0.1)
+
+
 async def _operator_resolves(case: Case) -> None:
     args = [LIVEMIG, "resolve"]
     args += ["--source-dead"] if "source" in case.killed else ["--source", case.source.qmp_address]
@@ -459,6 +489,10 @@ async def _operator_resolves(case: Case) -> None:
 
 async def _check_the_rule(case: Case) -> str:
     """Exactly one side runs the VM (none only if it died with the source); it equals replay."""
+    if case.phase == "postcopy" and case.killed:  # docs/handover.md: lost, as in QEMU
+        survivor = case.dest if "source" in case.killed else case.source
+        assert await _status(survivor) == "postcopy-paused"
+        return f"nowhere: lost with its killed {next(iter(case.killed))} in postcopy"
     on_source, on_dest = await _running(case.source), await _running(case.dest)
     assert not (on_source and on_dest), "the VM runs twice"
     if not on_source and not on_dest:
