@@ -14,9 +14,12 @@ switching after the first pass, 2.3-4.3 s and 1.9-2.1 GB (../shared/reference/th
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from bench import qemu
 from bench.common import MIB, PAGE, header, say, table, verdict, warm_memory
 from bench.harness import Pair, VmSpec
 from netio import QMPClient
@@ -45,8 +48,10 @@ def postcopy(run: Run) -> dict[str, object]:
     header(f"Postcopy: {ram_mib} MiB ab guest rewriting its RAM {sweeps}x/s ({rate:,}/s)")
     vm = VmSpec(ram_mib=ram_mib, workload="ab", dirty_rate=rate)
     rows = [_migrate(run, vm) for _ in range(run.pick(5, 2))]
+    qemu_rows = _qemu_rows(ram_mib, run.pick(3, 1))
     table(
         [
+            "vmm",
             "status",
             "total s",
             "pause ms",
@@ -58,6 +63,7 @@ def postcopy(run: Run) -> dict[str, object]:
         ],
         [
             [
+                r.get("vmm", "livemig"),
                 r["status"],
                 f"{r['total_s']:.2f}",
                 f"{r['pause_ms']:.1f}",
@@ -67,14 +73,51 @@ def postcopy(run: Run) -> dict[str, object]:
                 r["block_p99_ms"],
                 r["replay_matches"],
             ]
-            for r in rows
+            for r in [*rows, *qemu_rows]
         ],
     )
     goals = _goals(rows)
     for name, met in goals.items():
         say(f"  goal {name}: {verdict(met)}")
     say(f"  QEMU 7.2 here (reference): {QEMU_REFERENCE}")
-    return {"ram_mib": ram_mib, "sweeps_per_s": sweeps, "runs": rows, "goals": goals}
+    return {
+        "ram_mib": ram_mib,
+        "sweeps_per_s": sweeps,
+        "runs": rows,
+        "qemu_runs": qemu_rows,
+        "goals": goals,
+    }
+
+
+def _qemu_rows(ram_mib: int, repetitions: int) -> list[Row]:
+    """QEMU 7.2 (TCG, bench/qemu_guest.asm's ab guest) switched after its first pass too."""
+    reason = qemu.missing()
+    if reason is not None:
+        say(f"  QEMU side by side skipped: {reason}")
+        return []
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="livemig-bench-qemu-postcopy-") as tmp:
+        work = Path(tmp)
+        image = qemu.build_guest(work, "ab", ram_mib)
+        for attempt in range(repetitions):
+            port = qemu.free_port()
+            with (
+                qemu.QemuVm(work, f"src-{attempt}", image, ram_mib) as source,
+                qemu.QemuVm(work, f"dst-{attempt}", image, ram_mib, incoming_port=port) as dest,
+            ):
+                source.wait_serial(b"F", 120.0)
+                row = asyncio.run(
+                    _postcopy_over_qmp(
+                        source.qmp_address, dest.qmp_address, f"tcp:127.0.0.1:{port}", on_qemu=True
+                    )
+                )
+            row.update(vmm="QEMU 7.2", replay_matches="n/a")
+            say(
+                f"    QEMU {row['status']}: {row['total_s']:.2f} s, pause {row['pause_ms']:.1f} "
+                f"ms, {row['sent_gb']:.2f} GB, {row['requests']} requests"
+            )
+            rows.append(row)
+    return rows
 
 
 def _goals(rows: list[Row]) -> dict[str, bool]:
@@ -111,13 +154,19 @@ def _migrate(run: Run, vm: VmSpec) -> Row:
     return row
 
 
-async def _postcopy_over_qmp(source_qmp: str, dest_qmp: str, uri: str) -> Row:
+async def _postcopy_over_qmp(
+    source_qmp: str, dest_qmp: str, uri: str, *, on_qemu: bool = False
+) -> Row:
     async with (
         await QMPClient.connect(source_qmp) as source,
         await QMPClient.connect(dest_qmp) as dest,
     ):
         caps = [{"capability": name, "state": True} for name in ("events", "postcopy-ram")]
         await source.execute("migrate-set-capabilities", {"capabilities": caps})
+        if on_qemu:  # QEMU wants the capabilities on both sides, and its bandwidth raised
+            blocktime = [{"capability": "postcopy-blocktime", "state": True}]
+            await dest.execute("migrate-set-capabilities", {"capabilities": [*caps, *blocktime]})
+            await source.execute("migrate-set-parameters", qemu.QEMU_PARAMETERS)
         await source.execute("migrate-set-parameters", {"downtime-limit": LIMIT_MS})
         started = time.perf_counter()
         await source.execute("migrate", {"uri": uri})

@@ -43,12 +43,29 @@ def progress_line(info: dict[str, object]) -> str:
     throttle = throttle_text(info)
     if throttle:
         parts.append(throttle)
+    parts += _encoding_texts(info, ram)
     if "postcopy-requests" in info:
         parts.append(f"postcopy: {_int(info, 'postcopy-requests')} page requests")
     if info.get("x-reconnecting"):
         parts.append(f"link broken: reconnecting (break {_int(info, 'x-precopy-breaks')})")
     parts.append(status)
     return "  ".join(parts)
+
+
+def _encoding_texts(info: dict[str, object], ram: dict[str, object]) -> list[str]:
+    """`compressed 2.41x` (multifd-compression), `xbzrle hits 83% (4.2x)` (XBZRLE's cache)."""
+    texts = []
+    ratio = ram.get("x-compression-ratio")
+    if isinstance(ratio, int | float) and ratio:
+        texts.append(f"compressed {ratio:.2f}x")
+    cache = info.get("xbzrle-cache")
+    if isinstance(cache, dict) and _int(cache, "pages"):
+        miss = cache.get("cache-miss-rate", 0.0)
+        hits = 1.0 - float(miss) if isinstance(miss, int | float) else 0.0
+        encoding = cache.get("encoding-rate", 0.0)
+        rate = float(encoding) if isinstance(encoding, int | float) else 0.0
+        texts.append(f"xbzrle hits {hits * 100:.0f}% ({rate:.1f}x)")
+    return texts
 
 
 def throttle_text(info: dict[str, object]) -> str:

@@ -84,3 +84,14 @@ def test_a_broken_precopy_shows_while_it_reconnects_and_in_the_summary() -> None
     assert "reconnecting" not in progress_line(info)
     completed = {"status": "completed", "ram": {}, "x-precopy-breaks": 2}
     assert "link breaks:   2, each resumed" in "\n".join(summary_lines(completed))
+
+
+def test_progress_line_shows_compression_and_the_xbzrle_cache_at_work() -> None:
+    info: dict[str, object] = {"status": "active", "ram": {"total": 1, "remaining": 1}}
+    assert "compressed" not in progress_line(info)
+    info["ram"] = {"total": 1, "remaining": 1, "x-compression-ratio": 2.414}
+    assert "compressed 2.41x" in progress_line(info)
+    info["xbzrle-cache"] = {"pages": 10, "cache-miss-rate": 0.17, "encoding-rate": 4.21}
+    assert "xbzrle hits 83% (4.2x)" in progress_line(info)
+    info["xbzrle-cache"] = {"pages": 0, "cache-miss-rate": 1.0, "encoding-rate": 0.0}
+    assert "xbzrle" not in progress_line(info)
