@@ -595,6 +595,9 @@ async def test_fault_matrix(two_hosts: Hosts, fault: str, phase: str) -> None:
             assert expected.outcome == outcome, f"{fault} x {phase}: {await _describe(case)}"
         if phase == "resuming" and fault in BREAKS_THE_CONNECTION:
             assert await _precopy_breaks(case) >= 1, "no resume was exercised"
+        if phase == "postcopy" and fault in BREAKS_THE_CONNECTION - {"kill-dest"}:
+            paused = [line for line in case.source.lines if line.get("event") == "postcopy_paused"]
+            assert paused, "no postcopy recovery was exercised"
         await _retry_after_healing(case)
     finally:
         case.proxy.clear()
