@@ -202,7 +202,7 @@ def _row(
         "sent_gb": _number(ram, "transferred") / 1e9,
         "postcopy_gb": _number(ram, "postcopy-bytes") / 1e9,
         "switched_at_pass": at_pass,
-        "requests": info.get("postcopy-requests"),
+        "requests": ram.get("postcopy-requests"),
         "blocktime_ms": dest_info.get("postcopy-blocktime"),
         "blocks": blocks.get("count"),
         "block_p99_ms": blocks.get("p99-ms"),

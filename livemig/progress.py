@@ -44,8 +44,8 @@ def progress_line(info: dict[str, object]) -> str:
     if throttle:
         parts.append(throttle)
     parts += _encoding_texts(info, ram)
-    if "postcopy-requests" in info:
-        parts.append(f"postcopy: {_int(info, 'postcopy-requests')} page requests")
+    if "postcopy-requests" in ram:
+        parts.append(f"postcopy: {_int(ram, 'postcopy-requests')} page requests")
     if info.get("x-reconnecting"):
         parts.append(f"link broken: reconnecting (break {_int(info, 'x-precopy-breaks')})")
     parts.append(status)
@@ -110,7 +110,7 @@ def summary_lines(info: dict[str, object]) -> list[str]:
     if _int(ram, "postcopy-bytes"):
         lines.append(
             f"postcopy:      {_int(ram, 'postcopy-bytes') / _MIB:.1f} MiB after the switch, "
-            f"{_int(info, 'postcopy-requests')} page requests"
+            f"{_int(ram, 'postcopy-requests')} page requests"
         )
     if _int(info, "x-precopy-breaks"):
         lines.append(

@@ -29,7 +29,7 @@ from migration.dest_phases import (
     Receiving,
     describe_loss,
 )
-from migration.dest_postcopy import PostcopyIncoming
+from migration.dest_postcopy import PostcopyIncoming, PreemptIncoming
 from migration.dest_recovery import POSTCOPY_EVENTS, PostcopyIncomingControl
 from migration.errors import LoadError
 from migration.glue import DIGEST_CHECK, full_record, machine_config_from, start_record
@@ -43,6 +43,7 @@ from migration.ledger import (
 )
 from migration.metrics import error_cause
 from migration.outbox import Outbox
+from migration.params import PREEMPT_CAPABILITY
 from migration.table import DestTrigger
 from protocol import (
     AbortReceived,
@@ -127,6 +128,7 @@ class DestMigration(PostcopyIncomingControl):
         self.phase: Phase = AwaitingConfiguration()
         self.multifd = MultifdReceivers(0)
         self.postcopy = PostcopyIncoming()
+        self.preempt = PreemptIncoming(expected=False)  # set from the configuration
         self._recover_id = recover_id
         self._generation = 0  # the record's generation this connection drives
         self._precopy_resume_s = precopy_resume_s
@@ -248,8 +250,8 @@ class DestMigration(PostcopyIncomingControl):
                 pass
 
     def _on_load_event(self, event: object) -> None:
-        if self.multifd.hold(event):
-            return  # device state waits for the RAM still on its way on multifd channels
+        if self.multifd.hold(event) or self.preempt.hold(event, running=self.postcopy.running):
+            return  # it waits for the RAM still on its way on multifd or preempt channels
         match event:
             case SwitchoverStarted():
                 self._source_stopped = True
@@ -282,6 +284,7 @@ class DestMigration(PostcopyIncomingControl):
         )
         self.phase = AwaitingRam(record=record, config=config)
         self.multifd = MultifdReceivers(config.multifd_channels)
+        self.preempt = PreemptIncoming(expected=PREEMPT_CAPABILITY in config.capabilities)
         self._out.log(
             "incoming_setup",
             ram_bytes=machine_config.ram_bytes,
@@ -343,17 +346,15 @@ class DestMigration(PostcopyIncomingControl):
 
     def _on_joined(self, channel: inp.ChannelKey, conn: DestConnection) -> None:
         phase = self._require_receiving()
+        if phase.record.machine is not None and channel.role is ChannelRole.PREEMPT:
+            self.preempt.join(conn, phase.config, phase.record.machine)
+            self._out.do(act.Receive(channel=channel))
+            return
         if phase.record.machine is None or channel.role is not ChannelRole.MULTIFD:
             msg = f"a {channel.role} channel cannot join a migration"
             raise LoadError(msg, ErrorCode.UNEXPECTED_SECTION)
         self.multifd.join(channel.serial, conn, phase.config, phase.record.machine)
         self._out.do(act.Receive(channel=channel))
-
-    def _on_multifd_event(self, channel: inp.ChannelKey, event: object) -> None:
-        metrics = self._require_receiving().record.metrics
-        if self.multifd.on_event(channel.serial, event, metrics) and self.multifd.all_ended:
-            for held in self.multifd.release():
-                self._on_load_event(held)
 
     def _loaded(self) -> None:
         phase = self._require_receiving()
@@ -471,7 +472,8 @@ class DestMigration(PostcopyIncomingControl):
     def _refresh(self) -> None:
         record = self.record
         if record is not None:
-            record.metrics.received_bytes = self.conn.received_bytes + self.multifd.received_bytes
+            received = self.multifd.received_bytes + self.preempt.received_bytes
+            record.metrics.received_bytes = self.conn.received_bytes + received
 
     def _decided_elsewhere(self) -> bool:
         phase = self.phase

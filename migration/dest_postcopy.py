@@ -15,14 +15,22 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 
 from migration.errors import LoadError
-from protocol import ErrorCode
+from protocol import (
+    ConnectionClosed,
+    DescriptionReceived,
+    ErrorCode,
+    MultifdPagesReceived,
+    PeerTimedOut,
+    StreamEnded,
+)
 from protocol.postcopy import MAX_REQUEST_RANGES, ranges_of_pages
-from vmsim.postcopy import unique_pages
+from vmsim import RamLoader
+from vmsim.postcopy import PostcopyPages, unique_pages
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from protocol import DestConnection, PageRanges
+    from protocol import DestConnection, MigrationConfiguration, PageRanges
     from vmsim import Machine
 
 BITMAP_FRAME_PAGES: Final = 1 << 21
@@ -125,3 +133,78 @@ class PostcopyIncoming:
             msg = f"the stream ended with {postcopy.missing_count} postcopy pages never sent"
             raise LoadError(msg, ErrorCode.LOAD_FAILED)
         machine.finish_postcopy()
+
+
+class PreemptIncoming:
+    """The destination's postcopy-preempt channel: requested pages ahead of the push.
+
+    Its pages go through a loader of their own (frames of two connections interleave) that
+    places only pages still missing: before POSTCOPY_LISTEN none is, so nothing it carries can
+    overwrite RAM outside postcopy. The load does not end before its EOF (a page sent on it
+    never travels on the main channel).
+
+    Attributes:
+        expected: the configuration named `postcopy-preempt`.
+        pages: pages received on it.
+    """
+
+    def __init__(self, *, expected: bool) -> None:
+        self.expected = expected
+        self.pages = 0
+        self.conn: DestConnection | None = None
+        self._loader: RamLoader | None = None
+        self._ended = False
+        self._held: list[object] = []
+
+    @property
+    def received_bytes(self) -> int:
+        """Bytes received on it."""
+        return self.conn.received_bytes if self.conn is not None else 0
+
+    def join(self, conn: DestConnection, config: MigrationConfiguration, machine: Machine) -> None:
+        """Its CHANNEL handshake arrived: its pages go to a loader of its own.
+
+        Raises:
+            LoadError: the migration did not name the capability, or one joined already.
+        """
+        if not self.expected or self.conn is not None:
+            msg = "a preempt channel this migration did not announce (postcopy-preempt)"
+            raise LoadError(msg, ErrorCode.UNEXPECTED_SECTION)
+        self._loader = RamLoader(machine.ram)
+        self._loader.postcopy = PostcopyPages(machine.ram.n_pages, np.zeros(0, np.int64))
+        self.listened(machine)
+        conn.join(config, self._loader)
+        self.conn = conn
+
+    def listened(self, machine: Machine) -> None:
+        """Postcopy runs (LISTEN, or a recovery): place what the guest still misses."""
+        if self._loader is not None and machine.ram_handler.loader.postcopy is not None:
+            self._loader.postcopy = machine.ram_handler.loader.postcopy
+
+    def hold(self, event: object, *, running: bool) -> bool:
+        """Keep the main stream's end until the preempt channel ended; whether kept."""
+        waits = isinstance(event, StreamEnded | DescriptionReceived)
+        if self.expected and running and waits and not self._ended:
+            self._held.append(event)
+            return True
+        return False
+
+    def on_event(self, event: object) -> list[object]:
+        """An event of the preempt channel; the held main-stream events once it ended.
+
+        Raises:
+            LoadError: it closed before its EOF (the pages sent on it may be lost).
+        """
+        match event:
+            case MultifdPagesReceived(normal_pages=normal, zero_pages=zero):
+                self.pages += normal + zero
+            case StreamEnded():
+                self._ended = True
+                held, self._held = self._held, []
+                return held
+            case ConnectionClosed() | PeerTimedOut() if not self._ended:
+                msg = "the preempt channel closed before its end"
+                raise LoadError(msg, ErrorCode.PROTOCOL_ERROR)
+            case _:
+                pass
+        return []

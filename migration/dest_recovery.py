@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from migration import actions as act
 from migration.dest_phases import AwaitingReconnect, Done, Receiving
+from migration.dest_postcopy import PreemptIncoming
 from migration.errors import LoadError
 from migration.ledger_states import (
     Loaded,
@@ -21,8 +22,10 @@ from migration.ledger_states import (
     Preparing,
     Recovering,
 )
+from migration.params import PREEMPT_CAPABILITY
 from migration.precopy_resume import PRECOPY_RESUME_CAPABILITY
 from protocol import (
+    ChannelRole,
     ErrorCode,
     PagesDiscarded,
     PostcopyAdvised,
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
+    from migration.dest_multifd import MultifdReceivers
     from migration.dest_phases import Phase
     from migration.dest_postcopy import PostcopyIncoming
     from migration.inputs import ChannelKey
@@ -64,6 +68,8 @@ class PostcopyIncomingControl:
     channel: ChannelKey
     phase: Phase
     postcopy: PostcopyIncoming
+    preempt: PreemptIncoming
+    multifd: MultifdReceivers
     _out: Outbox
     _recover_id: str | None
     _generation: int
@@ -92,6 +98,7 @@ class PostcopyIncomingControl:
         if config is None or record.ram_section_id is None:
             msg = f"migration {record.migration_id} cannot be resumed here"
             raise LoadError(msg, ErrorCode.INTERNAL)
+        self.preempt = PreemptIncoming(expected=PREEMPT_CAPABILITY in config.capabilities)
         sink = machine.ram_handler.loader if machine is not None else None
         advised = record.advised and isinstance(record.state, Loading)
         self.conn.resume(config, sink, record.ram_section_id, advised=advised)
@@ -175,6 +182,7 @@ class PostcopyIncomingControl:
             case PostcopyListening():
                 self._source_stopped = True
                 self._load(self.postcopy.listen)
+                self._load(self.preempt.listened)
                 self._require_receiving().record.ram_section_id = self.conn.ram_section_id
             case PostcopyResumed():
                 record = self._require_receiving().record
@@ -186,6 +194,28 @@ class PostcopyIncomingControl:
                 self._out.do(act.RunMigratedVm(machine=install.machine, postcopy=True))
             case _:
                 pass
+
+    def _on_multifd_event(self, channel: ChannelKey, event: object) -> None:
+        if channel.role is ChannelRole.PREEMPT:
+            self._on_preempt_event(event)
+            return
+        metrics = self._require_receiving().record.metrics
+        if self.multifd.on_event(channel.serial, event, metrics) and self.multifd.all_ended:
+            for held in self.multifd.release():
+                self._on_load_event(held)
+
+    def _on_preempt_event(self, event: object) -> None:
+        """Requested pages arrived on the preempt channel (or it ended: the held end goes on)."""
+        record = self._require_receiving().record
+        held = self.preempt.on_event(event)
+        record.metrics.preempt_pages = self.preempt.pages
+        if self.postcopy.running:
+            self._out.do(act.WakeVm())
+        for event_held in held:
+            self._on_load_event(event_held)
+
+    def _on_load_event(self, event: object) -> None:
+        raise NotImplementedError
 
     def _on_pages_needed(self, pfns: NDArray[np.intp]) -> None:
         phase = self.phase

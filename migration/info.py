@@ -60,8 +60,6 @@ def source_info(
             info["cpu-throttle-percentage"] = metrics.cpu_throttle_percent
         if metrics.xbzrle_cache is not None:
             info["xbzrle-cache"] = dict(metrics.xbzrle_cache)
-        if metrics.postcopy_run_at is not None:
-            info["postcopy-requests"] = metrics.postcopy_requests
     _add_extras(info, status, metrics)
     return info
 
@@ -110,6 +108,8 @@ def _ram_info(status: MigrationStatus, metrics: SourceMetrics) -> dict[str, obje
         "postcopy-bytes": metrics.postcopy_bytes,
         "multifd-bytes": metrics.multifd_bytes,
     }
+    if metrics.postcopy_run_at is not None:  # QEMU's MigrationStats member
+        ram["postcopy-requests"] = metrics.postcopy_requests
     if metrics.compression_raw_bytes:
         ratio = metrics.compression_raw_bytes / max(1, metrics.compression_sent_bytes)
         ram["x-compression-ratio"] = round(ratio, 3)
@@ -134,4 +134,6 @@ def dest_info(record: IncomingRecord | None) -> dict[str, object]:
     }
     if record.reason is not None:
         info["error-desc"] = record.reason
+    if record.metrics.preempt_pages:
+        info["x-preempt-pages"] = record.metrics.preempt_pages
     return info

@@ -250,6 +250,7 @@ class DestMetrics:
     devices: set[tuple[str, int]] = field(default_factory=set)
     postcopy_run_at: float | None = None
     postcopy_requests: int = 0
+    preempt_pages: int = 0  # pages that came on the postcopy-preempt channel
 
     def summary(self) -> dict[str, object]:
         """The canonical figures of a load, for its log line."""

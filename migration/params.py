@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 MAX_DOWNTIME_LIMIT_MS: Final = 2_000_000
 MAX_BANDWIDTH_BYTES_PER_S: Final = 2**64 - 1
 MAX_TIMEOUT_MS: Final = 3_600_000
+PREEMPT_CAPABILITY: Final = "postcopy-preempt"
 MAX_DIRTY_LIMIT_MB_S: Final = 2**32 - 1
 MAX_DIRTY_LIMIT_PERIOD_MS: Final = 1000  # QEMU: 1 to 1000 ms
 MAX_POLICY_TIMEOUT_S: Final = 86_400
@@ -255,6 +256,7 @@ _CAPABILITIES: Final[dict[str, str]] = {
     "xbzrle": "xbzrle",
     "postcopy-ram": "postcopy_ram",
     "postcopy-blocktime": "postcopy_blocktime",
+    "postcopy-preempt": "postcopy_preempt",
 }
 
 
@@ -273,6 +275,7 @@ class MigrationCapabilities:
     xbzrle: bool = False
     postcopy_ram: bool = False
     postcopy_blocktime: bool = False
+    postcopy_preempt: bool = False
 
     def updated(self, changes: Mapping[str, bool]) -> MigrationCapabilities:
         """Return a copy with `changes` (QMP names) applied, or raise naming the capability."""
@@ -292,6 +295,9 @@ class MigrationCapabilities:
         if caps.multifd and caps.postcopy_ram:  # QEMU before 8.x
             msg = "Postcopy is not yet compatible with multifd"
             raise ParameterError(msg)
+        if caps.postcopy_preempt and not caps.postcopy_ram:  # QEMU's migrate_caps_check
+            msg = "Postcopy preempt requires postcopy-ram"
+            raise ParameterError(msg)
         return caps
 
     def to_qmp(self) -> list[dict[str, object]]:
@@ -308,6 +314,8 @@ class MigrationCapabilities:
             names.append("validate-uuid")
         if self.digest_check:
             names.append("x-digest-check")
+        if self.postcopy_preempt:  # the destination waits for its preempt channel's end
+            names.append(PREEMPT_CAPABILITY)
         return tuple(names)
 
 

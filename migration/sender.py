@@ -24,6 +24,7 @@ from migration.precopy import (
     Throttled,
 )
 from migration.precopy_resume import PRECOPY_RESUME_CAPABILITY, SentFrames
+from migration.preempt import PREEMPT, PreemptChannel
 from migration.sender_phases import (
     AwaitingAck,
     Completing,
@@ -122,6 +123,7 @@ class StreamSender(RecoverySender):
         self.postcopy_wanted = False  # migrate-start-postcopy: switch at the next round
         self.postcopy: PostcopyPush | None = None  # after the switch
         self._config: MigrationConfiguration | None = None  # kept for a recovery
+        self.preempt: PreemptChannel | None = None  # postcopy-preempt, from the switch on
         resumable = timeouts is not None and params.precopy_resume_ms > 0 and not caps.multifd
         self.sent_frames = SentFrames(machine.ram.n_pages) if resumable else None
         self.resumable = resumable  # a broken precopy may reconnect (x-precopy-resume-ms)
@@ -129,7 +131,8 @@ class StreamSender(RecoverySender):
     @property
     def sent_bytes(self) -> int:
         """Bytes the kernel took on every channel of the stream."""
-        return self._earlier_bytes + self.conn.sent_bytes + self.multifd_bytes
+        preempt = self.preempt.conn.sent_bytes if self.preempt is not None else 0
+        return self._earlier_bytes + self.conn.sent_bytes + self.multifd_bytes + preempt
 
     @property
     def multifd_bytes(self) -> int:
@@ -153,8 +156,9 @@ class StreamSender(RecoverySender):
         return self.conn.pending_send_bytes + multifd
 
     def close_channels(self) -> None:
-        """Close the main channel and the multifd channels."""
-        for key in (MAIN, *(self.multifd.conns if self.multifd is not None else ())):
+        """Close the main channel, the multifd channels and the preempt channel."""
+        keys = [MAIN, *(self.multifd.conns if self.multifd is not None else ())]
+        for key in keys + ([PREEMPT] if self.preempt is not None else []):
             self._out.do(CloseChannel(channel=key))
 
     def _flush(self, keys: Iterable[ChannelKey], keep_bytes: int = 0) -> None:
@@ -214,8 +218,11 @@ class StreamSender(RecoverySender):
                 self._out.do(OpenChannel(channel=key, conn=conn))
 
     def multifd_opened(self, key: ChannelKey) -> None:
-        """Multifd channel `key` connected: its handshake joins it to this migration."""
-        if self.multifd is not None and key in self.multifd.conns:
+        """Multifd or preempt channel `key` connected: its handshake joins it to the migration."""
+        if key == PREEMPT and self.preempt is not None:
+            self.preempt.opened(self.conn.configuration or _no_configuration())
+            self._urgent_on_preempt()
+        elif self.multifd is not None and key in self.multifd.conns:
             self.multifd.opened(key, self.conn.configuration or _no_configuration())
             self._flush([key])
 
@@ -353,6 +360,7 @@ class StreamSender(RecoverySender):
         missing = send_switch(self.conn, self._machine, ram_section_id(self._machine))
         self._out.log("postcopy_switch", missing_pages=missing)
         self.postcopy = PostcopyPush(self._machine, now=self._out.now)
+        self.open_preempt()
         self.phase = PostcopySwitching(missing_pages=missing)
         self._flush([MAIN])
 
@@ -363,6 +371,8 @@ class StreamSender(RecoverySender):
             return
         push.request(ranges)
         self._metrics.postcopy_requests = push.requests
+        if self._urgent_on_preempt():
+            return
         if isinstance(self.phase, PostcopyPushing | PostcopyThrottled) and (
             batch := push.urgent_batch()
         ):
@@ -377,7 +387,7 @@ class StreamSender(RecoverySender):
         if isinstance(phase, PostcopySwitching):
             record_run(self._metrics, now=self._out.now, missing_pages=phase.missing_pages)
         self.phase = PostcopyPushing()
-        batch = push.urgent_batch()
+        batch = None if self._urgent_on_preempt() else push.urgent_batch()
         if batch is None:
             rate = params.max_postcopy_bandwidth_bytes_per_s
             if (due_at := push.background_due_at(self._out.now, rate)) is not None:
@@ -387,12 +397,25 @@ class StreamSender(RecoverySender):
         if batch is not None:
             self._send_postcopy_pages(batch)
             return
+        if self.preempt is not None:
+            self.preempt.end()
         for end in state_complete_postcopy(self._machine.savevm, POSTCOPY_BATCH_PAGES):
             self.conn.send_ram(end.section_id, end.batch, end=True)
         self.conn.send_eof()
         self.conn.send_vmdesc(self._machine.savevm.describe())
         self.phase = SendingEnd()
         self._flush([MAIN])
+
+    def _urgent_on_preempt(self) -> bool:
+        """Send every requested page on the preempt channel, if it is up (whether it is)."""
+        preempt, push = self.preempt, self.postcopy
+        if preempt is None or not preempt.ready or push is None:
+            return False
+        while (batch := push.urgent_batch()) is not None:
+            self._metrics.normal_pages += batch.normal_pages
+            self._metrics.zero_pages += batch.zero_pages
+            preempt.send(batch)
+        return True
 
     def _send_postcopy_pages(self, batch: PageBatch) -> None:
         """Whole pages (no XBZRLE after the switch) on the main channel."""

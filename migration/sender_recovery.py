@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from migration.errors import TransitionError
 from migration.inputs import ChannelKey
+from migration.preempt import PreemptChannel
 from migration.sender_phases import (
     PostcopyPushing,
     RecoverAwaitingBitmap,
@@ -43,6 +44,7 @@ class RecoverySender:
     phase: Phase
     conn: SourceConnection
     postcopy: PostcopyPush | None
+    preempt: PreemptChannel | None
     sent_frames: SentFrames | None
     xbzrle: XbzrleEncoder | None
     _out: Outbox
@@ -52,6 +54,12 @@ class RecoverySender:
     _config: MigrationConfiguration | None
     _earlier_bytes: int
     _awaiting: Counter[ChannelKey]
+
+    def open_preempt(self) -> None:
+        """postcopy-preempt: connect a preempt channel for the requested pages."""
+        if self._caps.postcopy_preempt:
+            self.preempt = PreemptChannel(self._out)
+            self.preempt.open()
 
     def _flush(self, keys: Iterable[ChannelKey], keep_bytes: int = 0) -> None:
         raise NotImplementedError
@@ -68,6 +76,9 @@ class RecoverySender:
     def reconnect(self) -> SourceConnection:
         """Postcopy recovery or precopy resume: a new main connection, opened as `recover`."""
         self._earlier_bytes += self.conn.sent_bytes
+        if self.preempt is not None:  # closed with the main channel; a new one after recovery
+            self._earlier_bytes += self.preempt.conn.sent_bytes
+            self.preempt = None
         self._config = self.conn.configuration or self._config
         self.conn = SourceConnection(return_path=True, timeouts=self._timeouts, now=self._out.now)
         self._awaiting.clear()
@@ -109,6 +120,7 @@ class RecoverySender:
         missing = self._machine.ram_handler.postcopy_recover(phase.intake.received)
         self._out.log("postcopy_resuming", missing_pages=missing)
         self.conn.send_postcopy_resume()
+        self.open_preempt()
         self.phase = PostcopyPushing()
         self._push(self.phase, params)
         return True

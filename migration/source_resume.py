@@ -67,9 +67,10 @@ class PrecopyResumeControl:
         """A channel broke (`lost`: the connection was lost or could not be made)."""
         if channel.role is ChannelRole.MAIN and lost:
             self._lost(reason, code)
-        elif channel.role in {ChannelRole.MAIN, ChannelRole.MULTIFD}:
-            multifd = channel.role is ChannelRole.MULTIFD
-            self._fail(f"multifd channel {channel.serial}: {reason}" if multifd else reason, code)
+        elif channel.role in {ChannelRole.MAIN, ChannelRole.MULTIFD, ChannelRole.PREEMPT}:
+            if channel.role is not ChannelRole.MAIN:
+                reason = f"{channel.role} channel {channel.serial}: {reason}"
+            self._fail(reason, code)  # in postcopy: paused, and recovered
         elif isinstance(self.phase, Resolving):
             self._settle(self.phase.resolver.failed(channel, reason))
 

@@ -87,14 +87,15 @@ class ChannelRole(enum.StrEnum):
     asks what became of a migration (docs/handover.md); ``multifd`` (index 0..254) carries
     packets of pages (PAGES) and a MULTIFD_SYNC per pass, then EOF; ``recover`` takes a paused
     migration up again: a postcopy (docs/protocol.md 1.10) or a precopy whose connection broke
-    (1.11). Later capabilities add roles (the
-    postcopy preempt channel) as new members and new rows in the state tables.
+    (1.11); ``preempt`` carries the pages a postcopy destination asked for, ahead of the
+    background push on ``main`` (1.10, QEMU's postcopy-preempt channel).
     """
 
     MAIN = "main"
     RESOLVE = "resolve"
     MULTIFD = "multifd"
     RECOVER = "recover"
+    PREEMPT = "preempt"
 
 
 MAX_MULTIFD_CHANNELS: Final = 255

@@ -252,6 +252,7 @@ CHANNEL_INPUTS: Final[dict[ChannelRole, MainInput]] = {
     ChannelRole.RESOLVE: MainInput.CHANNEL_RESOLVE,
     ChannelRole.MULTIFD: MainInput.CHANNEL_MULTIFD,
     ChannelRole.RECOVER: MainInput.CHANNEL_RECOVER,
+    ChannelRole.PREEMPT: MainInput.CHANNEL_PREEMPT,
 }
 """The main table's input for a CHANNEL handshake, by role."""
 

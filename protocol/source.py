@@ -276,6 +276,11 @@ class SourceConnection(Connection):
         self.send_channel(config.migration_id, ChannelRole.MULTIFD, index)
         self._main.join(config)
 
+    def open_preempt(self, config: MigrationConfiguration) -> None:
+        """Queue CHANNEL preempt: requested postcopy pages as PAGES frames, then EOF (1.10)."""
+        self.send_channel(config.migration_id, ChannelRole.PREEMPT)
+        self._main.join(config)
+
     def open_recovery(
         self, config: MigrationConfiguration, ram_section_id: int, *, advised: bool = False
     ) -> None:

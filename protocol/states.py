@@ -48,7 +48,8 @@ class MainState(enum.Enum):
     STARTED = "STARTED"  # stream header
     OPENED = "OPENED"  # channels mode: CHANNEL main, waiting for the configuration
     RESOLVE_OPENED = "RESOLVE_OPENED"  # channels mode: CHANNEL resolve, waiting for RESOLVE
-    MULTIFD = "MULTIFD"  # channels mode: CHANNEL multifd, PAGES and MULTIFD_SYNC until EOF
+    MULTIFD = "MULTIFD"  # channels mode: CHANNEL multifd (or preempt), PAGES and MULTIFD_SYNC
+    # until EOF (a preempt channel sends no MULTIFD_SYNC)
     MULTIFD_DONE = "MULTIFD_DONE"  # a multifd channel after its EOF
     ADVISED = "ADVISED"  # SETUP after POSTCOPY_ADVISE: this migration may switch to postcopy
     ADVISED_ITERATING = "ADVISED_ITERATING"  # ITERATING after POSTCOPY_ADVISE
@@ -82,6 +83,7 @@ class MainInput(enum.Enum):
     CHANNEL_RESOLVE = "CHANNEL_RESOLVE"
     CHANNEL_MULTIFD = "CHANNEL_MULTIFD"
     CHANNEL_RECOVER = "CHANNEL_RECOVER"
+    CHANNEL_PREEMPT = "CHANNEL_PREEMPT"
     POSTCOPY_RESUME = "POSTCOPY_RESUME"
     PRECOPY_RESUME = "PRECOPY_RESUME"
     PAGES = "PAGES"
@@ -240,6 +242,7 @@ def _add_postcopy(table: dict[MainState, dict[MainInput, MainState]]) -> None:
     }
     table[_S.POSTCOPY_ENDING] = {_I.SECTION_END: _S.POSTCOPY_ENDING, _I.EOF: _S.COMPLETED}
     table[_S.STARTED][_I.CHANNEL_RECOVER] = _S.RECOVER_OPENED
+    table[_S.STARTED][_I.CHANNEL_PREEMPT] = _S.MULTIFD  # requested pages: PAGES*, EOF
     # precopy resume (1.11): ITERATING, or ADVISED_ITERATING for a migration advised for postcopy
     table[_S.RECOVER_OPENED] = {
         _I.POSTCOPY_RESUME: _S.POSTCOPY_RUNNING,

@@ -83,10 +83,10 @@ class MainTracker:
         self.version = version
 
     def join(self, config: MigrationConfiguration) -> None:
-        """A multifd channel carries pages of the migration ``config`` describes (sent on main).
+        """A multifd (or preempt) channel carries pages of ``config``'s migration (sent on main).
 
         Raises:
-            LocalProtocolError: the channel is not a multifd channel of that migration.
+            LocalProtocolError: the channel is not a multifd or preempt channel of that migration.
         """
         if self.state is not MainState.MULTIFD or self.config is not None:
             msg = f"only a new multifd channel joins a migration, not one in state {self.state}"

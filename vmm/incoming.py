@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("vmm.incoming")
 ACCEPT_RETRY_S: Final = 0.1
+_JOINING_ROLES: Final = frozenset({ChannelRole.MULTIFD, ChannelRole.PREEMPT})
 
 First = ChannelAnnounced | ConfigurationReceived | ResolveRequested
 
@@ -178,7 +179,7 @@ class IncomingRouter:
             isinstance(first, ChannelAnnounced) and first.role is ChannelRole.RESOLVE
         ):
             self._run_responder(channel, conn, first)
-        elif isinstance(first, ChannelAnnounced) and first.role is ChannelRole.MULTIFD:
+        elif isinstance(first, ChannelAnnounced) and first.role in _JOINING_ROLES:
             self._join_migration(channel, conn, first)
         elif isinstance(first, ChannelAnnounced) and first.role is ChannelRole.RECOVER:
             self._stand_down(first.migration_id)
@@ -240,7 +241,7 @@ class IncomingRouter:
     def _join_migration(
         self, channel: ChannelLike, conn: DestConnection, first: ChannelAnnounced
     ) -> None:
-        """Hand a multifd channel to the migration it names (its RAM is ready: OPEN_ACK went)."""
+        """Hand a multifd or preempt channel to the migration it names (its RAM is ready)."""
         for runner in self._runners:
             machine = runner.machine
             record = machine.record if isinstance(machine, DestMigration) else None

@@ -167,13 +167,11 @@ _XBZRLE_GAUGES: Final = (
     ("cache-miss-rate", "livemig_migration_xbzrle_cache_miss_ratio", "XBZRLE cache misses.", 1.0),
     ("overflow", "livemig_migration_xbzrle_overflow_pages", "Deltas no smaller than a page.", 1.0),
 )
-_POSTCOPY_GAUGES: Final = (
-    (
-        "postcopy-requests",
-        "livemig_migration_postcopy_requests",
-        "Page requests (REQ_PAGES) the destination's guest made.",
-        1.0,
-    ),
+_REQUESTS_DOC: Final = "Page requests (REQ_PAGES) the destination's guest made."
+_RAM_POSTCOPY_GAUGES: Final = (  # the source's count, in `ram` as in QEMU's MigrationStats
+    ("postcopy-requests", "livemig_migration_postcopy_requests", _REQUESTS_DOC, 1.0),
+)
+_POSTCOPY_GAUGES: Final = (  # the destination's count
     (
         "x-postcopy-requests",
         "livemig_migration_postcopy_requests",
@@ -214,7 +212,7 @@ def _migration(info: Mapping[str, object], labels: Mapping[str, str]) -> Iterato
     for each in MigrationStatus:
         status.add_metric([*labels.values(), each.value], float(each.value == current))
     yield status
-    yield from _gauges(_section(info, "ram"), _RAM_GAUGES, labels)
+    yield from _gauges(_section(info, "ram"), _RAM_GAUGES + _RAM_POSTCOPY_GAUGES, labels)
     yield from _gauges(_section(info, "xbzrle-cache"), _XBZRLE_GAUGES, labels)
     yield from _gauges(info, _POSTCOPY_GAUGES, labels)
     yield from _gauges(info, _TIME_GAUGES, labels, per=1000.0)

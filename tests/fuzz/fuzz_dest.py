@@ -93,7 +93,10 @@ def _take(conn: SourceConnection | DestConnection) -> None:
         event = conn.next_event()
         if event is None:
             return
-        if isinstance(event, ChannelAnnounced) and event.role is ChannelRole.MULTIFD:
+        if isinstance(event, ChannelAnnounced) and event.role in {
+            ChannelRole.MULTIFD,
+            ChannelRole.PREEMPT,
+        }:
             _join(conn)
         if isinstance(event, ChannelAnnounced) and event.role is ChannelRole.RECOVER:
             _resume(conn)
@@ -177,6 +180,7 @@ def _seed_corpus(corpus: Path) -> None:
         "resolve.main.bin": 1,
         "return_path.return.bin": 2,
         "multifd.bin": 3,
+        "preempt.bin": 3,
         "postcopy.main.bin": 1,
         "postcopy.return.bin": 4,
         "postcopy_recover.main.bin": 1,

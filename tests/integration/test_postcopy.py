@@ -62,7 +62,7 @@ def test_a_postcopy_migration_completes_and_matches_the_replay(run, tmp, workloa
             assert dest_info["postcopy-blocktime"] >= 0
             if workload is not WorkloadKind.IDLE:
                 assert dest_info["x-postcopy-blocks"]["count"] > 0  # the guest faulted
-                assert info["postcopy-requests"] > 0
+                assert info["ram"]["postcopy-requests"] > 0
             await pair.dest.assert_matches_replay()
         finally:
             await pair.close()

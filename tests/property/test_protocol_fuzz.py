@@ -199,7 +199,7 @@ def test_source_receiving_random_bytes(data):
     feed(_source(), b"LVRP\x00\x02\x00\x00" + data, [], buffers=False)
 
 
-MULTIFD = (VECTORS / "multifd.bin").read_bytes()
+PAGE_CHANNELS = [(VECTORS / name).read_bytes() for name in ("multifd.bin", "preempt.bin")]
 
 
 def _joined_take_all(receiver: DestConnection) -> None:
@@ -208,16 +208,21 @@ def _joined_take_all(receiver: DestConnection) -> None:
         event = receiver.next_event()
         if event is None:
             return
-        if isinstance(event, ChannelAnnounced) and event.role is ChannelRole.MULTIFD:
-            receiver.join(multifd_config(), None)
+        if isinstance(event, ChannelAnnounced) and event.role in _PAGE_ROLES:
+            with contextlib.suppress(LocalProtocolError):  # a mutated id: the router refuses
+                receiver.join(multifd_config(), None)
     raise AssertionError("endless events")
 
 
+_PAGE_ROLES = frozenset({ChannelRole.MULTIFD, ChannelRole.PREEMPT})
+
+
 @FUZZ
-@given(mutations, st.lists(st.integers(0, 1 << 12), max_size=6))
-def test_mutated_multifd_channel(ops, cuts):
-    """PAGES (raw, zlib, zstd) and MULTIFD_SYNC, mutated: only RemoteProtocolError escapes."""
-    feed_channel(mutate(MULTIFD, ops), cuts, _joined_take_all)
+@given(mutations, st.lists(st.integers(0, 1 << 12), max_size=6), st.sampled_from(PAGE_CHANNELS))
+def test_mutated_multifd_channel(ops, cuts, stream):
+    """A multifd channel's PAGES (raw, zlib, zstd) and MULTIFD_SYNC, or a preempt channel's
+    PAGES, mutated: only RemoteProtocolError escapes."""
+    feed_channel(mutate(stream, ops), cuts, _joined_take_all)
 
 
 def feed_channel(data: bytes, cuts: list[int], take_all: Callable[[DestConnection], None]) -> None:

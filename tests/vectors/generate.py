@@ -107,6 +107,17 @@ def multifd_channel() -> bytes:
     return sent_bytes(source)
 
 
+def preempt_channel() -> bytes:
+    """A postcopy-preempt channel: CHANNEL preempt, requested page 10, pages 3-4, EOF."""
+    ram = pattern_ram(RAM_PAGES, PAGE_SIZE)
+    source = SourceConnection(timeouts=None, now=0.0)
+    source.open_preempt(make_config(ram_pages=RAM_PAGES, page_size=PAGE_SIZE))
+    source.send_pages(make_batch(ram, [(10, 1, PageKind.NORMAL)], PAGE_SIZE))
+    source.send_pages(make_batch(ram, [(3, 2, PageKind.NORMAL)], PAGE_SIZE))
+    source.send_eof()
+    return sent_bytes(source)
+
+
 def postcopy_migration() -> tuple[bytes, bytes]:
     """A postcopy migration: ADVISE, a precopy round, the switch, a request, the rest, END."""
     ram = pattern_ram(RAM_PAGES, PAGE_SIZE)
@@ -198,6 +209,7 @@ def build_vectors() -> dict[str, bytes]:
         "file_v2.bin": file_migration(PREVIOUS_VERSION),
         "file_v1.bin": file_migration(CRC32_VERSION),
         "multifd.bin": multifd_channel(),
+        "preempt.bin": preempt_channel(),
     }
     vectors["postcopy.main.bin"], vectors["postcopy.return.bin"] = postcopy_migration()
     recovery = postcopy_recovery()

@@ -75,6 +75,7 @@ def test_capabilities_default_off_but_return_path() -> None:
         "xbzrle": False,
         "postcopy-ram": False,
         "postcopy-blocktime": False,
+        "postcopy-preempt": False,
     } == states
 
 
@@ -137,3 +138,10 @@ def test_wire_capabilities_are_those_the_destination_follows() -> None:
 
     assert ("validate-uuid", "x-digest-check") == caps.wire_names()
     assert () == MigrationCapabilities().wire_names()
+
+
+def test_postcopy_preempt_needs_postcopy_ram() -> None:
+    with pytest.raises(ParameterError, match="Postcopy preempt requires postcopy-ram"):
+        MigrationCapabilities().updated({"postcopy-preempt": True})
+    caps = MigrationCapabilities().updated({"postcopy-ram": True, "postcopy-preempt": True})
+    assert "postcopy-preempt" in caps.wire_names()

@@ -675,7 +675,7 @@ def test_a_configuration_must_name_the_migration_of_its_channel():
 @pytest.mark.parametrize(
     ("meta", "match"),
     [
-        ({"migration_id": "m", "role": "preempt", "index": 0}, "unknown channel role 'preempt'"),
+        ({"migration_id": "m", "role": "listen", "index": 0}, "unknown channel role 'listen'"),
         ({"migration_id": "m", "role": "multifd", "index": 255}, "index is below 255, not 255"),
         ({"migration_id": "m", "role": "main", "index": 1}, "index 0, not 1"),
         ({"migration_id": "m", "role": "main"}, "missing keys \\['index'\\]"),

@@ -194,6 +194,21 @@ def test_multifd_vector_decodes_raw_zlib_and_zstd_pages():
     assert not any(ram[2 * 1024 : 4 * 1024])
 
 
+def test_preempt_vector_carries_requested_pages_then_eof():
+    ram = bytearray(16 * 1024)
+    events = decode_multifd(load("preempt.bin"), ram)
+
+    assert ChannelAnnounced(migration_id="mig-0001", role=ChannelRole.PREEMPT, index=0) == (
+        dataclasses.replace(events[1], frame=None)
+    )
+    pages = [e for e in events if isinstance(e, MultifdPagesReceived)]
+    assert [1, 2] == [e.normal_pages for e in pages]
+    assert ConnectionClosed(clean=True) == events[-1]
+    expected = pattern_ram(16, 1024)
+    assert expected[10 * 1024 : 11 * 1024] == ram[10 * 1024 : 11 * 1024]
+    assert expected[3 * 1024 : 5 * 1024] == ram[3 * 1024 : 5 * 1024]
+
+
 def test_postcopy_vector_content():
     """ADVISE, the switch (device page, discard, LISTEN, FULL, RUN), a request, the rest."""
     events = decode_main(load("postcopy.main.bin"), return_path=True)
