@@ -48,6 +48,7 @@ def postcopy(run: Run) -> dict[str, object]:
     header(f"Postcopy: {ram_mib} MiB ab guest rewriting its RAM {sweeps}x/s ({rate:,}/s)")
     vm = VmSpec(ram_mib=ram_mib, workload="ab", dirty_rate=rate)
     rows = [_migrate(run, vm) for _ in range(run.pick(5, 2))]
+    preempt_rows = [_migrate(run, vm, preempt=True) for _ in range(run.pick(3, 1))]
     qemu_rows = _qemu_rows(ram_mib, run.pick(3, 1))
     table(
         [
@@ -73,7 +74,7 @@ def postcopy(run: Run) -> dict[str, object]:
                 r["block_p99_ms"],
                 r["replay_matches"],
             ]
-            for r in [*rows, *qemu_rows]
+            for r in [*rows, *preempt_rows, *qemu_rows]
         ],
     )
     goals = _goals(rows)
@@ -84,6 +85,7 @@ def postcopy(run: Run) -> dict[str, object]:
         "ram_mib": ram_mib,
         "sweeps_per_s": sweeps,
         "runs": rows,
+        "preempt_runs": preempt_rows,
         "qemu_runs": qemu_rows,
         "goals": goals,
     }
@@ -133,14 +135,18 @@ def _goals(rows: list[Row]) -> dict[str, bool]:
     }
 
 
-def _migrate(run: Run, vm: VmSpec) -> Row:
+def _migrate(run: Run, vm: VmSpec, *, preempt: bool = False) -> Row:
     warm_memory(2 * vm.ram_bytes + 512 * MIB)
     with Pair(vm, log_dir=run.settings.out / "logs") as pair:
         row = asyncio.run(
             _postcopy_over_qmp(
-                pair.source.qmp_address, pair.dest.qmp_address, pair.dest.incoming_uri
+                pair.source.qmp_address,
+                pair.dest.qmp_address,
+                pair.dest.incoming_uri,
+                preempt=preempt,
             )
         )
+        row["vmm"] = "livemig+preempt" if preempt else "livemig"
         if row["status"] == "completed":
             pair.holder = 1 - pair.holder
             row["replay_matches"] = pair.replay_matches()
@@ -155,13 +161,14 @@ def _migrate(run: Run, vm: VmSpec) -> Row:
 
 
 async def _postcopy_over_qmp(
-    source_qmp: str, dest_qmp: str, uri: str, *, on_qemu: bool = False
+    source_qmp: str, dest_qmp: str, uri: str, *, on_qemu: bool = False, preempt: bool = False
 ) -> Row:
     async with (
         await QMPClient.connect(source_qmp) as source,
         await QMPClient.connect(dest_qmp) as dest,
     ):
-        caps = [{"capability": name, "state": True} for name in ("events", "postcopy-ram")]
+        names = ("events", "postcopy-ram", *(("postcopy-preempt",) if preempt else ()))
+        caps = [{"capability": name, "state": True} for name in names]
         await source.execute("migrate-set-capabilities", {"capabilities": caps})
         if on_qemu:  # QEMU wants the capabilities on both sides, and its bandwidth raised
             blocktime = [{"capability": "postcopy-blocktime", "state": True}]
