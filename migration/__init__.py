@@ -18,7 +18,7 @@ from migration.errors import (
     TransitionError,
 )
 from migration.info import dest_info, source_info
-from migration.inputs import ChannelJoined, ChannelKey, ShutdownRequested
+from migration.inputs import ChannelJoined, ChannelKey, ShutdownRequested, TakenOver
 from migration.ledger import IncomingLedger, IncomingRecord, Install
 from migration.metrics import DestMetrics, DowntimeMarks, SourceMetrics
 from migration.params import (
@@ -56,6 +56,7 @@ __all__ = [
     "SourceMigration",
     "SourceTrigger",
     "StatusMachine",
+    "TakenOver",
     "TransitionError",
     "capability_names",
     "dest_info",

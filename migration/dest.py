@@ -197,6 +197,8 @@ class DestMigration(PostcopyIncomingControl):
                 self._on_last_reply_flushed()
             case inp.ShutdownRequested():
                 self._close()
+            case inp.TakenOver():
+                self._lost("a recover channel took the migration over")
             case inp.TimerFired():
                 self._reconnect_expired()
             case _:
@@ -345,6 +347,9 @@ class DestMigration(PostcopyIncomingControl):
         self.phase = Receiving(record=phase.record, config=phase.config, ended=True)
 
     def _on_joined(self, channel: inp.ChannelKey, conn: DestConnection) -> None:
+        if channel.role is ChannelRole.PREEMPT and not isinstance(self.phase, Receiving):
+            self._out.do(act.CloseChannel(channel=channel))  # late: no postcopy loads here now
+            return
         phase = self._require_receiving()
         if phase.record.machine is not None and channel.role is ChannelRole.PREEMPT:
             self.preempt.join(conn, phase.config, phase.record.machine)

@@ -149,7 +149,7 @@ class PostcopyIncomingControl:
             and config is not None
             and PRECOPY_RESUME_CAPABILITY in config.capabilities
             and not config.multifd_channels
-            and self.conn.ram_section_id is not None
+            and record.ram_section_id is not None
         )
 
     def _pause_precopy(self, record: IncomingRecord, reason: str) -> None:

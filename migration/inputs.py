@@ -192,6 +192,15 @@ class ShutdownRequested(Input):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TakenOver(Input):
+    """A recover channel takes this migration over: stand down as if the connection broke.
+
+    The record is left paused (postcopy-paused, or a precopy kept for the reconnection) for
+    the new connection's machine, never half-recovered.
+    """
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class HandoverDecided(Input):
     """The ownership decision (`DecideHandover`): hand the VM over, or keep it here."""
 

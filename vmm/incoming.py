@@ -22,7 +22,7 @@ from migration import (
     EngineError,
     IncomingLedger,
     ResolveResponder,
-    ShutdownRequested,
+    TakenOver,
     dest_info,
 )
 from migration.outbox import Outbox
@@ -236,7 +236,7 @@ class IncomingRouter:
             machine = runner.machine
             record = machine.record if isinstance(machine, DestMigration) else None
             if record is not None and record.migration_id == migration_id:
-                runner.feed(ShutdownRequested())  # it closes its channel, decides nothing
+                runner.feed(TakenOver())  # it closes its channel now, the record paused
 
     def _join_migration(
         self, channel: ChannelLike, conn: DestConnection, first: ChannelAnnounced

@@ -6,10 +6,8 @@ as aioquic's `QuicConnectionProtocol.transmit()` is for QUIC: every input goes t
 then re-arms one timer from ``next_deadline()``. Executing an action never awaits: what needs
 I/O (connecting, flushing, reading, building a machine in a thread) runs in a task that feeds
 its result back as an input. Inputs that arrive while actions execute are queued and handled in
-order, so ``handle`` is never re-entered.
-
-Each channel has one reader task (protocol events, then the end of the stream) and one writer
-task (the `Flush` requests, in order, each answered by `SendDone`).
+order, so ``handle`` is never re-entered. Each channel has one reader task (protocol events,
+then the end of the stream) and one writer task (`Flush` requests, each answered by `SendDone`).
 """
 
 from __future__ import annotations
@@ -184,7 +182,10 @@ class MachineRunner:
         self._address = address
 
     def adopt_channel(self, key: inp.ChannelKey, channel: ChannelLike) -> None:
-        """A channel the router accepted and hands over (reading starts on `Receive`)."""
+        """A channel the router accepted (reading starts on `Receive`); closed if finished."""
+        if self.done.is_set():
+            channel.close()  # nothing would close it later
+            return
         self.channels[key] = channel
 
     def feed(self, event: inp.Input) -> None:
@@ -460,12 +461,7 @@ def _side(context: Mapping[str, object]) -> str | None:
     return role if isinstance(role, str) else None
 
 
-_LEVELS = {
-    act.Level.DEBUG: 10,
-    act.Level.INFO: 20,
-    act.Level.WARNING: 30,
-    act.Level.ERROR: 40,
-}
+_LEVELS = {act.Level.DEBUG: 10, act.Level.INFO: 20, act.Level.WARNING: 30, act.Level.ERROR: 40}
 
 
 class ReportHost(Protocol):

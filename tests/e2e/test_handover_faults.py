@@ -44,6 +44,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(120)]
 
 
 async def test_row1_cut_during_precopy_then_retry_succeeds(rig: Rig) -> None:
+    """Without precopy resume (x-precopy-resume-ms 0, QEMU's behaviour) the cut fails it."""
+    for daemon in (rig.source, rig.dest):
+        async with qmp(daemon) as client:
+            await client.execute("migrate-set-parameters", {"x-precopy-resume-ms": 0})
     rig.fault(type="cut", direction="main", after_bytes=8 * 1024 * 1024)
     await rig.start_migration()
 
@@ -55,6 +59,17 @@ async def test_row1_cut_during_precopy_then_retry_succeeds(rig: Rig) -> None:
     await rig.start_migration()  # the cut was one-shot: the retry goes through
     assert "completed" == await rig.wait(rig.source, RESOLVED)
     await assert_runs_only_on(rig.dest, rig.source)
+
+
+async def test_row1_cut_during_precopy_resumes_by_itself(rig: Rig) -> None:
+    """With precopy resume (on by default) the source reconnects and the migration goes on."""
+    rig.fault(type="cut", direction="main", after_bytes=8 * 1024 * 1024)
+    await rig.start_migration()
+
+    assert "completed" == await rig.wait(rig.source, RESOLVED)
+    await assert_runs_only_on(rig.dest, rig.source)
+    async with qmp(rig.source) as client:
+        assert (await client.execute("query-migrate"))["x-precopy-breaks"] == 1
 
 
 async def test_row2_destination_killed_during_precopy(rig: Rig) -> None:

@@ -51,6 +51,23 @@ SRC_FAILED_PAUSED = [*_PAUSED, Row(S.PRE_SWITCHOVER, T.FAILED, S.FAILED)]
 SRC_FAILED_DEVICE = [*_DEVICE, Row(S.DEVICE, T.FAILED, S.FAILED)]
 
 
+_BREAK_TRIGGERS = frozenset({T.PRECOPY_BROKEN, D.PRECOPY_BROKEN})
+
+
+def breaks_taken(path: list[Row], expected: list[Row]) -> int:
+    """How often `path` broke and resumed in precopy, once it is `expected` with each of its
+    break-and-resume pairs taken one or more times (a loaded machine's short peer timeout may
+    add a break to the one a test made)."""
+    at = next(i for i, row in enumerate(expected) if row.trigger in _BREAK_TRIGGERS)
+    head, pair, tail = expected[:at], expected[at : at + 2], expected[at + 2 :]
+    assert path[: len(head)] == head
+    assert path[len(path) - len(tail) :] == tail
+    middle = path[len(head) : len(path) - len(tail)]
+    assert middle, path
+    assert middle == pair * (len(middle) // 2), middle
+    return len(middle) // 2
+
+
 def collapsed(path: list[Row]) -> list[Row]:
     """`path` with repeated rows in a row taken once (the throttle steps up several times)."""
     return [row for i, row in enumerate(path) if i == 0 or row != path[i - 1]]
