@@ -80,6 +80,7 @@ class IncomingRouter:
         self._runners: set[MachineRunner] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._unrouted: dict[ChannelLike, asyncio.Task[None]] = {}
+        self._accepted: set[socket.socket] = set()  # accepted, not yet a channel
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -108,6 +109,9 @@ class IncomingRouter:
         for channel in list(self._unrouted):  # accepted, then cancelled before it was routed
             channel.close()
         self._unrouted.clear()
+        for sock in self._accepted:  # accepted, its task cancelled before it ever ran
+            sock.close()
+        self._accepted.clear()
         for runner in list(self._runners):
             await runner.close()
         if self._listener is not None:
@@ -130,10 +134,12 @@ class IncomingRouter:
                 log.warning("incoming_accept_failed", error=str(exc))
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
+            self._accepted.add(sock)
             self._spawn(self._open_and_route(sock))
 
     async def _open_and_route(self, sock: socket.socket) -> None:
         """Secure an accepted connection (in its own task: a stalled handshake holds only it)."""
+        self._accepted.discard(sock)  # from here on, this task closes it on every path
         try:
             tls = self._tls()
         except EngineError as exc:  # tls-creds names no server credentials here
