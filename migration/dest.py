@@ -222,8 +222,10 @@ class DestMigration(PostcopyIncomingControl):
     ) -> None:
         where = "" if channel == self.channel else f"{channel.role} channel {channel.serial}: "
         record = self.record  # a frame cut short is a loss too, for a precopy that may resume
-        truncated = code is ErrorCode.TRUNCATED and record is not None
-        if code is None or (truncated and record is not None and self._may_resume_precopy(record)):
+        cut = (
+            code is ErrorCode.TRUNCATED and record is not None and self._may_resume_precopy(record)
+        )
+        if code is None or cut:
             self._lost(f"connection lost: {where}{reason}")
         else:
             self._refuse(code, f"bad migration stream: {where}{reason}")

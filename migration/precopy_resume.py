@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from migration.backoff import Backoff
+
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
@@ -77,7 +79,7 @@ class SentFrames:
         return len(pages)
 
 
-class ReconnectBudget:
+class ReconnectBudget(Backoff):
     """`x-precopy-resume-ms`: reconnect with backoff (100 ms doubling to 1 s) until the deadline.
 
     The deadline counts from the first break; a resumed connection that breaks again starts a
@@ -85,11 +87,9 @@ class ReconnectBudget:
     """
 
     def __init__(self) -> None:
+        super().__init__(RECONNECT_FIRST_S, RECONNECT_MAX_S)
         self.breaks = 0
-        self.attempts = 0
-        self.due_at: float | None = None
         self.deadline: float | None = None
-        self._delay_s = RECONNECT_FIRST_S
 
     @property
     def reconnecting(self) -> bool:
@@ -103,17 +103,10 @@ class ReconnectBudget:
             self.deadline = now + budget_s
         if now >= self.deadline:
             return False
-        self.due_at = min(now + self._delay_s, self.deadline)
-        self._delay_s = min(self._delay_s * 2, RECONNECT_MAX_S)
+        self.schedule(now, not_after=self.deadline)
         return True
-
-    def attempt(self) -> None:
-        """An attempt starts now."""
-        self.attempts += 1
-        self.due_at = None
 
     def resumed(self) -> None:
         """Precopy goes on: a later break gets a whole budget again."""
-        self.due_at = None
+        self.reset()
         self.deadline = None
-        self._delay_s = RECONNECT_FIRST_S

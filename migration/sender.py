@@ -126,7 +126,11 @@ class StreamSender(RecoverySender):
         self.preempt: PreemptChannel | None = None  # postcopy-preempt, from the switch on
         resumable = timeouts is not None and params.precopy_resume_ms > 0 and not caps.multifd
         self.sent_frames = SentFrames(machine.ram.n_pages) if resumable else None
-        self.resumable = resumable  # a broken precopy may reconnect (x-precopy-resume-ms)
+
+    @property
+    def resumable(self) -> bool:
+        """A broken precopy may reconnect (`x-precopy-resume-ms`, a return path, no multifd)."""
+        return self.sent_frames is not None
 
     @property
     def sent_bytes(self) -> int:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from migration.backoff import Backoff
 from migration.errors import CommandRefusedError
 from migration.status import MigrationStatus
 from protocol.postcopy import MAX_DISCARD_RANGES, ranges_of_pages
@@ -43,7 +44,7 @@ AUTO_RECOVER_FIRST_S: Final = 0.1
 AUTO_RECOVER_MAX_S: Final = 5.0
 
 
-class AutoRecover:
+class AutoRecover(Backoff):
     """`x-auto-recover`: when a paused postcopy tries again (100 ms, doubling, at most 5 s).
 
     Forever: the paused VM has no other way back, and an operator may still resume it by hand
@@ -51,24 +52,15 @@ class AutoRecover:
     """
 
     def __init__(self) -> None:
-        self.attempts = 0
-        self.due_at: float | None = None
-        self._delay_s = AUTO_RECOVER_FIRST_S
+        super().__init__(AUTO_RECOVER_FIRST_S, AUTO_RECOVER_MAX_S)
 
     def paused(self, now: float) -> None:
         """The connection broke (or an attempt failed): the next attempt is due later."""
-        self.due_at = now + self._delay_s
-        self._delay_s = min(self._delay_s * 2, AUTO_RECOVER_MAX_S)
-
-    def attempt(self) -> None:
-        """An attempt starts now."""
-        self.attempts += 1
-        self.due_at = None
+        self.schedule(now)
 
     def recovered(self) -> None:
         """Postcopy runs again: a later break starts from the first delay."""
-        self.due_at = None
-        self._delay_s = AUTO_RECOVER_FIRST_S
+        self.reset()
 
 
 def check_start(caps: MigrationCapabilities, status: MigrationStatus) -> None:
