@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parameters=settings[0],
         capabilities=settings[1],
         serial_path=args.serial,
+        mem_prealloc=args.mem_prealloc,
         expected_uuid=args.uuid,
         start_paused=args.paused,
     )

@@ -131,6 +131,7 @@ class DestMigration(PostcopyIncomingControl):
         self.preempt = PreemptIncoming(expected=False)  # set from the configuration
         self._recover_id = recover_id
         self._generation = 0  # the record's generation this connection drives
+        self._earlier_bytes = 0  # received by the connections a recover channel took over from
         self._precopy_resume_s = precopy_resume_s
         self._source_stopped = False  # SWITCHOVER_START or the postcopy switch arrived
 
@@ -480,7 +481,8 @@ class DestMigration(PostcopyIncomingControl):
         record = self.record
         if record is not None:
             received = self.multifd.received_bytes + self.preempt.received_bytes
-            record.metrics.received_bytes = self.conn.received_bytes + received
+            total = self._earlier_bytes + self.conn.received_bytes + received
+            record.metrics.received_bytes = total
 
     def _decided_elsewhere(self) -> bool:
         phase = self.phase

@@ -73,6 +73,7 @@ class PostcopyIncomingControl:
     _out: Outbox
     _recover_id: str | None
     _generation: int
+    _earlier_bytes: int
     _precopy_resume_s: float
     _source_stopped: bool
 
@@ -94,6 +95,7 @@ class PostcopyIncomingControl:
         """A recover channel: RESUME_POINT (a precopy) or the received bitmap (a postcopy)."""
         record = self.ledger.recover(self._recover_id or "", self._out)
         self._generation = record.generation
+        self._earlier_bytes = record.metrics.received_bytes
         machine, config = record.machine, record.config
         if config is None or record.ram_section_id is None:
             msg = f"migration {record.migration_id} cannot be resumed here"

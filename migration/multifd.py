@@ -157,11 +157,20 @@ class MultifdChannels:
         count: `multifd-channels`.
         now: the current time.
         compression: how pages are compressed, or None to send them raw.
+        authenticated: the channels are TLS: their frames carry no checksum.
     """
 
-    def __init__(self, count: int, *, now: float, compression: Compression | None = None) -> None:
+    def __init__(
+        self,
+        count: int,
+        *,
+        now: float,
+        compression: Compression | None = None,
+        authenticated: bool = False,
+    ) -> None:
         self.conns = {
-            multifd_key(i): SourceConnection(timeouts=None, now=now) for i in range(count)
+            multifd_key(i): SourceConnection(timeouts=None, now=now, authenticated=authenticated)
+            for i in range(count)
         }
         self.compression = compression
         self.raw_bytes = 0  # page bytes given to the compressor

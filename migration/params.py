@@ -171,6 +171,7 @@ _PARAMETERS: Final[dict[str, tuple[str, _Spec]]] = {
     "x-resolve-interval-ms": ("resolve_interval_ms", _IntRange(10, MAX_TIMEOUT_MS, "ms")),
     "x-auto-recover": ("auto_recover", _Boolean()),
     "x-precopy-resume-ms": ("precopy_resume_ms", _IntRange(0, MAX_TIMEOUT_MS, "ms")),
+    "x-tls-frame-checksums": ("tls_frame_checksums", _Boolean()),
 }
 
 
@@ -208,6 +209,7 @@ class MigrationParameters:
     resolve_interval_ms: int = 1000
     auto_recover: bool = True  # a paused postcopy reconnects by itself, with backoff
     precopy_resume_ms: int = 10_000  # a broken precopy reconnects this long (0: fails at once)
+    tls_frame_checksums: bool = False  # with TLS, the AEAD authenticates: frames carry no xxh3
 
     @property
     def timeouts(self) -> Timeouts:
@@ -221,6 +223,11 @@ class MigrationParameters:
     def precopy_resume_s(self) -> float:
         """How long a broken precopy may take to reconnect (`x-precopy-resume-ms`)."""
         return self.precopy_resume_ms / 1000
+
+    @property
+    def unchecked_frames(self) -> bool:
+        """Channels are TLS and `x-tls-frame-checksums` is off: the AEAD alone guards frames."""
+        return bool(self.tls_creds) and not self.tls_frame_checksums
 
     @property
     def resolve_interval_s(self) -> float:

@@ -33,9 +33,9 @@ class PreemptChannel:
         pages: pages sent on it.
     """
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, *, authenticated: bool = False) -> None:
         self._out = outbox
-        self.conn = SourceConnection(timeouts=None, now=outbox.now)
+        self.conn = SourceConnection(timeouts=None, now=outbox.now, authenticated=authenticated)
         self.ready = False
         self.pages = 0
         self._end_pending = False

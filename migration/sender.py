@@ -101,15 +101,22 @@ class StreamSender(RecoverySender):
         self._migration_id = migration_id
         self._caps = caps
         self._timeouts = timeouts
+        self._authenticated = params.unchecked_frames
         self._earlier_bytes = 0  # sent on connections closed before this one (recovery)
         self.conn = SourceConnection(
-            return_path=timeouts is not None, timeouts=timeouts, now=outbox.now
+            return_path=timeouts is not None,
+            timeouts=timeouts,
+            now=outbox.now,
+            authenticated=self._authenticated,
         )
         self.phase: Phase = Connecting()
         self.precopy: Precopy | None = None
         self.multifd = (
             MultifdChannels(
-                params.multifd_channels, now=outbox.now, compression=compression(params, map_jobs)
+                params.multifd_channels,
+                now=outbox.now,
+                compression=compression(params, map_jobs),
+                authenticated=self._authenticated,
             )
             if caps.multifd
             else None

@@ -51,6 +51,7 @@ class RecoverySender:
     _machine: Machine
     _caps: MigrationCapabilities
     _timeouts: Timeouts | None
+    _authenticated: bool
     _config: MigrationConfiguration | None
     _earlier_bytes: int
     _awaiting: Counter[ChannelKey]
@@ -58,7 +59,7 @@ class RecoverySender:
     def open_preempt(self) -> None:
         """postcopy-preempt: connect a preempt channel for the requested pages."""
         if self._caps.postcopy_preempt:
-            self.preempt = PreemptChannel(self._out)
+            self.preempt = PreemptChannel(self._out, authenticated=self._authenticated)
             self.preempt.open()
 
     def _flush(self, keys: Iterable[ChannelKey], keep_bytes: int = 0) -> None:
@@ -80,7 +81,12 @@ class RecoverySender:
             self._earlier_bytes += self.preempt.conn.sent_bytes
             self.preempt = None
         self._config = self.conn.configuration or self._config
-        self.conn = SourceConnection(return_path=True, timeouts=self._timeouts, now=self._out.now)
+        self.conn = SourceConnection(
+            return_path=True,
+            timeouts=self._timeouts,
+            now=self._out.now,
+            authenticated=self._authenticated,
+        )
         self._awaiting.clear()
         if self.postcopy is not None:
             self.postcopy.forget_requests()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from typing import Protocol
+from typing import Final, Protocol
 
 import xxhash
 
@@ -38,8 +38,29 @@ class _Crc32:
         return self._crc
 
 
-def new_hasher(version: int) -> Hasher:
-    """A fresh hasher for one frame of a stream of the given (supported) version."""
+class _Unchecked:
+    """No checksum: the footer carries 0 and nobody computes one (docs/protocol.md 1.6)."""
+
+    __slots__ = ()
+
+    def update(self, data: Buffer, /) -> None:
+        pass
+
+    def intdigest(self) -> int:
+        return 0
+
+
+UNCHECKED: Final[Hasher] = _Unchecked()
+"""The hasher of a stream whose transport authenticates every byte (TLS, CHANNEL checksum none)."""
+
+
+def new_hasher(version: int, *, checked: bool = True) -> Hasher:
+    """A fresh hasher for one frame of a stream of the given (supported) version.
+
+    `checked` False: the stream dropped its checksums (`UNCHECKED`, a shared no-op).
+    """
+    if not checked:
+        return UNCHECKED
     if version == CRC32_VERSION:
         return _Crc32()
     return xxhash.xxh3_64()

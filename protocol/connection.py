@@ -84,6 +84,14 @@ class Connection(abc.ABC):
         return self._writer.pending_bytes
 
     @property
+    def checksummed(self) -> tuple[bool, bool]:
+        """Whether the frames (sent, received) from now on carry checksums.
+
+        Not after a CHANNEL that said ``checksum: none`` on a TLS connection.
+        """
+        return self._writer.checked, self._reader.checked
+
+    @property
     def sent_bytes(self) -> int:
         """Bytes reported sent with ``data_sent`` so far (what the kernel took)."""
         return self._sent_bytes

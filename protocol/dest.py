@@ -75,6 +75,8 @@ class DestConnection(Connection):
         limits: bounds on what the main stream may make us allocate.
         timeouts: peer timeout (``ping_interval_s`` is unused here); None disables the timer.
         now: the current time (any monotonic clock, seconds).
+        authenticated: the transport authenticates every byte (TLS), so a CHANNEL saying
+            ``checksum: none`` is accepted; on any other connection it is ``BAD_METADATA``.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class DestConnection(Connection):
         limits: Limits = Limits(),  # noqa: B008 - frozen, hence safe as a default
         timeouts: Timeouts | None = Timeouts(),  # noqa: B008 - frozen, hence safe as a default
         now: float,
+        authenticated: bool = False,
     ) -> None:
         mode = StreamMode.RETURN_PATH if return_path else StreamMode.FILE
         super().__init__(
@@ -96,6 +99,7 @@ class DestConnection(Connection):
         )
         self._main = MainTracker(mode)
         self._ret = ReturnTracker()
+        self._authenticated = authenticated
         self._sink: PageSink | None = None
         self._plan: RunTable | None = None
         self._scratch: memoryview | None = None
@@ -323,9 +327,18 @@ class DestConnection(Connection):
             else:
                 event = MAIN_DECODERS[kind](info.section_id, decoded, self._limits)
             self._main.accept(event)
+            if isinstance(event, ev.ChannelAnnounced) and not event.checked:
+                self._drop_checksums()
         if isinstance(event, ev.PingReceived):
             self._pong(event.value)
         return ev.with_frame(event, info)
+
+    def _drop_checksums(self) -> None:
+        """CHANNEL said ``checksum: none``: only a transport that authenticates may say so."""
+        if not self._authenticated:
+            msg = "CHANNEL asks for frames without checksums, but this connection is not TLS"
+            raise LocalProtocolError(msg, code=ErrorCode.BAD_METADATA)
+        self._reader.checked = False
 
     def _finish_ram(self, info: FrameInfo, plan: RunTable) -> ev.Event:
         event: ev.Event

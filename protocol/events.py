@@ -55,6 +55,7 @@ class ChannelAnnounced(Event):
     migration_id: str
     role: ChannelRole
     index: int = 0
+    checked: bool = True  # False: later frames carry no checksum (`checksum: none`, TLS only)
     frame: FrameInfo | None = None
 
 

@@ -152,7 +152,8 @@ def _decode_command(_sid: int, meta: MetaMap, limits: Limits) -> ev.Event:
         msg = f"unknown command {value}"
         raise LocalProtocolError(msg, code=ErrorCode.UNKNOWN_COMMAND) from None
     keys, build = _COMMANDS[command]
-    check_keys(meta, ("cmd", *keys), command.name)
+    optional = tuple(key for key in _OPTIONAL_KEYS.get(command, ()) if key in meta)
+    check_keys(meta, ("cmd", *keys, *optional), command.name)
     return build(meta, limits)
 
 
@@ -172,10 +173,18 @@ def _decode_channel(meta: MetaMap, _limits: Limits) -> ev.ChannelAnnounced:
     elif index:
         msg = f"a {role} channel has index 0, not {index}"
         raise bad(msg)
+    checked = True
+    if "checksum" in meta:
+        value = take_str(meta, "checksum", max_bytes=MAX_NAME_BYTES)
+        if value != CHECKSUM_NONE:
+            msg = f"CHANNEL 'checksum' can only be {CHECKSUM_NONE!r}, not {value!r}"
+            raise bad(msg)
+        checked = False
     return ev.ChannelAnnounced(
         migration_id=take_str(meta, "migration_id", max_bytes=MAX_NAME_BYTES),
         role=role,
         index=index,
+        checked=checked,
     )
 
 
@@ -185,6 +194,11 @@ def _decode_discard(meta: MetaMap) -> ev.PagesDiscarded:
     ranges = unpack_ranges(data, max_ranges=MAX_DISCARD_RANGES, ascending=True, what=what)
     return ev.PagesDiscarded(ranges=ranges)
 
+
+CHECKSUM_NONE: Final = "none"
+"""CHANNEL's optional `checksum`: later frames carry checksum 0 (a TLS channel, docs 1.6)."""
+
+_OPTIONAL_KEYS: Final[dict[Command, tuple[str, ...]]] = {Command.CHANNEL: ("checksum",)}
 
 _COMMANDS: Final[dict[Command, tuple[tuple[str, ...], Callable[[MetaMap, Limits], ev.Event]]]] = {
     Command.OPEN_RETURN_PATH: ((), lambda _m, _l: ev.ReturnPathRequested()),

@@ -114,6 +114,7 @@ class FrameReader:
         self._ended = False
         self.error: RemoteProtocolError | None = None
         self.version: int | None = None
+        self.checked = True  # False: later footers' checksums are not verified (TLS)
         self._hasher: Hasher | None = None
         self._frame: FrameInfo | None = None
         self._meta = memoryview(b"")
@@ -294,7 +295,7 @@ class FrameReader:
         if not self._meta_first and info.data_len:
             msg = f"{info.kind_name} frames carry no data (data_len {info.data_len})"
             raise LocalProtocolError(msg)
-        self._hasher = new_hasher(self.version or 0)
+        self._hasher = new_hasher(self.version or 0, checked=self.checked)
         self._hasher.update(self._header)
         self._meta = memoryview(bytearray(info.meta_len))
         self._push([_Segment(_Part.META, self._meta)])

@@ -20,7 +20,13 @@ from protocol.config import encode_configuration
 from protocol.connection import Connection
 from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.limits import Limits, Timeouts
-from protocol.messages import MAIN_DECODERS, RETURN_DECODERS, RETURN_INPUTS, decode_section_part
+from protocol.messages import (
+    CHECKSUM_NONE,
+    MAIN_DECODERS,
+    RETURN_DECODERS,
+    RETURN_INPUTS,
+    decode_section_part,
+)
 from protocol.meta import U32_MAX, bad, pack_meta, unpack_meta
 from protocol.postcopy import pack_ranges
 from protocol.ram import (
@@ -89,6 +95,8 @@ class SourceConnection(Connection):
         limits: bounds on what the return path may make us allocate; also applied to what we send.
         timeouts: PING interval and peer timeout; None disables both timers.
         now: the current time (any monotonic clock, seconds).
+        authenticated: the transport authenticates every byte (TLS): CHANNEL says
+            ``checksum: none`` and the frames after it carry no checksum (docs/protocol.md 1.6).
     """
 
     def __init__(
@@ -99,6 +107,7 @@ class SourceConnection(Connection):
         limits: Limits = Limits(),  # noqa: B008 - frozen, hence safe as a default
         timeouts: Timeouts | None = Timeouts(),  # noqa: B008 - frozen, hence safe as a default
         now: float,
+        authenticated: bool = False,
     ) -> None:
         if version not in SUPPORTED_VERSIONS:
             msg = f"cannot speak protocol version {version}: supported are {SUPPORTED_VERSIONS}"
@@ -113,6 +122,7 @@ class SourceConnection(Connection):
             receive=(RETURN_MAGIC, _return_kind),
         )
         self.version = version
+        self._authenticated = authenticated
         self._main = MainTracker(mode)
         self._ret = ReturnTracker()
         self._pings: dict[int, float] = {}
@@ -153,7 +163,10 @@ class SourceConnection(Connection):
             "role": str(role),
             "index": index,
         }
+        if self._authenticated:
+            meta["checksum"] = CHECKSUM_NONE
         self._send(FrameKind.COMMAND, 0, meta)
+        self._writer.checked = not self._authenticated
 
     def _announce(self, migration_id: str, role: ChannelRole) -> None:
         """Queue the CHANNEL handshake a first frame implies, if this connection needs one."""

@@ -113,6 +113,7 @@ class FrameWriter:
     def __init__(self, magic: bytes, version: int) -> None:
         self.magic = magic
         self.version = version
+        self.checked = True  # False: later frames carry checksum 0 (the transport is TLS)
         self.started = False
         self.frames_queued = 0
         self.bytes_queued = 0  # stream offset of the next frame
@@ -155,7 +156,7 @@ class FrameWriter:
             self._push(_Frame([encode_stream_header(self.magic, self.version)], 0, None))
             self.started = True
         header = encode_frame_header(kind, section_id, len(meta), data_len)
-        hasher = new_hasher(self.version)
+        hasher = new_hasher(self.version, checked=self.checked)
         hasher.update(header)
         hasher.update(meta)
         if data_len:

@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         parameters=settings[0],
         capabilities=settings[1],
         serial_path=args.serial,
+        mem_prealloc=args.mem_prealloc,
     )
     return run_daemon(args, options)
 

@@ -82,6 +82,7 @@ class DaemonOptions:
     objects: tuple[Mapping[str, object], ...] = ()  # --object, as object-add takes them
     parameters: Mapping[str, object] = field(default_factory=dict)  # --global migration.X=V
     capabilities: Mapping[str, bool] = field(default_factory=dict)
+    mem_prealloc: bool = False  # QEMU -mem-prealloc: fault incoming RAM in before setup ends
 
 
 class Vmm:
@@ -211,10 +212,11 @@ class Vmm:
         """An empty machine for an incoming VM, its RAM faulted in on a thread.
 
         With MADV_POPULATE_WRITE the machine is ready at once and its RAM is populated while
-        the first pass arrives (the populate keeps what was received); without it, every page
-        is touched before the source may send (OPEN_ACK waits for it).
+        the first pass arrives (the populate keeps what was received); without it, or with
+        `--mem-prealloc` (QEMU's -mem-prealloc: the cost belongs to setup, not to the pages),
+        every page is touched before the source may send (OPEN_ACK waits for it).
         """
-        if not _populate_write_supported():
+        if self.options.mem_prealloc or not _populate_write_supported():
             return await asyncio.to_thread(Machine.for_incoming, config)
         machine = await asyncio.to_thread(Machine.for_incoming, config, prefault=False)
         stop = threading.Event()

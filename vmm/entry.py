@@ -153,6 +153,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
     parser.add_argument(
+        "--mem-prealloc",
+        action="store_true",
+        help="fault an incoming VM's RAM in before the first page may come, as QEMU's "
+        "-mem-prealloc (setup takes longer; the pages then land on memory already there)",
+    )
+    parser.add_argument(
         "--serial", type=Path, metavar="FILE", help="append the guest's serial output to FILE"
     )
 

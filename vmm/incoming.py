@@ -11,6 +11,7 @@ machine of that role: a `DestMigration` for a `main` channel, a `ResolveResponde
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -148,7 +149,11 @@ class IncomingRouter:
             return
         try:
             channel, conn = await open_accepted(
-                sock, self._dest_conn, channel_options(self._params()), tls=tls, refuse=_refuse
+                sock,
+                functools.partial(self._dest_conn, authenticated=tls is not None),
+                channel_options(self._params()),
+                tls=tls,
+                refuse=_refuse,
             )
         except (NetIOError, OSError) as exc:  # closed by open_accepted
             log.warning("incoming_connection_refused", error=str(exc), tls=tls is not None)
@@ -156,9 +161,14 @@ class IncomingRouter:
         self._unrouted[channel] = asyncio.current_task()  # type: ignore[assignment]
         await self._route(channel, conn, from_file=False)
 
-    def _dest_conn(self) -> DestConnection:
-        """The protocol connection of an accepted channel, with the parameters of now."""
-        return DestConnection(timeouts=self._params().timeouts, now=self._clock())
+    def _dest_conn(self, *, authenticated: bool = False) -> DestConnection:
+        """The protocol connection of an accepted channel, with the parameters of now.
+
+        `authenticated`: the channel is TLS, so its frames may come without checksums.
+        """
+        return DestConnection(
+            timeouts=self._params().timeouts, now=self._clock(), authenticated=authenticated
+        )
 
     async def _route(self, channel: ChannelLike, conn: DestConnection, *, from_file: bool) -> None:
         try:

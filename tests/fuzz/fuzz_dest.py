@@ -5,7 +5,8 @@ reports events or raises ``RemoteProtocolError``, and nothing else; it holds no 
 limits. Each input is fed whole, byte by byte, and through ``get_buffers``/``buffers_filled``.
 The first input byte picks the target: main stream (file mode / return-path mode), return path,
 a postcopy return path (page requests, the source past POSTCOPY_RUN), or a multifd channel
-(joined to the multifd vector's configuration on its CHANNEL handshake, as the router does).
+(joined to the multifd vector's configuration on its CHANNEL handshake, as the router does),
+or a TLS connection (whose frames may come without checksums, so mutations reach the decoders).
 
     .venv/bin/python tests/fuzz/fuzz_dest.py -max_total_time=600 tests/fuzz/corpus
 
@@ -78,7 +79,9 @@ def _recover_config(ram_pages: int, page_size: int) -> protocol.MigrationConfigu
 
 
 def _receiver(selector: int) -> SourceConnection | DestConnection:
-    target = selector % 6
+    target = selector % 7
+    if target == 6:  # a TLS connection: frames may drop their checksums (CHANNEL checksum none)
+        return DestConnection(limits=LIMITS, timeouts=None, now=0.0, authenticated=True)
     if target == 2:
         return _source()
     if target == 4:
@@ -187,6 +190,7 @@ def _seed_corpus(corpus: Path) -> None:
         "postcopy_recover.return.bin": 5,
         "precopy_resume.main.bin": 1,
         "precopy_resume.return.bin": 5,
+        "multifd_tls.bin": 6,
     }
     for name, selector in seeds.items():
         (corpus / f"seed-{name}").write_bytes(bytes([selector]) + (VECTORS / name).read_bytes())

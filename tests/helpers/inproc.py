@@ -142,6 +142,7 @@ async def start_daemon(
     incoming: str | None = "tcp:127.0.0.1:0",
     expected_uuid: str | None = None,
     record_dir: Path | None = None,
+    mem_prealloc: bool = False,
 ) -> Daemon:
     """A daemon with (or without) a VM, listening for migrations, with FAST_PARAMETERS set."""
     name = f"d{next(_names)}"
@@ -151,6 +152,7 @@ async def start_daemon(
         incoming=incoming,
         expected_uuid=expected_uuid,
         record_dir=record_dir,
+        mem_prealloc=mem_prealloc,
     )
     vmm = SlowVmm(options)
     server = QMPServer(commands=build_registry(vmm), version_info=version_info())

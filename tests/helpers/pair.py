@@ -152,6 +152,7 @@ class ConnectionPair:
     split: int | None = None
     fill_sizes: Sequence[int] | None = None
     attach_ram: bool = True
+    authenticated: bool = False  # both ends on TLS: frames after CHANNEL carry no checksum
     source: SourceConnection = field(init=False)
     dest: DestConnection = field(init=False)
     dest_guest_ram: GuestRam | None = field(init=False, default=None)
@@ -165,9 +166,14 @@ class ConnectionPair:
             limits=self.limits,
             timeouts=self.timeouts,
             now=self.now,
+            authenticated=self.authenticated,
         )
         self.dest = DestConnection(
-            return_path=self.return_path, limits=self.limits, timeouts=self.timeouts, now=self.now
+            return_path=self.return_path,
+            limits=self.limits,
+            timeouts=self.timeouts,
+            now=self.now,
+            authenticated=self.authenticated,
         )
 
     def split_every(self, nbytes: int | None) -> None:

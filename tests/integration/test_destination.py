@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 from dataclasses import dataclass
 
 from migration.glue import configuration_for
 from protocol import SourceConnection
-from tests.helpers.inproc import FINAL, make_pair, small_vm, start_daemon
+from tests.helpers.inproc import FINAL, Pair, make_pair, small_vm, start_daemon
 from tests.integration import paths
-from vmsim import Machine, RunState, VMStateDescription, field_uint
+from vmsim import Machine, MachineConfig, RunState, VMStateDescription, field_uint
 
 
 def test_a_destination_with_a_vm_refuses_busy(run, tmp):
@@ -203,5 +204,46 @@ def test_a_silent_source_times_out_with_the_parameters_set_after_listening(run, 
             del reader
         finally:
             await dest.close()
+
+    run(main)
+
+
+def _resident_share(array) -> float:
+    """The share of `array`'s pages in memory now (mincore(2))."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = 4096
+    start = array.ctypes.data // page * page
+    length = array.ctypes.data + array.nbytes - start
+    pages = -(-length // page)
+    vec = (ctypes.c_ubyte * pages)()
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) == 0
+    return sum(b & 1 for b in vec) / pages
+
+
+def test_a_destination_with_mem_prealloc_has_its_ram_in_before_the_first_page(run, tmp):
+    """`--mem-prealloc` (QEMU's -mem-prealloc): the incoming machine's RAM is faulted in
+    before setup ends, instead of on a thread while the first pass arrives."""
+
+    async def main() -> None:
+        source = await start_daemon(tmp, vm=small_vm(), incoming=None)
+        dest = await start_daemon(tmp, mem_prealloc=True)
+        pair = Pair(source=source, dest=dest)
+        seen: list[tuple[float, int]] = []
+        build = dest.vmm.build_machine
+
+        async def observed(config: MachineConfig) -> Machine:
+            machine = await build(config)
+            seen.append((_resident_share(machine.ram.array), len(dest.vmm._populating)))
+            return machine
+
+        dest.vmm.build_machine = observed  # type: ignore[method-assign]
+        try:
+            await pair.migrate()
+            assert "completed" == await pair.source.wait(FINAL)
+            await pair.dest.assert_matches_replay()
+            assert [(1.0, 0)] == seen  # all of it resident, nothing populating behind
+        finally:
+            await pair.close()
 
     run(main)

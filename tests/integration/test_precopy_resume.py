@@ -55,6 +55,9 @@ async def _cut_and_resume(
         assert info["x-reconnecting"] is False
         [record] = await records_of(pair.source, role="source")
         assert len(record["summary"]["precopy_breaks_at_pass"]) == breaks
+        [received] = await records_of(pair.dest, role="destination")
+        # every page came at least once, on one connection or another: all of them count
+        assert received["summary"]["received_bytes"] >= info["ram"]["total"]
         assert_chart(record, tmp / "resumed.png")  # with a marker at each break
         return info
     finally:

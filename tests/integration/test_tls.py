@@ -61,17 +61,21 @@ async def failed_at_source(pair) -> str:
     return str(info["error-desc"])
 
 
-def test_a_migration_over_tls_completes_and_matches_the_replay(run, tmp, ca):
+@pytest.mark.parametrize("checksums", [False, True])
+def test_a_migration_over_tls_completes_and_matches_the_replay(run, tmp, ca, checksums):
+    """By default the frames after CHANNEL carry no xxh3 (the AEAD authenticates them);
+    `x-tls-frame-checksums` keeps it."""
     directory = creds(tmp, ca)
 
     async def main() -> None:
         pair = await make_pair(tmp)
         try:
-            await use_tls(pair.source, directory, "client")
+            await use_tls(pair.source, directory, "client", **{"x-tls-frame-checksums": checksums})
             await use_tls(pair.dest, directory, "server")
             await pair.migrate()
             assert "completed" == await pair.source.wait(FINAL)
             assert SRC_COMPLETED == pair.source.source_path()
+            assert (checksums, True) == pair.source.source.sender.conn.checksummed
             await pair.dest.assert_matches_replay()
         finally:
             await pair.close()
@@ -93,6 +97,7 @@ def test_multifd_channels_use_tls_too(run, tmp, ca):
             multifd = pair.source.source.sender.multifd
             assert multifd is not None
             assert all(conn.sent_bytes for conn in multifd.conns.values())
+            assert all(not conn.checksummed[0] for conn in multifd.conns.values())
             await pair.dest.assert_matches_replay()
         finally:
             await pair.close()

@@ -92,8 +92,10 @@ def _fill_all(receiver: SourceConnection | DestConnection, piece: bytes) -> None
     raise AssertionError("no progress")
 
 
-def dest(return_path: bool) -> DestConnection:
-    return DestConnection(return_path=return_path, limits=LIMITS, timeouts=None, now=0.0)
+def dest(return_path: bool, *, tls: bool = False) -> DestConnection:
+    return DestConnection(
+        return_path=return_path, limits=LIMITS, timeouts=None, now=0.0, authenticated=tls
+    )
 
 
 mutations = st.lists(
@@ -200,6 +202,7 @@ def test_source_receiving_random_bytes(data):
 
 
 PAGE_CHANNELS = [(VECTORS / name).read_bytes() for name in ("multifd.bin", "preempt.bin")]
+TLS_CHANNEL = (VECTORS / "multifd_tls.bin").read_bytes()
 
 
 def _joined_take_all(receiver: DestConnection) -> None:
@@ -225,9 +228,23 @@ def test_mutated_multifd_channel(ops, cuts, stream):
     feed_channel(mutate(stream, ops), cuts, _joined_take_all)
 
 
-def feed_channel(data: bytes, cuts: list[int], take_all: Callable[[DestConnection], None]) -> None:
+@FUZZ
+@given(mutations, st.lists(st.integers(0, 1 << 12), max_size=6))
+def test_mutated_tls_channel_without_checksums(ops, cuts):
+    """A TLS channel's frames carry no checksum: mutations reach every decoder behind it, and
+    still only RemoteProtocolError escapes (TLS would have refused them; this is the depth)."""
+    feed_channel(mutate(TLS_CHANNEL, ops), cuts, _joined_take_all, tls=True)
+
+
+def feed_channel(
+    data: bytes,
+    cuts: list[int],
+    take_all: Callable[[DestConnection], None],
+    *,
+    tls: bool = False,
+) -> None:
     """Deliver a channel's bytes in pieces to a destination, taking events the router's way."""
-    receiver = dest(return_path=True)
+    receiver = dest(return_path=True, tls=tls)
     points = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
     start = 0
     try:

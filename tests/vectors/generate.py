@@ -107,6 +107,17 @@ def multifd_channel() -> bytes:
     return sent_bytes(source)
 
 
+def unchecked_multifd_channel() -> bytes:
+    """A multifd channel over TLS: CHANNEL with `checksum: none`, then footers carrying 0."""
+    ram = pattern_ram(RAM_PAGES, PAGE_SIZE)
+    source = SourceConnection(timeouts=None, now=0.0, authenticated=True)
+    source.open_multifd(multifd_config(), 0)
+    source.send_multifd_sync(1)
+    source.send_pages(make_batch(ram, [(0, 2, PageKind.NORMAL), (2, 1, PageKind.ZERO)], PAGE_SIZE))
+    source.send_eof()
+    return sent_bytes(source)
+
+
 def preempt_channel() -> bytes:
     """A postcopy-preempt channel: CHANNEL preempt, requested page 10, pages 3-4, EOF."""
     ram = pattern_ram(RAM_PAGES, PAGE_SIZE)
@@ -210,6 +221,7 @@ def build_vectors() -> dict[str, bytes]:
         "file_v1.bin": file_migration(CRC32_VERSION),
         "multifd.bin": multifd_channel(),
         "preempt.bin": preempt_channel(),
+        "multifd_tls.bin": unchecked_multifd_channel(),
     }
     vectors["postcopy.main.bin"], vectors["postcopy.return.bin"] = postcopy_migration()
     recovery = postcopy_recovery()

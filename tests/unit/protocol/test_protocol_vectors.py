@@ -156,9 +156,9 @@ def test_resolve_vector_content():
     assert not any(isinstance(e, PongReceived) for e in events)
 
 
-def decode_multifd(stream: bytes, ram: bytearray) -> list[object]:
+def decode_multifd(stream: bytes, ram: bytearray, *, tls: bool = False) -> list[object]:
     """The events of a multifd channel joined on CHANNEL (no sink), their pages put in `ram`."""
-    dest = DestConnection(timeouts=None, now=0.0)
+    dest = DestConnection(timeouts=None, now=0.0, authenticated=tls)
     dest.receive_data(stream, 0.0)
     dest.receive_eof(0.0)
     events: list[object] = []
@@ -192,6 +192,21 @@ def test_multifd_vector_decodes_raw_zlib_and_zstd_pages():
     assert expected[: 2 * 1024] == ram[: 2 * 1024]
     assert expected[4 * 1024 : 8 * 1024] == ram[4 * 1024 : 8 * 1024]
     assert not any(ram[2 * 1024 : 4 * 1024])
+
+
+def test_a_tls_multifd_vector_drops_its_checksums_and_needs_a_tls_receiver():
+    stream = load("multifd_tls.bin")
+    ram = bytearray(16 * 1024)
+    events = decode_multifd(stream, ram, tls=True)
+
+    announced = ChannelAnnounced(
+        migration_id="mig-0001", role=ChannelRole.MULTIFD, index=0, checked=False
+    )
+    assert announced == dataclasses.replace(events[1], frame=None)
+    assert ConnectionClosed(clean=True) == events[-1]
+    assert pattern_ram(16, 1024)[: 2 * 1024] == ram[: 2 * 1024]
+    with pytest.raises(RemoteProtocolError, match="not TLS"):
+        decode_multifd(stream, bytearray(16 * 1024))
 
 
 def test_preempt_vector_carries_requested_pages_then_eof():
