@@ -357,9 +357,16 @@ class _Pipe:
         return True
 
     async def _hold_while_stalled(self) -> None:
-        """A stall without a frame condition holds this direction at once, until released."""
+        """A stall without a frame condition holds this direction until released.
+
+        At once, or once its `after_bytes` went through on this connection.
+        """
         proxy = self.link.proxy
-        stalls = [f for f in proxy.active(self.direction, FaultKind.STALL) if not f.before_frame]
+        stalls = [
+            f
+            for f in proxy.active(self.direction, FaultKind.STALL)
+            if not f.before_frame and self.forwarded >= (f.after_bytes or 0)
+        ]
         if not stalls:
             return
         for fault in stalls:
@@ -368,15 +375,19 @@ class _Pipe:
         await proxy.wait_released().wait()
 
     def _byte_limit(self, available: int) -> tuple[int, Fault | None]:
-        cuts = [
-            f
-            for f in self.link.proxy.active(self.direction, FaultKind.CUT)
-            if f.after_bytes is not None
+        """What may pass before the nearest `after_bytes` cut or stall; that cut, if any."""
+        proxy = self.link.proxy
+        cuts = [f for f in proxy.active(self.direction, FaultKind.CUT) if f.after_bytes is not None]
+        stall_points = [
+            f.after_bytes
+            for f in proxy.active(self.direction, FaultKind.STALL)
+            if f.after_bytes is not None and not f.before_frame and f.after_bytes > self.forwarded
         ]
-        if not cuts:
+        cut = min(cuts, key=lambda f: f.after_bytes or 0) if cuts else None
+        points = [*stall_points, *([cut.after_bytes or 0] if cut is not None else [])]
+        if not points:
             return available, None
-        cut = min(cuts, key=lambda f: f.after_bytes or 0)
-        return max(0, min(available, (cut.after_bytes or 0) - self.forwarded)), cut
+        return max(0, min(available, min(points) - self.forwarded)), cut
 
     def _matcher(self) -> Callable[[FrameStart], bool] | None:
         faults = [

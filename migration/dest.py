@@ -477,13 +477,6 @@ class DestMigration(PostcopyIncomingControl):
 
     # ------------------------------------------------------------------ helpers
 
-    def _refresh(self) -> None:
-        record = self.record
-        if record is not None:
-            received = self.multifd.received_bytes + self.preempt.received_bytes
-            total = self._earlier_bytes + self.conn.received_bytes + received
-            record.metrics.received_bytes = total
-
     def _decided_elsewhere(self) -> bool:
         phase = self.phase
         if not isinstance(phase, Receiving):

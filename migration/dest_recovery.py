@@ -91,6 +91,17 @@ class PostcopyIncomingControl:
         """The ledger record of this stream (`DestMigration.record`)."""
         raise NotImplementedError
 
+    def _refresh(self) -> None:
+        """The record's received bytes, while this connection drives it.
+
+        Not once a recover channel took over: an old connection still open behind a stalled
+        link wrote its own count over the total.
+        """
+        record = self.record
+        if record is not None and record.generation == self._generation:
+            pages = self.multifd.received_bytes + self.preempt.received_bytes
+            record.metrics.received_bytes = self._earlier_bytes + self.conn.received_bytes + pages
+
     def _recover(self) -> None:
         """A recover channel: RESUME_POINT (a precopy) or the received bitmap (a postcopy)."""
         record = self.ledger.recover(self._recover_id or "", self._out)

@@ -215,6 +215,25 @@ async def test_stall_now_holds_both_directions_until_released(proxied) -> None:
     assert 1000 == len(echo.received)
 
 
+async def test_a_stall_after_bytes_passes_them_then_holds_until_released(proxied) -> None:
+    """`after_bytes` on a stall counts this connection's bytes (it held at once before, so a
+    stall meant for mid-stream stopped the next connection's TLS handshake)."""
+    proxy, address, echo = proxied
+    fault = proxy.add(parse_fault({"type": "stall", "direction": "main", "after_bytes": 600}))
+    _, writer = await asyncio.open_connection(address.host, address.port)
+    writer.write(b"z" * 1000)
+    await writer.drain()
+    await proxy.wait_fired(fault, 5)
+    await asyncio.sleep(0.2)
+    assert 600 == len(echo.received)
+
+    proxy.release()
+    writer.write_eof()
+    await asyncio.wait_for(echo.eof.wait(), 5)
+    writer.close()
+    assert 1000 == len(echo.received)
+
+
 async def test_close_drops_a_client_whose_upstream_does_not_answer() -> None:
     """Closing the proxy while it still connects upstream for a client closes that client (it
     was left to the loop's teardown, which dropped it unclosed: a ResourceWarning)."""

@@ -88,3 +88,19 @@ def test_a_machine_loading_a_resumable_precopy_keeps_the_copy_for_the_new_channe
     ledger.recover(record.migration_id, Outbox(1.0))
     assert isinstance(record.state, Loading)
     assert record.generation == 1
+
+
+def test_a_machine_taken_over_no_longer_writes_the_received_bytes() -> None:
+    """The old connection of a resumed precopy may still be open (a stalled link) and take
+    inputs; its own count must not replace the total that the new connection keeps."""
+    ledger = IncomingLedger()
+    record = _record(ledger, PRECOPY_RESUME_CAPABILITY)
+    old = _driving(ledger, record)
+    old.conn.receive_data(b"LVMG\x00\x03\x00\x00" + bytes(100), 0.5)
+    old.handle(inp.TakenOver(), now=1.0)
+    ledger.recover(record.migration_id, Outbox(1.0))
+    record.metrics.received_bytes = 5000  # what the new connection counts, with the old one's
+
+    old.handle(inp.ShutdownRequested(), now=2.0)
+
+    assert 5000 == record.metrics.received_bytes
