@@ -6,6 +6,10 @@ LINK_MBIT. A raw TCP stream across the same link gives the baseline rate of this
 idle guest migrates once per (fill, mode): one stream of raw pages (`plain`), and multifd (2
 channels) with `multifd-compression zstd`, each from a freshly started source, digest-checked.
 
+Where QEMU is installed, QEMU 7.2 migrates a guest of its own over the same 100 Mbit/s link with
+plain precopy, XBZRLE and multifd + zstd (`bench/links_qemu.py`; not a like-for-like race: its
+pages hold one byte each).
+
 Goals (issue 13): with the `mixed` fill, zstd moves RAM at >= 2.5x the link rate (RAM size /
 total time against the raw stream's rate); with the `random` fill (incompressible), zstd costs
 <= 5 % more time than plain (its pages go raw).
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING, Final
 
 from bench.common import GIB, MIB, ProcessUsage, header, say, verdict, warm_memory
 from bench.harness import VmSpec, migrate_over_qmp
+from bench.links_qemu import qemu_hotset
 from livemig.netns import NetnsRig, netns_unavailable, remove_stale_rigs
 
 if TYPE_CHECKING:
@@ -88,7 +93,9 @@ def _hotset(run: Run, rig: NetnsRig) -> dict[str, object]:
     met = "plain" not in done and bool(done & {"xbzrle", "zstd"})
     say(f"  completed: {', '.join(sorted(done)) or 'none'}; plain does not and XBZRLE or zstd "
         f"does: {verdict(met)}")  # fmt: skip
+    qemu_rows = [] if run.quick else qemu_hotset(rig, vm.ram_mib, link, timeout_s)
     return {"ram_mib": vm.ram_mib, "raw_stream_bytes_per_s": round(link), "runs": rows,
+            "qemu_runs": qemu_rows,
             "goals": {"hotset_converges_with_xbzrle_or_zstd": {"met": met}}}  # fmt: skip
 
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from bench.common import Run
 
 GUEST_SOURCE: Final = Path(__file__).with_name("qemu_guest.asm")
-MODES: Final = {"zero": 0, "fill": 1, "ab": 2}
+MODES: Final = {"zero": 0, "fill": 1, "ab": 2, "hotset": 3}  # hotset: 16 MiB from 2 MiB on
 LOW_RAM_MAX: Final = 2 * GIB  # -machine pc,max-ram-below-4g=2G
 HIGH_RAM_START: Final = 4 * GIB
 QEMU_PARAMETERS: Final = {"max-bandwidth": 100_000_000_000, "downtime-limit": 300}
@@ -52,15 +52,30 @@ class QemuVm:
     """One QEMU process (source, or destination with -incoming), driven over a QMP socket."""
 
     def __init__(
-        self, work: Path, name: str, image: Path, ram_mib: int, incoming_port: int | None = None
+        self,
+        work: Path,
+        name: str,
+        image: Path,
+        ram_mib: int,
+        incoming_port: int | None = None,
+        *,
+        prefix: tuple[str, ...] = (),
+        listen_host: str = "127.0.0.1",
+        before_incoming: tuple[tuple[str, dict[str, object]], ...] = (),
     ) -> None:
+        """`prefix` runs it elsewhere (``ip netns exec NS``); `listen_host`: where a destination
+        listens (QMP stays a unix socket, which any namespace reaches); `before_incoming`: QMP
+        commands a destination runs before `migrate-incoming` (QEMU wants multifd set there)."""
         self.work = work
+        self.before_incoming = before_incoming
         self.name = name
         self.serial = work / f"{name}.serial"
         self.socket = work / f"{name}.qmp"
         disk = work / f"{name}.img"  # a copy each: no image lock shared between the two
         shutil.copyfile(image, disk)
+        self.listen_host = listen_host
         self.command = [
+            *prefix,
             "qemu-system-x86_64",
             "-machine",
             "pc,max-ram-below-4g=2G",
@@ -103,7 +118,9 @@ class QemuVm:
         self._wait(self.socket.exists, 120.0, "its QMP socket")
         if self.incoming_port is not None:
             # Listening is set up when migrate-incoming returns: the source may connect then.
-            uri = f"tcp:127.0.0.1:{self.incoming_port}"
+            uri = f"tcp:{self.listen_host}:{self.incoming_port}"
+            for command, arguments in self.before_incoming:
+                asyncio.run(_execute(self.qmp_address, command, arguments))
             asyncio.run(_execute(self.qmp_address, "migrate-incoming", {"uri": uri}))
         return self
 

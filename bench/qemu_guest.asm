@@ -3,7 +3,8 @@
 ; Build: nasm -f bin -DMODE=1 -DLOW_END=0x40000000 -DHIGH_END=0x100000000 -o guest.img
 ;   MODE 0 (zero): touch nothing, so every page is a zero page;
 ;   MODE 1 (fill): add 1 to byte 0 of every page once, then halt (an idle guest, no zero pages);
-;   MODE 2 (ab):   add 1 to byte 0 of every page, over and over (a guest that dirties all RAM).
+;   MODE 2 (ab):   add 1 to byte 0 of every page, over and over (a guest that dirties all RAM);
+;   MODE 3 (hotset): every page once, then only the HOT_BYTES from 2 MiB on, over and over.
 ; RAM is [2 MiB, LOW_END) and [4 GiB, HIGH_END) (QEMU pc with max-ram-below-4g=2G); the first
 ; 2 MiB hold the BIOS, this code and the page tables. 'F' goes to COM1 after the first pass.
 
@@ -83,6 +84,16 @@ long_mode:
 .forever:
     call sweep
     jmp .forever
+%endif
+%if MODE == 3
+%ifndef HOT_BYTES
+%define HOT_BYTES 0x1000000
+%endif
+.hot:
+    mov rdi, 0x200000
+    mov rsi, 0x200000 + HOT_BYTES
+    call pages
+    jmp .hot
 %endif
 .halt:
     hlt

@@ -71,9 +71,9 @@ def test_the_tls_and_fills_figures_run_on_demand(tmp_path: Path, figure: str) ->
     """`python -m bench tls` migrates over TLS and not; `fills` measures each fill's RAM."""
     run_quick(figure, tmp_path)
     result = json.loads((tmp_path / f"{figure}.json").read_text())
-    if figure == "tls":
-        assert {(False, "completed"), (True, "completed")} == {
-            (r["tls"], r["status"]) for r in result["runs"]
+    if figure == "tls":  # plaintext, TLS without the xxh3 footers (the default), and with them
+        assert {(v, "completed") for v in ("plaintext", "tls", "tls+xxh3")} == {
+            (r["variant"], r["status"]) for r in result["runs"]
         }
     else:
         fills = result["fills"]
