@@ -115,11 +115,14 @@ class Pair:
         log_dir: Path | None = None,
         code_tree: Path | None = None,
         daemon_args: tuple[str, ...] = (),
+        dest_args: tuple[str, ...] = (),
     ) -> None:
         """Daemons of `vm`; `code_tree` runs them from another checkout (its packages first);
-        `daemon_args` go to both daemons (`--metrics tcp:127.0.0.1:0`, say)."""
+        `daemon_args` go to both daemons (`--metrics tcp:127.0.0.1:0`, say), `dest_args` to the
+        destination only."""
         self.vm = vm
         self._daemon_args = list(daemon_args)
+        self._dest_args = list(dest_args)
         self._log_dir = log_dir
         self._env = {"PYTHONPATH": str(code_tree)} if code_tree is not None else None
         self.daemons: list[DaemonProcess] = []
@@ -131,7 +134,8 @@ class Pair:
             self.daemons.append(
                 self._start("source_daemon", [*_LISTEN, *extra, *self.vm.args()], "src")
             )
-            self.daemons.append(self._start("dest_daemon", [*_LISTEN, *extra], "dst"))
+            dest = [*_LISTEN, *extra, *self._dest_args]
+            self.daemons.append(self._start("dest_daemon", dest, "dst"))
         except BaseException:
             self.close()
             raise

@@ -9,6 +9,11 @@ page requests and the vCPU blocktime (total and per block), and checks the migra
 against a replay that never moved. QEMU 7.2 on this machine, same kind of guest: switching at
 ~1 s, 2.3-2.5 s total, a 12-18 ms pause, 1.33-1.56 GB, 14-16 k requests, 0.2-0.4 s blocktime;
 switching after the first pass, 2.3-4.3 s and 1.9-2.1 GB (../shared/reference/this-machine.md).
+
+Both destinations have their RAM faulted in before the migration starts: QEMU's with
+``-mem-prealloc``, livemig's with ``--mem-prealloc --ram-mib`` (this host hands freed memory
+back cold, 1.6-2.4 s/GiB to touch: without it the first pass ran 0.7-1.5 s by the luck of the
+memory the destination got).
 """
 
 from __future__ import annotations
@@ -137,7 +142,10 @@ def _goals(rows: list[Row]) -> dict[str, bool]:
 
 def _migrate(run: Run, vm: VmSpec, *, preempt: bool = False) -> Row:
     warm_memory(2 * vm.ram_bytes + 512 * MIB)
-    with Pair(vm, log_dir=run.settings.out / "logs") as pair:
+    # As QEMU's destination here (-m, -mem-prealloc): RAM faulted in before the migration starts
+    standby = ("--ram-mib", str(vm.ram_mib))
+    logs = run.settings.out / "logs"
+    with Pair(vm, log_dir=logs, daemon_args=("--mem-prealloc",), dest_args=standby) as pair:
         row = asyncio.run(
             _postcopy_over_qmp(
                 pair.source.qmp_address,

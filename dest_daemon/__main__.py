@@ -33,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-S", "--paused", action="store_true", help="keep the received VM paused (QEMU -S)"
     )
+    parser.add_argument(
+        "-m",
+        "--ram-mib",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="the RAM size of the VM expected (QEMU's -m): with --mem-prealloc it is faulted in "
+        "at start, before any migration (QEMU's destination does so); other sizes still load",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -53,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         capabilities=settings[1],
         serial_path=args.serial,
         mem_prealloc=args.mem_prealloc,
+        standby_ram_mib=max(0, args.ram_mib),
         expected_uuid=args.uuid,
         start_paused=args.paused,
     )

@@ -39,6 +39,7 @@ from vmm.outgoing import OutgoingMigration
 from vmm.prometheus import MigrationCounts
 from vmm.records import RecordBook, wall_clock_iso
 from vmm.runner import VmStopError
+from vmm.standby import StandbyRam
 from vmm.vm import VirtualMachine
 from vmm.workers import parallel_map
 from vmsim import (
@@ -83,6 +84,7 @@ class DaemonOptions:
     parameters: Mapping[str, object] = field(default_factory=dict)  # --global migration.X=V
     capabilities: Mapping[str, bool] = field(default_factory=dict)
     mem_prealloc: bool = False  # QEMU -mem-prealloc: fault incoming RAM in before setup ends
+    standby_ram_mib: int = 0  # dest-daemon --ram-mib: with mem_prealloc, RAM ready at start
 
 
 class Vmm:
@@ -100,6 +102,7 @@ class Vmm:
         self.outgoing: OutgoingMigration | None = None
         self.map_jobs: MapJobs = parallel_map  # runs multifd compression jobs
         self._populating: dict[asyncio.Task[bool], threading.Event] = {}  # incoming RAM
+        self._standby = StandbyRam()
         self.ledger = IncomingLedger(expected_uuid=options.expected_uuid)
         self.migration_counts = MigrationCounts()
         self.records = RecordBook(directory=options.record_dir)
@@ -118,6 +121,8 @@ class Vmm:
 
     async def start(self) -> None:
         """Boot the configured VM and/or start listening for an incoming one."""
+        if self.options.mem_prealloc and self.options.standby_ram_mib:
+            self._standby.prepare(self.options.standby_ram_mib << 20)
         if self.options.vm_config is not None:
             self.boot(self.options.vm_config, self.options.vm_content)
         if self.options.incoming not in (None, "defer"):
@@ -154,6 +159,7 @@ class Vmm:
         for stop in self._populating.values():
             stop.set()  # the thread stops after its current chunk
         await asyncio.gather(*self._populating, return_exceptions=True)
+        await self._standby.close()
 
     def _install(self, machine: Machine) -> VirtualMachine:
         if self._runner is not None:
@@ -216,7 +222,11 @@ class Vmm:
         `--mem-prealloc` (QEMU's -mem-prealloc: the cost belongs to setup, not to the pages),
         every page is touched before the source may send (OPEN_ACK waits for it).
         """
-        if self.options.mem_prealloc or not _populate_write_supported():
+        if self.options.mem_prealloc:
+            departed = self.vm.machine.ram if self.vm is not None and self.migrated_away else None
+            spare = await self._standby.take(config.ram_bytes, departed)
+            return await asyncio.to_thread(Machine.for_incoming, config, memory=spare)
+        if not _populate_write_supported():
             return await asyncio.to_thread(Machine.for_incoming, config)
         machine = await asyncio.to_thread(Machine.for_incoming, config, prefault=False)
         stop = threading.Event()

@@ -57,11 +57,13 @@ class Machine:
             writes (`vmsim.postcopy`); None otherwise.
     """
 
-    def __init__(self, config: MachineConfig, *, incoming: bool) -> None:
+    def __init__(
+        self, config: MachineConfig, *, incoming: bool, memory: NDArray[np.uint8] | None = None
+    ) -> None:
         """Build the machine; use `boot` or `for_incoming` instead."""
         self.config = config
         self.layout = MachineLayout.of(config)
-        self.ram = GuestRam(config.ram_bytes, prefault=incoming)
+        self.ram = GuestRam(config.ram_bytes, prefault=incoming, memory=memory)
         self.vcpus = [VCpu(index) for index in range(config.vcpus)]
         self.timer = Timer()
         self.serial = Serial()
@@ -112,15 +114,21 @@ class Machine:
         return machine
 
     @classmethod
-    def for_incoming(cls, config: MachineConfig, *, prefault: bool = True) -> Machine:
+    def for_incoming(
+        cls,
+        config: MachineConfig,
+        *,
+        prefault: bool = True,
+        memory: NDArray[np.uint8] | None = None,
+    ) -> Machine:
         """Build an empty machine to load a migration into; the run state is INMIGRATE.
 
         With `prefault`, RAM is zeroed and every page touched now, so the stop-and-copy phase
         does not pay for page faults (QEMU's -mem-prealloc); without, the caller populates it
-        (`vmsim.populate_write`, while pages arrive). Nothing is filled or booted: the stream
-        brings it.
+        (`vmsim.populate_write`, while pages arrive). `memory` (the RAM size, faulted in
+        already) is zeroed and used instead. Nothing is filled or booted: the stream brings it.
         """
-        machine = cls(config, incoming=prefault)
+        machine = cls(config, incoming=prefault, memory=memory)
         machine.runstate.transition(RunState.INMIGRATE)
         return machine
 

@@ -111,23 +111,37 @@ class GuestRam:
         "words",
     )
 
-    def __init__(self, size_bytes: int, *, prefault: bool = False) -> None:
+    def __init__(
+        self,
+        size_bytes: int,
+        *,
+        prefault: bool = False,
+        memory: NDArray[np.uint8] | None = None,
+    ) -> None:
         """Allocate zeroed RAM.
 
         Args:
             size_bytes: a positive multiple of PAGE_SIZE.
             prefault: touch every page now (a destination does this before the first pass so
                 page faults do not slow the stop-and-copy phase; QEMU's -mem-prealloc).
+            memory: `size_bytes` of memory already faulted in to use instead (zeroed here).
 
         Raises:
-            RamError: the size is not a positive multiple of PAGE_SIZE.
+            RamError: the size is not a positive multiple of PAGE_SIZE, or `memory` is not
+                that size.
         """
         if size_bytes <= 0 or size_bytes % PAGE_SIZE:
             raise RamError(f"RAM size {size_bytes} is not a positive multiple of {PAGE_SIZE}")
+        if memory is not None and (memory.nbytes != size_bytes or memory.ndim != 1):
+            raise RamError(f"memory of {memory.nbytes} bytes given for RAM of {size_bytes}")
         self.size_bytes = size_bytes
         self.n_pages = size_bytes // PAGE_SIZE
-        self.array: NDArray[np.uint8] = np.zeros(size_bytes, dtype=np.uint8)
-        if prefault:
+        if memory is not None:
+            memory.fill(0)
+            self.array: NDArray[np.uint8] = memory
+        else:
+            self.array = np.zeros(size_bytes, dtype=np.uint8)
+        if prefault and memory is None:
             _prefault(self.array)
         self.pages: NDArray[np.uint8] = self.array.reshape(self.n_pages, PAGE_SIZE)
         self.words: NDArray[np.uint64] = self.array.view(np.uint64)

@@ -247,3 +247,27 @@ def test_a_destination_with_mem_prealloc_has_its_ram_in_before_the_first_page(ru
             await pair.close()
 
     run(main)
+
+
+def test_with_mem_prealloc_a_vm_coming_back_lands_in_the_ram_of_the_one_that_left(run, tmp):
+    """A -> B -> A: A's incoming machine reuses the RAM of its postmigrate VM (already faulted
+    in; freed memory comes back cold on this host), zeroed first; the VM is the replay's."""
+
+    async def main() -> None:
+        a = await start_daemon(tmp, vm=small_vm(), mem_prealloc=True)
+        b = await start_daemon(tmp, mem_prealloc=True)
+        try:
+            assert a.vmm.vm is not None
+            left = a.vmm.vm.machine.ram.array
+            await Pair(source=a, dest=b).migrate()
+            assert "completed" == await a.wait(FINAL)
+            await Pair(source=b, dest=a).migrate()
+            assert "completed" == await b.wait(FINAL)
+            assert a.vmm.vm is not None
+            assert a.vmm.vm.machine.ram.array is left
+            await a.assert_matches_replay()
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)

@@ -141,3 +141,13 @@ def test_populate_write_keeps_what_was_received_while_it_ran():
     assert populate_write(ram.array, chunk_bytes=64 * PAGE_SIZE)
     assert bytes(range(256)) * 16 * 3 == bytes(ram.view[7 * PAGE_SIZE : 10 * PAGE_SIZE])
     assert int(ram.array.sum(dtype=np.uint64)) == sum(range(256)) * 16 * 3
+
+
+def test_ram_on_given_memory_zeroes_and_uses_it_and_refuses_another_size():
+    memory = np.full(4 * PAGE_SIZE, 7, dtype=np.uint8)
+    ram = GuestRam(4 * PAGE_SIZE, memory=memory)
+
+    assert ram.array is memory
+    assert not memory.any()
+    with pytest.raises(RamError, match="memory of 8192 bytes given for RAM of 16384"):
+        GuestRam(4 * PAGE_SIZE, memory=np.zeros(2 * PAGE_SIZE, dtype=np.uint8))
