@@ -26,6 +26,9 @@ CHANNEL_HANDSHAKE_VERSION: Final = 3
 SUPPORTED_VERSIONS: Final = (CRC32_VERSION, PREVIOUS_VERSION, PROTOCOL_VERSION)
 """Versions a receiver accepts, oldest first."""
 
+CHECKSUM_NONE: Final = "none"
+"""CHANNEL's optional `checksum`: later frames carry checksum 0 (a TLS channel, docs 1.6)."""
+
 STREAM_HEADER_BYTES: Final = 8
 FRAME_HEADER_BYTES: Final = 16
 FRAME_FOOTER_BYTES: Final = 16

@@ -14,7 +14,8 @@ from protocol.reader import FrameReader, FrameSink
 from protocol.writer import FrameWriter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    import enum
+    from collections.abc import Sequence
 
     from protocol.errors import FrameInfo
     from protocol.events import Event
@@ -33,7 +34,7 @@ class Connection(abc.ABC):
         timeouts: Timeouts | None,
         now: float,
         send: tuple[bytes, int],
-        receive: tuple[bytes, Callable[[int], int]],
+        receive: tuple[bytes, type[enum.IntEnum]],
     ) -> None:
         self._mode = mode
         self._limits = limits

@@ -55,13 +55,6 @@ _SECTION_KINDS: Final = frozenset(
 )
 
 
-def _main_kind(value: int) -> int:
-    try:
-        return FrameKind(value)
-    except ValueError:
-        return value
-
-
 class DestConnection(Connection):
     """The destination side: receives configuration, sections and commands; sends replies.
 
@@ -95,7 +88,7 @@ class DestConnection(Connection):
             timeouts=timeouts,
             now=now,
             send=(RETURN_MAGIC, PROTOCOL_VERSION),
-            receive=(MAIN_MAGIC, _main_kind),
+            receive=(MAIN_MAGIC, FrameKind),
         )
         self._main = MainTracker(mode)
         self._ret = ReturnTracker()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Final
 from protocol import events as ev
 from protocol.codec import Codec
 from protocol.codes import (
+    CHECKSUM_NONE,
     MAX_MULTIFD_CHANNELS,
     SUPPORTED_VERSIONS,
     ChannelRole,
@@ -194,9 +195,6 @@ def _decode_discard(meta: MetaMap) -> ev.PagesDiscarded:
     ranges = unpack_ranges(data, max_ranges=MAX_DISCARD_RANGES, ascending=True, what=what)
     return ev.PagesDiscarded(ranges=ranges)
 
-
-CHECKSUM_NONE: Final = "none"
-"""CHANNEL's optional `checksum`: later frames carry checksum 0 (a TLS channel, docs 1.6)."""
 
 _OPTIONAL_KEYS: Final[dict[Command, tuple[str, ...]]] = {Command.CHANNEL: ("checksum",)}
 

@@ -87,11 +87,19 @@ class _Segment:
         return len(self.buf) - self.filled
 
 
+def _known(kinds: type[enum.IntEnum], value: int) -> int:
+    """The kind as its enum member when known (errors then name it), else the raw value."""
+    try:
+        return kinds(value)
+    except ValueError:
+        return value
+
+
 class FrameReader:
     """Incoming bytes of one stream to checked frames and events."""
 
     def __init__(
-        self, *, magic: bytes, kinds: Callable[[int], int], sink: FrameSink, limits: Limits
+        self, *, magic: bytes, kinds: type[enum.IntEnum], sink: FrameSink, limits: Limits
     ) -> None:
         self._magic = magic
         self._kinds = kinds
@@ -277,7 +285,7 @@ class FrameReader:
         info = FrameInfo(
             index=self._index,
             offset=self._offset,
-            kind=self._kinds(header.kind),
+            kind=_known(self._kinds, header.kind),
             section_id=header.section_id,
             meta_len=header.meta_len,
             data_len=header.data_len,

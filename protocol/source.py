@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from protocol import events as ev
 from protocol.codes import (
+    CHECKSUM_NONE,
     MAIN_MAGIC,
     PROTOCOL_VERSION,
     RETURN_MAGIC,
@@ -20,13 +21,7 @@ from protocol.config import encode_configuration
 from protocol.connection import Connection
 from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.limits import Limits, Timeouts
-from protocol.messages import (
-    CHECKSUM_NONE,
-    MAIN_DECODERS,
-    RETURN_DECODERS,
-    RETURN_INPUTS,
-    decode_section_part,
-)
+from protocol.messages import MAIN_DECODERS, RETURN_DECODERS, RETURN_INPUTS, decode_section_part
 from protocol.meta import U32_MAX, bad, pack_meta, unpack_meta
 from protocol.postcopy import pack_ranges
 from protocol.ram import (
@@ -74,13 +69,6 @@ class _Outgoing(NamedTuple):
     event: ev.Event | None
 
 
-def _return_kind(value: int) -> int:
-    try:
-        return ReturnKind(value)
-    except ValueError:
-        return value
-
-
 class SourceConnection(Connection):
     """The source side: sends configuration, sections and commands; receives the return path.
 
@@ -119,7 +107,7 @@ class SourceConnection(Connection):
             timeouts=timeouts,
             now=now,
             send=(MAIN_MAGIC, version),
-            receive=(RETURN_MAGIC, _return_kind),
+            receive=(RETURN_MAGIC, ReturnKind),
         )
         self.version = version
         self._authenticated = authenticated
