@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from migration.errors import LoadError
+from migration.params import PREEMPT_CAPABILITY
+from migration.precopy_resume import PRECOPY_RESUME_CAPABILITY
 from protocol import (
     DeviceRef,
     DeviceStateReceived,
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
 MACHINE_TYPE = MachineConfig().machine
 VALIDATE_UUID = "validate-uuid"
 DIGEST_CHECK = "x-digest-check"
+WIRE_CAPABILITIES = frozenset(
+    {VALIDATE_UUID, DIGEST_CHECK, PREEMPT_CAPABILITY, PRECOPY_RESUME_CAPABILITY}
+)
+"""What a configuration may ask of this destination: it follows each (protocol.md 1.4)."""
 
 
 def configuration_for(
@@ -63,9 +69,15 @@ def machine_config_from(
     destination knows which VM it expects; a destination without one accepts any.
 
     Raises:
-        LoadError: CONFIG_MISMATCH: the machine type, page size, RAM size or UUID differ, or the VM
-            configuration is invalid.
+        LoadError: CONFIG_MISMATCH: the machine type, page size, RAM size or UUID differ, the VM
+            configuration is invalid, or the source needs a capability this destination lacks
+            (refused at setup rather than failing mid-stream, when the VM may depend on it).
     """
+    unknown = sorted(set(configuration.capabilities) - WIRE_CAPABILITIES)
+    if unknown:
+        known = ", ".join(sorted(WIRE_CAPABILITIES))
+        msg = f"the source needs capabilities this destination lacks: {', '.join(unknown)}"
+        raise _mismatch(f"{msg} (it follows {known})")
     if configuration.machine != MACHINE_TYPE:
         raise _mismatch(
             f"Machine type received is '{configuration.machine}' and local is '{MACHINE_TYPE}'"

@@ -38,6 +38,10 @@ def test_round_trip(configuration: MigrationConfiguration) -> None:
         ({"page_size": 8192}, "Received page size 8192"),
         ({"ram_size": 8 << 20}, "does not match the VM configuration"),
         ({"vm": {"ram_mib": -1}}, "invalid VM configuration in the stream"),
+        (
+            {"capabilities": ("validate-uuid", "x-mapped-ram")},
+            "the source needs capabilities this destination lacks: x-mapped-ram \\(it follows",
+        ),
     ],
 )
 def test_mismatches_are_named(
