@@ -11,20 +11,17 @@ precopy, XBZRLE and multifd with zstd do on this link; they are not a like-for-l
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from bench import qemu
 from bench.common import MIB, say
-from bench.harness import migrate_over_qmp
 
 if TYPE_CHECKING:
+    from bench.harness import Migration
     from livemig.netns import NetnsRig
 
-_PORT: Final = 7779
 _MODES: Final[dict[str, tuple[dict[str, object], tuple[str, ...]]]] = {
     "plain": ({}, ()),
     "xbzrle": ({"xbzrle-cache-size": 1 << 30}, ("xbzrle",)),
@@ -41,64 +38,31 @@ def qemu_hotset(
         say(f"  QEMU side by side: skipped ({reason})")
         return []
     say(f"  QEMU 7.2, {ram_mib} MiB guest sweeping 16 MiB for ever, same link:")
-    with tempfile.TemporaryDirectory(prefix="livemig-links-qemu-") as tmp:
-        work = Path(tmp)
-        image = qemu.build_guest(work, "hotset", ram_mib)
-        return [
-            _one(rig, work, image, ram_mib, mode, link_bytes_per_s, timeout_s) for mode in _MODES
-        ]
-
-
-def _one(
-    rig: NetnsRig,
-    work: Path,
-    image: Path,
-    ram_mib: int,
-    mode: str,
-    link_bytes_per_s: float,
-    timeout_s: float,
-) -> dict[str, object]:
     source_host, dest_host = rig.hosts
-    parameters, capabilities = _MODES[mode]
-    caps = [{"capability": name, "state": True} for name in capabilities]
-    setup: tuple[tuple[str, dict[str, object]], ...] = (
-        ("migrate-set-capabilities", {"capabilities": caps}),
-        ("migrate-set-parameters", parameters),
-    )
-    source_vm = qemu.QemuVm(
-        work, f"src-{mode}", image, ram_mib, prefix=tuple(source_host.exec_prefix())
-    )
-    dest_vm = qemu.QemuVm(
-        work,
-        f"dst-{mode}",
-        image,
-        ram_mib,
-        incoming_port=_PORT,
-        prefix=tuple(dest_host.exec_prefix()),
-        listen_host=dest_host.address,
-        before_incoming=setup if capabilities else (),
-    )
-    with source_vm as source, dest_vm:
-        source.wait_serial(b"F", 120.0)
-        started = time.perf_counter()
-        migration = asyncio.run(
-            migrate_over_qmp(
-                source.qmp_address,
-                f"tcp:{dest_host.address}:{_PORT}",
-                {**qemu.QEMU_PARAMETERS, **parameters},
-                timeout_s,
-                None,
-                capabilities,
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="livemig-links-qemu-") as tmp:
+        for mode, (parameters, capabilities) in _MODES.items():
+            migration = qemu.qemu_migration(
+                Path(tmp),
+                "hotset",
+                ram_mib,
+                timeout_s=timeout_s,
+                capabilities=capabilities,
+                parameters=parameters,
+                hosts=(source_host, dest_host),
             )
-        )
-        wall_s = time.perf_counter() - started
+            rows.append(_row(mode, migration, link_bytes_per_s))
+    return rows
+
+
+def _row(mode: str, migration: Migration, link_bytes_per_s: float) -> dict[str, object]:
     total_s = migration.ms("total-time") / 1000.0
     sent = migration.ram("transferred")
     row: dict[str, object] = {
         "vmm": "qemu-7.2",
         "mode": mode,
         "status": migration.status,
-        "total_s": round(total_s if migration.completed else wall_s, 3),
+        "total_s": round(total_s if migration.completed else migration.wall_s, 3),
         "transferred_bytes": sent,
         "downtime_ms": migration.ms("downtime"),
         "link_bytes_per_s": round(link_bytes_per_s),
@@ -110,5 +74,6 @@ def _one(
         row["error"] = str(migration.info.get("error-desc", ""))
         say(f"    QEMU {mode}: failed: {row['error']}")
     else:
-        say(f"    QEMU {mode}: {migration.status} after {wall_s:.0f} s (it did not converge)")
+        say(f"    QEMU {mode}: {migration.status} after {migration.wall_s:.0f} s "
+            "(it did not converge)")  # fmt: skip
     return row

@@ -26,16 +26,18 @@ from bench.throughput import migrate_idle, num
 from netio import QMPClient, QMPConnectionError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from types import TracebackType
 
     from bench.common import Run
+    from livemig.netns import Host
 
 GUEST_SOURCE: Final = Path(__file__).with_name("qemu_guest.asm")
 MODES: Final = {"zero": 0, "fill": 1, "ab": 2, "hotset": 3}  # hotset: 16 MiB from 2 MiB on
 LOW_RAM_MAX: Final = 2 * GIB  # -machine pc,max-ram-below-4g=2G
 HIGH_RAM_START: Final = 4 * GIB
 QEMU_PARAMETERS: Final = {"max-bandwidth": 100_000_000_000, "downtime-limit": 300}
+NETNS_PORT: Final = 7779  # the destination's port inside its network namespace
 
 Row = dict[str, object]
 
@@ -210,13 +212,40 @@ def qemu_migration(
     timeout_s: float = 120.0,
     capabilities: tuple[str, ...] = (),
     sample_every_s: float | None = None,
+    parameters: Mapping[str, object] | None = None,
+    hosts: tuple[Host, Host] | None = None,
 ) -> Migration:
-    """Boot a QEMU guest, wait for its first pass, migrate it to a second QEMU."""
+    """Boot a QEMU guest, wait for its first pass, migrate it to a second QEMU.
+
+    `parameters` go over QEMU_PARAMETERS. With `hosts` (network namespaces), source and
+    destination run in them and the destination gets the capabilities and parameters before
+    `migrate-incoming` (QEMU wants multifd set on both ends).
+    """
     image = build_guest(work, mode, ram_mib)
-    port = free_port()
+    parameters = {**QEMU_PARAMETERS, **(parameters or {})}
+    places: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    dest_address, port = "127.0.0.1", free_port()
+    setup: tuple[tuple[str, dict[str, object]], ...] = ()
+    if hosts is not None:
+        places = (tuple(hosts[0].exec_prefix()), tuple(hosts[1].exec_prefix()))
+        dest_address, port = hosts[1].address, NETNS_PORT
+        caps = [{"capability": name, "state": True} for name in capabilities]
+        setup = (
+            ("migrate-set-capabilities", {"capabilities": caps}),
+            ("migrate-set-parameters", parameters),
+        )
     with (
-        QemuVm(work, f"src-{mode}-{ram_mib}", image, ram_mib) as source,
-        QemuVm(work, f"dst-{mode}-{ram_mib}", image, ram_mib, incoming_port=port) as dest,
+        QemuVm(work, f"src-{mode}-{ram_mib}", image, ram_mib, prefix=places[0]) as source,
+        QemuVm(
+            work,
+            f"dst-{mode}-{ram_mib}",
+            image,
+            ram_mib,
+            incoming_port=port,
+            prefix=places[1],
+            listen_host=dest_address,
+            before_incoming=setup,
+        ) as dest,
     ):
         source.wait_serial(b"F", 120.0)
         before = ProcessUsage.of(source.pid), ProcessUsage.of(dest.pid)
@@ -224,8 +253,8 @@ def qemu_migration(
         migration = asyncio.run(
             migrate_over_qmp(
                 source.qmp_address,
-                f"tcp:127.0.0.1:{port}",
-                QEMU_PARAMETERS,
+                f"tcp:{dest_address}:{port}",
+                parameters,
                 timeout_s,
                 sample_every_s,
                 capabilities,

@@ -378,16 +378,16 @@ class _Pipe:
         """What may pass before the nearest `after_bytes` cut or stall; that cut, if any."""
         proxy = self.link.proxy
         cuts = [f for f in proxy.active(self.direction, FaultKind.CUT) if f.after_bytes is not None]
-        stall_points = [
-            f.after_bytes
+        stalls = [
+            f
             for f in proxy.active(self.direction, FaultKind.STALL)
             if f.after_bytes is not None and not f.before_frame and f.after_bytes > self.forwarded
         ]
-        cut = min(cuts, key=lambda f: f.after_bytes or 0) if cuts else None
-        points = [*stall_points, *([cut.after_bytes or 0] if cut is not None else [])]
-        if not points:
+        cut = min(cuts, key=lambda f: f.after_bytes or 0, default=None)
+        limit = min((f.after_bytes or 0 for f in [*cuts, *stalls]), default=None)
+        if limit is None:
             return available, None
-        return max(0, min(available, min(points) - self.forwarded)), cut
+        return max(0, min(available, limit - self.forwarded)), cut
 
     def _matcher(self) -> Callable[[FrameStart], bool] | None:
         faults = [
