@@ -134,7 +134,7 @@ def _one(
     tag = f"links-{vm.workload}-{vm.fill}-{mode}"
     daemons = [
         _start(rig, source_host, "source_daemon", vm.args(), logs / f"{tag}-src.log"),
-        _start(rig, dest_host, "dest_daemon", [], logs / f"{tag}-dst.log"),
+        _start(rig, dest_host, "dest_daemon", _dest_ram(vm), logs / f"{tag}-dst.log"),
     ]
     try:
         parameters, capabilities = _MODES[mode]
@@ -185,6 +185,11 @@ def _row(vm: VmSpec, mode: str, migration: Migration, link: float) -> dict[str, 
     say(f"    {vm.fill} {mode}: {migration.status} in {total_s:.2f} s, {sent_mib:.0f} MiB sent, "
         f"RAM at {moved:.2f}x the link")  # fmt: skip
     return row
+
+
+def _dest_ram(vm: VmSpec) -> list[str]:
+    """As QEMU's destination is started (-m, -mem-prealloc): RAM faulted in before `migrate`."""
+    return ["--mem-prealloc", "--ram-mib", str(vm.ram_mib)]
 
 
 def _start(rig: NetnsRig, host: Host, module: str, extra: list[str], log: Path) -> DaemonProcess:

@@ -24,7 +24,7 @@ import numpy as np
 
 from migration.inputs import ChannelKey
 from protocol import ChannelRole, SourceConnection
-from protocol.codec import Codec, Compressed, compress
+from protocol.codec import Codec, Compressed, Compressor
 from vmsim import PAGE_SIZE, PageBatch, PageKind
 
 if TYPE_CHECKING:
@@ -113,7 +113,8 @@ def _sub_batch(
     )
 
 
-Job = Sequence[memoryview]
+Job = tuple[Compressor, Sequence[memoryview]]
+"""One channel's part of a batch, with that channel's compressor (one job per channel)."""
 MapJobs = Callable[[Callable[[Job], bytes], Sequence[Job]], Iterable[bytes]]
 """Runs a compression over several jobs: in order here, on worker threads in the daemon."""
 
@@ -136,9 +137,11 @@ class Compression:
     level: int
     map_jobs: MapJobs = serial_map
 
-    def compress(self, job: Job) -> bytes:
-        """One part's NORMAL pages, compressed."""
-        return compress(self.codec, self.level, job)
+    @staticmethod
+    def compress(job: Job) -> bytes:
+        """One part's NORMAL pages, compressed by its channel's compressor."""
+        compressor, data = job
+        return compressor.compress(data)
 
 
 def compression(params: MigrationParameters, map_jobs: MapJobs) -> Compression | None:
@@ -173,6 +176,11 @@ class MultifdChannels:
             for i in range(count)
         }
         self.compression = compression
+        self._compressors = (
+            [Compressor(compression.codec, compression.level) for _ in range(count)]
+            if compression is not None
+            else []
+        )
         self.raw_bytes = 0  # page bytes given to the compressor
         self.compressed_bytes = 0  # what they were sent as (raw when they did not shrink)
         self._opened: set[ChannelKey] = set()
@@ -221,7 +229,8 @@ class MultifdChannels:
         if compression is None:
             return packed
         todo = [i for i, part in enumerate(parts) if part.normal_pages]
-        blobs = compression.map_jobs(compression.compress, [parts[i].data for i in todo])
+        jobs = [(self._compressors[i], parts[i].data) for i in todo]
+        blobs = compression.map_jobs(compression.compress, jobs)
         for i, blob in zip(todo, blobs, strict=True):
             raw_len = parts[i].normal_pages * PAGE_SIZE
             self.raw_bytes += raw_len

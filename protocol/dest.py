@@ -9,7 +9,7 @@ import numpy as np
 
 from protocol import events as ev
 from protocol import xbzrle
-from protocol.codec import Codec, decompress
+from protocol.codec import Codec, Decompressor
 from protocol.codes import (
     MAIN_MAGIC,
     PROTOCOL_VERSION,
@@ -97,6 +97,7 @@ class DestConnection(Connection):
         self._plan: RunTable | None = None
         self._scratch: memoryview | None = None
         self._codec: Codec | None = None
+        self._decompressor = Decompressor()
 
     @property
     def our_state(self) -> ReturnState:
@@ -302,7 +303,8 @@ class DestConnection(Connection):
 
     def _decode(self, plan: RunTable, codec: Codec, data: memoryview) -> memoryview | None:
         """Decompress a verified frame's pages into the sink (or return them without one)."""
-        raw = decompress(codec, data, plan.normal_pages * self._main.require_config().page_size)
+        page_size = self._main.require_config().page_size
+        raw = self._decompressor.decompress(codec, data, plan.normal_pages * page_size)
         if self._sink is None:
             return memoryview(raw)
         copy_into(self._sink.page_buffers(plan, len(raw)), [raw])

@@ -123,6 +123,7 @@ class Vmm:
         """Boot the configured VM and/or start listening for an incoming one."""
         if self.options.mem_prealloc and self.options.standby_ram_mib:
             self._standby.prepare(self.options.standby_ram_mib << 20)
+            await self._standby.ready()  # as QEMU's -mem-prealloc: RAM faulted in at startup
         if self.options.vm_config is not None:
             self.boot(self.options.vm_config, self.options.vm_content)
         if self.options.incoming not in (None, "defer"):

@@ -4,9 +4,10 @@ QEMU's destination is started with the VM's `-m` and `-mem-prealloc`: its RAM is
 before anyone runs `migrate`, so no migration figure pays for it. A livemig destination learns
 the RAM size from the stream; with `--mem-prealloc` it faults RAM in during setup, and it can
 do better in two cases: given the size at start (`dest-daemon --ram-mib N`) it prepares that
-RAM on a thread at once, and a daemon whose VM migrated away (postmigrate: dead memory) lends
-that VM's RAM to the next incoming one of the same size. Both matter on hosts that hand freed
-memory back: here a first touch costs 1.6-2.4 s/GiB instead of 0.12 (docs/benchmarks.md).
+RAM on a thread before it reports ready (`daemon_ready`; its QMP already answers meanwhile), and
+a daemon whose VM migrated away (postmigrate: dead memory) lends that VM's RAM, zeroed, to the
+next incoming one of the same size. Both matter on hosts that hand freed memory back: here a
+first touch costs 1.6-2.4 s/GiB instead of 0.12 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,12 +32,19 @@ class StandbyRam:
         """Fault `size_bytes` of RAM in on a thread, for the next incoming VM of that size."""
         self._ready = asyncio.create_task(asyncio.to_thread(_faulted_in, size_bytes))
 
-    async def take(self, size_bytes: int, departed: GuestRam | None) -> NDArray[np.uint8] | None:
-        """Memory for an incoming VM of `size_bytes`, or None when nothing fits.
+    async def ready(self) -> None:
+        """Wait until the prepared buffer is faulted in (QEMU's -mem-prealloc, before `ready`)."""
+        if self._ready is not None:
+            await asyncio.shield(self._ready)
 
-        The departed VM's RAM, else the prepared buffer (waited for if still faulting in).
+    async def take(self, size_bytes: int, departed: GuestRam | None) -> NDArray[np.uint8] | None:
+        """Zero-filled memory for an incoming VM of `size_bytes`, or None when nothing fits.
+
+        The departed VM's RAM (zeroed on a thread), else the prepared buffer (zero since the
+        kernel handed it over; waited for if still faulting in).
         """
         if departed is not None and departed.size_bytes == size_bytes:
+            await asyncio.to_thread(departed.array.fill, 0)
             return departed.array
         ready, self._ready = self._ready, None
         if ready is None:

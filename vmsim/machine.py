@@ -125,8 +125,8 @@ class Machine:
 
         With `prefault`, RAM is zeroed and every page touched now, so the stop-and-copy phase
         does not pay for page faults (QEMU's -mem-prealloc); without, the caller populates it
-        (`vmsim.populate_write`, while pages arrive). `memory` (the RAM size, faulted in
-        already) is zeroed and used instead. Nothing is filled or booted: the stream brings it.
+        (`vmsim.populate_write`, while pages arrive). `memory` (the RAM size, zero-filled and
+        faulted in already) is used instead. Nothing is filled or booted: the stream brings it.
         """
         machine = cls(config, incoming=prefault, memory=memory)
         machine.runstate.transition(RunState.INMIGRATE)

@@ -124,7 +124,9 @@ class GuestRam:
             size_bytes: a positive multiple of PAGE_SIZE.
             prefault: touch every page now (a destination does this before the first pass so
                 page faults do not slow the stop-and-copy phase; QEMU's -mem-prealloc).
-            memory: `size_bytes` of memory already faulted in to use instead (zeroed here).
+            memory: `size_bytes` of zero-filled memory, faulted in already, to use instead
+                (kept as given: zeroing 1 GiB again would cost a destination ~0.1-0.2 s of
+                setup).
 
         Raises:
             RamError: the size is not a positive multiple of PAGE_SIZE, or `memory` is not
@@ -137,7 +139,6 @@ class GuestRam:
         self.size_bytes = size_bytes
         self.n_pages = size_bytes // PAGE_SIZE
         if memory is not None:
-            memory.fill(0)
             self.array: NDArray[np.uint8] = memory
         else:
             self.array = np.zeros(size_bytes, dtype=np.uint8)

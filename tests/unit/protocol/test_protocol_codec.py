@@ -8,12 +8,22 @@ import numpy as np
 import pytest
 import zstandard
 from helpers.pair import ConnectionPair, make_config
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol import LocalProtocolError, PageKind, RamPagesReceived, xbzrle
-from protocol.codec import Codec, compress, decompress
+from protocol.codec import Codec, Compressor, Decompressor, compress, decompress, zstd_frame_len
 from vmsim import GuestRam, PageBatch, RamLoader
 
 PAGES = bytes(range(256)) * 16 * 4  # four 4 KiB pages
+
+
+def _with_reserved_block() -> bytes:
+    """A zstd frame whose first block header says type 3 (reserved)."""
+    frame = bytearray(zstandard.ZstdCompressor().compress(PAGES))
+    header_len = zstandard.frame_header_size(frame)
+    frame[header_len] |= 0b110
+    return bytes(frame)
 
 
 @pytest.mark.parametrize("codec", list(Codec))
@@ -22,6 +32,31 @@ def test_round_trip(codec):
 
     assert len(blob) < len(PAGES)
     assert PAGES == decompress(codec, blob, len(PAGES))
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+@pytest.mark.parametrize("size", [0, 1, 4096, 300_000])
+def test_a_zstd_frames_length_is_read_from_its_block_headers(checksum, size):
+    rng = np.random.default_rng(size)
+    data = rng.integers(0, 4, size, dtype=np.uint8).tobytes()  # compressible, several blocks
+    frame = zstandard.ZstdCompressor(write_checksum=checksum).compress(data)
+
+    assert len(frame) == zstd_frame_len(frame)
+    assert len(frame) == zstd_frame_len(frame + b"more")
+    assert -1 == zstd_frame_len(frame[:-1])
+    assert -1 == zstd_frame_len(frame[: zstandard.frame_header_size(frame) + 2])
+    assert data == Decompressor().decompress(Codec.ZSTD, frame, size)
+
+
+def test_a_compressor_keeps_its_context_and_output_matches_a_fresh_ones():
+    compressor = Compressor(Codec.ZSTD, 3)
+    pieces = [memoryview(PAGES[:4096]), memoryview(PAGES[4096:])]
+
+    assert (
+        compressor.compress(pieces)
+        == compressor.compress(pieces)
+        == compress(Codec.ZSTD, 3, pieces)
+    )
 
 
 @pytest.mark.parametrize(
@@ -33,6 +68,9 @@ def test_round_trip(codec):
         (Codec.ZLIB, zlib.compress(PAGES) + b"junk", "not exactly one complete stream"),
         (Codec.ZLIB, zlib.compress(PAGES[:4096]), "decodes to 4096 bytes"),
         (Codec.ZSTD, zstandard.ZstdCompressor().compress(PAGES) + b"junk", "one complete frame"),
+        (Codec.ZSTD, zstandard.ZstdCompressor().compress(PAGES) * 2, "one complete frame"),
+        (Codec.ZSTD, zstandard.ZstdCompressor().compress(PAGES)[:-2], "one complete frame"),
+        (Codec.ZSTD, _with_reserved_block(), "reserved type"),
         (
             Codec.ZSTD,
             zstandard.ZstdCompressor(write_content_size=False).compress(PAGES),
@@ -119,3 +157,20 @@ def deliver_ram(batch: PageBatch, sink: RamLoader) -> RamPagesReceived:
     pair.source.send_ram(1, batch, end=False)
     events, _ = pair.transfer()
     return next(e for e in events if isinstance(e, RamPagesReceived))
+
+
+@given(
+    cut=st.integers(0, 400),
+    flips=st.lists(st.tuples(st.integers(0, 400), st.integers(1, 255)), max_size=4),
+    tail=st.binary(max_size=8),
+)
+def test_a_mangled_zstd_frame_decodes_exactly_or_is_refused(cut, flips, tail):
+    frame = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(PAGES))
+    for at, mask in flips:
+        frame[at % len(frame)] ^= mask
+    blob = bytes(frame[: len(frame) - cut % len(frame)]) + tail
+    try:
+        out = decompress(Codec.ZSTD, blob, len(PAGES))
+    except LocalProtocolError:
+        return
+    assert len(out) == len(PAGES)  # whatever it decoded, it is the announced size

@@ -16,14 +16,29 @@ async def test_prepared_ram_goes_to_an_incoming_vm_of_its_size_once() -> None:
 
     assert memory is not None
     assert memory.nbytes == SIZE
+    assert not memory.any()
     assert await standby.take(SIZE, None) is None  # taken: the next one allocates its own
 
 
 async def test_a_departed_vms_ram_comes_first_and_sizes_must_match() -> None:
     departed = GuestRam(SIZE)
+    departed.pages[5, 100] = 7  # the departed guest's data must not leak into the next one
     standby = StandbyRam()
     standby.prepare(2 * SIZE)
 
     assert await standby.take(SIZE, departed) is departed.array
+    assert not departed.array.any()
     assert await standby.take(SIZE, None) is None  # the prepared one is 2 x SIZE: not used
     await standby.close()
+
+
+async def test_ready_waits_for_the_prepared_ram_and_leaves_it_to_take() -> None:
+    standby = StandbyRam()
+    await standby.ready()  # nothing prepared: nothing to wait for
+    standby.prepare(SIZE)
+
+    await standby.ready()
+
+    memory = await standby.take(SIZE, None)
+    assert memory is not None
+    assert memory.nbytes == SIZE

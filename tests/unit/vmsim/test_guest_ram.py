@@ -143,11 +143,12 @@ def test_populate_write_keeps_what_was_received_while_it_ran():
     assert int(ram.array.sum(dtype=np.uint64)) == sum(range(256)) * 16 * 3
 
 
-def test_ram_on_given_memory_zeroes_and_uses_it_and_refuses_another_size():
-    memory = np.full(4 * PAGE_SIZE, 7, dtype=np.uint8)
+def test_ram_on_given_memory_uses_it_as_is_and_refuses_another_size():
+    memory = np.zeros(4 * PAGE_SIZE, dtype=np.uint8)
     ram = GuestRam(4 * PAGE_SIZE, memory=memory)
 
     assert ram.array is memory
-    assert not memory.any()
+    ram.pages[3, 0] = 9
+    assert memory[3 * PAGE_SIZE] == 9
     with pytest.raises(RamError, match="memory of 8192 bytes given for RAM of 16384"):
         GuestRam(4 * PAGE_SIZE, memory=np.zeros(2 * PAGE_SIZE, dtype=np.uint8))
