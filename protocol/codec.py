@@ -11,7 +11,7 @@ zstd works one-shot on contiguous memory, with contexts kept by a `Compressor` o
 one at a time): a frame's runs are gathered into one buffer first (one copy), because
 compressing them piece by piece puts zstd in its slower external-dictionary mode, and streaming
 decompression copies its output through a window buffer. On binaries one-shot compresses 7 %
-and decompresses 17 % faster (medians of 5, `bench/micro.py`'s `codec`). A zstd frame's length
+and decompresses 17 % faster (docs/benchmarks.md, slow links, third run). A zstd frame's length
 is found by walking its block headers, so bytes after the frame are refused before decoding.
 """
 
