@@ -64,7 +64,10 @@ def sweep(run: Run, *, fill: str, sizes_mib: tuple[int, ...], reps: int) -> list
 def migrate_idle(run: Run, vm: VmSpec, wire_gbps: float) -> Row:
     """One migration of an idle VM between fresh daemons, with usage and RSS."""
     warm_memory(2 * vm.ram_bytes + 512 * MIB)
-    with Pair(vm, log_dir=run.settings.out / "logs") as pair:
+    # As the wire baseline's receiver, and QEMU's destination (-m, -mem-prealloc): RAM faulted
+    # in before the migration starts (this host hands freed memory back: 2 s/GiB to re-touch)
+    standby = ("--mem-prealloc", "--ram-mib", str(vm.ram_mib))
+    with Pair(vm, log_dir=run.settings.out / "logs", dest_args=standby) as pair:
         boot_rss = pair.usage()[0].rss_bytes
         migration = pair.migrate(timeout_s=120.0)
     source, dest = migration.source_usage, migration.dest_usage
