@@ -316,6 +316,8 @@ def _prefault(array: NDArray[np.uint8]) -> None:
     threads = min(
         _PREFAULT_MAX_THREADS, os.cpu_count() or 1, len(array) // _PREFAULT_MIN_BYTES_PER_THREAD
     )
+    if len(array):
+        array[-1] = 0  # a buffer that does not start on a page boundary ends inside one more
     if threads <= 1:
         array[::PAGE_SIZE] = 0
         return

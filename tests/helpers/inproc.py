@@ -143,6 +143,7 @@ async def start_daemon(
     expected_uuid: str | None = None,
     record_dir: Path | None = None,
     mem_prealloc: bool = False,
+    standby_ram_mib: int = 0,
 ) -> Daemon:
     """A daemon with (or without) a VM, listening for migrations, with FAST_PARAMETERS set."""
     name = f"d{next(_names)}"
@@ -153,6 +154,7 @@ async def start_daemon(
         expected_uuid=expected_uuid,
         record_dir=record_dir,
         mem_prealloc=mem_prealloc,
+        standby_ram_mib=standby_ram_mib,
     )
     vmm = SlowVmm(options)
     server = QMPServer(commands=build_registry(vmm), version_info=version_info())

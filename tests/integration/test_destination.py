@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import time
 from dataclasses import dataclass
 
 from migration.glue import configuration_for
 from protocol import SourceConnection
 from tests.helpers.inproc import FINAL, Pair, make_pair, small_vm, start_daemon
 from tests.integration import paths
+from vmm import standby
 from vmsim import Machine, MachineConfig, RunState, VMStateDescription, field_uint
 
 
@@ -245,6 +247,40 @@ def test_a_destination_with_mem_prealloc_has_its_ram_in_before_the_first_page(ru
             assert [(1.0, 0)] == seen  # all of it resident, nothing populating behind
         finally:
             await pair.close()
+
+    run(main)
+
+
+def test_a_destination_given_the_ram_size_is_ready_only_with_that_ram_in_and_uses_it(
+    run, tmp, monkeypatch
+):
+    """`dest-daemon --mem-prealloc --ram-mib N` (QEMU's -m N -mem-prealloc): started means the
+    RAM is faulted in; the incoming VM of that size gets exactly that memory, as it was."""
+    faulted_in = standby._faulted_in
+
+    def slowly(size_bytes: int):  # a slow host: start() must still wait for it
+        time.sleep(0.3)
+        return faulted_in(size_bytes)
+
+    monkeypatch.setattr(standby, "_faulted_in", slowly)
+
+    async def main() -> None:
+        dest = await start_daemon(tmp, mem_prealloc=True, standby_ram_mib=8)
+        source = await start_daemon(tmp, vm=small_vm(), incoming=None)
+        try:
+            prepared = dest.vmm._standby._ready
+            assert prepared is not None
+            assert prepared.done()  # start() returned: the RAM is in
+            ram = prepared.result()
+            assert 1.0 == _resident_share(ram)
+            await Pair(source=source, dest=dest).migrate()
+            assert "completed" == await source.wait(FINAL)
+            assert dest.vmm.vm is not None
+            assert dest.vmm.vm.machine.ram.array is ram
+            await dest.assert_matches_replay()
+        finally:
+            await source.close()
+            await dest.close()
 
     run(main)
 
