@@ -123,6 +123,11 @@ class Channel:
         return self._sock
 
     @property
+    def conn(self) -> SansIOConnection:
+        """The sans-IO connection this channel drives."""
+        return self._conn
+
+    @property
     def closed(self) -> bool:
         """Whether `close` or `abort` was called."""
         return self._closed

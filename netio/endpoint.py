@@ -52,6 +52,11 @@ class ChannelLike(Protocol):
         """Whether `close` was called."""
         ...
 
+    @property
+    def conn(self) -> SansIOConnection:
+        """The sans-IO connection this channel drives."""
+        ...
+
     async def next_event(self) -> object:
         """The connection's next event, reading as needed."""
         ...

@@ -117,6 +117,11 @@ class FileChannel:
         return cls(fd, conn, address=address, clock=clock)
 
     @property
+    def conn(self) -> SansIOConnection:
+        """The sans-IO connection this channel drives."""
+        return self._conn
+
+    @property
     def closed(self) -> bool:
         """Whether `close` was called."""
         return self._closed

@@ -101,6 +101,20 @@ class Decompressor:
         return out
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class DecodeJob:
+    """A verified frame's compressed pages, to decode on any thread (one job at a time each)."""
+
+    codec: Codec
+    data: memoryview
+    expected_len: int
+    decompressor: Decompressor
+
+    def run(self) -> bytes:
+        """The pages (`Decompressor.decompress`; raises its LocalProtocolError)."""
+        return self.decompressor.decompress(self.codec, self.data, self.expected_len)
+
+
 def compress(codec: Codec, level: int, data: Sequence[memoryview]) -> bytes:
     """The compressed form of the concatenated buffers, with a context of its own."""
     return Compressor(codec, level).compress(data)

@@ -9,7 +9,7 @@ import numpy as np
 
 from protocol import events as ev
 from protocol import xbzrle
-from protocol.codec import Codec, Decompressor
+from protocol.codec import Codec, DecodeJob, Decompressor
 from protocol.codes import (
     MAIN_MAGIC,
     PROTOCOL_VERSION,
@@ -98,6 +98,8 @@ class DestConnection(Connection):
         self._scratch: memoryview | None = None
         self._codec: Codec | None = None
         self._decompressor = Decompressor()
+        self.defer_decode = False  # compressed PAGES: PagesToDecode, decoded by the caller
+        self._decoding: tuple[DecodeJob, RunTable] | None = None
 
     @property
     def our_state(self) -> ReturnState:
@@ -301,10 +303,15 @@ class DestConnection(Connection):
             return [self._scratch]
         return self._sink.page_buffers(self._plan, info.data_len)
 
+    def _defers(self, plan: RunTable) -> bool:
+        return self.defer_decode and self._sink is not None and plan.normal_pages > 0
+
+    def _decoded_len(self, plan: RunTable) -> int:
+        return plan.normal_pages * self._main.require_config().page_size
+
     def _decode(self, plan: RunTable, codec: Codec, data: memoryview) -> memoryview | None:
         """Decompress a verified frame's pages into the sink (or return them without one)."""
-        page_size = self._main.require_config().page_size
-        raw = self._decompressor.decompress(codec, data, plan.normal_pages * page_size)
+        raw = self._decompressor.decompress(codec, data, self._decoded_len(plan))
         if self._sink is None:
             return memoryview(raw)
         copy_into(self._sink.page_buffers(plan, len(raw)), [raw])
@@ -335,10 +342,50 @@ class DestConnection(Connection):
             raise LocalProtocolError(msg, code=ErrorCode.BAD_METADATA)
         self._reader.checked = False
 
+    def pages_decoded(
+        self, event: ev.PagesToDecode, raw: bytes | LocalProtocolError
+    ) -> ev.MultifdPagesReceived:
+        """`event`'s job finished with `raw` (its pages, or its error): place them, read on.
+
+        Raises:
+            RemoteProtocolError: the pages did not decode (or break the stream); it failed.
+            LocalProtocolError: `event` is not the frame this connection waits for (a bug).
+        """
+        pending = self._decoding
+        if pending is None or pending[0] is not event.job:
+            msg = "pages_decoded() for a frame that is not waiting to be decoded"
+            raise LocalProtocolError(msg)
+        self._decoding = None
+        plan = pending[1]
+        try:
+            if isinstance(raw, LocalProtocolError):
+                raise raw
+            if self._sink is not None:
+                copy_into(self._sink.page_buffers(plan, len(raw)), [raw])
+            done = self._pages_received(plan, None)
+        except LocalProtocolError as exc:
+            raise self._reader.fail(exc, event.frame) from exc
+        self._reader.release()
+        return ev.with_frame(done, event.frame) if event.frame else done
+
+    def _pages_received(self, plan: RunTable, data: memoryview | None) -> ev.MultifdPagesReceived:
+        event = ev.MultifdPagesReceived(
+            normal_pages=plan.normal_pages, zero_pages=plan.zero_pages, runs=plan.runs, data=data
+        )
+        self._main.accept(event)
+        if self._sink is not None:
+            self._sink.pages_loaded(plan)
+        return event
+
     def _finish_ram(self, info: FrameInfo, plan: RunTable) -> ev.Event:
         event: ev.Event
         if info.kind == FrameKind.PAGES:
             data = self._scratch
+            if self._codec is not None and data is not None and self._defers(plan):
+                job = DecodeJob(self._codec, data, self._decoded_len(plan), self._decompressor)
+                self._decoding = (job, plan)
+                self._plan, self._scratch = None, None
+                return ev.PagesToDecode(job=job)
             if self._codec is not None and data is not None:
                 data = self._decode(plan, self._codec, data)
             event = ev.MultifdPagesReceived(

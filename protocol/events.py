@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
+    from protocol.codec import DecodeJob
     from protocol.codes import ChannelRole, Outcome
     from protocol.config import MigrationConfiguration
     from protocol.errors import ErrorCode, FrameInfo
@@ -135,6 +136,21 @@ class MultifdPagesReceived(Event):
     runs: NDArray[np.void] = field(compare=False)
     data: memoryview | None = field(default=None, compare=False)
     frame: FrameInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PagesToDecode(Event):
+    """PAGES, compressed and verified, on a connection that decodes elsewhere (`defer_decode`).
+
+    Run ``job.run()`` anywhere (pure; zlib and zstd release the GIL, so several channels decode
+    in parallel) and give its bytes, or the `LocalProtocolError` it raised, to
+    `DestConnection.pages_decoded`, which returns this frame's `MultifdPagesReceived`. The
+    connection reads no further frame until then.
+    """
+
+    job: DecodeJob = field(compare=False)
+    frame: FrameInfo | None = None
+    holds_reader: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

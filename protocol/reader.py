@@ -116,6 +116,7 @@ class FrameReader:
         self._events: deque[Event] = deque()
         self._pause_event: Event | None = None
         self._resume_due = False
+        self._held = False
         self._deferred_header = False
         self._pending = bytearray()
         self._eof = False
@@ -190,12 +191,37 @@ class FrameReader:
         if self._events:
             event = self._events.popleft()
             if event is self._pause_event:
-                self._pause_event = None
-                self._resume_due = True
+                if getattr(event, "holds_reader", False):
+                    self._held = True  # paused until `release`: its work is done elsewhere
+                else:
+                    self._pause_event = None
+                    self._resume_due = True
             return event
         if self.error is not None:
             raise self.error
         return None
+
+    def release(self) -> None:
+        """The held frame's work is done (`holds_reader` events): read on.
+
+        Raises:
+            LocalProtocolError: nothing was held (an I/O-layer bug).
+        """
+        if not self._held:
+            msg = "release() but no frame event holds the reader"
+            raise LocalProtocolError(msg)
+        self._held = False
+        self._pause_event = None
+        self._resume_due = True
+
+    def fail(self, exc: LocalProtocolError, frame: FrameInfo | None) -> RemoteProtocolError:
+        """The stream fails with `exc` (found outside the reader, about `frame`); the error."""
+        self._held = False
+        exc.located(frame)
+        self._guard(lambda: _raise(exc))
+        if self.error is None:  # pragma: no cover - _guard records every LocalProtocolError
+            return RemoteProtocolError.from_local(exc)
+        return self.error
 
     def emit(self, event: Event, *, pause: bool = False) -> None:
         """Queue an event (``pause``: a frame event that must be taken before going on)."""
@@ -367,3 +393,7 @@ class FrameReader:
             self._frame = self._unknown_frame()
         msg = f"the stream ended inside {where}"
         raise LocalProtocolError(msg, code=ErrorCode.TRUNCATED)
+
+
+def _raise(exc: LocalProtocolError) -> None:
+    raise exc

@@ -39,6 +39,7 @@ from protocol import (
     ProtocolError,
     ResolveRequested,
 )
+from vmm import workers
 from vmm.outgoing import channel_options
 from vmm.runner import MachineRunner
 
@@ -166,9 +167,11 @@ class IncomingRouter:
 
         `authenticated`: the channel is TLS, so its frames may come without checksums.
         """
-        return DestConnection(
+        conn = DestConnection(
             timeouts=self._params().timeouts, now=self._clock(), authenticated=authenticated
         )
+        conn.defer_decode = workers.decode_on_workers  # compressed frames: decoded on workers
+        return conn
 
     async def _route(self, channel: ChannelLike, conn: DestConnection, *, from_file: bool) -> None:
         try:

@@ -22,7 +22,8 @@ import structlog
 from migration import actions as act
 from migration import inputs as inp
 from netio import NetIOError, connect_channel
-from protocol import ConnectionClosed, PeerTimedOut, ProtocolError
+from protocol import ConnectionClosed, PagesToDecode, PeerTimedOut, ProtocolError
+from vmm.workers import decoded
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
@@ -326,6 +327,8 @@ class MachineRunner:
         try:
             while True:
                 event = cast("ProtocolEvent", await channel.next_event())
+                if isinstance(event, PagesToDecode):
+                    event = await decoded(channel, event)
                 io_error = None
                 if isinstance(event, ConnectionClosed) and channel.last_error is not None:
                     io_error = channel.last_error.strerror or str(channel.last_error)

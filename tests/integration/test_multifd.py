@@ -14,6 +14,7 @@ import pytest
 from migration.source_phases import AwaitingLoaded, Done
 from tests.helpers.inproc import FINAL, Daemon, make_pair, small_vm
 from tests.integration import paths
+from vmm import workers
 from vmm.fill_content import resolve_fill
 
 
@@ -115,10 +116,17 @@ def test_device_state_waits_for_the_ram_still_on_multifd_channels(run, tmp):
     run(main)
 
 
+@pytest.mark.parametrize("on_workers", [False, True], ids=["decode-on-loop", "decode-on-workers"])
 @pytest.mark.parametrize("codec", ["zlib", "zstd"])
 @pytest.mark.parametrize("fill", ["mixed", "random"])
-def test_compressed_multifd_matches_the_replay_and_shrinks_what_shrinks(run, tmp, codec, fill):
-    """multifd-compression: real file contents shrink; random pages go raw, never larger."""
+def test_compressed_multifd_matches_the_replay_and_shrinks_what_shrinks(
+    run, tmp, codec, fill, on_workers, monkeypatch
+):
+    """multifd-compression: real file contents shrink; random pages go raw, never larger.
+
+    The destination decodes on its loop (2 cores) or on worker threads (more cores).
+    """
+    monkeypatch.setattr(workers, "decode_on_workers", on_workers)
     config, _ = resolve_fill({"ram_mib": 16, "fill": fill, "dirty_rate": 5000, "seed": 5})
 
     async def main() -> None:
@@ -145,8 +153,12 @@ def test_compressed_multifd_matches_the_replay_and_shrinks_what_shrinks(run, tmp
     run(main)
 
 
-def test_a_compression_bomb_fails_the_migration_and_the_vm_runs_on(run, tmp):
+@pytest.mark.parametrize("on_workers", [False, True], ids=["decode-on-loop", "decode-on-workers"])
+def test_a_compression_bomb_fails_the_migration_and_the_vm_runs_on(
+    run, tmp, on_workers, monkeypatch
+):
     """A frame that claims to decompress to far more than its pages is refused, clearly."""
+    monkeypatch.setattr(workers, "decode_on_workers", on_workers)
     config, _ = resolve_fill({"ram_mib": 8, "fill": "mixed", "dirty_rate": 5000, "seed": 5})
 
     async def main() -> None:

@@ -10,10 +10,17 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from helpers.pair import decode_main, make_config, replay_main, sent_bytes
+from helpers.pair import (
+    decode_main,
+    make_batch,
+    make_config,
+    pattern_ram,
+    replay_main,
+    sent_bytes,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vectors.generate import multifd_config
+from vectors.generate import ZLIB_PAGES_4_TO_7, ZSTD_PAGES_4_TO_7, multifd_config
 
 from protocol import (
     ChannelAnnounced,
@@ -21,13 +28,18 @@ from protocol import (
     DestConnection,
     Limits,
     LocalProtocolError,
+    PageKind,
+    PagesToDecode,
     PostcopyRunning,
     RemoteProtocolError,
     SourceConnection,
 )
+from protocol.codec import Codec, Compressed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from protocol.ram import RunTable
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 MAIN = [
@@ -236,15 +248,78 @@ def test_mutated_tls_channel_without_checksums(ops, cuts):
     feed_channel(mutate(TLS_CHANNEL, ops), cuts, _joined_take_all, tls=True)
 
 
+def _tls_compressed_channel() -> bytes:
+    """A TLS multifd channel (no checksums) with zlib and zstd frames: mutations reach them."""
+    ram = pattern_ram(16, 1024)
+    source = SourceConnection(timeouts=None, now=0.0, authenticated=True)
+    source.open_multifd(multifd_config(), 0)
+    source.send_multifd_sync(1)
+    pages = make_batch(ram, [(4, 4, PageKind.NORMAL)], 1024)
+    source.send_pages(pages, Compressed(Codec.ZLIB, ZLIB_PAGES_4_TO_7))
+    source.send_pages(pages, Compressed(Codec.ZSTD, ZSTD_PAGES_4_TO_7))
+    source.send_eof()
+    return sent_bytes(source)
+
+
+TLS_COMPRESSED = _tls_compressed_channel()
+
+
+class _Ram:
+    """A sink of sixteen 1 KiB pages (the vectors' RAM)."""
+
+    def __init__(self) -> None:
+        self.mem = memoryview(bytearray(16 * 1024))
+
+    def page_buffers(self, runs: RunTable, _data_len: int) -> list[memoryview]:
+        spans = zip(
+            runs.first_pfn.tolist(), runs.end_pfn.tolist(), runs.normal.tolist(), strict=True
+        )
+        return [self.mem[a * 1024 : b * 1024] for a, b, normal in spans if normal]
+
+    def pages_loaded(self, runs: RunTable) -> None:
+        pass
+
+    def page(self, pfn: int) -> memoryview:
+        return self.mem[pfn * 1024 : (pfn + 1) * 1024]
+
+
+def _deferred_take_all(receiver: DestConnection) -> None:
+    """As the daemons' runner does with `defer_decode`: decode each PagesToDecode, hand it back."""
+    for _ in range(10_000):
+        event = receiver.next_event()
+        if event is None:
+            return
+        if isinstance(event, ChannelAnnounced) and event.role in _PAGE_ROLES:
+            with contextlib.suppress(LocalProtocolError):  # a mutated id: the router refuses
+                receiver.join(multifd_config(), _Ram())
+        if isinstance(event, PagesToDecode):
+            try:
+                raw: bytes | LocalProtocolError = event.job.run()
+            except LocalProtocolError as exc:
+                raw = exc
+            receiver.pages_decoded(event, raw)
+    raise AssertionError("endless events")
+
+
+@FUZZ
+@given(mutations, st.lists(st.integers(0, 1 << 12), max_size=6))
+def test_mutated_compressed_frames_decoded_by_the_caller(ops, cuts):
+    """Compressed frames decoded outside the connection (`defer_decode`), mutated behind TLS:
+    only RemoteProtocolError escapes, from `next_event` or from `pages_decoded`."""
+    feed_channel(mutate(TLS_COMPRESSED, ops), cuts, _deferred_take_all, tls=True, defer=True)
+
+
 def feed_channel(
     data: bytes,
     cuts: list[int],
     take_all: Callable[[DestConnection], None],
     *,
     tls: bool = False,
+    defer: bool = False,
 ) -> None:
     """Deliver a channel's bytes in pieces to a destination, taking events the router's way."""
     receiver = dest(return_path=True, tls=tls)
+    receiver.defer_decode = defer
     points = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
     start = 0
     try:
