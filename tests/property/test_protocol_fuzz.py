@@ -39,6 +39,7 @@ from protocol.codec import Codec, Compressed
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from protocol import PageSink
     from protocol.ram import RunTable
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -217,15 +218,22 @@ PAGE_CHANNELS = [(VECTORS / name).read_bytes() for name in ("multifd.bin", "pree
 TLS_CHANNEL = (VECTORS / "multifd_tls.bin").read_bytes()
 
 
-def _joined_take_all(receiver: DestConnection) -> None:
-    """Take events; on a multifd CHANNEL, join the vector's configuration as the router does."""
+def _joined_take_all(receiver: DestConnection, sink: Callable[[], PageSink] | None = None) -> None:
+    """Take events; on a multifd CHANNEL, join the vector's configuration as the router does
+    (into a new `sink` if given); decode what the connection leaves to its caller."""
     for _ in range(10_000):
         event = receiver.next_event()
         if event is None:
             return
         if isinstance(event, ChannelAnnounced) and event.role in _PAGE_ROLES:
             with contextlib.suppress(LocalProtocolError):  # a mutated id: the router refuses
-                receiver.join(multifd_config(), None)
+                receiver.join(multifd_config(), sink() if sink else None)
+        if isinstance(event, PagesToDecode):
+            try:
+                raw: bytes | LocalProtocolError = event.job.run()
+            except LocalProtocolError as exc:
+                raw = exc
+            receiver.pages_decoded(event, raw)
     raise AssertionError("endless events")
 
 
@@ -285,20 +293,7 @@ class _Ram:
 
 def _deferred_take_all(receiver: DestConnection) -> None:
     """As the daemons' runner does with `defer_decode`: decode each PagesToDecode, hand it back."""
-    for _ in range(10_000):
-        event = receiver.next_event()
-        if event is None:
-            return
-        if isinstance(event, ChannelAnnounced) and event.role in _PAGE_ROLES:
-            with contextlib.suppress(LocalProtocolError):  # a mutated id: the router refuses
-                receiver.join(multifd_config(), _Ram())
-        if isinstance(event, PagesToDecode):
-            try:
-                raw: bytes | LocalProtocolError = event.job.run()
-            except LocalProtocolError as exc:
-                raw = exc
-            receiver.pages_decoded(event, raw)
-    raise AssertionError("endless events")
+    _joined_take_all(receiver, _Ram)
 
 
 @FUZZ
