@@ -6,7 +6,9 @@ limits. Each input is fed whole, byte by byte, and through ``get_buffers``/``buf
 The first input byte picks the target: main stream (file mode / return-path mode), return path,
 a postcopy return path (page requests, the source past POSTCOPY_RUN), or a multifd channel
 (joined to the multifd vector's configuration on its CHANNEL handshake, as the router does),
-or a TLS connection (whose frames may come without checksums, so mutations reach the decoders).
+or a TLS connection (whose frames may come without checksums, so mutations reach the decoders),
+or a multifd channel that leaves its compressed frames to be decoded by its caller
+(`defer_decode`, as the daemons' runner does on more than 2 cores) into a real page sink.
 
     .venv/bin/python tests/fuzz/fuzz_dest.py -max_total_time=600 tests/fuzz/corpus
 
@@ -30,6 +32,7 @@ with atheris.instrument_imports():
         DestConnection,
         Limits,
         LocalProtocolError,
+        PagesToDecode,
         RemoteProtocolError,
         SourceConnection,
     )
@@ -79,7 +82,11 @@ def _recover_config(ram_pages: int, page_size: int) -> protocol.MigrationConfigu
 
 
 def _receiver(selector: int) -> SourceConnection | DestConnection:
-    target = selector % 7
+    target = selector % 8
+    if target == 7:  # compressed frames decoded by the caller (`_take`), into `_Ram`
+        deferring = DestConnection(limits=LIMITS, timeouts=None, now=0.0)
+        deferring.defer_decode = True
+        return deferring
     if target == 6:  # a TLS connection: frames may drop their checksums (CHANNEL checksum none)
         return DestConnection(limits=LIMITS, timeouts=None, now=0.0, authenticated=True)
     if target == 2:
@@ -91,9 +98,42 @@ def _receiver(selector: int) -> SourceConnection | DestConnection:
     return DestConnection(return_path=target != 0, limits=LIMITS, timeouts=None, now=0.0)
 
 
+class _Ram:
+    """A page sink over the vectors' RAM (1 KiB pages)."""
+
+    def __init__(self) -> None:
+        from vectors.generate import PAGE_SIZE, RAM_PAGES  # noqa: PLC0415
+
+        self.page_size = PAGE_SIZE
+        self.mem = memoryview(bytearray(RAM_PAGES * PAGE_SIZE))
+
+    def page_buffers(self, runs: protocol.RunTable, _data_len: int) -> list[memoryview]:
+        size = self.page_size
+        columns = (runs.first_pfn.tolist(), runs.end_pfn.tolist(), runs.normal.tolist())
+        return [self.mem[a * size : b * size] for a, b, n in zip(*columns, strict=True) if n]
+
+    def pages_loaded(self, runs: protocol.RunTable) -> None:
+        pass
+
+    def page(self, pfn: int) -> memoryview:
+        return self.mem[pfn * self.page_size : (pfn + 1) * self.page_size]
+
+
+def _next(conn: SourceConnection | DestConnection) -> object:
+    """The next event; a frame left to its caller is decoded and handed back, as the runner does."""
+    event = conn.next_event()
+    if isinstance(event, PagesToDecode) and isinstance(conn, DestConnection):
+        try:
+            raw: bytes | LocalProtocolError = event.job.run()
+        except LocalProtocolError as exc:
+            raw = exc
+        return conn.pages_decoded(event, raw)
+    return event
+
+
 def _take(conn: SourceConnection | DestConnection) -> None:
     for _ in range(MAX_EVENTS):
-        event = conn.next_event()
+        event = _next(conn)
         if event is None:
             return
         if isinstance(event, ChannelAnnounced) and event.role in {
@@ -121,7 +161,7 @@ def _join(conn: SourceConnection | DestConnection) -> None:
 
     if isinstance(conn, DestConnection):
         with contextlib.suppress(LocalProtocolError):
-            conn.join(multifd_config(), None)
+            conn.join(multifd_config(), _Ram() if conn.defer_decode else None)
 
 
 def _whole(conn: SourceConnection | DestConnection, data: bytes) -> None:
@@ -145,7 +185,7 @@ def _buffers(conn: SourceConnection | DestConnection, data: bytes) -> None:
     while pos < len(data):
         buffers = conn.get_buffers()
         if not buffers:
-            if conn.next_event() is None:
+            if _next(conn) is None:
                 return
             continue
         buf = buffers[0]
@@ -194,6 +234,8 @@ def _seed_corpus(corpus: Path) -> None:
     }
     for name, selector in seeds.items():
         (corpus / f"seed-{name}").write_bytes(bytes([selector]) + (VECTORS / name).read_bytes())
+    deferred = bytes([7]) + (VECTORS / "multifd.bin").read_bytes()
+    (corpus / "seed-deferred-multifd.bin").write_bytes(deferred)
 
 
 def main() -> None:
