@@ -311,7 +311,12 @@ class DestConnection(Connection):
 
     def _decode(self, plan: RunTable, codec: Codec, data: memoryview) -> memoryview | None:
         """Decompress a verified frame's pages into the sink (or return them without one)."""
-        raw = self._decompressor.decompress(codec, data, self._decoded_len(plan))
+        return self._place(
+            plan, self._decompressor.decompress(codec, data, self._decoded_len(plan))
+        )
+
+    def _place(self, plan: RunTable, raw: bytes) -> memoryview | None:
+        """Decoded pages into the sink (one copy), or returned as they are without one."""
         if self._sink is None:
             return memoryview(raw)
         copy_into(self._sink.page_buffers(plan, len(raw)), [raw])
@@ -360,9 +365,7 @@ class DestConnection(Connection):
         try:
             if isinstance(raw, LocalProtocolError):
                 raise raw
-            if self._sink is not None:
-                copy_into(self._sink.page_buffers(plan, len(raw)), [raw])
-            done = self._pages_received(plan, None)
+            done = self._pages_received(plan, self._place(plan, raw))
         except LocalProtocolError as exc:
             raise self._reader.fail(exc, event.frame) from exc
         self._reader.release()
@@ -378,7 +381,6 @@ class DestConnection(Connection):
         return event
 
     def _finish_ram(self, info: FrameInfo, plan: RunTable) -> ev.Event:
-        event: ev.Event
         if info.kind == FrameKind.PAGES:
             data = self._scratch
             if self._codec is not None and data is not None and self._defers(plan):
@@ -388,22 +390,17 @@ class DestConnection(Connection):
                 return ev.PagesToDecode(job=job)
             if self._codec is not None and data is not None:
                 data = self._decode(plan, self._codec, data)
-            event = ev.MultifdPagesReceived(
-                normal_pages=plan.normal_pages,
-                zero_pages=plan.zero_pages,
-                runs=plan.runs,
-                data=data,
-            )
-        else:
-            event = ev.RamPagesReceived(
-                section_id=info.section_id,
-                end=info.kind == FrameKind.SECTION_END,
-                normal_pages=plan.normal_pages,
-                zero_pages=plan.zero_pages,
-                runs=plan.runs,
-                data=self._scratch if self._sink is None else None,
-                xbzrle_pages=plan.xbzrle_pages,
-            )
+            self._plan, self._scratch = None, None
+            return self._pages_received(plan, data)
+        event = ev.RamPagesReceived(
+            section_id=info.section_id,
+            end=info.kind == FrameKind.SECTION_END,
+            normal_pages=plan.normal_pages,
+            zero_pages=plan.zero_pages,
+            runs=plan.runs,
+            data=self._scratch if self._sink is None else None,
+            xbzrle_pages=plan.xbzrle_pages,
+        )
         self._main.accept(event)
         if self._sink is not None and plan.delta_lens is not None and self._scratch is not None:
             self._apply_deltas(self._sink, plan, self._scratch)

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 class Event:
     """Base class of all events."""
 
+    holds_reader: ClassVar[bool] = False  # True: the reader waits for the caller's work on it
+
 
 EventT = TypeVar("EventT", bound=Event)
 

@@ -191,7 +191,7 @@ class FrameReader:
         if self._events:
             event = self._events.popleft()
             if event is self._pause_event:
-                if getattr(event, "holds_reader", False):
+                if event.holds_reader:
                     self._held = True  # paused until `release`: its work is done elsewhere
                 else:
                     self._pause_event = None
@@ -217,11 +217,7 @@ class FrameReader:
     def fail(self, exc: LocalProtocolError, frame: FrameInfo | None) -> RemoteProtocolError:
         """The stream fails with `exc` (found outside the reader, about `frame`); the error."""
         self._held = False
-        exc.located(frame)
-        self._guard(lambda: _raise(exc))
-        if self.error is None:  # pragma: no cover - _guard records every LocalProtocolError
-            return RemoteProtocolError.from_local(exc)
-        return self.error
+        return self.error or self._record(exc.located(frame))
 
     def emit(self, event: Event, *, pause: bool = False) -> None:
         """Queue an event (``pause``: a frame event that must be taken before going on)."""
@@ -242,12 +238,17 @@ class FrameReader:
         try:
             step()
         except LocalProtocolError as exc:
-            frame = exc.frame or self._frame
-            exc.located(frame, self._sink.idstr_of(frame.section_id) if frame else None)
-            self.error = RemoteProtocolError.from_local(exc)
-            self._segments.clear()
-            self._pending = bytearray()
-            self._sink.on_failed()
+            self._record(exc)
+
+    def _record(self, exc: LocalProtocolError) -> RemoteProtocolError:
+        """The stream fails with `exc`: nothing more is read; the error `next_event` raises."""
+        frame = exc.frame or self._frame
+        exc.located(frame, self._sink.idstr_of(frame.section_id) if frame else None)
+        self.error = RemoteProtocolError.from_local(exc)
+        self._segments.clear()
+        self._pending = bytearray()
+        self._sink.on_failed()
+        return self.error
 
     def _feed(self, view: memoryview) -> None:
         while view.nbytes and not self.ended:
@@ -393,7 +394,3 @@ class FrameReader:
             self._frame = self._unknown_frame()
         msg = f"the stream ended inside {where}"
         raise LocalProtocolError(msg, code=ErrorCode.TRUNCATED)
-
-
-def _raise(exc: LocalProtocolError) -> None:
-    raise exc

@@ -98,25 +98,12 @@ def _receiver(selector: int) -> SourceConnection | DestConnection:
     return DestConnection(return_path=target != 0, limits=LIMITS, timeouts=None, now=0.0)
 
 
-class _Ram:
-    """A page sink over the vectors' RAM (1 KiB pages)."""
+def _ram() -> protocol.PageSink:
+    """The vectors' RAM as a page sink (the deferring target places pages for real)."""
+    from helpers.pair import BytesRam  # noqa: PLC0415
+    from vectors.generate import PAGE_SIZE, RAM_PAGES  # noqa: PLC0415
 
-    def __init__(self) -> None:
-        from vectors.generate import PAGE_SIZE, RAM_PAGES  # noqa: PLC0415
-
-        self.page_size = PAGE_SIZE
-        self.mem = memoryview(bytearray(RAM_PAGES * PAGE_SIZE))
-
-    def page_buffers(self, runs: protocol.RunTable, _data_len: int) -> list[memoryview]:
-        size = self.page_size
-        columns = (runs.first_pfn.tolist(), runs.end_pfn.tolist(), runs.normal.tolist())
-        return [self.mem[a * size : b * size] for a, b, n in zip(*columns, strict=True) if n]
-
-    def pages_loaded(self, runs: protocol.RunTable) -> None:
-        pass
-
-    def page(self, pfn: int) -> memoryview:
-        return self.mem[pfn * self.page_size : (pfn + 1) * self.page_size]
+    return BytesRam(RAM_PAGES, PAGE_SIZE)
 
 
 def _next(conn: SourceConnection | DestConnection) -> object:
@@ -161,7 +148,7 @@ def _join(conn: SourceConnection | DestConnection) -> None:
 
     if isinstance(conn, DestConnection):
         with contextlib.suppress(LocalProtocolError):
-            conn.join(multifd_config(), _Ram() if conn.defer_decode else None)
+            conn.join(multifd_config(), _ram() if conn.defer_decode else None)
 
 
 def _whole(conn: SourceConnection | DestConnection, data: bytes) -> None:

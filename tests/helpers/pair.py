@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
+    from protocol.ram import RunTable
+
 PAGE_SIZE = 4096
 
 
@@ -129,6 +131,34 @@ def pattern_ram(pages: int, page_size: int = PAGE_SIZE, seed: int = 1) -> bytear
     index = np.arange(pages * page_size, dtype=np.uint64)
     values = (index * 2654435761 + seed * 97 + (index >> 12) * 7919) % 251
     return bytearray(values.astype(np.uint8).tobytes())
+
+
+class BytesRam:
+    """A page sink over a bytearray (the vectors' 1 KiB pages by default): what a test joins a
+    multifd channel with when the connection must place pages itself."""
+
+    def __init__(self, n_pages: int, page_size: int = 1024) -> None:
+        self.page_size = page_size
+        self.mem = bytearray(n_pages * page_size)
+        self.loaded = 0
+
+    def _spans(self, runs: RunTable) -> list[tuple[int, int, bool]]:
+        columns = (runs.first_pfn.tolist(), runs.end_pfn.tolist(), runs.normal.tolist())
+        return list(zip(*columns, strict=True))
+
+    def page_buffers(self, runs: RunTable, _data_len: int) -> list[memoryview]:
+        view, size = memoryview(self.mem), self.page_size
+        return [view[a * size : b * size] for a, b, normal in self._spans(runs) if normal]
+
+    def pages_loaded(self, runs: RunTable) -> None:
+        size = self.page_size
+        for first, end, normal in self._spans(runs):
+            if not normal:
+                self.mem[first * size : end * size] = bytes((end - first) * size)
+        self.loaded += 1
+
+    def page(self, pfn: int) -> memoryview:
+        return memoryview(self.mem)[pfn * self.page_size : (pfn + 1) * self.page_size]
 
 
 @dataclass

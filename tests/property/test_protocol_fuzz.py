@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from helpers.pair import (
+    BytesRam,
     decode_main,
     make_batch,
     make_config,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from protocol import PageSink
-    from protocol.ram import RunTable
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 MAIN = [
@@ -272,28 +272,9 @@ def _tls_compressed_channel() -> bytes:
 TLS_COMPRESSED = _tls_compressed_channel()
 
 
-class _Ram:
-    """A sink of sixteen 1 KiB pages (the vectors' RAM)."""
-
-    def __init__(self) -> None:
-        self.mem = memoryview(bytearray(16 * 1024))
-
-    def page_buffers(self, runs: RunTable, _data_len: int) -> list[memoryview]:
-        spans = zip(
-            runs.first_pfn.tolist(), runs.end_pfn.tolist(), runs.normal.tolist(), strict=True
-        )
-        return [self.mem[a * 1024 : b * 1024] for a, b, normal in spans if normal]
-
-    def pages_loaded(self, runs: RunTable) -> None:
-        pass
-
-    def page(self, pfn: int) -> memoryview:
-        return self.mem[pfn * 1024 : (pfn + 1) * 1024]
-
-
 def _deferred_take_all(receiver: DestConnection) -> None:
     """As the daemons' runner does with `defer_decode`: decode each PagesToDecode, hand it back."""
-    _joined_take_all(receiver, _Ram)
+    _joined_take_all(receiver, lambda: BytesRam(16))
 
 
 @FUZZ

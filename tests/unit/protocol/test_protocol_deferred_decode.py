@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
-from helpers.pair import pattern_ram
+from helpers.pair import BytesRam, pattern_ram
 from vectors.generate import multifd_config
 
 from protocol import (
@@ -22,38 +21,8 @@ from protocol import (
     RemoteProtocolError,
 )
 
-if TYPE_CHECKING:
-    from protocol.ram import RunTable
-
 VECTOR = (Path(__file__).resolve().parents[2] / "vectors" / "multifd.bin").read_bytes()
 PAGE = 1024
-
-
-def spans(runs: RunTable) -> list[tuple[int, int, bool]]:
-    """(first page, end page, NORMAL) per run."""
-    columns = (runs.first_pfn.tolist(), runs.end_pfn.tolist(), runs.normal.tolist())
-    return list(zip(*columns, strict=True))
-
-
-class BytesRam:
-    """A page sink over a bytearray of 1 KiB pages (the vectors' page size)."""
-
-    def __init__(self, n_pages: int) -> None:
-        self.mem = bytearray(n_pages * PAGE)
-        self.loaded = 0
-
-    def page_buffers(self, runs: RunTable, data_len: int) -> list[memoryview]:
-        view = memoryview(self.mem)
-        return [view[first * PAGE : end * PAGE] for first, end, normal in spans(runs) if normal]
-
-    def pages_loaded(self, runs: RunTable) -> None:
-        for first, end, normal in spans(runs):
-            if not normal:
-                self.mem[first * PAGE : end * PAGE] = bytes((end - first) * PAGE)
-        self.loaded += 1
-
-    def page(self, pfn: int) -> memoryview:
-        return memoryview(self.mem)[pfn * PAGE : (pfn + 1) * PAGE]
 
 
 def receiving(ram: BytesRam) -> DestConnection:
