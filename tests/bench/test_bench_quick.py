@@ -75,6 +75,7 @@ def test_the_tls_and_fills_figures_run_on_demand(tmp_path: Path, figure: str) ->
         assert {(v, "completed") for v in ("plaintext", "tls", "tls+xxh3")} == {
             (r["variant"], r["status"]) for r in result["runs"]
         }
+        assert result["ceiling_ratio"] > 0  # the bare TLS pair (bench.wire_tls) moved bytes
     else:
         fills = result["fills"]
         assert fills["random"]["zlib_ratio"] < 1.05 < fills["mixed"]["zlib_ratio"]
