@@ -23,7 +23,7 @@ from protocol import (
     PeerTimedOut,
     StreamEnded,
 )
-from protocol.postcopy import MAX_REQUEST_RANGES, ranges_of_pages
+from protocol.postcopy import MAX_REQUEST_RANGES, ranges_mask, ranges_of_pages
 from vmsim import RamLoader
 from vmsim.postcopy import PostcopyPages, unique_pages
 
@@ -52,7 +52,7 @@ class PostcopyIncoming:
         self.advised = False
         self.requests = 0
         self.requested_pages = 0
-        self._discards: list[NDArray[np.int64]] = []
+        self._discards: list[PageRanges] = []
         self._requested: NDArray[np.bool_] | None = None
 
     @property
@@ -62,7 +62,7 @@ class PostcopyIncoming:
 
     def discard(self, ranges: PageRanges) -> None:
         """POSTCOPY_RAM_DISCARD: these pages will come again."""
-        self._discards.append(ranges.pages())
+        self._discards.append(ranges)
 
     def listen(self, machine: Machine) -> None:
         """POSTCOPY_LISTEN: the discarded pages are missing from now on.
@@ -74,7 +74,7 @@ class PostcopyIncoming:
         if not self.advised:
             msg = "POSTCOPY_LISTEN without POSTCOPY_ADVISE at setup"
             raise LoadError(msg, ErrorCode.UNEXPECTED_SECTION)
-        missing = np.concatenate(self._discards) if self._discards else np.zeros(0, np.int64)
+        missing = ranges_mask(self._discards, machine.ram.n_pages)
         self._discards = []
         machine.start_postcopy(missing)
         self._requested = np.zeros(machine.ram.n_pages, dtype=np.bool_)

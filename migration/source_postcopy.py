@@ -19,7 +19,7 @@ import numpy as np
 from migration.backoff import Backoff
 from migration.errors import CommandRefusedError
 from migration.status import MigrationStatus
-from protocol.postcopy import MAX_DISCARD_RANGES, ranges_of_pages
+from protocol.postcopy import MAX_DISCARD_RANGES, ranges_of_mask
 from vmsim import PAGE_SIZE, state_complete_devices
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def send_switch(conn: SourceConnection, machine: Machine, ram_section_id: int) -
     first, discard = machine.ram_handler.postcopy_start(machine.layout.device_pfns)
     if first is not None:
         conn.send_ram(ram_section_id, first, end=False)
-    starts, counts = ranges_of_pages(discard)
+    starts, counts = ranges_of_mask(discard)
     for at in range(0, len(starts), MAX_DISCARD_RANGES):
         end = at + MAX_DISCARD_RANGES
         conn.send_postcopy_discard(starts[at:end], counts[at:end])
@@ -166,7 +166,7 @@ def send_switch(conn: SourceConnection, machine: Machine, ram_section_id: int) -
     for record in state_complete_devices(machine.savevm):
         _send_full(conn, record)
     conn.send_postcopy_run()
-    return len(discard)
+    return int(counts.sum())
 
 
 def _send_full(conn: SourceConnection, record: SectionFull) -> None:

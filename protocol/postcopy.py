@@ -17,6 +17,8 @@ import numpy as np
 from protocol.meta import bad
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from numpy.typing import NDArray
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "PageRanges",
     "check_ranges_fit",
     "pack_ranges",
+    "ranges_mask",
+    "ranges_of_mask",
     "ranges_of_pages",
     "unpack_ranges",
 ]
@@ -36,6 +40,7 @@ MAX_DISCARD_RANGES: Final = 8192
 MAX_REQUEST_RANGES: Final = 64
 """Ranges in one REQ_PAGES."""
 _PFN_LIMIT: Final = 1 << 32
+_FEW_RANGES: Final = 64  # up to this many, `ranges_mask` assigns slices; past it, one cumsum
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -54,6 +59,43 @@ class PageRanges:
         counts = self.end_pfn - self.first_pfn
         offsets = np.cumsum(counts) - counts
         return np.repeat(self.first_pfn - offsets, counts) + np.arange(int(counts.sum()))
+
+
+def ranges_mask(ranges: Sequence[PageRanges], n_pages: int) -> NDArray[np.bool_]:
+    """One bool per page of `n_pages`: True inside any of `ranges` (they may overlap).
+
+    No page list is built: a discard of all of a 1 GiB guest's pages expanded to page numbers
+    cost the destination 2-5 ms of the guest's pause (`bench postcopy`), a slice takes µs.
+
+    Raises:
+        ValueError: a range ends past `n_pages` (the tracker refuses those: `check_ranges_fit`).
+    """
+    if any(len(r.end_pfn) and int(r.end_pfn.max()) > n_pages for r in ranges):
+        msg = f"a range ends past page {n_pages}"
+        raise ValueError(msg)
+    if sum(len(r.first_pfn) for r in ranges) <= _FEW_RANGES:
+        mask = np.zeros(n_pages, dtype=np.bool_)
+        for r in ranges:
+            for first, end in zip(r.first_pfn.tolist(), r.end_pfn.tolist(), strict=True):
+                mask[first:end] = True
+        return mask
+    depth = np.zeros(n_pages + 1, dtype=np.int32)  # +1 at a range's first page, -1 past its end
+    for r in ranges:
+        np.add.at(depth, r.first_pfn, 1)
+        np.add.at(depth, r.end_pfn, -1)
+    return np.cumsum(depth[:-1], dtype=np.int32) > 0
+
+
+def ranges_of_mask(mask: NDArray[np.bool_]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The runs of True in one bool per page, as ranges: ``(first_pfn, n_pages)``.
+
+    The inverse of `ranges_mask`, without listing the pages: 0.06 ms for a 1 GiB guest's mask
+    that is all True, against 1.6 ms for `ranges_of_pages` of ``np.flatnonzero(mask)``.
+    """
+    padded = np.zeros(len(mask) + 2, dtype=np.bool_)  # False before and after: runs close
+    padded[1:-1] = mask
+    edges = np.flatnonzero(padded[1:] != padded[:-1]).astype(np.int64)
+    return edges[0::2], edges[1::2] - edges[0::2]
 
 
 def ranges_of_pages(pfns: NDArray[np.integer]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

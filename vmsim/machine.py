@@ -162,8 +162,10 @@ class Machine:
 
     # ------------------------------------------------------------------ postcopy
 
-    def start_postcopy(self, missing_pfns: NDArray[np.integer]) -> PostcopyPages:
-        """Destination: from now on the guest may run before `missing_pfns` have arrived.
+    def start_postcopy(self, missing: NDArray[np.integer] | NDArray[np.bool_]) -> PostcopyPages:
+        """Destination: from now on the guest may run before the `missing` pages have arrived.
+
+        `missing` are page numbers, or one bool per page (True: missing).
 
         Guest writes are journaled and applied once their pages are received (`run` then
         blocks the vCPUs until they are); received pages go through the RAM loader, which
@@ -176,7 +178,7 @@ class Machine:
         """
         if self.postcopy is not None:
             raise NotAllowed("start_postcopy: postcopy already started")
-        pages = PostcopyPages(self.ram.n_pages, missing_pfns)
+        pages = PostcopyPages(self.ram.n_pages, missing)
         device_missing = ~pages.received[self.layout.device_pfns]
         if device_missing.any():
             msg = (

@@ -93,19 +93,26 @@ class PostcopyPages:
         journal: the guest's writes not yet applied (the blocked slice, if any).
     """
 
-    def __init__(self, n_pages: int, missing_pfns: NDArray[np.integer]) -> None:
-        """Every page is received except `missing_pfns` (what the source discarded).
+    def __init__(self, n_pages: int, missing: NDArray[np.integer] | NDArray[np.bool_]) -> None:
+        """Every page is received except the `missing` ones (what the source discarded).
+
+        Args:
+            n_pages: The RAM's pages.
+            missing: The missing page numbers, or one bool per page (True: missing).
 
         Raises:
-            RamError: a missing page is outside RAM.
+            RamError: a missing page is outside RAM, or the mask is not one bool per page.
         """
-        outside = len(missing_pfns) and (
-            int(missing_pfns.min()) < 0 or int(missing_pfns.max()) >= n_pages
-        )
-        if outside:
-            raise RamError(f"postcopy: missing pages outside RAM of {n_pages} pages")
-        self.received: NDArray[np.bool_] = np.ones(n_pages, dtype=np.bool_)
-        self.received[missing_pfns] = False
+        if missing.dtype == np.bool_:
+            if len(missing) != n_pages:
+                raise RamError(f"postcopy: {len(missing)} bools for a RAM of {n_pages} pages")
+            self.received: NDArray[np.bool_] = np.logical_not(missing)
+        else:
+            outside = len(missing) and (int(missing.min()) < 0 or int(missing.max()) >= n_pages)
+            if outside:
+                raise RamError(f"postcopy: missing pages outside RAM of {n_pages} pages")
+            self.received = np.ones(n_pages, dtype=np.bool_)
+            self.received[missing] = False
         self._missing_count = n_pages - int(np.count_nonzero(self.received))
         self.journal = WriteJournal()
 

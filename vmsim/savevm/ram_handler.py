@@ -142,20 +142,21 @@ class RamSaveHandler:
 
     def postcopy_start(
         self, first_pfns: Sequence[int]
-    ) -> tuple[PageBatch | None, NDArray[np.intp]]:
+    ) -> tuple[PageBatch | None, NDArray[np.bool_]]:
         """With the VM stopped, switch to postcopy (QEMU's ram_postcopy_send_discard_bitmap).
 
         Syncs the dirty log once more, takes `first_pfns` that are still to send (the pages the
         device state reads at load, `MachineLayout.device_pfns`) into a batch that goes before
         the device state, and returns it with every page still to send: what the destination
-        must treat as missing. The rest goes by `save_live_iterate` (the background push) and
-        `save_pages` (the destination's requests); the source's RAM no longer changes.
+        must treat as missing (one bool per page, a copy). The rest goes by `save_live_iterate`
+        (the background push) and `save_pages` (the destination's requests); the source's RAM no
+        longer changes.
         """
         bitmap = self._require_bitmap()
         self._completing = True
         self._sync(bitmap)
         batch = self.save_pages(np.asarray(first_pfns, dtype=np.intp))
-        return batch, np.flatnonzero(bitmap)
+        return batch, bitmap.copy()
 
     def postcopy_recover(self, received: NDArray[np.bool_]) -> int:
         """Postcopy recovery: every page the destination has not received is to send again.

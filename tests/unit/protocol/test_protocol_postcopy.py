@@ -21,7 +21,10 @@ from protocol import (
 from protocol.postcopy import (
     MAX_DISCARD_RANGES,
     MAX_REQUEST_RANGES,
+    PageRanges,
     pack_ranges,
+    ranges_mask,
+    ranges_of_mask,
     ranges_of_pages,
     unpack_ranges,
 )
@@ -43,6 +46,41 @@ def test_ranges_round_trip_and_coalesce():
     assert [1, 2, 3, 7, 9, 10] == decoded.pages().tolist()
     assert 6 == decoded.n_pages
     assert ranges_of_pages(np.zeros(0, dtype=np.int64))[0].size == 0
+
+
+def page_ranges(*pairs: tuple[int, int]) -> PageRanges:
+    first = np.array([p[0] for p in pairs], dtype=np.int64)
+    end = first + np.array([p[1] for p in pairs], dtype=np.int64)
+    return PageRanges(first_pfn=first, end_pfn=end, n_pages=int((end - first).sum()))
+
+
+def test_a_mask_of_ranges_marks_their_pages_however_many_there_are():
+    """The few-ranges path (slices) and the many-ranges one (a cumulative sum) agree."""
+    few = [page_ranges((1, 3), (7, 1)), page_ranges((9, 7))]  # the last ends at RAM's end
+    assert [1, 2, 3, 7, 9, 10, 11, 12, 13, 14, 15] == np.flatnonzero(ranges_mask(few, 16)).tolist()
+    many = [page_ranges(*[(2 * i, 1) for i in range(100)]), page_ranges((1, 4), (150, 50))]
+    expected = {2 * i for i in range(100)} | {1, 2, 3, 4} | set(range(150, 200))
+    assert sorted(expected) == np.flatnonzero(ranges_mask(many, 200)).tolist()  # overlapping
+    assert not ranges_mask([], 8).any()
+
+
+def test_a_mask_refuses_a_range_past_ram():
+    with pytest.raises(ValueError, match="past page 16"):
+        ranges_mask([page_ranges((10, 7))], 16)
+
+
+def test_the_runs_of_a_mask_are_its_ranges():
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n_pages = int(rng.integers(1, 200))
+        mask = rng.random(n_pages) < rng.random()
+        first, count = ranges_of_mask(mask)
+        assert (count > 0).all()
+        assert (first[1:] > first[:-1] + count[:-1]).all()  # ascending, never touching
+        back = ranges_mask(
+            [page_ranges(*zip(first.tolist(), count.tolist(), strict=True))], n_pages
+        )
+        assert back.tolist() == mask.tolist()
 
 
 @pytest.mark.parametrize(

@@ -224,6 +224,8 @@ def test_postcopy_refuses_what_does_not_fit() -> None:
     destination = Machine.for_incoming(config)
     with pytest.raises(RamError, match="outside RAM"):
         destination.start_postcopy(np.array([config.n_pages], dtype=np.intp))
+    with pytest.raises(RamError, match=f"3 bools for a RAM of {config.n_pages} pages"):
+        destination.start_postcopy(np.ones(3, dtype=np.bool_))
     destination.start_postcopy(np.array([3], dtype=np.intp))
     with pytest.raises(NotAllowed, match="already started"):
         destination.start_postcopy(np.array([4], dtype=np.intp))
