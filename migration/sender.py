@@ -48,9 +48,8 @@ from migration.sender_phases import (
 )
 from migration.sender_recovery import MAIN, RecoverySender
 from migration.source_postcopy import (
-    POSTCOPY_BATCH_PAGES,
-    POSTCOPY_QUEUE_AHEAD_BYTES,
     PostcopyPush,
+    push_batch_pages,
     ram_section_id,
     record_run,
     send_switch,
@@ -58,6 +57,7 @@ from migration.source_postcopy import (
 from migration.xbzrle import XbzrleEncoder
 from protocol import ErrorCode, ProtocolError, SourceConnection
 from vmsim import (
+    PAGE_SIZE,
     SectionFull,
     SectionPart,
     SectionStart,
@@ -366,14 +366,25 @@ class StreamSender(RecoverySender):
 
     # ------------------------------------------------------------------ postcopy
 
-    def start_postcopy(self) -> None:
+    def start_postcopy(self, params: MigrationParameters) -> None:
         """The VM is stopped and the arbiter agreed: queue the switch, up to POSTCOPY_RUN."""
         missing = send_switch(self.conn, self._machine, ram_section_id(self._machine))
-        self._out.log("postcopy_switch", missing_pages=missing)
-        self.postcopy = PostcopyPush(self._machine, now=self._out.now)
+        rate = self._precopy_rate()
+        if (cap := params.max_postcopy_bandwidth_bytes_per_s) > 0:  # the push is held to it
+            rate = min(rate, cap) if rate > 0 else cap
+        batch_pages = push_batch_pages(rate)
+        self._out.log("postcopy_switch", missing_pages=missing, batch_pages=batch_pages)
+        self.postcopy = PostcopyPush(self._machine, now=self._out.now, batch_pages=batch_pages)
         self.open_preempt()
         self.phase = PostcopySwitching(missing_pages=missing)
         self._flush([MAIN])
+
+    def _precopy_rate(self) -> float:
+        """Bytes per second precopy moved since setup (0: not measured)."""
+        metrics = self._metrics
+        since = metrics.setup_done_at
+        elapsed_s = self._out.now - since if since is not None else 0.0
+        return metrics.transferred_bytes / elapsed_s if elapsed_s > 0 else 0.0
 
     def postcopy_request(self, ranges: PageRanges) -> None:
         """REQ_PAGES: queue the pages asked for now, ahead of the next background batch."""
@@ -410,7 +421,7 @@ class StreamSender(RecoverySender):
             return
         if self.preempt is not None:
             self.preempt.end()
-        for end in state_complete_postcopy(self._machine.savevm, POSTCOPY_BATCH_PAGES):
+        for end in state_complete_postcopy(self._machine.savevm, push.batch_pages):
             self.conn.send_ram(end.section_id, end.batch, end=True)
         self.conn.send_eof()
         self.conn.send_vmdesc(self._machine.savevm.describe())
@@ -433,7 +444,8 @@ class StreamSender(RecoverySender):
         self._metrics.normal_pages += batch.normal_pages
         self._metrics.zero_pages += batch.zero_pages
         self.conn.send_ram(ram_section_id(self._machine), batch, end=False)
-        self._flush([MAIN], keep_bytes=POSTCOPY_QUEUE_AHEAD_BYTES)
+        ahead = self.postcopy.batch_pages if self.postcopy is not None else 0
+        self._flush([MAIN], keep_bytes=ahead * PAGE_SIZE)
 
     # ------------------------------------------------------------------ frames
 

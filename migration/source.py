@@ -386,7 +386,7 @@ class SourceMigration(DoubtEndings, PostcopyControl, PrecopyResumeControl):
             return
         if phase.postcopy:
             self.phase = Streaming()
-            self.sender.start_postcopy()
+            self.sender.start_postcopy(self.params)
             return
         self._hand_over()
 

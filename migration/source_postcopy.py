@@ -30,10 +30,27 @@ if TYPE_CHECKING:
     from protocol import PageRanges, ReceivedBitmap, SourceConnection
     from vmsim import Machine, PageBatch, SectionFull
 
+POSTCOPY_FRAME_MS: Final = 4.0
+"""A background frame after the switch takes about this long at the rate precopy moved, and
+one is kept queued ahead of the kernel: a requested page waits behind it (and the sockets'
+buffers), not behind precopy's 16 MiB. On loopback the push of a 1 GiB busy guest took
+0.75-0.79 s with 4 MiB frames against 1.03-1.16 s with 1 MiB and 0.86-0.89 with 16 MiB, and its
+guest blocked 567-644 ms against 856-951 (`bench postcopy`, three each); precopy moves that
+guest at ~1.1 GB/s (its vCPU shares the source's core), so 4 ms of it is the 4 MiB."""
 POSTCOPY_BATCH_PAGES: Final = 256
-"""1 MiB frames after the switch: a requested page waits behind at most a few of them."""
-POSTCOPY_QUEUE_AHEAD_BYTES: Final = POSTCOPY_BATCH_PAGES * PAGE_SIZE
-"""One frame queued ahead of the kernel in postcopy (precopy keeps 16 MiB: requests would wait)."""
+"""1 MiB frames when no rate was measured (the switch came before a window closed)."""
+POSTCOPY_MIN_BATCH_PAGES: Final = 64
+POSTCOPY_MAX_BATCH_PAGES: Final = 1024
+
+
+def push_batch_pages(rate_bytes_per_s: float) -> int:
+    """Pages per background frame after the switch, for a link that carries this rate."""
+    if not rate_bytes_per_s > 0:
+        return POSTCOPY_BATCH_PAGES
+    pages = int(rate_bytes_per_s * POSTCOPY_FRAME_MS / 1000.0 / PAGE_SIZE)
+    return max(POSTCOPY_MIN_BATCH_PAGES, min(POSTCOPY_MAX_BATCH_PAGES, pages))
+
+
 CANCEL_IN_POSTCOPY: Final = (
     "the migration is in postcopy: the destination runs the guest and only this side holds its "
     "missing pages, migrate_cancel is not possible now"
@@ -85,8 +102,9 @@ class PostcopyPush:
         requested_pages: pages asked for in them.
     """
 
-    def __init__(self, machine: Machine, *, now: float) -> None:
+    def __init__(self, machine: Machine, *, now: float, batch_pages: int) -> None:
         self._handler = machine.ram_handler
+        self.batch_pages = batch_pages  # per background frame (`push_batch_pages`)
         self._requests: deque[NDArray[np.intp]] = deque()
         self.requests = 0
         self.requested_pages = 0
@@ -101,13 +119,13 @@ class PostcopyPush:
         """
         if rate_bytes_per_s <= 0:
             return None
-        next_bytes = self._background_bytes + POSTCOPY_BATCH_PAGES * PAGE_SIZE
+        next_bytes = self._background_bytes + self.batch_pages * PAGE_SIZE
         due_at = self._started_at + next_bytes / rate_bytes_per_s
         return due_at if due_at > now else None
 
     def background_batch(self) -> PageBatch | None:
         """The next pages of the background push (None: all sent), counted against the rate."""
-        batch = self._handler.save_live_iterate(POSTCOPY_BATCH_PAGES)
+        batch = self._handler.save_live_iterate(self.batch_pages)
         if batch is not None:
             self._background_bytes += batch.normal_pages * PAGE_SIZE
         return batch

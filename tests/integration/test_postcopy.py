@@ -12,6 +12,7 @@ import asyncio
 
 import pytest
 
+from migration.source_postcopy import POSTCOPY_MIN_BATCH_PAGES
 from tests.helpers.inproc import FINAL, Pair, make_pair, small_vm
 from tests.integration import paths
 from vmsim import WorkloadKind
@@ -385,6 +386,9 @@ def test_max_postcopy_bandwidth_holds_the_push_but_never_a_request(run, tmp):
             postcopy_s = metrics.ended_at - metrics.postcopy_run_at
             assert 1.5 < postcopy_s < 10, postcopy_s
             assert metrics.postcopy_requests > 0
+            push = pair.source.source.sender.postcopy
+            assert push is not None  # its frames are sized to the cap: the smallest
+            assert POSTCOPY_MIN_BATCH_PAGES == push.batch_pages
             await pair.dest.assert_matches_replay()
         finally:
             await pair.close()

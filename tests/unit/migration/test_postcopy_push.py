@@ -1,0 +1,33 @@
+"""The background push after the switch: frames sized to the rate precopy measured."""
+
+from __future__ import annotations
+
+import pytest
+
+from migration.source_postcopy import (
+    POSTCOPY_BATCH_PAGES,
+    POSTCOPY_FRAME_MS,
+    POSTCOPY_MAX_BATCH_PAGES,
+    POSTCOPY_MIN_BATCH_PAGES,
+    push_batch_pages,
+)
+from vmsim import PAGE_SIZE
+
+
+@pytest.mark.parametrize(
+    ("rate_bytes_per_s", "pages"),
+    [
+        (0.0, POSTCOPY_BATCH_PAGES),  # nothing measured
+        (1.0e9, 976),  # loopback with a busy guest: ~4 MiB, POSTCOPY_FRAME_MS of it
+        (1e12, POSTCOPY_MAX_BATCH_PAGES),
+        (125e6, 122),  # 1 Gbit/s: 0.5 MiB
+        (12.5e6, POSTCOPY_MIN_BATCH_PAGES),  # 100 Mbit/s: 256 KiB, 21 ms on that link
+    ],
+)
+def test_a_frame_takes_about_frame_ms_on_the_link(rate_bytes_per_s: float, pages: int) -> None:
+    assert pages == push_batch_pages(rate_bytes_per_s)
+
+
+def test_the_frame_time_is_what_the_rule_says() -> None:
+    pages = push_batch_pages(0.5e9)
+    assert pages * PAGE_SIZE / 0.5e9 * 1000 == pytest.approx(POSTCOPY_FRAME_MS, rel=0.01)
