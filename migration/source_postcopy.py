@@ -38,7 +38,7 @@ buffers), not behind precopy's 16 MiB. On loopback the push of a 1 GiB busy gues
 guest blocked 567-644 ms against 856-951 (`bench postcopy`, three each); precopy moves that
 guest at ~1.1 GB/s (its vCPU shares the source's core), so 4 ms of it is the 4 MiB."""
 POSTCOPY_BATCH_PAGES: Final = 256
-"""1 MiB frames when no rate was measured (the switch came before a window closed)."""
+"""1 MiB frames when precopy moved nothing to measure (a switch right after setup)."""
 POSTCOPY_MIN_BATCH_PAGES: Final = 64
 POSTCOPY_MAX_BATCH_PAGES: Final = 1024
 
