@@ -86,11 +86,13 @@ def iperf3(seconds: float) -> float | None:
     return float(report["end"]["sum_received"]["bits_per_second"]) / 8e9
 
 
-def _buffer(n_bytes: int) -> NDArray[np.uint8]:
+def prefaulted_buffer(n_bytes: int) -> NDArray[np.uint8]:
+    """A buffer for n_bytes (at most MAX_BUFFER_BYTES, reused round-robin), pre-faulted."""
     return np.ones(min(n_bytes, MAX_BUFFER_BYTES), dtype=np.uint8)  # touched: pre-faulted
 
 
-def _chunks(buffer: NDArray[np.uint8], total: int, done: int) -> memoryview:
+def next_chunk(buffer: NDArray[np.uint8], total: int, done: int) -> memoryview:
+    """The next CHUNK_BYTES (or fewer) of the buffer once `done` of `total` bytes moved."""
     view = memoryview(buffer.data)
     offset = done % len(view)
     return view[offset : offset + min(CHUNK_BYTES, len(view) - offset, total - done)]
@@ -118,7 +120,7 @@ async def _receive(listener: socket.socket, buffer: NDArray[np.uint8], total: in
         sock.setblocking(False)
         while got < total:
             try:
-                n = sock.recvmsg_into([_chunks(buffer, total, got)])[0]
+                n = sock.recvmsg_into([next_chunk(buffer, total, got)])[0]
             except BlockingIOError:
                 await _ready(sock, write=False)
                 continue
@@ -129,7 +131,7 @@ async def _receive(listener: socket.socket, buffer: NDArray[np.uint8], total: in
 
 
 async def _send(port: int, total: int) -> None:
-    buffer = _buffer(total)
+    buffer = prefaulted_buffer(total)
     loop = asyncio.get_running_loop()
     with socket.socket() as sock:
         sock.setblocking(False)
@@ -138,7 +140,7 @@ async def _send(port: int, total: int) -> None:
         sent = 0
         while sent < total:
             try:
-                sent += sock.sendmsg([_chunks(buffer, total, sent)])
+                sent += sock.sendmsg([next_chunk(buffer, total, sent)])
             except BlockingIOError:
                 await _ready(sock, write=True)
 
@@ -149,7 +151,7 @@ def main(argv: list[str]) -> None:
         listener = socket.create_server(("127.0.0.1", 0))
         listener.setblocking(False)
         total = int(args[0])
-        buffer = _buffer(total)  # pre-faulted before the port is announced
+        buffer = prefaulted_buffer(total)  # pre-faulted before the port is announced
         print(listener.getsockname()[1], flush=True)
         print(uvloop.run(_receive(listener, buffer, total)), flush=True)
     elif role == "send":

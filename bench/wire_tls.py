@@ -22,13 +22,10 @@ import time
 from pathlib import Path
 from typing import Final
 
-import numpy as np
-
-from bench.common import GIB, MIB, gbps
+from bench.common import gbps
+from bench.wire import next_chunk, prefaulted_buffer
 from netio.tls import TlsCredsX509
 
-CHUNK_BYTES: Final = 4 * MIB
-MAX_BUFFER_BYTES: Final = GIB
 SERVER_NAME: Final = "localhost"
 
 
@@ -46,19 +43,9 @@ def measure(n_bytes: int, creds_dir: Path) -> float:
     return gbps(n_bytes, seconds)
 
 
-def _views(n_bytes: int) -> memoryview:
-    buffer = np.ones(min(n_bytes, MAX_BUFFER_BYTES), dtype=np.uint8)  # touched: pre-faulted
-    return memoryview(buffer.data)
-
-
-def _chunk(view: memoryview, total: int, done: int) -> memoryview:
-    offset = done % len(view)
-    return view[offset : offset + min(CHUNK_BYTES, len(view) - offset, total - done)]
-
-
 def receive(total: int, creds_dir: Path) -> None:
     """Accept one sender; print the port, then the seconds from handshake to last byte."""
-    view = _views(total)
+    buffer = prefaulted_buffer(total)
     context = TlsCredsX509(id="wire", dir=creds_dir, endpoint="server").context()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         print(listener.getsockname()[1], flush=True)
@@ -67,7 +54,7 @@ def receive(total: int, creds_dir: Path) -> None:
         started = time.perf_counter()
         got = 0
         while got < total:
-            n = sock.recv_into(_chunk(view, total, got))
+            n = sock.recv_into(next_chunk(buffer, total, got))
             if n == 0:
                 raise ConnectionError(f"sender closed after {got} of {total} bytes")
             got += n
@@ -76,14 +63,14 @@ def receive(total: int, creds_dir: Path) -> None:
 
 def send(port: int, total: int, creds_dir: Path) -> None:
     """Connect, handshake (both peers verified), send total bytes."""
-    view = _views(total)
+    buffer = prefaulted_buffer(total)
     context = TlsCredsX509(id="wire", dir=creds_dir, endpoint="client").context()
     raw = socket.create_connection(("127.0.0.1", port))
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     with context.wrap_socket(raw, server_hostname=SERVER_NAME) as sock:
         sent = 0
         while sent < total:
-            chunk = _chunk(view, total, sent)
+            chunk = next_chunk(buffer, total, sent)
             sock.sendall(chunk)
             sent += len(chunk)
         # Closing with unread bytes (the server's session tickets) would reset the connection

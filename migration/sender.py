@@ -57,7 +57,6 @@ from migration.source_postcopy import (
 from migration.xbzrle import XbzrleEncoder
 from protocol import ErrorCode, ProtocolError, SourceConnection
 from vmsim import (
-    PAGE_SIZE,
     SectionFull,
     SectionPart,
     SectionStart,
@@ -398,7 +397,7 @@ class StreamSender(RecoverySender):
         if isinstance(self.phase, PostcopyPushing | PostcopyThrottled) and (
             batch := push.urgent_batch()
         ):
-            self._send_postcopy_pages(batch)
+            self._send_postcopy_pages(batch, push)
 
     def _push(
         self, phase: PostcopySwitching | PostcopyPushing, params: MigrationParameters
@@ -417,7 +416,7 @@ class StreamSender(RecoverySender):
                 return
             batch = push.background_batch()
         if batch is not None:
-            self._send_postcopy_pages(batch)
+            self._send_postcopy_pages(batch, push)
             return
         if self.preempt is not None:
             self.preempt.end()
@@ -439,13 +438,12 @@ class StreamSender(RecoverySender):
             preempt.send(batch)
         return True
 
-    def _send_postcopy_pages(self, batch: PageBatch) -> None:
-        """Whole pages (no XBZRLE after the switch) on the main channel."""
+    def _send_postcopy_pages(self, batch: PageBatch, push: PostcopyPush) -> None:
+        """Whole pages (no XBZRLE after the switch) on the main channel, one frame kept ahead."""
         self._metrics.normal_pages += batch.normal_pages
         self._metrics.zero_pages += batch.zero_pages
         self.conn.send_ram(ram_section_id(self._machine), batch, end=False)
-        ahead = self.postcopy.batch_pages if self.postcopy is not None else 0
-        self._flush([MAIN], keep_bytes=ahead * PAGE_SIZE)
+        self._flush([MAIN], keep_bytes=push.frame_bytes)
 
     # ------------------------------------------------------------------ frames
 

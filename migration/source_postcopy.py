@@ -111,6 +111,11 @@ class PostcopyPush:
         self._started_at = now
         self._background_bytes = 0
 
+    @property
+    def frame_bytes(self) -> int:
+        """Page data in one background frame (and kept queued ahead of the kernel)."""
+        return self.batch_pages * PAGE_SIZE
+
     def background_due_at(self, now: float, rate_bytes_per_s: int) -> float | None:
         """`max-postcopy-bandwidth`: when the next background frame may go (None: now).
 
@@ -119,7 +124,7 @@ class PostcopyPush:
         """
         if rate_bytes_per_s <= 0:
             return None
-        next_bytes = self._background_bytes + self.batch_pages * PAGE_SIZE
+        next_bytes = self._background_bytes + self.frame_bytes
         due_at = self._started_at + next_bytes / rate_bytes_per_s
         return due_at if due_at > now else None
 

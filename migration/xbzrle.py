@@ -20,7 +20,7 @@ import numpy as np
 
 from protocol import PageKind as WirePageKind
 from protocol import xbzrle
-from vmsim import PAGE_SIZE, PageBatch, PageKind
+from vmsim import PAGE_SIZE, PageBatch, PageKind, row_runs
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -125,16 +125,6 @@ def _expand(first: NDArray[np.int64], count: NDArray[np.int64]) -> NDArray[np.in
     return np.repeat(first - offsets, count) + np.arange(int(count.sum()), dtype=np.int64)
 
 
-def _rows(pfns: NDArray[np.int64], index: NDArray[np.int64]) -> list[tuple[int, int]]:
-    """Snapshot rows [a, b) of the whole pages, cut where page numbers or rows stop following."""
-    if not len(index):
-        return []
-    breaks = np.flatnonzero((np.diff(pfns[index]) != 1) | (np.diff(index) != 1)) + 1
-    starts = np.concatenate(([0], breaks)).tolist()
-    ends = np.concatenate((breaks, [len(index)])).tolist()
-    return [(int(index[s]), int(index[e - 1]) + 1) for s, e in zip(starts, ends, strict=True)]
-
-
 def _rebuild(
     batch: PageBatch,
     pfns: NDArray[np.int64],
@@ -146,7 +136,7 @@ def _rebuild(
     whole = np.ones(len(pfns), dtype=bool)
     whole[list(deltas)] = False
     index = np.flatnonzero(whole)
-    rows = _rows(pfns, index)
+    rows = row_runs(pfns, index)
     views = tuple(snapshot[a:b].reshape(-1).data.toreadonly() for a, b in rows)
     delta_pfns = np.array(sorted(deltas), dtype=np.int64)
     first = np.concatenate(

@@ -19,7 +19,7 @@ from vmsim.savevm.framework import (
 )
 from vmsim.savevm.handlers import MAX_RUN_PAGES, PageBatch, PageKind, SaveVMHandlers
 from vmsim.savevm.ram_handler import RAM_IDSTR, RAM_VERSION_ID, RamSaveHandler, RamStats
-from vmsim.savevm.ram_loader import PageRuns, RamLoader, Runs
+from vmsim.savevm.ram_loader import PageRuns, RamLoader, Runs, row_runs
 from vmsim.savevm.records import SectionFull, SectionPart, SectionStart
 from vmsim.savevm.registry import INSTANCE_ID_ANY, SaveStateEntry, SaveVMRegistry
 
@@ -46,6 +46,7 @@ __all__ = [
     "load_section_full",
     "load_section_part",
     "load_section_start",
+    "row_runs",
     "state_cleanup",
     "state_complete",
     "state_complete_devices",

@@ -21,7 +21,6 @@ into place from a temporary page, UFFDIO_COPY).
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -36,7 +35,14 @@ if TYPE_CHECKING:
     from vmsim.postcopy import PostcopyPages
     from vmsim.ram import GuestRam
 
-__all__ = ["SCATTER_MAX_MEAN_BYTES", "SCATTER_MIN_EXTENTS", "PageRuns", "RamLoader", "Runs"]
+__all__ = [
+    "SCATTER_MAX_MEAN_BYTES",
+    "SCATTER_MIN_EXTENTS",
+    "PageRuns",
+    "RamLoader",
+    "Runs",
+    "row_runs",
+]
 
 SCATTER_MIN_EXTENTS: Final = 8
 """A frame with at least this many separate extents of guest RAM ..."""
@@ -156,6 +162,20 @@ class RamLoader:
         self.loaded_pages += len(pfns) + len(zero_pfns)
 
 
+def row_runs(pfns: NDArray[np.int64], index: NDArray[np.int64]) -> list[tuple[int, int]]:
+    """Rows ``[a, b)`` of the selected `index`, cut where page numbers or rows stop following.
+
+    `pfns` holds one page number per row; each range is rows ``a..b-1`` of pages
+    ``pfns[a]..pfns[a] + b - a - 1``: one slice of guest RAM.
+    """
+    if not len(index):
+        return []
+    breaks = np.flatnonzero((np.diff(pfns[index]) != 1) | (np.diff(index) != 1)) + 1
+    starts = np.concatenate(([0], breaks)).tolist()
+    ends = np.concatenate((breaks, [len(index)])).tolist()
+    return [(int(index[s]), int(index[e - 1]) + 1) for s, e in zip(starts, ends, strict=True)]
+
+
 def _place_rows(
     pages: NDArray[np.uint8],
     pfns: NDArray[np.int64],
@@ -168,16 +188,13 @@ def _place_rows(
     copied the frame twice (0.67 against 0.33 ms per 4 MiB frame). Scattered pages are gathered.
     """
     index = np.flatnonzero(new)
-    if not len(index):
+    runs = row_runs(pfns, index)
+    if len(runs) > SCATTER_MIN_EXTENTS:
+        pages[pfns[index]] = rows[index]
         return
-    targets = pfns[index]
-    breaks = np.flatnonzero((np.diff(targets) != 1) | (np.diff(index) != 1)) + 1
-    if len(breaks) >= SCATTER_MIN_EXTENTS:
-        pages[targets] = rows[index]
-        return
-    for low, high in itertools.pairwise([0, *breaks.tolist(), len(index)]):
-        first, row = int(targets[low]), int(index[low])
-        pages[first : first + high - low] = rows[row : row + high - low]
+    for low, high in runs:
+        first = int(pfns[low])
+        pages[first : first + high - low] = rows[low:high]
 
 
 def _pages_of(first: NDArray[np.int64], end: NDArray[np.int64]) -> NDArray[np.int64]:
