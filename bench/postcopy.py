@@ -140,8 +140,8 @@ def _goals(rows: list[Row]) -> dict[str, bool]:
     }
 
 
-def _migrate(run: Run, vm: VmSpec, *, preempt: bool = False) -> Row:
-    warm_memory(2 * vm.ram_bytes + 512 * MIB)
+def _migrate(run: Run, vm: VmSpec, *, preempt: bool = False, deltas: bool = False) -> Row:
+    warm_memory((3 if deltas else 2) * vm.ram_bytes + 512 * MIB)  # + the XBZRLE cache
     # As QEMU's destination here (-m, -mem-prealloc): RAM faulted in before the migration starts
     standby = ("--ram-mib", str(vm.ram_mib))
     logs = run.settings.out / "logs"
@@ -152,9 +152,10 @@ def _migrate(run: Run, vm: VmSpec, *, preempt: bool = False) -> Row:
                 pair.dest.qmp_address,
                 pair.dest.incoming_uri,
                 preempt=preempt,
+                deltas_cache_bytes=vm.ram_bytes if deltas else 0,
             )
         )
-        row["vmm"] = "livemig+preempt" if preempt else "livemig"
+        row["vmm"] = "livemig" + ("+preempt" if preempt else "") + ("+deltas" if deltas else "")
         if row["status"] == "completed":
             pair.holder = 1 - pair.holder
             row["replay_matches"] = pair.replay_matches()
@@ -169,15 +170,25 @@ def _migrate(run: Run, vm: VmSpec, *, preempt: bool = False) -> Row:
 
 
 async def _postcopy_over_qmp(
-    source_qmp: str, dest_qmp: str, uri: str, *, on_qemu: bool = False, preempt: bool = False
+    source_qmp: str,
+    dest_qmp: str,
+    uri: str,
+    *,
+    on_qemu: bool = False,
+    preempt: bool = False,
+    deltas_cache_bytes: int = 0,
 ) -> Row:
     async with (
         await QMPClient.connect(source_qmp) as source,
         await QMPClient.connect(dest_qmp) as dest,
     ):
-        names = ("events", "postcopy-ram", *(("postcopy-preempt",) if preempt else ()))
+        names = ["events", "postcopy-ram", *(["postcopy-preempt"] if preempt else [])]
+        names += ["xbzrle", "x-postcopy-xbzrle"] if deltas_cache_bytes else []
         caps = [{"capability": name, "state": True} for name in names]
         await source.execute("migrate-set-capabilities", {"capabilities": caps})
+        if deltas_cache_bytes:  # a cache for all of RAM: every page sent is cached
+            cache = {"xbzrle-cache-size": deltas_cache_bytes}
+            await source.execute("migrate-set-parameters", cache)
         if on_qemu:  # QEMU wants the capabilities on both sides, and its bandwidth raised
             blocktime = [{"capability": "postcopy-blocktime", "state": True}]
             await dest.execute("migrate-set-capabilities", {"capabilities": [*caps, *blocktime]})

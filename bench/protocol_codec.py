@@ -45,6 +45,7 @@ class PageBatch:
     n_pages: NDArray[np.uint16]
     kinds: NDArray[np.uint8]
     data: tuple[memoryview, ...]
+    delta_lens: None = None
 
 
 def make_batches(

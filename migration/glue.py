@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from migration.errors import LoadError
-from migration.params import PREEMPT_CAPABILITY
+from migration.params import POSTCOPY_XBZRLE_CAPABILITY, PREEMPT_CAPABILITY
 from migration.precopy_resume import PRECOPY_RESUME_CAPABILITY
 from protocol import (
     DeviceRef,
@@ -28,7 +28,13 @@ MACHINE_TYPE = MachineConfig().machine
 VALIDATE_UUID = "validate-uuid"
 DIGEST_CHECK = "x-digest-check"
 WIRE_CAPABILITIES = frozenset(
-    {VALIDATE_UUID, DIGEST_CHECK, PREEMPT_CAPABILITY, PRECOPY_RESUME_CAPABILITY}
+    {
+        VALIDATE_UUID,
+        DIGEST_CHECK,
+        PREEMPT_CAPABILITY,
+        PRECOPY_RESUME_CAPABILITY,
+        POSTCOPY_XBZRLE_CAPABILITY,
+    }
 )
 """What a configuration may ask of this destination: it follows each (protocol.md 1.4)."""
 

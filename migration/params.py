@@ -30,6 +30,9 @@ MAX_DOWNTIME_LIMIT_MS: Final = 2_000_000
 MAX_BANDWIDTH_BYTES_PER_S: Final = 2**64 - 1
 MAX_TIMEOUT_MS: Final = 3_600_000
 PREEMPT_CAPABILITY: Final = "postcopy-preempt"
+POSTCOPY_XBZRLE_CAPABILITY: Final = "x-postcopy-xbzrle"
+"""Beyond QEMU: after the switch, pages the destination holds an old copy of go as XBZRLE
+deltas from it (QEMU sends every page whole in postcopy)."""
 MAX_DIRTY_LIMIT_MB_S: Final = 2**32 - 1
 MAX_DIRTY_LIMIT_PERIOD_MS: Final = 1000  # QEMU: 1 to 1000 ms
 MAX_POLICY_TIMEOUT_S: Final = 86_400
@@ -264,6 +267,7 @@ _CAPABILITIES: Final[dict[str, str]] = {
     "postcopy-ram": "postcopy_ram",
     "postcopy-blocktime": "postcopy_blocktime",
     "postcopy-preempt": "postcopy_preempt",
+    POSTCOPY_XBZRLE_CAPABILITY: "postcopy_xbzrle",
 }
 
 
@@ -283,6 +287,7 @@ class MigrationCapabilities:
     postcopy_ram: bool = False
     postcopy_blocktime: bool = False
     postcopy_preempt: bool = False
+    postcopy_xbzrle: bool = False  # beyond QEMU: the push after the switch as XBZRLE deltas
 
     def updated(self, changes: Mapping[str, bool]) -> MigrationCapabilities:
         """Return a copy with `changes` (QMP names) applied, or raise naming the capability."""
@@ -305,6 +310,9 @@ class MigrationCapabilities:
         if caps.postcopy_preempt and not caps.postcopy_ram:  # QEMU's migrate_caps_check
             msg = "Postcopy preempt requires postcopy-ram"
             raise ParameterError(msg)
+        if caps.postcopy_xbzrle and not (caps.postcopy_ram and caps.xbzrle):
+            msg = f"{POSTCOPY_XBZRLE_CAPABILITY} requires postcopy-ram and xbzrle"
+            raise ParameterError(msg)
         return caps
 
     def to_qmp(self) -> list[dict[str, object]]:
@@ -323,6 +331,8 @@ class MigrationCapabilities:
             names.append("x-digest-check")
         if self.postcopy_preempt:  # the destination waits for its preempt channel's end
             names.append(PREEMPT_CAPABILITY)
+        if self.postcopy_xbzrle:  # the destination applies deltas to pages it lacks
+            names.append(POSTCOPY_XBZRLE_CAPABILITY)
         return tuple(names)
 
 

@@ -368,12 +368,16 @@ class StreamSender(RecoverySender):
     def start_postcopy(self, params: MigrationParameters) -> None:
         """The VM is stopped and the arbiter agreed: queue the switch, up to POSTCOPY_RUN."""
         missing = send_switch(self.conn, self._machine, ram_section_id(self._machine))
-        rate = self._precopy_rate()
-        if (cap := params.max_postcopy_bandwidth_bytes_per_s) > 0:  # the push is held to it
-            rate = min(rate, cap) if rate > 0 else cap
-        batch_pages = push_batch_pages(rate)
+        cap = params.max_postcopy_bandwidth_bytes_per_s  # the push is held to it
+        batch_pages = push_batch_pages(self._precopy_rate(), cap)
         self._out.log("postcopy_switch", missing_pages=missing, batch_pages=batch_pages)
-        self.postcopy = PostcopyPush(self._machine, now=self._out.now, batch_pages=batch_pages)
+        deltas = self.xbzrle if self._caps.postcopy_xbzrle else None
+        self.postcopy = PostcopyPush(
+            self._machine,
+            now=self._out.now,
+            batch_pages=batch_pages,
+            encode=deltas.encode_frozen if deltas is not None else None,
+        )
         self.open_preempt()
         self.phase = PostcopySwitching(missing_pages=missing)
         self._flush([MAIN])
@@ -432,14 +436,14 @@ class StreamSender(RecoverySender):
         preempt, push = self.preempt, self.postcopy
         if preempt is None or not preempt.ready or push is None:
             return False
-        while (batch := push.urgent_batch()) is not None:
+        while (batch := push.urgent_batch(whole=True)) is not None:
             self._metrics.normal_pages += batch.normal_pages
             self._metrics.zero_pages += batch.zero_pages
             preempt.send(batch)
         return True
 
     def _send_postcopy_pages(self, batch: PageBatch, push: PostcopyPush) -> None:
-        """Whole pages (no XBZRLE after the switch) on the main channel, one frame kept ahead."""
+        """Pages after the switch (whole, or as deltas by x-postcopy-xbzrle), one frame ahead."""
         self._metrics.normal_pages += batch.normal_pages
         self._metrics.zero_pages += batch.zero_pages
         self.conn.send_ram(ram_section_id(self._machine), batch, end=False)

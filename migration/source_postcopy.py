@@ -23,6 +23,8 @@ from protocol.postcopy import MAX_DISCARD_RANGES, ranges_of_mask
 from vmsim import PAGE_SIZE, state_complete_devices
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from numpy.typing import NDArray
 
     from migration.metrics import SourceMetrics
@@ -43,8 +45,15 @@ POSTCOPY_MIN_BATCH_PAGES: Final = 64
 POSTCOPY_MAX_BATCH_PAGES: Final = 1024
 
 
-def push_batch_pages(rate_bytes_per_s: float) -> int:
-    """Pages per background frame after the switch, for a link that carries this rate."""
+def push_batch_pages(rate_bytes_per_s: float, cap_bytes_per_s: int = 0) -> int:
+    """Pages per background frame after the switch, for a link that carries this rate.
+
+    `cap_bytes_per_s` is `max-postcopy-bandwidth` (0: none): the push is held to it.
+    """
+    if cap_bytes_per_s > 0:
+        rate_bytes_per_s = (
+            min(rate_bytes_per_s, cap_bytes_per_s) if rate_bytes_per_s > 0 else cap_bytes_per_s
+        )
     if not rate_bytes_per_s > 0:
         return POSTCOPY_BATCH_PAGES
     pages = int(rate_bytes_per_s * POSTCOPY_FRAME_MS / 1000.0 / PAGE_SIZE)
@@ -102,9 +111,17 @@ class PostcopyPush:
         requested_pages: pages asked for in them.
     """
 
-    def __init__(self, machine: Machine, *, now: float, batch_pages: int) -> None:
+    def __init__(
+        self,
+        machine: Machine,
+        *,
+        now: float,
+        batch_pages: int,
+        encode: Callable[[PageBatch], PageBatch] | None = None,
+    ) -> None:
         self._handler = machine.ram_handler
         self.batch_pages = batch_pages  # per background frame (`push_batch_pages`)
+        self._encode = encode  # of the pages it sends (x-postcopy-xbzrle: as deltas)
         self._requests: deque[NDArray[np.intp]] = deque()
         self.requests = 0
         self.requested_pages = 0
@@ -131,8 +148,13 @@ class PostcopyPush:
     def background_batch(self) -> PageBatch | None:
         """The next pages of the background push (None: all sent), counted against the rate."""
         batch = self._handler.save_live_iterate(self.batch_pages)
-        if batch is not None:
-            self._background_bytes += batch.normal_pages * PAGE_SIZE
+        if batch is None:
+            return None
+        if self._encode is not None:
+            batch = self._encode(batch)
+        deltas = batch.delta_lens
+        self._background_bytes += batch.normal_pages * PAGE_SIZE
+        self._background_bytes += int(deltas.sum()) if deltas is not None else 0
         return batch
 
     def forget_requests(self) -> None:
@@ -145,12 +167,16 @@ class PostcopyPush:
         self.requested_pages += ranges.n_pages
         self._requests.append(ranges.pages().astype(np.intp))
 
-    def urgent_batch(self) -> PageBatch | None:
-        """The requested pages not sent yet (None: every one went already)."""
+    def urgent_batch(self, *, whole: bool = False) -> PageBatch | None:
+        """The requested pages not sent yet (None: every one went already).
+
+        Encoded as the background push is unless `whole` (the preempt channel carries only
+        whole pages).
+        """
         while self._requests:
             batch = self._handler.save_pages(self._requests.popleft())
             if batch is not None:
-                return batch
+                return batch if whole or self._encode is None else self._encode(batch)
         return None
 
 

@@ -14,16 +14,20 @@ A page that goes as ZERO leaves the cache (the destination now has zeros).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
 from protocol import PageKind as WirePageKind
-from protocol import xbzrle
+from protocol import xbzrle_batch
 from vmsim import PAGE_SIZE, PageBatch, PageKind, row_runs
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
+
+
+_INSERT_MAX_SLICES: Final = 8
+"""A batch of more runs than this goes into the cache with one scatter, not slice by slice."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -64,6 +68,7 @@ class XbzrleEncoder:
         self._pages = pages
         self._data = np.zeros((slots, PAGE_SIZE), dtype=np.uint8)
         self._tags = np.full(slots, -1, dtype=np.int64)
+        self._holds_all = slots >= len(pages)  # one slot per page: no two pages share one
         self.stats = XbzrleStats(cache_size=slots * PAGE_SIZE)
 
     def encode(self, batch: PageBatch) -> PageBatch:
@@ -75,38 +80,67 @@ class XbzrleEncoder:
         pfns = _expand(first[kinds == PageKind.NORMAL], count[kinds == PageKind.NORMAL])
         snapshot = self._pages[pfns]  # a copy: what is sent, and what the cache keeps
         slots = pfns % len(self._tags)
-        deltas = self._deltas(pfns, slots, snapshot)
+        deltas = self._deltas(pfns, slots, snapshot, np.arange(len(pfns)))
         self._insert(pfns, slots, snapshot)
         return _rebuild(batch, pfns, snapshot, deltas)
+
+    def encode_frozen(self, batch: PageBatch) -> PageBatch:
+        """`batch` against the cache as it is, which it leaves as it is (postcopy's push).
+
+        After the switch the source's guest is stopped and each page the destination lacks
+        still holds the copy last sent, which is the cached one: a cached page goes as the
+        delta from it, the others whole, as views of RAM (nothing changes them any more).
+        """
+        kinds = batch.kinds
+        normal = kinds == PageKind.NORMAL
+        pfns = _expand(batch.first_pfns[normal].astype(np.int64), batch.n_pages[normal])
+        deltas = self._deltas(pfns, pfns % len(self._tags), self._pages, pfns)
+        return _rebuild(batch, pfns, self._pages, deltas, by_pfn=True)
 
     def forget(self, pfns: NDArray[np.intp]) -> None:
         """Drop these pages from the cache: their last copy may never have arrived (a resume)."""
         self._forget(pfns.astype(np.int64))
 
     def _deltas(
-        self, pfns: NDArray[np.int64], slots: NDArray[np.int64], snapshot: NDArray[np.uint8]
-    ) -> dict[int, bytes]:
-        """Index in `pfns` -> delta, for the cached pages whose delta is smaller than a page."""
+        self,
+        pfns: NDArray[np.int64],
+        slots: NDArray[np.int64],
+        rows: NDArray[np.uint8],
+        row_of: NDArray[np.int64],
+    ) -> _Deltas:
+        """The cached pages whose delta is smaller than a page, and their deltas.
+
+        Page ``pfns[i]`` is now ``rows[row_of[i]]``.
+        """
         stats = self.stats
         hits = np.flatnonzero(self._tags[slots] == pfns)
         stats.lookups += len(pfns)
         stats.cache_miss += len(pfns) - len(hits)
-        deltas: dict[int, bytes] = {}
-        for i in hits.tolist():
-            delta = xbzrle.encode(self._data[slots[i]].data, snapshot[i].data)
-            if delta is None:
-                stats.overflow += 1
-                continue
-            deltas[i] = delta
-            stats.pages += 1
-            stats.bytes += len(delta)
-            stats.raw_bytes += PAGE_SIZE
-        return deltas
+        lengths, blob = xbzrle_batch.encode_batch(
+            _take(self._data, slots[hits]), _take(rows, row_of[hits])
+        )
+        fits = lengths != xbzrle_batch.OVERFLOW
+        stats.overflow += len(hits) - int(fits.sum())
+        stats.pages += int(fits.sum())
+        stats.bytes += len(blob)
+        stats.raw_bytes += int(fits.sum()) * PAGE_SIZE
+        return _Deltas(index=hits[fits], lengths=lengths[fits], blob=blob)
 
     def _insert(
         self, pfns: NDArray[np.int64], slots: NDArray[np.int64], snapshot: NDArray[np.uint8]
     ) -> None:
         """Cache every page sent (the last of the batch where two share a slot)."""
+        if self._holds_all:  # a batch's pages differ, so do their slots
+            runs = row_runs(slots, np.arange(len(slots)))
+            if len(runs) > _INSERT_MAX_SLICES:
+                self._tags[slots] = pfns
+                self._data[slots] = snapshot
+                return
+            for low, high in runs:
+                first = int(slots[low])
+                self._tags[first : first + high - low] = pfns[low:high]
+                self._data[first : first + high - low] = snapshot[low:high]
+            return
         _, last = np.unique(slots[::-1], return_index=True)
         keep = len(slots) - 1 - last
         self._tags[slots[keep]] = pfns[keep]
@@ -119,8 +153,25 @@ class XbzrleEncoder:
         self._tags[slots[stale]] = -1
 
 
-def _expand(first: NDArray[np.int64], count: NDArray[np.int64]) -> NDArray[np.int64]:
+@dataclass(frozen=True, slots=True)
+class _Deltas:
+    """Which pages of a batch go as deltas (indices into its page list), and the deltas."""
+
+    index: NDArray[np.int64]
+    lengths: NDArray[np.int64]
+    blob: bytes
+
+
+def _take(rows: NDArray[np.uint8], index: NDArray[np.int64]) -> NDArray[np.uint8]:
+    """``rows[index]``: a view if the rows follow each other (a first pass, a push), else a copy."""
+    if len(index) and bool(np.all(np.diff(index) == 1)):
+        return rows[int(index[0]) : int(index[-1]) + 1]
+    return rows[index]
+
+
+def _expand(first: NDArray[np.int64], count: NDArray[np.integer]) -> NDArray[np.int64]:
     """Every page number of the runs."""
+    count = count.astype(np.int64)
     offsets = np.cumsum(count) - count
     return np.repeat(first - offsets, count) + np.arange(int(count.sum()), dtype=np.int64)
 
@@ -128,35 +179,43 @@ def _expand(first: NDArray[np.int64], count: NDArray[np.int64]) -> NDArray[np.in
 def _rebuild(
     batch: PageBatch,
     pfns: NDArray[np.int64],
-    snapshot: NDArray[np.uint8],
-    deltas: dict[int, bytes],
+    rows: NDArray[np.uint8],
+    deltas: _Deltas,
+    *,
+    by_pfn: bool = False,
 ) -> PageBatch:
-    """ZERO runs as they were, whole pages regrouped into runs of the snapshot, then deltas."""
+    """ZERO runs as they were, whole pages regrouped into runs, then the deltas in one buffer.
+
+    Whole page ``pfns[i]`` is a view of ``rows[i]`` (a snapshot), or of ``rows[pfns[i]]``
+    with `by_pfn` (guest RAM).
+    """
     zero = batch.kinds == PageKind.ZERO
     whole = np.ones(len(pfns), dtype=bool)
-    whole[list(deltas)] = False
-    index = np.flatnonzero(whole)
-    rows = row_runs(pfns, index)
-    views = tuple(snapshot[a:b].reshape(-1).data.toreadonly() for a, b in rows)
-    delta_pfns = np.array(sorted(deltas), dtype=np.int64)
+    whole[deltas.index] = False
+    runs = row_runs(pfns, np.flatnonzero(whole))
+    starts = [int(pfns[a]) if by_pfn else a for a, _ in runs]
+    views = [rows[s : s + b - a].reshape(-1).data.toreadonly()
+             for s, (a, b) in zip(starts, runs, strict=True)]  # fmt: skip
+    has_deltas = len(deltas.index) > 0
     first = np.concatenate(
-        (batch.first_pfns[zero], pfns[[a for a, _ in rows]], pfns[delta_pfns])
+        (batch.first_pfns[zero], pfns[[a for a, _ in runs]], pfns[deltas.index])
     ).astype(np.uint32)
     n_pages = np.concatenate(
-        (batch.n_pages[zero], [b - a for a, b in rows], np.ones(len(delta_pfns)))
+        (batch.n_pages[zero], [b - a for a, b in runs], np.ones(len(deltas.index)))
     ).astype(np.uint16)
     kinds = np.concatenate(
         (
             batch.kinds[zero],
-            np.full(len(rows), PageKind.NORMAL),
-            np.full(len(delta_pfns), int(WirePageKind.XBZRLE)),
+            np.full(len(runs), PageKind.NORMAL),
+            np.full(len(deltas.index), int(WirePageKind.XBZRLE)),
         )
     ).astype(np.uint8)
     return PageBatch(
         first_pfns=first,
         n_pages=n_pages,
         kinds=kinds,
-        data=(*views, *(memoryview(deltas[i]) for i in sorted(deltas))),
-        normal_pages=len(index),
+        data=(*views, memoryview(deltas.blob)) if has_deltas else tuple(views),
+        normal_pages=int(whole.sum()),
         zero_pages=batch.zero_pages,
+        delta_lens=deltas.lengths if has_deltas else None,
     )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 
 from protocol import events as ev
-from protocol import xbzrle
+from protocol import xbzrle_batch
 from protocol.codec import Codec, DecodeJob, Decompressor
 from protocol.codes import (
     MAIN_MAGIC,
@@ -422,9 +422,19 @@ class DestConnection(Connection):
         ]
         copy_into(sink.page_buffers(whole, whole.normal_pages * page_size), pieces)
         sink.pages_loaded(whole)
-        for i in np.flatnonzero(plan.xbzrle).tolist() if plan.xbzrle is not None else ():
-            offset, size = offsets[i], int(sizes[i])
-            xbzrle.decode_into(sink.page(int(plan.first_pfn[i])), data[offset : offset + size])
+        if plan.xbzrle is None:
+            return
+        index = np.flatnonzero(plan.xbzrle)
+        pfns = plan.first_pfn[index]
+        pages, apply = sink.delta_pages(pfns)
+        starts = np.asarray(offsets, dtype=np.int64)[index]
+        xbzrle_batch.decode_batch(
+            pages,
+            pfns[apply],
+            np.frombuffer(data, dtype=np.uint8),
+            starts[apply],
+            sizes[index][apply],
+        )
 
     def _on_eof(self) -> ev.Event:
         clean = dest_close_is_clean(self._main.mode, self._main.state, self._ret.state)

@@ -59,6 +59,13 @@ class RamBatchLike(Protocol):
     def data(self) -> Sequence[memoryview]:
         """Page bytes of the NORMAL runs, in order."""
 
+    @property
+    def delta_lens(self) -> NDArray[np.int64] | None:
+        """The XBZRLE runs' delta lengths when ``data`` ends with one buffer of them all.
+
+        The XBZRLE runs then all come after the NORMAL runs (None: one buffer per XBZRLE run).
+        """
+
 
 class PageSink(Protocol):
     """Where a destination puts the pages of RAM frames (docs/architecture.md, the page path).
@@ -79,8 +86,11 @@ class PageSink(Protocol):
         """The frame was verified: make its pages final."""
         ...
 
-    def page(self, pfn: int) -> memoryview:
-        """The writable bytes of page `pfn` (an XBZRLE delta is applied to them in place)."""
+    def delta_pages(self, pfns: NDArray[np.int64]) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+        """Guest RAM as (pages x page size) and which of `pfns` to apply XBZRLE deltas to.
+
+        The deltas are applied in place; in postcopy only to the pages not received yet.
+        """
         ...
 
 
@@ -307,6 +317,11 @@ def check_batch_data(batch: RamBatchLike, table: RunTable, page_size: int) -> li
     if table.xbzrle is not None and table.delta_lens is not None:
         expected[table.xbzrle] = table.delta_lens
         carries = table.normal | table.xbzrle
+        if batch.delta_lens is not None:
+            _check_deltas_last(table.normal, table.xbzrle)
+            carries = table.normal.copy()
+            expected = np.append(expected, int(table.delta_lens.sum()))
+            carries = np.append(carries, True)
     expected = expected[carries]
     if len(data) != len(expected):
         msg = f"page batch has {len(data)} data buffers for {len(expected)} NORMAL/XBZRLE runs"
@@ -324,21 +339,38 @@ def check_batch_data(batch: RamBatchLike, table: RunTable, page_size: int) -> li
     return views
 
 
+def _check_deltas_last(normal: NDArray[np.bool_], xbzrle: NDArray[np.bool_]) -> None:
+    """One buffer of every delta needs every XBZRLE run after every NORMAL run."""
+    normal_runs = np.flatnonzero(normal)
+    if len(normal_runs) and int(normal_runs[-1]) > int(np.flatnonzero(xbzrle)[0]):
+        msg = "a page batch with its deltas in one buffer has a NORMAL run after an XBZRLE run"
+        raise bad(msg)
+
+
 def pack_delta_lens(batch: RamBatchLike) -> bytes | None:
     """The ``xbzrle`` meta of a batch: its XBZRLE runs' data lengths (None: it has none)."""
     kinds = np.asarray(batch.kinds).reshape(-1)
     carrying = kinds[np.isin(kinds, (PageKind.NORMAL, PageKind.XBZRLE))]
     if not np.any(carrying == PageKind.XBZRLE):
         return None
+    if batch.delta_lens is not None:
+        return _pack_lens(np.asarray(batch.delta_lens), int((carrying == PageKind.XBZRLE).sum()))
     if len(carrying) != len(batch.data):
         msg = f"page batch has {len(batch.data)} data buffers for {len(carrying)} runs with data"
         raise bad(msg)
     lens = [len(memoryview(d).cast("B")) for d, k in zip(batch.data, carrying.tolist(), strict=True)
             if k == PageKind.XBZRLE]  # fmt: skip
-    if max(lens) > U16_MAX:
+    return _pack_lens(np.asarray(lens, dtype=np.int64), len(lens))
+
+
+def _pack_lens(lens: NDArray[np.integer[Any]], xbzrle_runs: int) -> bytes:
+    if len(lens) != xbzrle_runs:
+        msg = f"page batch has {len(lens)} delta lengths for {xbzrle_runs} XBZRLE runs"
+        raise bad(msg)
+    if int(lens.max()) > U16_MAX or int(lens.min()) < 0:
         msg = "an XBZRLE delta is longer than 65535 bytes"
         raise bad(msg)
-    return np.asarray(lens, dtype=DELTA_LEN_DTYPE).tobytes()
+    return lens.astype(DELTA_LEN_DTYPE).tobytes()
 
 
 def _byte_view(buf: memoryview) -> memoryview:

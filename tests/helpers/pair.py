@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hypothesis import strategies as st
@@ -82,6 +82,7 @@ class Batch:
     n_pages: NDArray[np.uint16]
     kinds: NDArray[np.uint8]
     data: tuple[memoryview, ...] = ()
+    delta_lens: NDArray[np.int64] | None = None
 
 
 def make_batch(
@@ -794,3 +795,18 @@ def scripts(draw: st.DrawFn, *, max_pages: int = 48) -> Script:
         steps=tuple(steps),
         finish=finish,
     )
+
+
+def deliver_ram(batch: Any, sink: RamLoader) -> RamPagesReceived:
+    """Send one RAM PART frame of `batch` to a destination whose page sink is `sink` (8 pages)."""
+    config = make_config(ram_pages=8, page_size=4096)
+    pair = ConnectionPair()
+    pair.source.send_configuration(config)
+    pair.source.send_open_return_path()
+    pair.transfer()
+    pair.dest.attach_sink(sink)
+    pair.dest.send_open_ack()
+    pair.source.send_section_start(1, "ram", 0, 4, {"ram_size": 8 * 4096, "page_size": 4096})
+    pair.source.send_ram(1, batch, end=False)
+    events, _ = pair.transfer()
+    return next(e for e in events if isinstance(e, RamPagesReceived))

@@ -40,6 +40,9 @@ class PageBatch:
             sent again later (QEMU's rule).
         normal_pages: pages in NORMAL runs.
         zero_pages: pages in ZERO runs.
+        delta_lens: with XBZRLE runs (one page each, after every NORMAL run), the length of
+            each one's delta: `data` then ends with one buffer holding all of them in run order
+            (None: one buffer per XBZRLE run, or none).
     """
 
     first_pfns: NDArray[np.uint32]
@@ -48,6 +51,7 @@ class PageBatch:
     data: tuple[memoryview, ...]
     normal_pages: int
     zero_pages: int
+    delta_lens: NDArray[np.int64] | None = None
 
     @classmethod
     def empty(cls) -> PageBatch:

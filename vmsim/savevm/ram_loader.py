@@ -11,7 +11,7 @@ A frame fragmented into many small extents is received into one scratch buffer i
 scattered into RAM with one vectorised copy once verified: an extra memcpy beats thousands of
 tiny receive targets (bench/protocol_codec.py). ZERO runs are zero-filled once the frame is
 verified. A frame of compressed or XBZRLE pages is decoded by the protocol into these buffers
-(or into `page`).
+(or, for XBZRLE deltas, into the pages `delta_pages` hands it).
 
 In postcopy (``postcopy`` set, `vmsim.postcopy`) every frame goes to scratch, and
 ``pages_loaded`` places only the pages not received yet and marks them received: a page the
@@ -128,18 +128,25 @@ class RamLoader:
             pages[first:end] = 0
         self.loaded_pages += int((runs.end_pfn - runs.first_pfn).sum())
 
-    def page(self, pfn: int) -> memoryview:
-        """The writable bytes of one page (an XBZRLE delta is applied to them in place).
+    def delta_pages(self, pfns: NDArray[np.int64]) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+        """Guest RAM (pages x PAGE_SIZE) and which of `pfns` to apply XBZRLE deltas to, in place.
+
+        In precopy all of them. In postcopy only the pages not received yet, which still hold
+        the copy the source sent before the switch (the one it encoded the delta against);
+        they are marked received, so a later copy of them is dropped.
 
         Raises:
-            RamError: the page is outside RAM.
+            RamError: a page is outside RAM.
         """
-        if not 0 <= pfn < self._ram.n_pages:
-            raise RamError(f"ram: page {pfn} is outside RAM of {self._ram.n_pages} pages")
-        if self.postcopy is not None:
-            raise RamError(f"ram: an XBZRLE page ({pfn}) in postcopy (pages go whole then)")
-        self.loaded_pages += 1
-        return self._ram.view[pfn * PAGE_SIZE : (pfn + 1) * PAGE_SIZE]
+        if len(pfns) and (int(pfns.min()) < 0 or int(pfns.max()) >= self._ram.n_pages):
+            raise RamError(f"ram: an XBZRLE page outside RAM of {self._ram.n_pages} pages")
+        apply = (
+            np.ones(len(pfns), dtype=np.bool_)
+            if self.postcopy is None
+            else self.postcopy.take(pfns)
+        )
+        self.loaded_pages += len(pfns)
+        return self._ram.pages, apply
 
     def _scatter(self, runs: PageRuns, data_len: int) -> None:
         pfns = _pages_of(runs.first_pfn[runs.normal], runs.end_pfn[runs.normal])

@@ -76,6 +76,7 @@ def test_capabilities_default_off_but_return_path() -> None:
         "postcopy-ram": False,
         "postcopy-blocktime": False,
         "postcopy-preempt": False,
+        "x-postcopy-xbzrle": False,
     } == states
 
 
@@ -145,3 +146,14 @@ def test_postcopy_preempt_needs_postcopy_ram() -> None:
         MigrationCapabilities().updated({"postcopy-preempt": True})
     caps = MigrationCapabilities().updated({"postcopy-ram": True, "postcopy-preempt": True})
     assert "postcopy-preempt" in caps.wire_names()
+
+
+def test_postcopy_xbzrle_needs_postcopy_ram_and_xbzrle() -> None:
+    for both in ({"postcopy-ram": True}, {"xbzrle": True}, {}):
+        with pytest.raises(ParameterError, match="requires postcopy-ram and xbzrle"):
+            MigrationCapabilities().updated({**both, "x-postcopy-xbzrle": True})
+    caps = MigrationCapabilities().updated(
+        {"postcopy-ram": True, "xbzrle": True, "x-postcopy-xbzrle": True}
+    )
+    assert "x-postcopy-xbzrle" in caps.wire_names()  # an older destination refuses it at setup
+    assert "x-postcopy-xbzrle" not in MigrationCapabilities(xbzrle=True).wire_names()

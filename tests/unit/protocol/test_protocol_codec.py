@@ -7,11 +7,11 @@ import zlib
 import numpy as np
 import pytest
 import zstandard
-from helpers.pair import ConnectionPair, make_config
+from helpers.pair import deliver_ram
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import LocalProtocolError, PageKind, RamPagesReceived, xbzrle
+from protocol import LocalProtocolError, PageKind, xbzrle
 from protocol.codec import Codec, Compressor, Decompressor, compress, decompress, zstd_frame_len
 from vmsim import GuestRam, PageBatch, RamLoader
 
@@ -143,20 +143,6 @@ def test_an_xbzrle_frame_applies_its_deltas_to_the_destinations_copy():
     assert not ram.pages[2].any()
     assert (ram.pages[3] == changed).all()
     assert 1 == dest.xbzrle_pages
-
-
-def deliver_ram(batch: PageBatch, sink: RamLoader) -> RamPagesReceived:
-    config = make_config(ram_pages=8, page_size=4096)
-    pair = ConnectionPair()
-    pair.source.send_configuration(config)
-    pair.source.send_open_return_path()
-    pair.transfer()
-    pair.dest.attach_sink(sink)
-    pair.dest.send_open_ack()
-    pair.source.send_section_start(1, "ram", 0, 4, {"ram_size": 8 * 4096, "page_size": 4096})
-    pair.source.send_ram(1, batch, end=False)
-    events, _ = pair.transfer()
-    return next(e for e in events if isinstance(e, RamPagesReceived))
 
 
 @given(

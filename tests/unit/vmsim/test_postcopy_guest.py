@@ -231,8 +231,8 @@ def test_postcopy_refuses_what_does_not_fit() -> None:
         destination.start_postcopy(np.array([4], dtype=np.intp))
     with pytest.raises(NotAllowed, match="have not arrived"):
         destination.finish_postcopy()
-    with pytest.raises(RamError, match="XBZRLE"):
-        destination.ram_handler.loader.page(3)
+    with pytest.raises(RamError, match="XBZRLE page outside RAM"):
+        destination.ram_handler.loader.delta_pages(np.array([config.n_pages], dtype=np.int64))
     source = Machine.boot(config)
     source.ram_handler.save_setup()
     with pytest.raises(RamError, match="outside RAM"):
