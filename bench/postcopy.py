@@ -54,6 +54,7 @@ def postcopy(run: Run) -> dict[str, object]:
     vm = VmSpec(ram_mib=ram_mib, workload="ab", dirty_rate=rate)
     rows = [_migrate(run, vm) for _ in range(run.pick(5, 2))]
     preempt_rows = [_migrate(run, vm, preempt=True) for _ in range(run.pick(3, 1))]
+    delta_rows = [_migrate(run, vm, deltas=True) for _ in range(run.pick(3, 1))]
     qemu_rows = _qemu_rows(ram_mib, run.pick(3, 1))
     table(
         [
@@ -79,18 +80,21 @@ def postcopy(run: Run) -> dict[str, object]:
                 r["block_p99_ms"],
                 r["replay_matches"],
             ]
-            for r in [*rows, *preempt_rows, *qemu_rows]
+            for r in [*rows, *preempt_rows, *delta_rows, *qemu_rows]
         ],
     )
     goals = _goals(rows)
+    delta_goals = _goals(delta_rows)
     for name, met in goals.items():
-        say(f"  goal {name}: {verdict(met)}")
+        say(f"  goal {name}: {verdict(met)} (with x-postcopy-xbzrle: {verdict(delta_goals[name])})")
     say(f"  QEMU 7.2 here (reference): {QEMU_REFERENCE}")
     return {
         "ram_mib": ram_mib,
         "sweeps_per_s": sweeps,
         "runs": rows,
         "preempt_runs": preempt_rows,
+        "delta_runs": delta_rows,  # x-postcopy-xbzrle, a cache as big as RAM
+        "goals_with_deltas": delta_goals,
         "qemu_runs": qemu_rows,
         "goals": goals,
     }

@@ -5,10 +5,13 @@ delta from the cached copy (`protocol.xbzrle`), or whole when the delta would no
 (an *overflow*); a page not in the cache is inserted and goes whole. The cache is direct-mapped
 by page number (QEMU's page cache), `xbzrle-cache-size` bytes.
 
-What is sent is always a snapshot taken when the batch is built (the guest cannot write while
-the loop builds it), and the cache holds exactly that snapshot: the destination's copy of a
-page and the cached one never differ, however the guest writes while the bytes are in flight.
-A page that goes as ZERO leaves the cache (the destination now has zeros).
+With a cache smaller than RAM, what is sent is a snapshot taken when the batch is built (the
+guest cannot write while the loop builds it), and the cache holds exactly that snapshot: the
+destination's copy of a page and the cached one never differ, however the guest writes while
+the bytes are in flight. With a cache for all of RAM the slot of page p is p, and whole pages
+go as views of their slots (one copy of each page instead of two; `_encode_in_place` says why
+the two copies still agree once the stream has caught up). A page that goes as ZERO leaves the
+cache (the destination now has zeros).
 """
 
 from __future__ import annotations
@@ -78,11 +81,26 @@ class XbzrleEncoder:
         count = batch.n_pages.astype(np.int64)
         self._forget(_expand(first[kinds == PageKind.ZERO], count[kinds == PageKind.ZERO]))
         pfns = _expand(first[kinds == PageKind.NORMAL], count[kinds == PageKind.NORMAL])
+        if self._holds_all:
+            return self._encode_in_place(batch, pfns)
         snapshot = self._pages[pfns]  # a copy: what is sent, and what the cache keeps
         slots = pfns % len(self._tags)
         deltas = self._deltas(pfns, slots, snapshot, np.arange(len(pfns)))
         self._insert(pfns, slots, snapshot)
         return _rebuild(batch, pfns, snapshot, deltas)
+
+    def _encode_in_place(self, batch: PageBatch, pfns: NDArray[np.int64]) -> PageBatch:
+        """A cache for all of RAM: page p's slot is p, and it is what goes whole (no snapshot).
+
+        The deltas are taken from the slots before the pages are copied in. A frame still
+        queued may then go out with a slot's newer copy instead of the one it was built with:
+        that is harmless, because every later delta of that page follows it on the same stream
+        and a delta only writes the bytes it changes, so once the stream has caught up the
+        destination's copy is the slot's again. One copy of each page where the snapshot took two.
+        """
+        deltas = self._deltas(pfns, pfns, self._pages, pfns)
+        self._insert(pfns, pfns, self._pages, by_pfn=True)
+        return _rebuild(batch, pfns, self._data, deltas, by_pfn=True)
 
     def encode_frozen(self, batch: PageBatch) -> PageBatch:
         """`batch` against the cache as it is, which it leaves as it is (postcopy's push).
@@ -127,24 +145,33 @@ class XbzrleEncoder:
         return _Deltas(index=hits[fits], lengths=lengths[fits], blob=blob)
 
     def _insert(
-        self, pfns: NDArray[np.int64], slots: NDArray[np.int64], snapshot: NDArray[np.uint8]
+        self,
+        pfns: NDArray[np.int64],
+        slots: NDArray[np.int64],
+        rows: NDArray[np.uint8],
+        *,
+        by_pfn: bool = False,
     ) -> None:
-        """Cache every page sent (the last of the batch where two share a slot)."""
+        """Cache every page sent (the last of the batch where two share a slot).
+
+        Page ``pfns[i]`` is ``rows[i]``, or ``rows[pfns[i]]`` with `by_pfn` (guest RAM).
+        """
         if self._holds_all:  # a batch's pages differ, so do their slots
             runs = row_runs(slots, np.arange(len(slots)))
             if len(runs) > _INSERT_MAX_SLICES:
                 self._tags[slots] = pfns
-                self._data[slots] = snapshot
+                self._data[slots] = rows[pfns] if by_pfn else rows
                 return
             for low, high in runs:
-                first = int(slots[low])
-                self._tags[first : first + high - low] = pfns[low:high]
-                self._data[first : first + high - low] = snapshot[low:high]
+                first, count = int(slots[low]), high - low
+                source = int(pfns[low]) if by_pfn else low
+                self._tags[first : first + count] = pfns[low:high]
+                self._data[first : first + count] = rows[source : source + count]
             return
         _, last = np.unique(slots[::-1], return_index=True)
         keep = len(slots) - 1 - last
         self._tags[slots[keep]] = pfns[keep]
-        self._data[slots[keep]] = snapshot[keep]
+        self._data[slots[keep]] = rows[pfns[keep]] if by_pfn else rows[keep]
 
     def _forget(self, pfns: NDArray[np.int64]) -> None:
         """Pages sent as ZERO leave the cache."""

@@ -106,3 +106,19 @@ def test_whole_pages_of_the_push_are_views_of_guest_ram():
     assert batch.delta_lens is None
     (view,) = batch.data
     assert np.shares_memory(np.frombuffer(view, dtype=np.uint8), ram)
+
+
+def test_a_frame_that_leaves_late_still_rebuilds_the_guest():
+    """With a cache for all RAM whole pages are views of the cache: a frame still queued when
+    the page is sent again goes out with the newer copy, and the deltas after it still fit."""
+    ram, dest = _ram(), np.zeros((N_PAGES, PAGE_SIZE), dtype=np.uint8)
+    encoder = XbzrleEncoder(ram, N_PAGES * PAGE_SIZE)
+    first = encoder.encode(_batch([(0, N_PAGES, PageKind.NORMAL)]))
+    ram[:, 7] += 1
+    second = encoder.encode(_batch([(0, N_PAGES, PageKind.NORMAL)]))
+    ram[::2, 9] += 1
+    third = encoder.encode(_batch([(0, N_PAGES, PageKind.NORMAL)]))
+    assert third.delta_lens is not None
+    for batch in (first, second, third):  # the first two leave only now
+        _receive(dest, batch)
+    assert (dest == ram).all()
