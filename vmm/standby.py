@@ -8,6 +8,10 @@ RAM on a thread before it reports ready (`daemon_ready`; its QMP already answers
 a daemon whose VM migrated away (postmigrate: dead memory) lends that VM's RAM, zeroed, to the
 next incoming one of the same size. Both matter on hosts that hand freed memory back: here a
 first touch costs 1.6-2.4 s/GiB instead of 0.12 (docs/benchmarks.md).
+
+A source keeps the XBZRLE cache's memory the same way: faulted in on a thread as soon as the
+`xbzrle` capability is on (and again when `xbzrle-cache-size` changes), for the next migration
+to take, where QEMU allocates it at setup and the first pass would pay for its first touch.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from vmsim import GuestRam
+from vmsim import PAGE_SIZE, GuestRam
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
+
+    from migration.params import MigrationCapabilities, MigrationParameters
 
 
 class StandbyRam:
@@ -27,6 +33,36 @@ class StandbyRam:
 
     def __init__(self) -> None:
         self._ready: asyncio.Task[NDArray[np.uint8]] | None = None
+        self._cache: asyncio.Task[NDArray[np.uint8]] | None = None
+        self._cache_bytes = 0
+
+    def follow_xbzrle(self, caps: MigrationCapabilities, params: MigrationParameters) -> None:
+        """Fault the XBZRLE cache's memory in on a thread while `xbzrle` is on (else drop it)."""
+        pages = params.xbzrle_cache_size_bytes // PAGE_SIZE if caps.xbzrle else 0
+        size_bytes = max(1, pages) * PAGE_SIZE if caps.xbzrle else 0
+        if size_bytes == self._cache_bytes:
+            return
+        self._cache_bytes = size_bytes
+        if self._cache is not None and not self._cache.done():
+            self._cache.cancel()  # the thread finishes; its memory is dropped
+        self._cache = (
+            asyncio.create_task(asyncio.to_thread(_faulted_in, size_bytes)) if size_bytes else None
+        )
+
+    async def xbzrle_ready(self) -> None:
+        """Wait until the XBZRLE cache's memory is faulted in, if it is being faulted in.
+
+        `migrate` waits for it: the first pass would otherwise wait for each page of it.
+        """
+        if self._cache is not None:
+            await asyncio.gather(asyncio.shield(self._cache), return_exceptions=True)
+
+    def xbzrle_cache(self) -> NDArray[np.uint8] | None:
+        """The XBZRLE cache's memory if it is faulted in (None: not yet, or not wanted)."""
+        cache = self._cache
+        if cache is None or not cache.done() or cache.cancelled() or cache.exception():
+            return None
+        return cache.result()
 
     def prepare(self, size_bytes: int) -> None:
         """Fault `size_bytes` of RAM in on a thread, for the next incoming VM of that size."""
@@ -53,9 +89,9 @@ class StandbyRam:
         return memory if memory.nbytes == size_bytes else None
 
     async def close(self) -> None:
-        """Wait for a buffer still faulting in (its thread cannot be interrupted)."""
-        if self._ready is not None:
-            await asyncio.gather(self._ready, return_exceptions=True)
+        """Wait for buffers still faulting in (their threads cannot be interrupted)."""
+        tasks = [task for task in (self._ready, self._cache) if task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _faulted_in(size_bytes: int) -> NDArray[np.uint8]:

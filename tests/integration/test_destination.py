@@ -268,7 +268,7 @@ def test_a_destination_given_the_ram_size_is_ready_only_with_that_ram_in_and_use
         dest = await start_daemon(tmp, mem_prealloc=True, standby_ram_mib=8)
         source = await start_daemon(tmp, vm=small_vm(), incoming=None)
         try:
-            prepared = dest.vmm._standby._ready
+            prepared = dest.vmm.standby._ready
             assert prepared is not None
             assert prepared.done()  # start() returned: the RAM is in
             ram = prepared.result()

@@ -122,3 +122,19 @@ def test_a_frame_that_leaves_late_still_rebuilds_the_guest():
     for batch in (first, second, third):  # the first two leave only now
         _receive(dest, batch)
     assert (dest == ram).all()
+
+
+def test_the_cache_can_live_in_memory_faulted_in_ahead():
+    ram, dest = _ram(), np.zeros((N_PAGES, PAGE_SIZE), dtype=np.uint8)
+    encoder = XbzrleEncoder(ram, N_PAGES * PAGE_SIZE)
+    assert not encoder.use_memory(np.zeros(PAGE_SIZE, dtype=np.uint8))  # not its size
+    memory = np.full(N_PAGES * PAGE_SIZE, 9, dtype=np.uint8)  # a former migration's cache
+    assert encoder.use_memory(memory)
+    _receive(dest, encoder.encode(_batch([(0, N_PAGES, PageKind.NORMAL)])))
+    assert 0 == encoder.stats.pages  # what the memory held was not taken for cached pages
+    assert (memory.reshape(N_PAGES, PAGE_SIZE) == ram).all()  # the cache is in it now
+    ram[:, 1] += 1
+    batch = encoder.encode(_batch([(0, N_PAGES, PageKind.NORMAL)]))
+    assert batch.delta_lens is not None
+    _receive(dest, batch)
+    assert (dest == ram).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from migration.params import MigrationCapabilities, MigrationParameters
 from vmm.standby import StandbyRam
 from vmsim import PAGE_SIZE, GuestRam
 
@@ -42,3 +43,25 @@ async def test_ready_waits_for_the_prepared_ram_and_leaves_it_to_take() -> None:
     memory = await standby.take(SIZE, None)
     assert memory is not None
     assert memory.nbytes == SIZE
+
+
+async def test_the_xbzrle_cache_is_faulted_in_while_the_capability_is_on() -> None:
+    standby = StandbyRam()
+    plain, cache_of = MigrationCapabilities(), MigrationParameters().updated
+    standby.follow_xbzrle(plain, cache_of({"xbzrle-cache-size": SIZE}))
+    assert standby.xbzrle_cache() is None  # not asked for
+
+    caps = MigrationCapabilities(xbzrle=True)
+    standby.follow_xbzrle(caps, cache_of({"xbzrle-cache-size": SIZE + 100}))  # whole pages
+    await standby.close()  # waits for the thread
+    memory = standby.xbzrle_cache()
+    assert memory is not None
+    assert SIZE == memory.nbytes
+    standby.follow_xbzrle(caps, cache_of({"xbzrle-cache-size": SIZE + 200}))
+    assert memory is standby.xbzrle_cache()  # the same size: kept, for the next migration too
+
+    standby.follow_xbzrle(caps, cache_of({"xbzrle-cache-size": 2 * SIZE}))
+    assert standby.xbzrle_cache() is None  # the new size is on its way
+    standby.follow_xbzrle(plain, cache_of({"xbzrle-cache-size": 2 * SIZE}))
+    await standby.close()
+    assert standby.xbzrle_cache() is None  # dropped with the capability
