@@ -443,11 +443,11 @@ class StreamSender(RecoverySender):
         return True
 
     def _send_postcopy_pages(self, batch: PageBatch, push: PostcopyPush) -> None:
-        """Pages after the switch (whole, or as deltas by x-postcopy-xbzrle), one frame ahead."""
+        """Pages after the switch (whole, or as deltas: a frame of them kept ahead, not 4 MiB)."""
         self._metrics.normal_pages += batch.normal_pages
         self._metrics.zero_pages += batch.zero_pages
         self.conn.send_ram(ram_section_id(self._machine), batch, end=False)
-        self._flush([MAIN], keep_bytes=push.frame_bytes)
+        self._flush([MAIN], keep_bytes=min(push.frame_bytes, batch.data_bytes))
 
     # ------------------------------------------------------------------ frames
 

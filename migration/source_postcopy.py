@@ -152,9 +152,7 @@ class PostcopyPush:
             return None
         if self._encode is not None:
             batch = self._encode(batch)
-        deltas = batch.delta_lens
-        self._background_bytes += batch.normal_pages * PAGE_SIZE
-        self._background_bytes += int(deltas.sum()) if deltas is not None else 0
+        self._background_bytes += batch.data_bytes
         return batch
 
     def forget_requests(self) -> None:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from vmsim.config import PAGE_SIZE
+
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
@@ -74,6 +76,12 @@ class PageBatch:
     def total_pages(self) -> int:
         """Pages in the batch, of any kind."""
         return self.normal_pages + self.zero_pages
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of page data it carries: its NORMAL pages, and its deltas if any."""
+        deltas = int(self.delta_lens.sum()) if self.delta_lens is not None else 0
+        return self.normal_pages * PAGE_SIZE + deltas
 
 
 class SaveVMHandlers(Protocol):
