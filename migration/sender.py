@@ -384,10 +384,9 @@ class StreamSender(RecoverySender):
 
     def _precopy_rate(self) -> float:
         """Bytes per second precopy moved since setup (0: not measured)."""
-        metrics = self._metrics
-        since = metrics.setup_done_at
+        since = self._metrics.setup_done_at
         elapsed_s = self._out.now - since if since is not None else 0.0
-        return metrics.transferred_bytes / elapsed_s if elapsed_s > 0 else 0.0
+        return self._metrics.transferred_bytes / elapsed_s if elapsed_s > 0 else 0.0
 
     def postcopy_request(self, ranges: PageRanges) -> None:
         """REQ_PAGES: queue the pages asked for now, ahead of the next background batch."""
@@ -464,7 +463,8 @@ class StreamSender(RecoverySender):
     def _send_part(self, part: SectionPart, *, end: bool) -> None:
         """Queue a RAM part (on the main channel, or spread over the multifd channels).
 
-        With XBZRLE, the pages it re-encodes as deltas count in its own statistics, not here.
+        With XBZRLE, the pages it re-encodes as deltas count in its own statistics, not here,
+        and a frame of deltas is kept ahead alone (16 MiB of them would hold the whole RAM's).
         """
         batch = part.batch if self.xbzrle is None else self.xbzrle.encode(part.batch)
         self._metrics.normal_pages += batch.normal_pages
@@ -474,7 +474,8 @@ class StreamSender(RecoverySender):
             self.conn.send_ram(part.section_id, batch, end=end)
             if self.sent_frames is not None:
                 self.sent_frames.sent(part.batch)
-            self._flush([MAIN], keep_bytes=QUEUE_AHEAD_BYTES)
+            ahead = QUEUE_AHEAD_BYTES if batch.delta_lens is None else batch.data_bytes
+            self._flush([MAIN], keep_bytes=ahead)
             return
         synced = multifd.sync(self._machine.ram_handler.stats().dirty_sync_count)
         used = multifd.send(part.batch)
