@@ -23,6 +23,7 @@ import numpy as np
 
 from protocol import PageKind as WirePageKind
 from protocol import xbzrle_batch
+from protocol.ram import spread_runs
 from vmsim import PAGE_SIZE, PageBatch, PageKind, row_runs
 
 if TYPE_CHECKING:
@@ -86,12 +87,12 @@ class XbzrleEncoder:
         return True
 
     def encode(self, batch: PageBatch) -> PageBatch:
-        """`batch` with its whole pages snapshotted, and the cached ones as deltas."""
+        """`batch` with its cached pages as deltas, the others whole (snapshot or cache slots)."""
         kinds = batch.kinds
         first = batch.first_pfns.astype(np.int64)
         count = batch.n_pages.astype(np.int64)
-        self._forget(_expand(first[kinds == PageKind.ZERO], count[kinds == PageKind.ZERO]))
-        pfns = _expand(first[kinds == PageKind.NORMAL], count[kinds == PageKind.NORMAL])
+        self._forget(spread_runs(first[kinds == PageKind.ZERO], count[kinds == PageKind.ZERO]))
+        pfns = spread_runs(first[kinds == PageKind.NORMAL], count[kinds == PageKind.NORMAL])
         if self._holds_all:
             return self._encode_in_place(batch, pfns)
         snapshot = self._pages[pfns]  # a copy: what is sent, and what the cache keeps
@@ -122,7 +123,7 @@ class XbzrleEncoder:
         """
         kinds = batch.kinds
         normal = kinds == PageKind.NORMAL
-        pfns = _expand(batch.first_pfns[normal].astype(np.int64), batch.n_pages[normal])
+        pfns = spread_runs(batch.first_pfns[normal].astype(np.int64), batch.n_pages[normal])
         deltas = self._deltas(pfns, pfns % len(self._tags), self._pages, pfns)
         return _rebuild(batch, pfns, self._pages, deltas, by_pfn=True)
 
@@ -205,13 +206,6 @@ def _take(rows: NDArray[np.uint8], index: NDArray[np.int64]) -> NDArray[np.uint8
     if len(index) and bool(np.all(np.diff(index) == 1)):
         return rows[int(index[0]) : int(index[-1]) + 1]
     return rows[index]
-
-
-def _expand(first: NDArray[np.int64], count: NDArray[np.integer]) -> NDArray[np.int64]:
-    """Every page number of the runs."""
-    count = count.astype(np.int64)
-    offsets = np.cumsum(count) - count
-    return np.repeat(first - offsets, count) + np.arange(int(count.sum()), dtype=np.int64)
 
 
 def _rebuild(

@@ -373,6 +373,13 @@ def _pack_lens(lens: NDArray[np.integer[Any]], xbzrle_runs: int) -> bytes:
     return lens.astype(DELTA_LEN_DTYPE).tobytes()
 
 
+def spread_runs(starts: NDArray[np.int64], counts: NDArray[np.integer[Any]]) -> NDArray[np.int64]:
+    """``starts[k] + j`` for every ``j < counts[k]``, run after run (every page of page runs)."""
+    counts = counts.astype(np.int64, copy=False)
+    offsets = np.cumsum(counts) - counts
+    return np.repeat(starts - offsets, counts) + np.arange(int(counts.sum()), dtype=np.int64)
+
+
 def _byte_view(buf: memoryview) -> memoryview:
     view = memoryview(buf)
     if view.ndim != 1 or view.format != "B":

@@ -19,9 +19,12 @@ import numpy as np
 
 from protocol import xbzrle
 from protocol.meta import bad
+from protocol.ram import spread_runs
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
+
+    from protocol.errors import LocalProtocolError
 
 __all__ = ["OVERFLOW", "decode_batch", "encode_batch"]
 
@@ -139,7 +142,7 @@ def _write_runs(
     _put_uleb(out, at, zrun, z_len)
     _put_uleb(out, at + z_len, nzrun, n_len)
     data_at = at + z_len + n_len
-    out[_spread(data_at, nzrun)] = values
+    out[spread_runs(data_at, nzrun)] = values
     return out.tobytes()
 
 
@@ -155,12 +158,6 @@ def _put_uleb(
         out[at[has] + i] = ((values[has] >> (7 * i)) & 0x7F) | more[has]
 
 
-def _spread(starts: NDArray[np.int64], counts: NDArray[np.int64]) -> NDArray[np.int64]:
-    """``starts[k] + j`` for every ``j < counts[k]``, run after run."""
-    offsets = np.cumsum(counts) - counts
-    return np.repeat(starts - offsets, counts) + np.arange(int(counts.sum()), dtype=np.int64)
-
-
 def _read_uleb(
     deltas: NDArray[np.uint8], start: NDArray[np.int64], end: NDArray[np.int64]
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -170,20 +167,25 @@ def _read_uleb(
     pending = np.ones(len(start), dtype=np.bool_)
     for i in range(xbzrle.MAX_ULEB_BYTES):
         at = start + i
-        if np.any(pending & (at >= end)):
-            break
+        truncated = pending & (at >= end)
+        if truncated.any():
+            raise _uleb_error(start, truncated)
         byte = deltas[np.where(pending, at, 0)].astype(np.int64)
         value |= np.where(pending, (byte & 0x7F) << (7 * i), 0)
         count += pending
         pending &= byte >= _ULEB_ONE_BYTE
         if not pending.any():
             return value, start + count
-    first = int(np.flatnonzero(pending)[0])
+    raise _uleb_error(start, pending)
+
+
+def _uleb_error(start: NDArray[np.int64], wrong: NDArray[np.bool_]) -> LocalProtocolError:
+    first = int(np.flatnonzero(wrong)[0])
     msg = (
         f"XBZRLE length at delta offset {int(start[first])} is truncated or longer than "
         f"{xbzrle.MAX_ULEB_BYTES} bytes"
     )
-    raise bad(msg)
+    return bad(msg)
 
 
 def _check_runs(
@@ -210,4 +212,4 @@ def _copy_runs(
     source: NDArray[np.int64],
     nzrun: NDArray[np.int64],
 ) -> None:
-    flat[_spread(target, nzrun)] = deltas[_spread(source, nzrun)]
+    flat[spread_runs(target, nzrun)] = deltas[spread_runs(source, nzrun)]
