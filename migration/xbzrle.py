@@ -34,6 +34,11 @@ _INSERT_MAX_SLICES: Final = 8
 """A batch of more runs than this goes into the cache with one scatter, not slice by slice."""
 
 
+def cache_bytes(cache_size: int) -> int:
+    """The cache `xbzrle-cache-size` asks for: whole pages, at least one."""
+    return max(1, cache_size // PAGE_SIZE) * PAGE_SIZE
+
+
 @dataclass(kw_only=True, slots=True)
 class XbzrleStats:
     """QEMU's `query-migrate` `xbzrle-cache` members, as counts."""
@@ -68,7 +73,7 @@ class XbzrleEncoder:
     """
 
     def __init__(self, pages: NDArray[np.uint8], cache_size: int) -> None:
-        slots = max(1, cache_size // PAGE_SIZE)
+        slots = cache_bytes(cache_size) // PAGE_SIZE
         self._pages = pages
         self._data = np.zeros((slots, PAGE_SIZE), dtype=np.uint8)
         self._tags = np.full(slots, -1, dtype=np.int64)

@@ -415,7 +415,8 @@ class DestConnection(Connection):
         sizes = np.where(plan.normal, (plan.end_pfn - plan.first_pfn) * page_size, 0)
         if plan.xbzrle is not None and plan.delta_lens is not None:
             sizes[plan.xbzrle] = plan.delta_lens
-        offsets = (np.cumsum(sizes) - sizes).tolist()
+        starts = np.cumsum(sizes) - sizes
+        offsets = starts.tolist()
         whole = plan.without_xbzrle()
         pieces = [
             data[offsets[i] : offsets[i] + int(sizes[i])] for i in np.flatnonzero(plan.normal)
@@ -427,12 +428,11 @@ class DestConnection(Connection):
         index = np.flatnonzero(plan.xbzrle)
         pfns = plan.first_pfn[index]
         pages, apply = sink.delta_pages(pfns)
-        starts = np.asarray(offsets, dtype=np.int64)[index]
         xbzrle_batch.decode_batch(
             pages,
             pfns[apply],
             np.frombuffer(data, dtype=np.uint8),
-            starts[apply],
+            starts[index][apply],
             sizes[index][apply],
         )
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from vmsim import PAGE_SIZE, GuestRam
+from migration.xbzrle import cache_bytes
+from vmsim import GuestRam
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,8 +39,7 @@ class StandbyRam:
 
     def follow_xbzrle(self, caps: MigrationCapabilities, params: MigrationParameters) -> None:
         """Fault the XBZRLE cache's memory in on a thread while `xbzrle` is on (else drop it)."""
-        pages = params.xbzrle_cache_size_bytes // PAGE_SIZE if caps.xbzrle else 0
-        size_bytes = max(1, pages) * PAGE_SIZE if caps.xbzrle else 0
+        size_bytes = cache_bytes(params.xbzrle_cache_size_bytes) if caps.xbzrle else 0
         if size_bytes == self._cache_bytes:
             return
         self._cache_bytes = size_bytes
