@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         capabilities=settings[1],
         serial_path=args.serial,
         mem_prealloc=args.mem_prealloc,
+        vcpu_thread=args.vcpu_thread,
         standby_ram_mib=max(0, args.ram_mib),
         expected_uuid=args.uuid,
         start_paused=args.paused,

@@ -16,6 +16,7 @@ cache (the destination now has zeros).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -27,6 +28,9 @@ from protocol.ram import spread_runs
 from vmsim import PAGE_SIZE, PageBatch, PageKind, row_runs
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractContextManager
+
     from numpy.typing import NDArray
 
 
@@ -70,6 +74,12 @@ class XbzrleEncoder:
     Args:
         pages: guest RAM as (pages x PAGE_SIZE), read when a batch is encoded.
         cache_size: `xbzrle-cache-size` in bytes (at least one page).
+
+    Attributes:
+        guest_may_run: a context within which the guest may write RAM again (the daemon's
+            vCPU thread: `vmm.vcpu_thread`); whole pages are copied within it, since what goes
+            is what was copied. Deltas are taken and their pages cached outside it: a delta
+            and the copy it leaves in the cache must see the same bytes.
     """
 
     def __init__(self, pages: NDArray[np.uint8], cache_size: int) -> None:
@@ -79,6 +89,7 @@ class XbzrleEncoder:
         self._tags = np.full(slots, -1, dtype=np.int64)
         self._holds_all = slots >= len(pages)  # one slot per page: no two pages share one
         self.stats = XbzrleStats(cache_size=slots * PAGE_SIZE)
+        self.guest_may_run: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
 
     def use_memory(self, memory: NDArray[np.uint8]) -> bool:
         """Keep the cache in `memory` (faulted in already) if it is the cache's size.
@@ -100,7 +111,8 @@ class XbzrleEncoder:
         pfns = spread_runs(first[kinds == PageKind.NORMAL], count[kinds == PageKind.NORMAL])
         if self._holds_all:
             return self._encode_in_place(batch, pfns)
-        snapshot = self._pages[pfns]  # a copy: what is sent, and what the cache keeps
+        with self.guest_may_run():
+            snapshot = self._pages[pfns]  # a copy: what is sent, and what the cache keeps
         slots = pfns % len(self._tags)
         deltas = self._deltas(pfns, slots, snapshot, np.arange(len(pfns)))
         self._insert(pfns, slots, snapshot)
@@ -116,7 +128,11 @@ class XbzrleEncoder:
         destination's copy is the slot's again. One copy of each page where the snapshot took two.
         """
         deltas = self._deltas(pfns, pfns, self._pages, pfns)
-        self._insert(pfns, pfns, self._pages, by_pfn=True)
+        whole = np.ones(len(pfns), dtype=np.bool_)
+        whole[deltas.index] = False
+        self._insert(pfns[~whole], pfns[~whole], self._pages, by_pfn=True)
+        with self.guest_may_run():  # what is copied is what goes: torn or not, the copies agree
+            self._insert(pfns[whole], pfns[whole], self._pages, by_pfn=True)
         return _rebuild(batch, pfns, self._data, deltas, by_pfn=True)
 
     def encode_frozen(self, batch: PageBatch) -> PageBatch:

@@ -66,6 +66,9 @@ class Channel:
         bytes_received: Bytes received so far.
         last_error: The last socket error seen (a failed send, or a receive error such as
             ``ECONNRESET``/``ETIMEDOUT`` that was fed to the connection as end of stream).
+        send_guard: Held while the kernel copies queued bytes and the connection hashes them,
+            when the queued data views memory another thread writes (guest RAM and its vCPU
+            thread: `vmm.vcpu_thread`); None by default.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class Channel:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.last_error: OSError | None = None
+        self.send_guard: contextlib.AbstractContextManager[object] | None = None
         self._rearm_timer()
 
     # ------------------------------------------------------------------ properties
@@ -297,6 +301,12 @@ class Channel:
 
     def _send_some(self, budget_bytes: int) -> _SendResult:
         """Send until the queue is empty, the kernel is full or the budget is spent."""
+        if self.send_guard is None:
+            return self._send_unguarded(budget_bytes)
+        with self.send_guard:
+            return self._send_unguarded(budget_bytes)
+
+    def _send_unguarded(self, budget_bytes: int) -> _SendResult:
         conn, sock, wire = self._conn, self._sock, self._wire
         sent = 0
         result = _SendResult.MORE

@@ -21,6 +21,7 @@ from netio.tls import authorization_refusal, tls_handshake
 from netio.uri import FileAddress
 
 if TYPE_CHECKING:
+    import contextlib
     import socket
     from collections.abc import Callable
 
@@ -46,6 +47,7 @@ class ChannelLike(Protocol):
     bytes_sent: int
     bytes_received: int
     last_error: OSError | None
+    send_guard: contextlib.AbstractContextManager[object] | None
 
     @property
     def closed(self) -> bool:

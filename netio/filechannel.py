@@ -11,6 +11,7 @@ run, and polls the connection's timer between chunks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
@@ -40,6 +41,7 @@ class FileChannel:
         bytes_received: Bytes read so far.
         last_error: The last `OSError` seen (a read error is fed to the connection as end of
             stream).
+        send_guard: Held while a chunk is written and hashed (as `Channel.send_guard`).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class FileChannel:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.last_error: OSError | None = None
+        self.send_guard: contextlib.AbstractContextManager[object] | None = None
 
     @classmethod
     def for_writing(
@@ -225,6 +228,10 @@ class FileChannel:
     def _write_chunk(
         self, buffers: Sequence[bytes | memoryview], limit_bytes: int = CHUNK_BYTES
     ) -> None:
+        with self.send_guard if self.send_guard is not None else contextlib.nullcontext():
+            self._write_unguarded(buffers, limit_bytes)
+
+    def _write_unguarded(self, buffers: Sequence[bytes | memoryview], limit_bytes: int) -> None:
         try:
             nbytes = os.writev(self._fd, _bounded(buffers, min(limit_bytes, CHUNK_BYTES)))
         except OSError as exc:

@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         capabilities=settings[1],
         serial_path=args.serial,
         mem_prealloc=args.mem_prealloc,
+        vcpu_thread=args.vcpu_thread,
     )
     return run_daemon(args, options)
 

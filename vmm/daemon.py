@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -39,7 +39,9 @@ from vmm.outgoing import OutgoingMigration
 from vmm.prometheus import MigrationCounts
 from vmm.records import RecordBook, wall_clock_iso
 from vmm.runner import VmStopError
+from vmm.serial_console import SerialConsole
 from vmm.standby import StandbyRam
+from vmm.vcpu_thread import VcpuLock
 from vmm.vm import VirtualMachine
 from vmm.workers import parallel_map
 from vmsim import (
@@ -63,7 +65,6 @@ if TYPE_CHECKING:
     from netio import MigrationAddress
 
 log = structlog.get_logger("vmm.daemon")
-SERIAL_LINE_BYTES: Final = 80  # guest serial output is logged a line (or this much) at a time
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -85,6 +86,7 @@ class DaemonOptions:
     capabilities: Mapping[str, bool] = field(default_factory=dict)
     mem_prealloc: bool = False  # QEMU -mem-prealloc: fault incoming RAM in before setup ends
     standby_ram_mib: int = 0  # dest-daemon --ram-mib: with mem_prealloc, RAM ready at start
+    vcpu_thread: bool = True  # the vCPU on a thread of its own (vmm.vcpu_thread), or the loop
 
 
 class Vmm:
@@ -98,6 +100,7 @@ class Vmm:
         self.params = MigrationParameters().updated(options.parameters)
         self.caps = MigrationCapabilities().updated(options.capabilities)
         self.vm: VirtualMachine | None = None
+        self.vcpu_lock = VcpuLock()  # every VM this daemon runs, and its migrations, hold it
         self.autostart = not options.start_paused
         self.outgoing: OutgoingMigration | None = None
         self.map_jobs: MapJobs = parallel_map  # runs multifd compression jobs
@@ -112,10 +115,7 @@ class Vmm:
         self.incoming: IncomingRouter | None = None
         self.quit_requested = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._serial_file = (
-            options.serial_path.open("ab") if options.serial_path is not None else None
-        )
-        self._serial_line = bytearray()
+        self._serial = SerialConsole(options.serial_path)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -155,8 +155,7 @@ class Vmm:
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
-        if self._serial_file is not None:
-            self._serial_file.close()
+        self._serial.close()
         for stop in self._populating.values():
             stop.set()  # the thread stops after its current chunk
         await asyncio.gather(*self._populating, return_exceptions=True)
@@ -166,7 +165,12 @@ class Vmm:
         if self._runner is not None:
             self._runner.cancel()
         vm = VirtualMachine(
-            machine, emit_event=self.emit_event, clock=self.clock, serial_sink=self._serial
+            machine,
+            emit_event=self.emit_event,
+            clock=self.clock,
+            serial_sink=self._serial.write,
+            lock=self.vcpu_lock,
+            vcpu_thread=self.options.vcpu_thread,
         )
         self.vm = vm
         self._runner = asyncio.create_task(vm.run(), name="vcpu")
@@ -467,20 +471,6 @@ class Vmm:
     def migration_status(self) -> MigrationStatus:
         """The status `query-migrate` reports."""
         return MigrationStatus(str(self.query_migrate().get("status", "none")))
-
-    # -- serial ---------------------------------------------------------------------------
-
-    def _serial(self, output: bytes) -> None:
-        if self._serial_file is not None:
-            self._serial_file.write(output)
-            self._serial_file.flush()
-        self._serial_line.extend(output)
-        while b"\n" in self._serial_line or len(self._serial_line) >= SERIAL_LINE_BYTES:
-            cut = self._serial_line.find(b"\n")
-            cut = cut if cut >= 0 else SERIAL_LINE_BYTES
-            line = bytes(self._serial_line[:cut])
-            del self._serial_line[: cut + 1 if cut < len(self._serial_line) else cut]
-            log.debug("serial", text=line.decode("latin-1"))
 
     def _require_vm(self) -> VirtualMachine:
         if self.vm is None:

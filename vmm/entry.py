@@ -161,6 +161,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--serial", type=Path, metavar="FILE", help="append the guest's serial output to FILE"
     )
+    parser.add_argument(
+        "--vcpu-thread",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the vCPU on a thread of its own, as QEMU does (default), or on the event "
+        "loop between migration and monitor work (--no-vcpu-thread)",
+    )
 
 
 def run_daemon(args: argparse.Namespace, options: DaemonOptions) -> int:

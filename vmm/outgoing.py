@@ -73,8 +73,10 @@ class OutgoingMigration:
             now=clock(),
             map_jobs=map_jobs,
         )
-        if xbzrle_cache is not None and self.source.sender.xbzrle is not None:
-            self.source.sender.xbzrle.use_memory(xbzrle_cache)  # faulted in ahead (standby)
+        if (xbzrle := self.source.sender.xbzrle) is not None:
+            xbzrle.guest_may_run = vm.lock.released  # while it copies whole pages
+            if xbzrle_cache is not None:
+                xbzrle.use_memory(xbzrle_cache)  # faulted in ahead (standby)
         self.runner = MachineRunner(
             self.source,
             host=host,
@@ -83,6 +85,8 @@ class OutgoingMigration:
             clock=clock,
             context=lambda: {"role": "source", "migration_id": migration_id},
             tls=tls,
+            # Pages go as views of guest RAM unless XBZRLE sends them from its cache (a copy).
+            send_guard=vm.lock if self.source.sender.xbzrle is None else None,
         )
 
     @property
@@ -107,12 +111,15 @@ class OutgoingMigration:
 
     def start(self) -> None:
         """Start it (status setup)."""
-        self.runner.start(self.source.start(self._clock()))
+        with self.vm.lock:
+            actions = self.source.start(self._clock())
+        self.runner.start(actions)
 
     def info(self) -> dict[str, object]:
         """The `query-migrate` reply."""
         source = self.source
-        source.refresh()
+        with self.vm.lock:
+            source.refresh()
         info = source_info(self.status, source.metrics, now=self._clock(), caps=source.caps)
         if info:
             info["x-migration-id"] = self.migration_id

@@ -28,7 +28,7 @@ from migration import (
 from migration.outbox import Outbox
 from migration.params import MAX_DIRTY_LIMIT_MB_S
 from netio import Args, CommandRegistry, NetIOError, QMPError, UriError, parse_migration_uri
-from vmm.runner import execute_reports
+from vmm.reports import execute_reports
 from vmsim import ChangeStateError, RunState, WorkloadKind
 
 log = structlog.get_logger("vmm.qmp")
@@ -151,6 +151,10 @@ class _Commands:
         vm = self._vmm.vm
         if vm is None:
             raise CommandRefusedError("there is no VM on this daemon")
+        with vm.lock:  # the vCPU thread is between slices: one consistent view
+            return self._vm_reply(vm)
+
+    def _vm_reply(self, vm: VirtualMachine) -> dict[str, object]:
         machine = vm.machine
         reply: dict[str, object] = {
             "ticks": machine.ticks,

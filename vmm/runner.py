@@ -23,6 +23,7 @@ from migration import actions as act
 from migration import inputs as inp
 from netio import NetIOError, connect_channel
 from protocol import ConnectionClosed, PagesToDecode, PeerTimedOut, ProtocolError
+from vmm.reports import LOG_LEVELS, side_of
 from vmm.workers import decoded
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from netio import ChannelLike, ChannelOptions, MigrationAddress, TlsClient
     from protocol import Event as ProtocolEvent
     from protocol import SourceConnection
+    from vmm.vcpu_thread import VcpuLock
     from vmsim import Machine, MachineConfig, RunState
 
 log = structlog.get_logger("vmm.migration")
@@ -73,6 +75,9 @@ class SansIOMachine(Protocol):
 
 class RunnerHost(Protocol):
     """What the daemon does for a migration: the VM, events, the ownership decision."""
+
+    vcpu_lock: VcpuLock
+    """Held while a machine handles an input: the VM's vCPU thread is then between slices."""
 
     def stop_vm_for_migration(self) -> RunState:
         """Stop the VM to finish-migrate; return its previous run state (or raise VmStopError)."""
@@ -135,6 +140,8 @@ class MachineRunner:
         clock: the loop's clock.
         context: fields every log line of this machine carries (role, migration id).
         tls: how channels it opens are secured (`tls-creds`), or None for plaintext.
+        send_guard: held while a channel sends, when the queued page data views guest RAM
+            the vCPU thread writes (`vmm.vcpu_thread`); None when pages go from copies.
     """
 
     def __init__(
@@ -147,9 +154,11 @@ class MachineRunner:
         clock: Callable[[], float],
         context: Callable[[], Mapping[str, object]],
         tls: TlsClient | None = None,
+        send_guard: VcpuLock | None = None,
     ) -> None:
         self.machine = machine
         self._tls = tls
+        self._send_guard = send_guard
         self._host = host
         self._address = address
         self._options = options
@@ -171,7 +180,7 @@ class MachineRunner:
         """Execute the machine's first actions (from its ``start()``)."""
         self._feeding = True
         try:
-            with structlog.contextvars.bound_contextvars(**self._context()):
+            with structlog.contextvars.bound_contextvars(**self._context()), self._host.vcpu_lock:
                 self._run_actions(actions)
                 self._drain()
         finally:
@@ -187,6 +196,7 @@ class MachineRunner:
         if self.done.is_set():
             channel.close()  # nothing would close it later
             return
+        channel.send_guard = self._send_guard
         self.channels[key] = channel
 
     def feed(self, event: inp.Input) -> None:
@@ -196,7 +206,7 @@ class MachineRunner:
             return
         self._feeding = True
         try:
-            with structlog.contextvars.bound_contextvars(**self._context()):
+            with structlog.contextvars.bound_contextvars(**self._context()), self._host.vcpu_lock:
                 self._drain()
         finally:
             self._feeding = False
@@ -247,7 +257,7 @@ class MachineRunner:
             case act.EmitEvent(name=name, data=data):
                 self._host.emit_event(name, data)
             case act.StatusChanged(status=status, migration_id=migration_id):
-                self._host.migration_status_changed(_side(self._context()), status, migration_id)
+                self._host.migration_status_changed(side_of(self._context()), status, migration_id)
             case act.LogFact():
                 self._log(action)
             case act.Finished():
@@ -291,7 +301,7 @@ class MachineRunner:
 
     def _log(self, fact: act.LogFact) -> None:
         fields = {**self._context(), **fact.fields}  # now: a destination learns its id late
-        log.log(_LEVELS[fact.level], fact.event, **fields)
+        log.log(LOG_LEVELS[fact.level], fact.event, **fields)
 
     def _finished(self) -> None:
         self.done.set()
@@ -320,6 +330,7 @@ class MachineRunner:
         if self.done.is_set():
             channel.close()
             return
+        channel.send_guard = self._send_guard
         self.channels[key] = channel
         self.feed(inp.ChannelOpened(channel=key))
 
@@ -452,48 +463,9 @@ async def _linger(channel: ChannelLike, linger_s: float, writer: _Writer | None)
     """Send what is queued (a last FAILED, say) for at most `linger_s`, then close."""
     if writer is not None:
         writer.cancel()
-    with contextlib.suppress(NetIOError, OSError, TimeoutError):
-        async with asyncio.timeout(linger_s):
-            await channel.flush()
-    channel.close()
-
-
-def _side(context: Mapping[str, object]) -> str | None:
-    """The migration side a runner's context names (its `role`), for the metrics."""
-    role = context.get("role")
-    return role if isinstance(role, str) else None
-
-
-_LEVELS = {act.Level.DEBUG: 10, act.Level.INFO: 20, act.Level.WARNING: 30, act.Level.ERROR: 40}
-
-
-class ReportHost(Protocol):
-    """Where reports of a ledger change made outside a machine go (a QMP command's)."""
-
-    def emit_event(self, name: str, data: Mapping[str, object] | None = None) -> None:
-        """A QMP event."""
-        ...
-
-    def migration_status_changed(self, side: str | None, status: str, migration_id: str) -> None:
-        """Migration `migration_id` of `side` (source or destination) reached `status`."""
-        ...
-
-
-def execute_reports(
-    actions: list[act.Action], host: ReportHost, *, context: Mapping[str, object]
-) -> None:
-    """Execute the events and log lines of a ledger change made by a command (no machine).
-
-    Raises:
-        TypeError: an action that needs a runner (a bug in the caller).
-    """
-    for action in actions:
-        if isinstance(action, act.EmitEvent):
-            host.emit_event(action.name, action.data)
-        elif isinstance(action, act.StatusChanged):
-            host.migration_status_changed(_side(context), action.status, action.migration_id)
-        elif isinstance(action, act.LogFact):
-            log.log(_LEVELS[action.level], action.event, **{**context, **action.fields})
-        else:
-            msg = f"{type(action).__name__} needs a runner"
-            raise TypeError(msg)
+    try:
+        with contextlib.suppress(NetIOError, OSError, TimeoutError):
+            async with asyncio.timeout(linger_s):
+                await channel.flush()
+    finally:
+        channel.close()  # also when the daemon's shutdown cancels the linger

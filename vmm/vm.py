@@ -2,15 +2,17 @@
 
 The machine (`vmsim.Machine`) only counts ticks; here they are paced to the machine's `tick_hz`
 against the event loop's clock, slowed down by auto-converge and dirty limits (`vmm.pacing`).
-The vCPU runs in short slices (a few milliseconds of work at most)
-and yields between them, so migration I/O and QMP run in between on the same thread. That also
-makes every dirty-log sync atomic with respect to the vCPU: no guest write can happen while one
-runs.
+The vCPU runs in short slices (a few milliseconds of work at most), on a thread of its own
+(`vmm.vcpu_thread`: the VM's lock makes every dirty-log sync, batch and run-state change atomic
+with respect to it) or, with ``vcpu_thread=False`` and for a postcopy destination's guest (which
+stops at every missing page and asks the loop for it), on the event loop between its other
+callbacks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -18,6 +20,7 @@ import structlog
 
 from vmm.blocktime import Blocktime
 from vmm.pacing import Pacer
+from vmm.vcpu_thread import VcpuLock, VcpuThread
 from vmm.wakeup import Wakeup
 from vmsim import Machine, RunState
 
@@ -49,7 +52,11 @@ class EventSink(Protocol):
 
 
 class VirtualMachine:
-    """A `vmsim.Machine` executed in real time on the running event loop."""
+    """A `vmsim.Machine` executed in real time, its vCPU on a thread of its own or on the loop.
+
+    `lock` is what the event loop's thread holds while it touches the machine (`vmm.vcpu_thread`);
+    the VM's own methods take it.
+    """
 
     def __init__(
         self,
@@ -58,8 +65,12 @@ class VirtualMachine:
         emit_event: EventSink,
         clock: Callable[[], float],
         serial_sink: Callable[[bytes], None] | None = None,
+        lock: VcpuLock | None = None,
+        vcpu_thread: bool = True,
     ) -> None:
         self.machine = machine
+        self.lock = lock if lock is not None else VcpuLock()
+        self._vcpu = VcpuThread(self.lock, self._thread_step) if vcpu_thread else None
         self._emit_event = emit_event
         self._clock = clock
         self._serial_sink = serial_sink
@@ -93,20 +104,30 @@ class VirtualMachine:
 
     def set_cpu_throttle(self, percent: int) -> None:
         """Auto-converge: the vCPUs sleep `percent` % of the time (0 lifts it)."""
-        self.pacer.set_cpu_throttle(percent, now=self._clock(), ticks=self.machine.ticks)
-        self._wakeup.set()
+        with self.lock:
+            self.pacer.set_cpu_throttle(percent, now=self._clock(), ticks=self.machine.ticks)
+        self._kick()
 
     def set_migration_dirty_limit(self, limit_mib_per_s: int | None) -> None:
         """The migration's dirty-limit throttle on every vCPU (None lifts it)."""
-        self.pacer.set_migration_limit(limit_mib_per_s, now=self._clock(), ticks=self.machine.ticks)
-        self._wakeup.set()
+        with self.lock:
+            ticks = self.machine.ticks
+            self.pacer.set_migration_limit(limit_mib_per_s, now=self._clock(), ticks=ticks)
+        self._kick()
 
     def set_vcpu_dirty_limit(self, cpu_index: int | None, limit_mib_per_s: int | None) -> None:
         """`set-vcpu-dirty-limit` / `cancel-vcpu-dirty-limit` (cpu_index None: every vCPU)."""
-        self.pacer.set_vcpu_limit(
-            cpu_index, limit_mib_per_s, now=self._clock(), ticks=self.machine.ticks
-        )
+        with self.lock:
+            self.pacer.set_vcpu_limit(
+                cpu_index, limit_mib_per_s, now=self._clock(), ticks=self.machine.ticks
+            )
+        self._kick()
+
+    def _kick(self) -> None:
+        """What the vCPU waits for changed: it looks again now, wherever it runs."""
         self._wakeup.set()
+        if self._vcpu is not None:
+            self._vcpu.kick()
 
     @property
     def is_running(self) -> bool:
@@ -115,11 +136,12 @@ class VirtualMachine:
 
     def start(self) -> None:
         """QEMU `vm_start`: run the machine (handlers forward), emit RESUME."""
-        self.machine.vm_start()
-        self.pacer.started(now=self._clock(), ticks=self.machine.ticks)
-        self._rate_samples.clear()
+        with self.lock:
+            self.machine.vm_start()
+            self.pacer.started(now=self._clock(), ticks=self.machine.ticks)
+            self._rate_samples.clear()
         self._emit_event("RESUME")
-        self._wakeup.set()
+        self._kick()
 
     def stop(self, state: RunState = RunState.PAUSED) -> None:
         """QEMU `vm_stop`: stop the machine (handlers in reverse), emit STOP if it was running.
@@ -128,11 +150,12 @@ class VirtualMachine:
             ChangeStateError: a change-state handler failed; the VM is stopped all the same
                 (and STOP was emitted), as in QEMU.
         """
-        was_running = self.is_running
-        try:
-            self.machine.vm_stop(state)
-        finally:
-            self._after_stop(was_running=was_running)
+        with self.lock:
+            was_running = self.is_running
+            try:
+                self.machine.vm_stop(state)
+            finally:
+                self._after_stop(was_running=was_running)
 
     def stop_for_migration(self) -> RunState:
         """QEMU `migration_stop_vm`: store the run state, stop to finish-migrate.
@@ -141,11 +164,12 @@ class VirtualMachine:
             ChangeStateError: a change-state handler failed (the VM is stopped; its previous
                 run state is the error's `from_state`).
         """
-        was_running = self.is_running
-        try:
-            return self.machine.stop_for_migration()
-        finally:
-            self._after_stop(was_running=was_running)
+        with self.lock:
+            was_running = self.is_running
+            try:
+                return self.machine.stop_for_migration()
+            finally:
+                self._after_stop(was_running=was_running)
 
     def _after_stop(self, *, was_running: bool) -> None:
         if was_running and not self.is_running:
@@ -154,10 +178,20 @@ class VirtualMachine:
 
     async def run(self) -> None:
         """Execute ticks for ever, at `tick_hz` of real time, whenever the machine runs."""
+        try:
+            await self._run()
+        finally:
+            if self._vcpu is not None:
+                self._vcpu.close()
+
+    async def _run(self) -> None:
         while True:
             if not self.is_running:
                 self._wakeup.clear()
                 await self._wakeup.sleep(None)
+                continue
+            if self._vcpu is not None and self.machine.postcopy is None:
+                await self._vcpu.run_until_parked()  # until it stops, or a postcopy begins
                 continue
             if self._waits_for_pages():
                 await self._sleep(MAX_SLEEP_S)  # `wake` ends it as soon as pages arrive
@@ -169,8 +203,26 @@ class VirtualMachine:
                 await self._sleep(min(max(wait_s, MIN_SLEEP_S), MAX_SLEEP_S))
                 continue
             limit = POSTCOPY_SLICE_TICKS if self.machine.postcopy is not None else self._slice_ticks
-            self._run_slice(min(due, limit))
+            self._emit_serial(self._run_slice(min(due, limit), self._clock))
             await asyncio.sleep(0)
+
+    def _thread_step(self) -> float | None:
+        """The vCPU thread's look, under the lock: 0 after a slice, or seconds to sleep.
+
+        None parks the thread: the VM stopped, or it is a postcopy destination's guest (which
+        stops at every missing page and asks the loop for it, so it runs on the loop).
+        """
+        machine = self.machine
+        if not machine.is_running or machine.postcopy is not None:
+            return None
+        now, ticks = time.monotonic(), machine.ticks  # the loop's clock (uvloop's, in ms)
+        due = self.pacer.due_ticks(now=now, ticks=ticks)
+        if due <= 0:
+            return min(max(self.pacer.wait_s(now=now, ticks=ticks), MIN_SLEEP_S), MAX_SLEEP_S)
+        output = self._run_slice(min(due, self._slice_ticks), time.monotonic)
+        if output and self._vcpu is not None:
+            self._vcpu.post(self._emit_serial, output)
+        return 0.0
 
     def wake(self) -> None:
         """Postcopy: pages arrived; vCPUs blocked on missing pages look again."""
@@ -208,13 +260,16 @@ class VirtualMachine:
         config = self.machine.config
         return self.ticks_per_second() * config.dirty_rate / config.tick_hz
 
-    def _run_slice(self, n_ticks: int) -> None:
-        started_at = self._clock()
+    def _run_slice(self, n_ticks: int, clock: Callable[[], float]) -> bytes:
+        """Run `n_ticks`; the serial output they printed."""
+        started_at = clock()
         self.machine.run(n_ticks)
-        spent_s = self._clock() - started_at
+        spent_s = clock() - started_at
         self._sample_rate(started_at + spent_s)
         self._adapt_slice(n_ticks, spent_s)
-        output = self.machine.take_serial_output()
+        return self.machine.take_serial_output()
+
+    def _emit_serial(self, output: bytes) -> None:
         if output and self._serial_sink is not None:
             self._serial_sink(output)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -137,4 +139,33 @@ def test_the_cache_can_live_in_memory_faulted_in_ahead():
     batch = encoder.encode(_batch([(0, N_PAGES, PageKind.NORMAL)]))
     assert batch.delta_lens is not None
     _receive(dest, batch)
+    assert (dest == ram).all()
+
+
+def test_the_guest_writing_while_whole_pages_are_copied_leaves_both_copies_equal():
+    """With a vCPU thread the guest writes while whole pages are copied into the cache, never
+    between a delta and the copy of its page that it leaves in the cache."""
+    ram, dest = _ram(), np.zeros((N_PAGES, PAGE_SIZE), dtype=np.uint8)
+    encoder = XbzrleEncoder(ram, N_PAGES * PAGE_SIZE)
+    runs: list[int] = []
+
+    @contextlib.contextmanager
+    def guest_runs():
+        ram[:, 9] += 1  # the guest writes every page, the dirty log has them sent again
+        runs.append(1)
+        yield
+
+    encoder.guest_may_run = guest_runs
+    everything = _batch([(0, N_PAGES, PageKind.NORMAL)])
+    _receive(dest, encoder.encode(everything))  # all whole
+    ram[:8] = _ram(2)[:8]  # whole again (a delta would not be smaller), the rest as deltas
+    ram[8:, 3] += 1
+    batch = encoder.encode(everything)
+    _receive(dest, batch)
+    encoder.guest_may_run = contextlib.nullcontext  # stopped: the last pass
+    _receive(dest, encoder.encode(everything))
+
+    assert len(runs) == 2
+    assert batch.delta_lens is not None
+    assert len(batch.delta_lens) == N_PAGES - 8
     assert (dest == ram).all()

@@ -639,3 +639,47 @@ def test_channel_owns_a_fresh_fd_per_connection(run):
         assert before == count_fds()
 
     run(main)
+
+
+class _Guard:
+    """A send guard that records whether it is held."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.entered = 0
+
+    def __enter__(self) -> None:
+        self.held = True
+        self.entered += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.held = False
+
+
+def test_the_send_guard_is_held_while_the_kernel_copies_and_the_connection_consumes(run):
+    async def main():
+        a_sock, b_sock = await tcp_pair()
+        a_conn, b_conn = FakeConnection(), FakeConnection()
+        a, b = Channel(a_sock, a_conn), Channel(b_sock, b_conn)
+        guard = _Guard()
+        a.send_guard = guard
+        consumed_under_guard: list[bool] = []
+        data_sent = a_conn.data_sent
+
+        def noting(nbytes, now=None):
+            consumed_under_guard.append(guard.held)
+            data_sent(nbytes, now)
+
+        a_conn.data_sent = noting
+        a_conn.send(pattern(300_000))
+        await a.flush()
+        await receive_until(b, b_conn, 300_000)
+
+        assert guard.entered >= 1
+        assert consumed_under_guard
+        assert all(consumed_under_guard)
+        assert not guard.held
+        a.close()
+        b.close()
+
+    run(main)
