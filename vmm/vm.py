@@ -191,6 +191,7 @@ class VirtualMachine:
                 await self._wakeup.sleep(None)
                 continue
             if self._vcpu is not None and self.machine.postcopy is None:
+                self.blocktime.unblock(self._clock())  # a postcopy that just ended: its last block
                 await self._vcpu.run_until_parked()  # until it stops, or a postcopy begins
                 continue
             if self._waits_for_pages():
