@@ -6,12 +6,16 @@ import asyncio
 import contextlib
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 
 from vmm.vcpu_thread import VcpuLock, VcpuThread
 from vmm.vm import VirtualMachine
 from vmsim import Machine, MachineConfig, RunState, WorkloadKind, replay
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 WAIT_S = 5.0
 
@@ -146,17 +150,26 @@ def _vm(*, vcpu_thread: bool) -> tuple[VirtualMachine, list[str], list[str]]:
     return vm, events, ran_on
 
 
+@contextlib.asynccontextmanager
+async def _running(vm: VirtualMachine, *, for_s: float) -> AsyncIterator[None]:
+    """The VM's run task, the VM started and left running `for_s`; the task ends on leaving."""
+    task = asyncio.create_task(vm.run())
+    vm.start()
+    await asyncio.sleep(for_s)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @pytest.mark.parametrize("vcpu_thread", [True, False])
 async def test_the_vm_runs_in_real_time_and_stops_dead_between_slices(vcpu_thread: bool) -> None:
     vm, events, ran_on = _vm(vcpu_thread=vcpu_thread)
-    task = asyncio.create_task(vm.run())
-    vm.start()
-    await asyncio.sleep(0.3)
-    vm.stop()
-    ticks = vm.machine.ticks
-    await asyncio.sleep(0.05)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with _running(vm, for_s=0.3):
+        vm.stop()
+        ticks = vm.machine.ticks
+        await asyncio.sleep(0.05)
 
     assert ticks > 100  # 1000 Hz for 0.3 s, less what the machine's host could not keep up
     assert vm.machine.ticks == ticks  # nothing ran after the stop returned
@@ -168,20 +181,16 @@ async def test_the_vm_runs_in_real_time_and_stops_dead_between_slices(vcpu_threa
 
 async def test_the_thread_picks_up_again_after_cont() -> None:
     vm, _, ran_on = _vm(vcpu_thread=True)
-    task = asyncio.create_task(vm.run())
-    vm.start()
-    await asyncio.sleep(0.1)
-    vm.stop()
-    first = vm.machine.ticks
-    vm.start()
-    await asyncio.sleep(0.1)
-    with vm.lock:  # as the migration engine: between slices
-        second = vm.machine.ticks
-        time.sleep(0.05)  # noqa: ASYNC251 - the loop busy, as with the engine's work
-        assert vm.machine.ticks == second
-    vm.stop()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with _running(vm, for_s=0.1):
+        vm.stop()
+        first = vm.machine.ticks
+        vm.start()
+        await asyncio.sleep(0.1)
+        with vm.lock:  # as the migration engine: between slices
+            second = vm.machine.ticks
+            time.sleep(0.05)  # noqa: ASYNC251 - the loop busy, as with the engine's work
+            assert vm.machine.ticks == second
+        vm.stop()
 
     assert 0 < first < second
     assert set(ran_on) == {"vcpu"}
