@@ -1,10 +1,10 @@
 """The vCPUs on a thread of their own, as QEMU runs each vCPU on its own thread.
 
-On the event loop's thread the guest's page writes and the migration took turns: a busy guest
-(the 1 GiB `ab` guest writing 12 M pages a second spends half a core on it) halved what the
-source could send, while the machine's second core sat mostly idle. Here the machine's slices
-run on a thread of their own; numpy releases the GIL while a slice writes guest RAM, so the
-guest and the event loop run on two cores at once.
+On the event loop's thread the guest's page writes and the migration took turns: the busy
+1 GiB `ab` guest (12 M page writes a second) took about half of the source's one busy core
+during its first pass, while the machine's second core sat 60-80 % idle (docs/benchmarks.md,
+runs M-N). Here the slices run on a thread of their own; numpy releases the GIL while a slice
+writes guest RAM, so the guest and the event loop run on two cores at once.
 
 The contract is a lock, `VcpuLock` (QEMU's big lock in spirit): the vCPU thread holds it while
 it executes a slice, and the event loop's thread holds it whenever it reads or writes the
@@ -18,8 +18,8 @@ machine. The loop's side takes it at a few doors rather than everywhere:
   between. Pages sent from a copy (the XBZRLE cache) need no guard: the guest then runs while
   they are copied into the socket and hashed, which is where the two cores pay off.
 
-Everything else the loop does (waiting for sockets, QMP parsing, guarded-free sends) overlaps a
-slice. What a tick does never depends on when it runs, so the replay oracle holds unchanged.
+Everything else the loop does (waiting for sockets, parsing QMP, sending pages from copies)
+overlaps a slice. What a tick does never depends on when it runs, so the replay oracle holds.
 
 The loop's thread has priority: once it asks for the lock, the vCPU thread starts no new slice
 until it has been served (a slice lasts about `vmm.vm.SLICE_BUDGET_S`), so a busy guest can
