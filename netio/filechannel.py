@@ -11,7 +11,6 @@ run, and polls the connection's timer between chunks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
@@ -19,6 +18,7 @@ from netio.channel import IOV_MAX, SansIOConnection
 from netio.errors import ChannelClosedError, ChannelError
 
 if TYPE_CHECKING:
+    import contextlib
     from collections.abc import Callable, Sequence
 
     from netio.uri import FileAddress
@@ -228,7 +228,10 @@ class FileChannel:
     def _write_chunk(
         self, buffers: Sequence[bytes | memoryview], limit_bytes: int = CHUNK_BYTES
     ) -> None:
-        with self.send_guard if self.send_guard is not None else contextlib.nullcontext():
+        if self.send_guard is None:
+            self._write_unguarded(buffers, limit_bytes)
+            return
+        with self.send_guard:
             self._write_unguarded(buffers, limit_bytes)
 
     def _write_unguarded(self, buffers: Sequence[bytes | memoryview], limit_bytes: int) -> None:

@@ -73,7 +73,8 @@ class OutgoingMigration:
             now=clock(),
             map_jobs=map_jobs,
         )
-        if (xbzrle := self.source.sender.xbzrle) is not None:
+        xbzrle = self.source.sender.xbzrle
+        if xbzrle is not None:
             xbzrle.guest_may_run = vm.lock.released  # while it copies whole pages
             if xbzrle_cache is not None:
                 xbzrle.use_memory(xbzrle_cache)  # faulted in ahead (standby)
@@ -86,7 +87,7 @@ class OutgoingMigration:
             context=lambda: {"role": "source", "migration_id": migration_id},
             tls=tls,
             # Pages go as views of guest RAM unless XBZRLE sends them from its cache (a copy).
-            send_guard=vm.lock if self.source.sender.xbzrle is None else None,
+            send_guard=vm.lock if xbzrle is None else None,
         )
 
     @property
