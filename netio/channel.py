@@ -407,6 +407,8 @@ class Channel:
             deadline = self._conn.get_timer()
             now = self._clock()
             if deadline is not None and now >= deadline:
+                if self._peer_bytes_waiting():
+                    self._conn.peer_bytes_waiting(now)
                 self._conn.handle_timer(now)
                 if self._send_error is None:
                     self._send_quietly()
@@ -415,6 +417,19 @@ class Channel:
         except Exception as exc:  # noqa: BLE001 - re-raised from next_event()/flush()
             self._timer_error = exc
             self._wake_all()
+
+    def _peer_bytes_waiting(self) -> bool:
+        """Whether the peer's bytes wait unread in the socket (peeked, none consumed).
+
+        A deadline can pass while they wait: this process was stopped (SIGSTOP) or its loop
+        busy, and a loop may run a due timer before it polls for input (uvloop always does).
+        """
+        if self._eof:
+            return False
+        try:
+            return bool(self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # BlockingIOError: nothing waits; any other error: the read reports it
+            return False
 
     def _wake_all(self) -> None:
         if self._read_waiter is not None:

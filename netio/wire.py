@@ -49,6 +49,10 @@ class SansIOConnection(Protocol):
         """Report that the peer closed (or the socket failed): no more bytes will come."""
         ...
 
+    def peer_bytes_waiting(self, now: float) -> None:
+        """Report that the peer's bytes wait unread in the socket (it was not silent)."""
+        ...
+
     def next_event(self) -> object | None:
         """Return the next event, or None when more bytes are needed."""
         ...

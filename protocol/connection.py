@@ -143,6 +143,16 @@ class Connection(abc.ABC):
         self._reader.receive_data(data)
         self._received_bytes += len(data)
 
+    def peer_bytes_waiting(self, now: float) -> None:
+        """Bytes from the peer wait in the transport, not read yet: the peer was not silent.
+
+        A side that could not read for a while (its process stopped, its loop busy) must not
+        call its peer silent for what waited in its own socket: the I/O layer says so before
+        `handle_timer` judges the peer timeout, which then counts from ``now``.
+        """
+        self._now = now
+        self._last_received_at = max(self._last_received_at, now)
+
     def receive_eof(self, now: float) -> None:
         """The peer closed its side of the connection."""
         self._now = now

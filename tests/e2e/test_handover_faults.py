@@ -227,6 +227,27 @@ async def test_row15_destination_stalled_after_handover_arrived(rig: Rig) -> Non
     await assert_runs_only_on(rig.dest, rig.source)
 
 
+async def test_postcopy_destination_stopped_before_it_read_the_switch(rig: Rig) -> None:
+    """POSTCOPY_LISTEN..RUN land, unread, in a stopped destination's socket; past the timeouts
+    it wakes: the switch was no silence, so it runs the guest and recovers (x-auto-recover).
+
+    Found by CI (fault matrix, pause-dest x postcopy): on waking, the destination's timer ran
+    before its read, called the source silent, and discarded a stream whose RUN was waiting;
+    the paused source then had no copy to recover and the VM ran nowhere.
+    """
+    fault = rig.fault(type="stall", direction="main", before_frame="POSTCOPY_LISTEN")
+    await rig.start_migration(postcopy=True)
+    await rig.proxy.wait_fired(fault, 30)  # type: ignore[arg-type]
+    rig.dest.signal(signal.SIGSTOP)
+    rig.proxy.release()
+    assert "postcopy-paused" == await rig.wait(rig.source, {"postcopy-paused"})  # 2 s timeout
+    await asyncio.sleep(1.5)  # the destination's own peer timeout passes while it is stopped
+    rig.dest.signal(signal.SIGCONT)
+
+    assert "completed" == await rig.wait(rig.source, RESOLVED)
+    await assert_runs_only_on(rig.dest, rig.source)
+
+
 # -- row 17: cancel once the VM is being handed over ------------------------------------------
 
 

@@ -85,6 +85,7 @@ class FakeConnection:
         self.timer_interval_s = timer_interval_s
         self.ping = ping
         self.timer_calls: list[float] = []
+        self.bytes_waiting_at: list[float] = []  # peer_bytes_waiting calls
         self.get_timer_calls = 0
 
     # -- output
@@ -137,6 +138,9 @@ class FakeConnection:
     def receive_eof(self, now: float) -> None:
         self.eof_at = now
         self.events.append(StreamEnded())
+
+    def peer_bytes_waiting(self, now: float) -> None:
+        self.bytes_waiting_at.append(now)
 
     def next_event(self) -> object | None:
         return self.events.popleft() if self.events else None
@@ -266,6 +270,9 @@ class BulkReceiver:
     def receive_eof(self, now: float) -> None:
         self.truncated_bytes = self._offset
         self.events.append(StreamEnded())
+
+    def peer_bytes_waiting(self, now: float) -> None:
+        return None
 
     def next_event(self) -> object | None:
         return self.events.popleft() if self.events else None

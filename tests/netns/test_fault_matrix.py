@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -475,9 +476,12 @@ async def _settle_postcopy(case: Case) -> None:
     """Until the source completes (x-auto-recover), or the survivor of a kill is paused."""
     survivor = case.dest if "source" in case.killed else case.source
     wanted = {"postcopy-paused"} if case.killed else {"completed", "failed"}
-    async with asyncio.timeout(60):
-        while await _status(survivor) not in wanted:
-            await asyncio.sleep(0.1)
+    try:
+        async with asyncio.timeout(60):
+            while await _status(survivor) not in wanted:
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        pytest.fail(f"{survivor.name} not {sorted(wanted)} in 60 s: {await _describe(case)}")
 
 
 async def _operator_resolves(case: Case) -> None:
@@ -558,8 +562,17 @@ async def _describe(case: Case) -> str:
             with contextlib.suppress(QMPClientError):
                 async with qmp(daemon) as client:
                     info = await client.execute("query-migrate", timeout_s=5)
-        views.append(f"{side}: {info}")
+        views.append(f"{side}: {info}; last log lines: {_log_tail(daemon)}")
     return "; ".join(views)
+
+
+def _log_tail(daemon: DaemonProcess, count: int = 40) -> str:
+    """The daemon's last log events, compact (a failure message's evidence)."""
+    lines = []
+    for line in daemon.lines[-count:]:
+        fields = {k: v for k, v in line.items() if k not in {"timestamp", "logger", "level"}}
+        lines.append(json.dumps(fields, default=str))
+    return "\n".join(["", *lines])
 
 
 def test_every_case_has_an_expected_outcome() -> None:

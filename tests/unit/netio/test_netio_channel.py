@@ -447,6 +447,7 @@ def test_paused_connection_waits_for_the_timer(run):
 
         assert isinstance(await a.next_event(), TimerFired)
         assert b"" == bytes(a_conn.received)
+        assert 1 == len(a_conn.bytes_waiting_at)  # told, before the timer: the peer spoke
         a_conn.paused = False
         assert DataReceived(data=b"queued") == await a.next_event()
         a.close()

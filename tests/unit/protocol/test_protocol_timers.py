@@ -88,6 +88,19 @@ def test_received_bytes_postpone_the_timeout():
     assert 17.0 == dest.get_timer()
 
 
+def test_bytes_waiting_unread_postpone_the_timeout():
+    """The I/O layer saw the peer's bytes in the socket, unread (this side was stopped)."""
+    dest = DestConnection(timeouts=TIMEOUTS, now=0.0)
+    dest.peer_bytes_waiting(14.0)  # the deadline (10.0) passed while this side could not read
+    dest.handle_timer(14.0)
+    assert dest.next_event() is None
+    assert 24.0 == dest.get_timer()
+    dest.peer_bytes_waiting(3.0)  # an older instant never moves the deadline back
+    assert 24.0 == dest.get_timer()
+    dest.handle_timer(24.0)
+    assert PeerTimedOut(idle_s=10.0) == dest.next_event()
+
+
 def test_slow_but_moving_link_is_not_dead():
     """Nothing received, but our queued bytes keep going out: no timeout."""
     pair = open_pair(now=0.0)
