@@ -294,7 +294,9 @@ class IncomingLedger:
         the recover channel only tells the source so.
 
         Raises:
-            LoadError: the migration is not in postcopy here (PROTOCOL_ERROR).
+            LoadError: the migration is not in postcopy here (PROTOCOL_ERROR), or was discarded
+                before its guest ran here (DISCARDED: the source may resume it, as it holds
+                the only copy that ever ran).
         """
         record = self.records.get(migration_id)
         if record is not None and isinstance(record.state, Loading | PrecopyPaused):
@@ -306,6 +308,12 @@ class IncomingLedger:
             record.generation += 1  # a postcopy that completed here meanwhile
             return record
         state = record.state if record is not None else None
+        if isinstance(state, Discarded):  # before POSTCOPY_RUN: its guest never ran here
+            msg = (
+                f"migration {migration_id} was discarded by the destination before its guest "
+                f"ran ({state.reason}): it will never run there, so the source resumes it"
+            )
+            raise LoadError(msg, ErrorCode.DISCARDED)
         if record is None or not isinstance(state, PostcopyPaused):
             msg = f"migration {migration_id} is not paused in postcopy here: nothing to recover"
             raise LoadError(msg, ErrorCode.PROTOCOL_ERROR)

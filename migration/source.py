@@ -52,7 +52,7 @@ from migration.source_phases import (
     Streaming,
 )
 from migration.source_postcopy import CANCEL_IN_POSTCOPY, AutoRecover
-from migration.source_recovery import POSTCOPY_STATUSES, PostcopyControl
+from migration.source_recovery import POSTCOPY_STATUSES, PostcopyControl, discarded_there
 from migration.source_replies import FailureNote, check_digest, describe_reply
 from migration.source_resume import PrecopyResumeControl
 from migration.status import MigrationStatus, is_terminal
@@ -422,9 +422,11 @@ class SourceMigration(DoubtEndings, PostcopyControl, PrecopyResumeControl):
         if self.handed_over:
             self._enter_in_doubt(reason)
             return
-        if self.sender.postcopy is not None:  # RUN may have left: never resume here
-            self._pause_postcopy(reason)
-            return
+        if self.sender.postcopy is not None:  # RUN may have left: never resume here...
+            if not discarded_there(code, status):  # ...unless it never ran there
+                self._pause_postcopy(reason)
+                return
+            trigger = T.DEST_DISCARDED
         cancelled = status is MigrationStatus.CANCELLING
         code = ErrorCode.CANCELLED if cancelled else code
         stopped = self._previous_runstate is not None
@@ -440,8 +442,7 @@ class SourceMigration(DoubtEndings, PostcopyControl, PrecopyResumeControl):
             "migration_failed", level=act.Level.WARNING, error=reason, cancelled=cancelled
         )
         self.sender.close_channels()
-        if stopped and self.uses_return_path:
-            # The destination may hold a loaded copy in doubt: tell it, best effort.
+        if stopped and self.uses_return_path:  # it may hold a loaded copy in doubt: tell it
             self._resolve(Purpose.NOTIFY_ABORT, first_at=self._out.now, abort=(code, reason))
         else:
             self._finish()

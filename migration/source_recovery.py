@@ -18,6 +18,7 @@ from migration.source_phases import PostcopyPaused, Streaming
 from migration.source_postcopy import check_start
 from migration.status import MigrationStatus
 from migration.table import SourceTrigger as T
+from protocol import ErrorCode
 
 if TYPE_CHECKING:
     from migration.metrics import SourceMetrics
@@ -37,6 +38,18 @@ POSTCOPY_STATUSES: Final = frozenset(
         MigrationStatus.POSTCOPY_RECOVER,
     }
 )
+
+
+def discarded_there(code: ErrorCode, status: MigrationStatus) -> bool:
+    """Whether a postcopy recovery learnt that the destination's copy never ran.
+
+    POSTCOPY_RUN never reached it: the recover was refused with DISCARDED, or answered with
+    RESUME_POINT (`migration.source_resume.NEVER_SWITCHED`). That copy never runs (a
+    discarded record never does; one still loading gets neither RUN nor HANDOVER now), so the
+    stopped VM here is the only one: it resumes here rather than wait paused for ever
+    (docs/handover.md).
+    """
+    return code is ErrorCode.DISCARDED and status is MigrationStatus.POSTCOPY_RECOVER
 
 
 class PostcopyControl:

@@ -19,7 +19,7 @@ from migration.sender_phases import RecoverConnecting as Connecting
 from migration.source_phases import PrecopyReconnecting, Resolving, Streaming
 from migration.status import MigrationStatus
 from migration.table import SourceTrigger as T
-from protocol import ChannelRole, PagesRequested, ReceivedBitmap
+from protocol import ChannelRole, ErrorCode, PagesRequested, ReceivedBitmap
 
 if TYPE_CHECKING:
     from migration.inputs import ChannelKey
@@ -33,10 +33,14 @@ if TYPE_CHECKING:
     from migration.source_phases import Phase
     from migration.source_postcopy import AutoRecover
     from migration.table import SourceTrigger, StatusMachine
-    from protocol import ErrorCode, ResumePointReported
+    from protocol import ResumePointReported
     from vmsim import RunState
 
 _PRECOPY_SENDER_PHASES = (Sending, Draining, Sleeping, Connecting, ResumeAwaitingPoint)
+NEVER_SWITCHED = (
+    "the destination answered the postcopy recovery as a paused precopy (RESUME_POINT): it "
+    "never received POSTCOPY_RUN, so its copy never ran and is dropped; the VM resumed here"
+)
 
 
 class PrecopyResumeControl:
@@ -131,6 +135,8 @@ class PrecopyResumeControl:
             if self.sender.recv_bitmap(reply, self.params):
                 self.auto_recover.recovered()
                 self._fire(T.RECOVERED)
+        elif self.status.status is MigrationStatus.POSTCOPY_RECOVER:
+            self._fail(NEVER_SWITCHED, ErrorCode.DISCARDED)  # RESUME_POINT: it never saw RUN
         else:  # RESUME_POINT: the destination kept what it loaded; precopy goes on
             self.reconnect.resumed()
             self.metrics.reconnecting = False

@@ -51,6 +51,7 @@ class SourceTrigger(enum.StrEnum):
     RECOVERED = "missing pages resent: postcopy goes on"
     PRECOPY_BROKEN = "precopy: the connection breaks, the VM runs on here (x-precopy-resume-ms)"
     PRECOPY_RESUMED = "precopy: reconnected, RESUME_POINT in"
+    DEST_DISCARDED = "recovery: the destination never got POSTCOPY_RUN, dropped it: VM resumed here"
 
 
 class DestTrigger(enum.StrEnum):
@@ -118,6 +119,7 @@ SOURCE_ROWS: Final[tuple[Row, ...]] = (
     Row(S.POSTCOPY_RECOVER_SETUP, _T.RECOVERY_CONNECTED, S.POSTCOPY_RECOVER),
     Row(S.POSTCOPY_RECOVER, _T.CHANNEL_LOST, S.POSTCOPY_PAUSED),
     Row(S.POSTCOPY_RECOVER, _T.RECOVERED, S.POSTCOPY_ACTIVE),
+    Row(S.POSTCOPY_RECOVER, _T.DEST_DISCARDED, S.FAILED),  # it never ran there: resumes here
 )
 """The source's table: QEMU's precopy and postcopy statuses, plus in-doubt (docs/handover.md).
 

@@ -36,6 +36,7 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED = 19
     BAD_METADATA = 20
     UNAUTHORIZED = 21
+    DISCARDED = 22  # a recover refused: the destination discarded it before POSTCOPY_RUN
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -191,6 +191,67 @@ def test_a_source_that_exits_in_postcopy_leaves_the_destination_paused(run, tmp)
     run(main)
 
 
+@pytest.mark.parametrize("frame", ["POSTCOPY_LISTEN", "POSTCOPY_RUN"])
+def test_a_cut_before_the_switch_arrives_gives_the_vm_back_to_the_source(run, tmp, frame):
+    """The source switched (its VM stopped, RUN queued); the cut lands before RUN arrives.
+
+    The destination never ran the guest, so it discards its copy; the source, paused (RUN may
+    have left), hears so when it reconnects by itself: the recover is refused with DISCARDED,
+    and the VM resumes at the source, replay-equal, instead of staying paused for ever.
+    """
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True, vm=small_vm(ram_mib=16, dirty_rate=400_000))
+        try:
+            pair.fault(type="cut", before_frame=frame)
+            await start_postcopy(pair)
+            assert "failed" == await pair.source.wait(FINAL, timeout_s=20)
+            assert paths.SRC_POSTCOPY_TAKEN_BACK == paths.collapsed(pair.source.source_path())
+            assert paths.DST_DISCARDED_ACTIVE == pair.dest.dest_path()
+            info = await pair.source.execute("query-migrate")
+            assert isinstance(info, dict)
+            assert "discarded by the destination before its guest ran" in info["error-desc"]
+            assert await pair.source.runs()
+            assert not await pair.dest.runs()
+            await pair.source.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize(("source_ms", "dest_ms"), [(2500, 1000), (1000, 5000)])
+def test_a_switch_stalled_on_its_way_gives_the_vm_back_to_the_source(run, tmp, source_ms, dest_ms):
+    """POSTCOPY_LISTEN..RUN held on the link until both sides give up, in either order.
+
+    The destination times out first and discards the stream, or the source does and its
+    recover channel takes the stream over while the old connection still looks alive (which
+    discards it too); either way the recovery is refused with DISCARDED and the VM resumes at
+    the source, replay-equal.
+    """
+
+    async def main() -> None:
+        pair = await make_pair(tmp, proxy=True, vm=small_vm(ram_mib=16, dirty_rate=400_000))
+        try:
+            for side, timeout_ms in ((pair.source, source_ms), (pair.dest, dest_ms)):
+                await side.execute("migrate-set-parameters", {"x-peer-timeout-ms": timeout_ms})
+            stall = pair.fault(type="stall", direction="main", before_frame="POSTCOPY_LISTEN")
+            await start_postcopy(pair)
+            assert "failed" == await pair.source.wait(FINAL, timeout_s=20)
+            pair.proxy.release()
+            assert stall.fired
+            assert paths.SRC_POSTCOPY_TAKEN_BACK == paths.collapsed(pair.source.source_path())
+            assert "failed" == await pair.dest.wait({"failed"}, timeout_s=20)
+            assert paths.DST_DISCARDED_ACTIVE == pair.dest.dest_path()
+            assert await pair.source.runs()
+            assert not await pair.dest.runs()
+            await pair.source.assert_matches_replay()
+        finally:
+            await pair.close()
+
+    run(main)
+
+
 def test_a_cut_after_the_last_page_leaves_the_vm_at_the_destination(run, tmp):
     """HANDOVER never arrives, but every page did: the destination completes on its own.
 
