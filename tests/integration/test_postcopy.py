@@ -191,6 +191,20 @@ def test_a_source_that_exits_in_postcopy_leaves_the_destination_paused(run, tmp)
     run(main)
 
 
+async def assert_taken_back(pair: Pair) -> None:
+    """The recovery heard the destination never ran it: the VM runs at the source, replay-equal."""
+    assert "failed" == await pair.source.wait(FINAL, timeout_s=20)
+    assert paths.SRC_POSTCOPY_TAKEN_BACK == paths.collapsed(pair.source.source_path())
+    assert "failed" == await pair.dest.wait({"failed"}, timeout_s=20)
+    assert paths.DST_DISCARDED_ACTIVE == pair.dest.dest_path()
+    info = await pair.source.execute("query-migrate")
+    assert isinstance(info, dict)
+    assert "discarded by the destination before its guest ran" in info["error-desc"]
+    assert await pair.source.runs()
+    assert not await pair.dest.runs()
+    await pair.source.assert_matches_replay()
+
+
 @pytest.mark.parametrize("frame", ["POSTCOPY_LISTEN", "POSTCOPY_RUN"])
 def test_a_cut_before_the_switch_arrives_gives_the_vm_back_to_the_source(run, tmp, frame):
     """The source switched (its VM stopped, RUN queued); the cut lands before RUN arrives.
@@ -205,15 +219,7 @@ def test_a_cut_before_the_switch_arrives_gives_the_vm_back_to_the_source(run, tm
         try:
             pair.fault(type="cut", before_frame=frame)
             await start_postcopy(pair)
-            assert "failed" == await pair.source.wait(FINAL, timeout_s=20)
-            assert paths.SRC_POSTCOPY_TAKEN_BACK == paths.collapsed(pair.source.source_path())
-            assert paths.DST_DISCARDED_ACTIVE == pair.dest.dest_path()
-            info = await pair.source.execute("query-migrate")
-            assert isinstance(info, dict)
-            assert "discarded by the destination before its guest ran" in info["error-desc"]
-            assert await pair.source.runs()
-            assert not await pair.dest.runs()
-            await pair.source.assert_matches_replay()
+            await assert_taken_back(pair)
         finally:
             await pair.close()
 
@@ -237,15 +243,8 @@ def test_a_switch_stalled_on_its_way_gives_the_vm_back_to_the_source(run, tmp, s
                 await side.execute("migrate-set-parameters", {"x-peer-timeout-ms": timeout_ms})
             stall = pair.fault(type="stall", direction="main", before_frame="POSTCOPY_LISTEN")
             await start_postcopy(pair)
-            assert "failed" == await pair.source.wait(FINAL, timeout_s=20)
-            pair.proxy.release()
+            await assert_taken_back(pair)
             assert stall.fired
-            assert paths.SRC_POSTCOPY_TAKEN_BACK == paths.collapsed(pair.source.source_path())
-            assert "failed" == await pair.dest.wait({"failed"}, timeout_s=20)
-            assert paths.DST_DISCARDED_ACTIVE == pair.dest.dest_path()
-            assert await pair.source.runs()
-            assert not await pair.dest.runs()
-            await pair.source.assert_matches_replay()
         finally:
             await pair.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from netio import Channel
 from protocol import (
@@ -24,6 +25,9 @@ from protocol import (
 )
 from tests.helpers.pair import make_config, sent_bytes
 from tests.unit.netio.test_netio_channel import tcp_pair
+
+if TYPE_CHECKING:
+    import socket
 
 PEER_TIMEOUT_S = 0.2
 BLOCKED_S = 0.4  # the loop stands still this long: past the peer timeout
@@ -40,15 +44,22 @@ def _blocked_while_the_peer_sends(sock, data: bytes) -> None:
     time.sleep(BLOCKED_S)  # the point: this process cannot read meanwhile
 
 
+async def _reading_destination() -> tuple[socket.socket, Channel, asyncio.Task[object]]:
+    """The source's socket, and a destination channel waiting for input, its timer armed."""
+    source_sock, dest_sock = await tcp_pair()
+    timeouts = Timeouts(ping_interval_s=10.0, peer_timeout_s=PEER_TIMEOUT_S)
+    now = asyncio.get_running_loop().time()
+    dest = Channel(dest_sock, DestConnection(timeouts=timeouts, now=now))
+    reading = asyncio.create_task(dest.next_event())
+    await asyncio.sleep(0.05)
+    return source_sock, dest, reading
+
+
 def test_bytes_that_waited_unread_are_not_silence(run):
     async def main() -> None:
-        source_sock, dest_sock = await tcp_pair()
-        loop = asyncio.get_running_loop()
-        timeouts = Timeouts(ping_interval_s=10.0, peer_timeout_s=PEER_TIMEOUT_S)
-        dest = Channel(dest_sock, DestConnection(timeouts=timeouts, now=loop.time()))
+        source_sock, dest, reading = await _reading_destination()
         try:
-            reading = asyncio.create_task(dest.next_event())
-            await asyncio.sleep(0.05)  # it waits for input, its peer timer armed
+            loop = asyncio.get_running_loop()
             loop.call_soon(_blocked_while_the_peer_sends, source_sock, _source_bytes())
             events = [await reading]
             while not isinstance(events[-1], ConfigurationReceived | PeerTimedOut):
@@ -64,14 +75,9 @@ def test_bytes_that_waited_unread_are_not_silence(run):
 
 def test_a_peer_that_sends_nothing_still_times_out(run):
     async def main() -> None:
-        source_sock, dest_sock = await tcp_pair()
-        loop = asyncio.get_running_loop()
-        timeouts = Timeouts(ping_interval_s=10.0, peer_timeout_s=PEER_TIMEOUT_S)
-        dest = Channel(dest_sock, DestConnection(timeouts=timeouts, now=loop.time()))
+        source_sock, dest, reading = await _reading_destination()
         try:
-            reading = asyncio.create_task(dest.next_event())
-            await asyncio.sleep(0.05)
-            loop.call_soon(time.sleep, BLOCKED_S)
+            asyncio.get_running_loop().call_soon(time.sleep, BLOCKED_S)
             event = await reading
             assert isinstance(event, PeerTimedOut), event
             assert event.idle_s >= BLOCKED_S
