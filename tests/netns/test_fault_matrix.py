@@ -461,9 +461,12 @@ async def _settle(case: Case) -> None:
     if case.phase == "postcopy":
         await _settle_postcopy(case)
         return
-    async with asyncio.timeout(60):
-        while {await _status(case.source), await _status(case.dest)} & BUSY_STATUSES:
-            await asyncio.sleep(0.1)
+    try:
+        async with asyncio.timeout(60):
+            while {await _status(case.source), await _status(case.dest)} & BUSY_STATUSES:
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        pytest.fail(f"a side still busy after 60 s: {await _describe(case)}")
     for _ in range(40):  # automatic resolution: RESOLVE from the source, ABORT notifications
         if "in-doubt" not in {await _status(case.source), await _status(case.dest)}:
             return
@@ -567,12 +570,13 @@ async def _describe(case: Case) -> str:
 
 
 def _log_tail(daemon: DaemonProcess, count: int = 40) -> str:
-    """The daemon's last log events, compact (a failure message's evidence)."""
-    lines = []
-    for line in daemon.lines[-count:]:
-        fields = {k: v for k, v in line.items() if k not in {"timestamp", "logger", "level"}}
-        lines.append(json.dumps(fields, default=str))
-    return "\n".join(["", *lines])
+    """The daemon's last log events but the test's own QMP connections (a failure's evidence)."""
+    events = [
+        {k: v for k, v in line.items() if k not in {"timestamp", "logger", "level"}}
+        for line in daemon.lines
+        if not str(line.get("event", "")).startswith("qmp_client_")
+    ]
+    return "\n".join(["", *(json.dumps(event, default=str) for event in events[-count:])])
 
 
 def test_every_case_has_an_expected_outcome() -> None:
