@@ -52,7 +52,7 @@ from migration.source_phases import (
     Streaming,
 )
 from migration.source_postcopy import CANCEL_IN_POSTCOPY, AutoRecover
-from migration.source_recovery import POSTCOPY_STATUSES, PostcopyControl, discarded_there
+from migration.source_recovery import POSTCOPY_STATUSES, PostcopyControl, never_ran_there
 from migration.source_replies import FailureNote, check_digest, describe_reply
 from migration.source_resume import PrecopyResumeControl
 from migration.status import MigrationStatus, is_terminal
@@ -423,7 +423,7 @@ class SourceMigration(DoubtEndings, PostcopyControl, PrecopyResumeControl):
             self._enter_in_doubt(reason)
             return
         if self.sender.postcopy is not None:  # RUN may have left: never resume here...
-            if not discarded_there(code, status):  # ...unless it never ran there
+            if not never_ran_there(code, status):  # ...unless the destination says so
                 self._pause_postcopy(reason)
                 return
             trigger = T.DEST_DISCARDED

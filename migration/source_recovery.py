@@ -40,7 +40,7 @@ POSTCOPY_STATUSES: Final = frozenset(
 )
 
 
-def discarded_there(code: ErrorCode, status: MigrationStatus) -> bool:
+def never_ran_there(code: ErrorCode, status: MigrationStatus) -> bool:
     """Whether a postcopy recovery learnt that the destination's copy never ran.
 
     POSTCOPY_RUN never reached it: the recover was refused with DISCARDED, or answered with

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from migration.source_recovery import discarded_there
+from migration.source_recovery import never_ran_there
 from migration.source_resume import NEVER_SWITCHED, PrecopyResumeControl
 from migration.status import MigrationStatus
 from protocol import ErrorCode, ResumePointReported
 
 
 def test_only_discarded_in_postcopy_recover_gives_the_vm_back() -> None:
-    assert discarded_there(ErrorCode.DISCARDED, MigrationStatus.POSTCOPY_RECOVER)
+    assert never_ran_there(ErrorCode.DISCARDED, MigrationStatus.POSTCOPY_RECOVER)
     others = [s for s in MigrationStatus if s is not MigrationStatus.POSTCOPY_RECOVER]
-    assert not any(discarded_there(ErrorCode.DISCARDED, status) for status in others)
+    assert not any(never_ran_there(ErrorCode.DISCARDED, status) for status in others)
     codes = [c for c in ErrorCode if c is not ErrorCode.DISCARDED]
-    assert not any(discarded_there(code, MigrationStatus.POSTCOPY_RECOVER) for code in codes)
+    assert not any(never_ran_there(code, MigrationStatus.POSTCOPY_RECOVER) for code in codes)
 
 
 class _Recovering(PrecopyResumeControl):
@@ -40,4 +40,4 @@ def test_resume_point_answering_a_postcopy_recovery_gives_the_vm_back() -> None:
     machine._on_recovery_reply(ResumePointReported(ram_frames=3))
     assert [(NEVER_SWITCHED, ErrorCode.DISCARDED)] == machine.failures
     _, code = machine.failures[0]
-    assert discarded_there(code, MigrationStatus.POSTCOPY_RECOVER), "then _fail resumes it"
+    assert never_ran_there(code, MigrationStatus.POSTCOPY_RECOVER), "then _fail resumes it"
