@@ -3,8 +3,9 @@
 The scanner sees the stream in chunks as the proxy receives them and says how many bytes may be
 forwarded before the first frame a matcher accepts. It needs a frame's 16-byte header to know its
 kind, and for COMMAND frames also their (small) metadata to know the command; until those bytes
-have arrived the bytes from that frame's start are held back, never more. Page data is never held
-or copied.
+have arrived the bytes from that frame's start are held back, never more (a command's metadata is
+at most ~64 KiB: the largest is a POSTCOPY_RAM_DISCARD of `MAX_DISCARD_RANGES` ranges). Page data
+is never held or copied.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import msgpack
 
 from protocol.codes import FrameKind
 from protocol.frames import FRAME_FOOTER, FRAME_HEADER, STREAM_HEADER
+from protocol.postcopy import MAX_DISCARD_RANGES, RANGE_DTYPE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-_MAX_COMMAND_META_BYTES: Final = 64 * 1024
+# Room for the largest command: a POSTCOPY_RAM_DISCARD's ranges (8 bytes each) and its keys.
+_MAX_COMMAND_META_BYTES: Final = MAX_DISCARD_RANGES * RANGE_DTYPE.itemsize + 1024
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -143,8 +146,8 @@ class StreamScanner:
 
 
 def _command_of(meta: memoryview) -> int | None:
-    try:
-        decoded = msgpack.unpackb(bytes(meta), raw=False, max_str_len=4096, max_bin_len=0)
+    try:  # binary values (a discard's ranges) are allowed: the meta's length is bounded already
+        decoded = msgpack.unpackb(bytes(meta), raw=False, max_str_len=4096, max_bin_len=len(meta))
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
         return None
     command = decoded.get("cmd") if isinstance(decoded, dict) else None

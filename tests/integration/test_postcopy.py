@@ -13,6 +13,7 @@ import asyncio
 import pytest
 
 from migration.source_postcopy import POSTCOPY_MIN_BATCH_PAGES
+from migration.source_resume import NEVER_SWITCHED
 from tests.helpers.inproc import FINAL, Pair, make_pair, small_vm
 from tests.integration import paths
 from vmsim import WorkloadKind
@@ -191,27 +192,43 @@ def test_a_source_that_exits_in_postcopy_leaves_the_destination_paused(run, tmp)
     run(main)
 
 
-async def assert_taken_back(pair: Pair) -> None:
+async def assert_taken_back(
+    pair: Pair,
+    dest_path: list[paths.Row] = paths.DST_DISCARDED_ACTIVE,
+    why: str = "discarded by the destination before its guest ran",
+) -> None:
     """The recovery heard the destination never ran it: the VM runs at the source, replay-equal."""
     assert "failed" == await pair.source.wait(FINAL, timeout_s=20)
     assert paths.SRC_POSTCOPY_TAKEN_BACK == paths.collapsed(pair.source.source_path())
     assert "failed" == await pair.dest.wait({"failed"}, timeout_s=20)
-    assert paths.DST_DISCARDED_ACTIVE == pair.dest.dest_path()
+    assert dest_path == pair.dest.dest_path()
     info = await pair.source.execute("query-migrate")
     assert isinstance(info, dict)
-    assert "discarded by the destination before its guest ran" in info["error-desc"]
+    assert why in info["error-desc"]
     assert await pair.source.runs()
     assert not await pair.dest.runs()
     await pair.source.assert_matches_replay()
 
 
-@pytest.mark.parametrize("frame", ["POSTCOPY_LISTEN", "POSTCOPY_RUN"])
-def test_a_cut_before_the_switch_arrives_gives_the_vm_back_to_the_source(run, tmp, frame):
+@pytest.mark.parametrize(
+    ("frame", "dest_path", "why"),
+    [
+        ("POSTCOPY_RAM_DISCARD", paths.DST_RESUMED_BROKEN_DISCARDED, NEVER_SWITCHED),
+        ("POSTCOPY_LISTEN", paths.DST_DISCARDED_ACTIVE, "discarded by the destination"),
+        ("POSTCOPY_RUN", paths.DST_DISCARDED_ACTIVE, "discarded by the destination"),
+    ],
+)
+def test_a_cut_before_the_switch_arrives_gives_the_vm_back_to_the_source(
+    run, tmp, frame, dest_path, why
+):
     """The source switched (its VM stopped, RUN queued); the cut lands before RUN arrives.
 
-    The destination never ran the guest, so it discards its copy; the source, paused (RUN may
-    have left), hears so when it reconnects by itself: the recover is refused with DISCARDED,
-    and the VM resumes at the source, replay-equal, instead of staying paused for ever.
+    The destination never ran the guest, so the VM resumes at the source, replay-equal, instead
+    of staying paused for ever, whichever the source hears when it reconnects by itself. Cut
+    after LISTEN, the destination discarded its copy and refuses the recover with DISCARDED. Cut
+    before the first discard, it saw none of the switch and kept its precopy for a resume, so it
+    answers with RESUME_POINT; the source takes the VM back all the same and its RESOLVE drops
+    the destination's copy.
     """
 
     async def main() -> None:
@@ -219,7 +236,7 @@ def test_a_cut_before_the_switch_arrives_gives_the_vm_back_to_the_source(run, tm
         try:
             pair.fault(type="cut", before_frame=frame)
             await start_postcopy(pair)
-            await assert_taken_back(pair)
+            await assert_taken_back(pair, dest_path, why)
         finally:
             await pair.close()
 

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import time
 
+import numpy as np
 import pytest
 import uvloop
 
@@ -15,6 +16,7 @@ from faultproxy.proxy import delivery_time
 from faultproxy.scanner import StreamScanner
 from netio import TcpAddress
 from protocol import Command, FrameKind, SourceConnection
+from protocol.postcopy import MAX_DISCARD_RANGES
 from tests.helpers.fds import ReusedFds
 from tests.helpers.pair import PAGE_SIZE, make_batch, make_config, pattern_ram, sent_bytes
 
@@ -68,6 +70,26 @@ def test_scanner_finds_the_frame_whatever_the_chunking(chunk: int) -> None:
             break
 
     assert handover_at == passed
+
+
+def test_scanner_stops_before_the_largest_discard() -> None:
+    """A POSTCOPY_RAM_DISCARD's meta holds binary ranges, up to ~64 KiB of them: still matched."""
+    source = SourceConnection(return_path=True, timeouts=None, now=0.0)
+    source.send_configuration(make_config(ram_pages=2 * MAX_DISCARD_RANGES))
+    source.send_open_return_path()
+    source.send_postcopy_advise()
+    before = sent_bytes(source)
+    every_other = np.arange(0, 2 * MAX_DISCARD_RANGES, 2)
+    source.send_postcopy_discard(every_other, np.ones_like(every_other))
+    source.send_postcopy_listen()
+    stream = before + sent_bytes(source)
+    scanner = StreamScanner(main_stream=True)
+
+    plan = scanner.plan(stream, lambda f: f.command == Command.POSTCOPY_RAM_DISCARD)
+
+    assert len(stream) - len(before) > 64 * 1024  # more meta than the scanner once looked into
+    assert len(before) == plan.passable
+    assert plan.frame is not None
 
 
 def test_scanner_passes_everything_of_a_foreign_stream() -> None:

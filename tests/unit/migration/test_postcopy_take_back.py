@@ -1,9 +1,9 @@
 """When a postcopy recovery gives the VM back to the source: only when the destination never ran it.
 
-The end-to-end cases (a recover refused with DISCARDED) are in
-tests/integration/test_postcopy.py; the RESUME_POINT answer (a destination that kept a paused
-precopy: it saw none of the switch) needs a destination that lost the stream before it read a
-byte of the switch, which no fault in process reaches, so its routing is checked here.
+The end-to-end cases are in tests/integration/test_postcopy.py: a recover refused with DISCARDED
+(cut after POSTCOPY_LISTEN) and answered with RESUME_POINT (cut before the first
+POSTCOPY_RAM_DISCARD: the destination saw none of the switch and kept a paused precopy). Here,
+the routing of each answer on its own, against every status and error code.
 """
 
 from __future__ import annotations
