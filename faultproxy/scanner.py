@@ -3,9 +3,10 @@
 The scanner sees the stream in chunks as the proxy receives them and says how many bytes may be
 forwarded before the first frame a matcher accepts. It needs a frame's 16-byte header to know its
 kind, and for COMMAND frames also their (small) metadata to know the command; until those bytes
-have arrived the bytes from that frame's start are held back, never more (a command's metadata is
-at most ~64 KiB: the largest is a POSTCOPY_RAM_DISCARD of `MAX_DISCARD_RANGES` ranges). Page data
-is never held or copied.
+have arrived the bytes from that frame's start are held back, never more. Command metadata is
+decoded as the destination decodes it (`protocol.meta.unpack_meta` within the protocol's default
+`Limits`), so every command a destination accepts can be matched. Page data is never held or
+copied.
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-import msgpack
-
 from protocol.codes import FrameKind
+from protocol.errors import LocalProtocolError
 from protocol.frames import FRAME_FOOTER, FRAME_HEADER, STREAM_HEADER
-from protocol.postcopy import MAX_DISCARD_RANGES, RANGE_DTYPE
+from protocol.limits import Limits
+from protocol.meta import unpack_meta
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-# Room for the largest command: a POSTCOPY_RAM_DISCARD's ranges (8 bytes each) and its keys.
-_MAX_COMMAND_META_BYTES: Final = MAX_DISCARD_RANGES * RANGE_DTYPE.itemsize + 1024
+_LIMITS: Final = Limits()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -128,7 +128,7 @@ class StreamScanner:
             view[: FRAME_HEADER.size]
         )
         command = None
-        if self._main_stream and kind == FrameKind.COMMAND and meta_len <= _MAX_COMMAND_META_BYTES:
+        if self._main_stream and kind == FrameKind.COMMAND and meta_len <= _LIMITS.max_meta_bytes:
             end = FRAME_HEADER.size + meta_len
             if len(view) < end:
                 return None
@@ -146,9 +146,9 @@ class StreamScanner:
 
 
 def _command_of(meta: memoryview) -> int | None:
-    try:  # binary values (a discard's ranges) are allowed: the meta's length is bounded already
-        decoded = msgpack.unpackb(bytes(meta), raw=False, max_str_len=4096, max_bin_len=len(meta))
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+    try:
+        decoded = unpack_meta(meta, _LIMITS)
+    except LocalProtocolError:
         return None
-    command = decoded.get("cmd") if isinstance(decoded, dict) else None
+    command = decoded.get("cmd")
     return command if isinstance(command, int) else None
